@@ -1,0 +1,189 @@
+//! Multi-head self-attention of the image encoder with decomposed relative-position bias,
+//! and the window partition around it.
+
+use super::nn::{softmax, Linear};
+use super::resize;
+use crate::weights::{Params, Resize};
+use candle_core::{DType, Result, Tensor};
+
+/// Logit tensors above this many bytes are computed a few heads at a time, which bounds the
+/// memory of global attention at 1024 px (12 heads x 4096² logits would be 805 MB).
+const LOGITS_BUDGET_BYTES: usize = 96 << 20;
+
+#[derive(Debug, Clone)]
+pub struct Attention {
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub num_heads: usize,
+    pub scale: f64,
+    pub rel_pos: Option<(Tensor, Tensor)>,
+}
+
+impl Attention {
+    /// `size` is the side of the attention grid the tables were made for.
+    pub fn load(p: &Params, dim: usize, num_heads: usize, rel: bool, size: usize) -> Result<Self> {
+        let head_dim = dim / num_heads;
+        let rel_pos = if rel {
+            let shape = [2 * size - 1, head_dim];
+            Some((
+                p.get_resized("rel_pos_h", &shape, Resize::RelPos)?,
+                p.get_resized("rel_pos_w", &shape, Resize::RelPos)?,
+            ))
+        } else {
+            None
+        };
+        Ok(Self {
+            qkv: Linear::load(&p.pp("qkv"), dim, 3 * dim, true)?,
+            proj: Linear::load(&p.pp("proj"), dim, dim, true)?,
+            num_heads,
+            scale: (head_dim as f64).powf(-0.5),
+            rel_pos,
+        })
+    }
+
+    /// x: (B, H, W, C) -> (B, H, W, C).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c) = x.dims4()?;
+        let (nh, hd) = (self.num_heads, c / self.num_heads);
+        let qkv = self
+            .qkv
+            .forward(x)?
+            .reshape((b, h * w, 3, nh, hd))?
+            .permute((2, 0, 3, 1, 4))?;
+        let take = |i: usize| -> Result<Tensor> {
+            qkv.get(i)?.contiguous()?.reshape((b * nh, h * w, hd))
+        };
+        let (q, k, v) = (take(0)?, take(1)?, take(2)?);
+        let rel = match &self.rel_pos {
+            Some((th, tw)) => Some((get_rel_pos(h, h, th)?, get_rel_pos(w, w, tw)?)),
+            None => None,
+        };
+        let per_head = (h * w) * (h * w) * DType::F32.size_in_bytes();
+        let chunk = (LOGITS_BUDGET_BYTES / per_head.max(1)).clamp(1, b * nh);
+        let mut outs = Vec::new();
+        let mut start = 0;
+        while start < b * nh {
+            let n = chunk.min(b * nh - start);
+            let (qc, kc, vc) = (q.narrow(0, start, n)?, k.narrow(0, start, n)?, v.narrow(0, start, n)?);
+            outs.push(self.attend(&qc, &kc, &vc, rel.as_ref(), (h, w))?);
+            start += n;
+        }
+        let out = if outs.len() == 1 {
+            outs.remove(0)
+        } else {
+            Tensor::cat(&outs, 0)?
+        };
+        let out = out
+            .reshape((b, nh, h, w, hd))?
+            .permute((0, 2, 3, 1, 4))?
+            .contiguous()?
+            .reshape((b, h, w, c))?;
+        self.proj.forward(&out)
+    }
+
+    fn attend(
+        &self,
+        q: &Tensor,
+        k: &Tensor,
+        v: &Tensor,
+        rel: Option<&(Tensor, Tensor)>,
+        (h, w): (usize, usize),
+    ) -> Result<Tensor> {
+        let attn = (q * self.scale)?.matmul(&k.t()?)?;
+        let attn = match rel {
+            Some((rh, rw)) => add_decomposed_rel_pos(&attn, q, rh, rw, (h, w))?,
+            None => attn,
+        };
+        softmax(&attn)?.matmul(v)
+    }
+}
+
+/// Rows of a relative-position table for every (query, key) pair: (q_size, k_size, C).
+pub fn get_rel_pos(q_size: usize, k_size: usize, table: &Tensor) -> Result<Tensor> {
+    let max_dist = 2 * q_size.max(k_size) - 1;
+    let table = resize::rel_pos_table(table, max_dist)?;
+    let q_scale = (k_size as f64 / q_size as f64).max(1.0);
+    let k_scale = (q_size as f64 / k_size as f64).max(1.0);
+    let mut idx = Vec::with_capacity(q_size * k_size);
+    for qi in 0..q_size {
+        for ki in 0..k_size {
+            let rel = qi as f64 * q_scale - ki as f64 * k_scale + (k_size as f64 - 1.0) * k_scale;
+            idx.push(rel as u32);
+        }
+    }
+    let idx = Tensor::from_vec(idx, q_size * k_size, table.device())?;
+    let c = table.dim(1)?;
+    table.index_select(&idx, 0)?.reshape((q_size, k_size, c))
+}
+
+/// attn (n, h*w, h*w) + <q, Rh[qh-kh]> + <q, Rw[qw-kw]>, with q unscaled (n, h*w, C).
+fn add_decomposed_rel_pos(
+    attn: &Tensor,
+    q: &Tensor,
+    rh: &Tensor,
+    rw: &Tensor,
+    (h, w): (usize, usize),
+) -> Result<Tensor> {
+    let (n, _, c) = q.dims3()?;
+    let r_q = q.reshape((n, h, w, c))?;
+    // rel_h[n, y, x, ky] = sum_c r_q[n, y, x, c] * rh[y, ky, c]: a matmul batched over y.
+    let rel_h = r_q
+        .permute((1, 0, 2, 3))?
+        .contiguous()?
+        .reshape((h, n * w, c))?
+        .matmul(&rh.t()?)?
+        .reshape((h, n, w, h))?
+        .permute((1, 0, 2, 3))?;
+    let rel_w = r_q
+        .permute((2, 0, 1, 3))?
+        .contiguous()?
+        .reshape((w, n * h, c))?
+        .matmul(&rw.t()?)?
+        .reshape((w, n, h, w))?
+        .permute((1, 2, 0, 3))?;
+    let bias = rel_h
+        .unsqueeze(4)?
+        .broadcast_add(&rel_w.unsqueeze(3)?)?;
+    attn.reshape((n, h, w, h, w))?
+        .add(&bias)?
+        .reshape((n, h * w, h * w))
+}
+
+/// (B, H, W, C) -> (B * windows, ws, ws, C), zero-padding bottom/right to a multiple of ws.
+pub fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
+    let (b, h, w, c) = x.dims4()?;
+    let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
+    let x = if ph > 0 || pw > 0 {
+        x.pad_with_zeros(1, 0, ph)?.pad_with_zeros(2, 0, pw)?
+    } else {
+        x.clone()
+    };
+    let (hp, wp) = (h + ph, w + pw);
+    let windows = x
+        .reshape((b, hp / ws, ws, wp / ws, ws, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .contiguous()?
+        .reshape((b * (hp / ws) * (wp / ws), ws, ws, c))?;
+    Ok((windows, (hp, wp)))
+}
+
+/// Inverse of `window_partition`, cropping the padding away.
+pub fn window_unpartition(
+    windows: &Tensor,
+    ws: usize,
+    (hp, wp): (usize, usize),
+    (h, w): (usize, usize),
+) -> Result<Tensor> {
+    let c = windows.dim(3)?;
+    let b = windows.dim(0)? / ((hp / ws) * (wp / ws));
+    let x = windows
+        .reshape((b, hp / ws, wp / ws, ws, ws, c))?
+        .permute((0, 1, 3, 2, 4, 5))?
+        .contiguous()?
+        .reshape((b, hp, wp, c))?;
+    if hp > h || wp > w {
+        x.narrow(1, 0, h)?.narrow(2, 0, w)?.contiguous()
+    } else {
+        Ok(x)
+    }
+}

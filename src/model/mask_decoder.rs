@@ -1,0 +1,291 @@
+//! SAM's mask decoder: a two-way transformer between prompt tokens and the image embedding,
+//! an upscaling path, and one hypernetwork MLP per mask token.
+
+use super::config::SamConfig;
+use super::nn::{gelu, softmax, LayerNorm, Linear, Mlp, UpConv2x2};
+use crate::weights::Params;
+use candle_core::{Result, Tensor};
+
+/// nn.LayerNorm's default, used throughout the decoder's transformer.
+const DECODER_LN_EPS: f64 = 1e-5;
+
+#[derive(Debug, Clone)]
+pub struct DecoderAttention {
+    pub q_proj: Linear,
+    pub k_proj: Linear,
+    pub v_proj: Linear,
+    pub out_proj: Linear,
+    pub num_heads: usize,
+}
+
+impl DecoderAttention {
+    fn load(p: &Params, dim: usize, num_heads: usize, downsample: usize) -> Result<Self> {
+        let inner = dim / downsample;
+        Ok(Self {
+            q_proj: Linear::load(&p.pp("q_proj"), dim, inner, true)?,
+            k_proj: Linear::load(&p.pp("k_proj"), dim, inner, true)?,
+            v_proj: Linear::load(&p.pp("v_proj"), dim, inner, true)?,
+            out_proj: Linear::load(&p.pp("out_proj"), inner, dim, true)?,
+            num_heads,
+        })
+    }
+
+    fn heads(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        x.reshape((b, n, self.num_heads, c / self.num_heads))?
+            .transpose(1, 2)?
+            .contiguous()
+    }
+
+    /// q (B, Nq, D), k and v (B, Nk, D) -> (B, Nq, D).
+    pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let q = self.heads(&self.q_proj.forward(q)?)?;
+        let k = self.heads(&self.k_proj.forward(k)?)?;
+        let v = self.heads(&self.v_proj.forward(v)?)?;
+        let (b, h, n, c) = q.dims4()?;
+        let attn = (q.matmul(&k.t()?)? / (c as f64).sqrt())?;
+        let out = softmax(&attn)?.matmul(&v)?;
+        let out = out.transpose(1, 2)?.contiguous()?.reshape((b, n, h * c))?;
+        self.out_proj.forward(&out)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TokenMlp {
+    pub lin1: Linear,
+    pub lin2: Linear,
+}
+
+impl TokenMlp {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.lin2.forward(&self.lin1.forward(x)?.relu()?)
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TwoWayBlock {
+    pub self_attn: DecoderAttention,
+    pub norm1: LayerNorm,
+    pub cross_token_to_image: DecoderAttention,
+    pub norm2: LayerNorm,
+    pub mlp: TokenMlp,
+    pub norm3: LayerNorm,
+    pub cross_image_to_token: DecoderAttention,
+    pub norm4: LayerNorm,
+    pub skip_first_layer_pe: bool,
+}
+
+impl TwoWayBlock {
+    fn load(p: &Params, cfg: &SamConfig, index: usize) -> Result<Self> {
+        let (d, heads) = (cfg.prompt_embed_dim, cfg.decoder_num_heads);
+        let ln = |name: &str| LayerNorm::load(&p.pp(name), d, DECODER_LN_EPS);
+        Ok(Self {
+            self_attn: DecoderAttention::load(&p.pp("self_attn"), d, heads, 1)?,
+            norm1: ln("norm1")?,
+            cross_token_to_image: DecoderAttention::load(
+                &p.pp("cross_attn_token_to_image"),
+                d,
+                heads,
+                2,
+            )?,
+            norm2: ln("norm2")?,
+            mlp: TokenMlp {
+                lin1: Linear::load(&p.pp("mlp.lin1"), d, cfg.decoder_mlp_dim, true)?,
+                lin2: Linear::load(&p.pp("mlp.lin2"), cfg.decoder_mlp_dim, d, true)?,
+            },
+            norm3: ln("norm3")?,
+            cross_image_to_token: DecoderAttention::load(
+                &p.pp("cross_attn_image_to_token"),
+                d,
+                heads,
+                2,
+            )?,
+            norm4: ln("norm4")?,
+            skip_first_layer_pe: index == 0,
+        })
+    }
+
+    /// One layer: token self-attention, token->image, token MLP, image->token.
+    pub fn forward(
+        &self,
+        queries: &Tensor,
+        keys: &Tensor,
+        query_pe: &Tensor,
+        key_pe: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
+        let queries = if self.skip_first_layer_pe {
+            self.self_attn.forward(queries, queries, queries)?
+        } else {
+            let q = (queries + query_pe)?;
+            (queries + self.self_attn.forward(&q, &q, queries)?)?
+        };
+        let queries = self.norm1.forward(&queries)?;
+
+        let q = (&queries + query_pe)?;
+        let k = (keys + key_pe)?;
+        let a = self.cross_token_to_image.forward(&q, &k, keys)?;
+        let queries = self.norm2.forward(&(queries + a)?)?;
+
+        let m = self.mlp.forward(&queries)?;
+        let queries = self.norm3.forward(&(queries + m)?)?;
+
+        let q = (&queries + query_pe)?;
+        let a = self.cross_image_to_token.forward(&k, &q, &queries)?;
+        let keys = self.norm4.forward(&(keys + a)?)?;
+        Ok((queries, keys))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct TwoWayTransformer {
+    pub layers: Vec<TwoWayBlock>,
+    pub final_attn: DecoderAttention,
+    pub norm_final: LayerNorm,
+}
+
+impl TwoWayTransformer {
+    fn load(p: &Params, cfg: &SamConfig) -> Result<Self> {
+        let d = cfg.prompt_embed_dim;
+        let layers = (0..cfg.decoder_depth)
+            .map(|i| TwoWayBlock::load(&p.pp(&format!("layers.{i}")), cfg, i))
+            .collect::<Result<_>>()?;
+        Ok(Self {
+            layers,
+            final_attn: DecoderAttention::load(
+                &p.pp("final_attn_token_to_image"),
+                d,
+                cfg.decoder_num_heads,
+                2,
+            )?,
+            norm_final: LayerNorm::load(&p.pp("norm_final_attn"), d, DECODER_LN_EPS)?,
+        })
+    }
+
+    /// image (B, HW, D), image_pe (B, HW, D), tokens (B, T, D) -> (tokens, image).
+    pub fn forward(&self, image: &Tensor, image_pe: &Tensor, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
+        let (mut queries, mut keys) = (tokens.clone(), image.clone());
+        for layer in &self.layers {
+            (queries, keys) = layer.forward(&queries, &keys, tokens, image_pe)?;
+        }
+        let q = (&queries + tokens)?;
+        let k = (&keys + image_pe)?;
+        let a = self.final_attn.forward(&q, &k, &keys)?;
+        let queries = self.norm_final.forward(&(queries + a)?)?;
+        Ok((queries, keys))
+    }
+}
+
+#[derive(Debug, Clone)]
+pub struct MaskDecoder {
+    pub transformer: TwoWayTransformer,
+    pub iou_token: Tensor,
+    pub mask_tokens: Tensor,
+    pub upscale1: UpConv2x2,
+    pub upscale_norm: LayerNorm,
+    pub upscale2: UpConv2x2,
+    pub hypernetworks: Vec<Mlp>,
+    pub iou_head: Mlp,
+    pub num_mask_tokens: usize,
+}
+
+/// Decoder outputs for every mask token: (B, T, 4h, 4w) logits and (B, T) IoU estimates.
+pub struct DecoderOutput {
+    pub low_res_logits: Tensor,
+    pub iou: Tensor,
+}
+
+impl MaskDecoder {
+    pub fn load(p: &Params, cfg: &SamConfig) -> Result<Self> {
+        let d = cfg.prompt_embed_dim;
+        let t = cfg.num_mask_tokens();
+        let hypernetworks = (0..t)
+            .map(|i| Mlp::load(&p.pp(&format!("output_hypernetworks_mlps.{i}")), &[d, d, d, d / 8]))
+            .collect::<Result<_>>()?;
+        let mut iou_dims = vec![d];
+        iou_dims.extend(std::iter::repeat_n(cfg.iou_head_hidden_dim, cfg.iou_head_depth - 1));
+        iou_dims.push(t);
+        Ok(Self {
+            transformer: TwoWayTransformer::load(&p.pp("transformer"), cfg)?,
+            iou_token: p.get("iou_token.weight", &[1, d])?,
+            mask_tokens: p.get("mask_tokens.weight", &[t, d])?,
+            upscale1: UpConv2x2::load(&p.pp("output_upscaling.0"), d, d / 4)?,
+            upscale_norm: LayerNorm::load(&p.pp("output_upscaling.1"), d / 4, 1e-6)?,
+            upscale2: UpConv2x2::load(&p.pp("output_upscaling.3"), d / 4, d / 8)?,
+            hypernetworks,
+            iou_head: Mlp::load(&p.pp("iou_prediction_head"), &iou_dims)?,
+            num_mask_tokens: t,
+        })
+    }
+
+    /// image (B or 1, D, h, w), image_pe (1, D, h, w), sparse (B, N, D), dense (B, D, h, w).
+    /// An image batch of 1 is shared by all B prompt sets; otherwise batches must match.
+    pub fn forward(
+        &self,
+        image: &Tensor,
+        image_pe: &Tensor,
+        sparse: &Tensor,
+        dense: &Tensor,
+    ) -> Result<DecoderOutput> {
+        let b = sparse.dim(0)?;
+        let (bi, d, h, w) = image.dims4()?;
+        if bi != b && bi != 1 {
+            candle_core::bail!("image batch {bi} does not match prompt batch {b}");
+        }
+        let out_tokens = Tensor::cat(&[&self.iou_token, &self.mask_tokens], 0)?;
+        let out_tokens = out_tokens.unsqueeze(0)?.broadcast_as((b, 1 + self.num_mask_tokens, d))?;
+        let tokens = if sparse.dim(1)? == 0 {
+            out_tokens.contiguous()?
+        } else {
+            Tensor::cat(&[&out_tokens.contiguous()?, sparse], 1)?
+        };
+        let src = image.broadcast_as((b, d, h, w))?.add(dense)?;
+        let src = src.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let pos = image_pe.flatten_from(2)?.transpose(1, 2)?.broadcast_as((b, h * w, d))?.contiguous()?;
+
+        let (hs, src) = self.transformer.forward(&src, &pos, &tokens)?;
+        let up = self.upscale(&src.reshape((b, h, w, d))?)?; // (B, 4h, 4w, d/8)
+        let hyper = (0..self.num_mask_tokens)
+            .map(|i| self.hypernetworks[i].forward(&hs.narrow(1, 1 + i, 1)?))
+            .collect::<Result<Vec<_>>>()?;
+        let hyper = Tensor::cat(&hyper, 1)?; // (B, T, d/8)
+        let (uh, uw, uc) = (4 * h, 4 * w, d / 8);
+        let masks = hyper
+            .matmul(&up.reshape((b, uh * uw, uc))?.t()?)?
+            .reshape((b, self.num_mask_tokens, uh, uw))?;
+        let iou = self.iou_head.forward(&hs.narrow(1, 0, 1)?.squeeze(1)?)?;
+        Ok(DecoderOutput {
+            low_res_logits: masks,
+            iou,
+        })
+    }
+
+    fn upscale(&self, x: &Tensor) -> Result<Tensor> {
+        let x = self.upscale1.forward(x)?;
+        let x = gelu(&self.upscale_norm.forward(&x)?)?;
+        gelu(&self.upscale2.forward(&x)?)
+    }
+}
+
+/// Which of the mask tokens a caller wants.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum MaskSelection {
+    /// SAM: token 0 alone, or tokens 1..=3 for ambiguous prompts.
+    Sam { multimask: bool },
+    /// MSA: the first n tokens, one per class.
+    Classes(usize),
+}
+
+impl DecoderOutput {
+    pub fn select(&self, how: MaskSelection) -> Result<(Tensor, Tensor)> {
+        let t = self.iou.dim(1)?;
+        let (start, n) = match how {
+            MaskSelection::Sam { multimask: true } => (1, t - 1),
+            MaskSelection::Sam { multimask: false } => (0, 1),
+            MaskSelection::Classes(n) => (0, n.min(t)),
+        };
+        Ok((
+            self.low_res_logits.narrow(1, start, n)?,
+            self.iou.narrow(1, start, n)?,
+        ))
+    }
+}

@@ -1,0 +1,15 @@
+//! The model: SAM's three parts and the pieces they are made of.
+
+pub mod attention;
+pub mod config;
+pub mod image_encoder;
+pub mod mask_decoder;
+pub mod nn;
+pub mod prompt_encoder;
+pub mod resize;
+pub mod sam;
+
+pub use config::SamConfig;
+pub use mask_decoder::{DecoderOutput, MaskSelection};
+pub use prompt_encoder::Prompts;
+pub use sam::Sam;

@@ -1,0 +1,203 @@
+//! Small building blocks shared by the three SAM parts.
+//!
+//! Fast fused kernels are used when nothing needs a gradient; when autograd tracks the
+//! input, the same maths is written with differentiable primitive ops instead (candle's
+//! fused layer-norm and softmax have no backward).
+
+use crate::weights::Params;
+use candle_core::{Result, Tensor, D};
+
+/// y = x Wᵀ + b over the last dim, with all leading dims folded into one matmul.
+#[derive(Debug, Clone)]
+pub struct Linear {
+    pub weight: Tensor,
+    pub bias: Option<Tensor>,
+}
+
+impl Linear {
+    pub fn load(p: &Params, in_dim: usize, out_dim: usize, bias: bool) -> Result<Self> {
+        let weight = p.get("weight", &[out_dim, in_dim])?;
+        let bias = if bias {
+            Some(p.get("bias", &[out_dim])?)
+        } else {
+            None
+        };
+        Ok(Self { weight, bias })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let dims = x.dims().to_vec();
+        let in_dim = dims[dims.len() - 1];
+        let rows = x.elem_count() / in_dim.max(1);
+        let y = x
+            .contiguous()?
+            .reshape((rows, in_dim))?
+            .matmul(&self.weight.t()?)?;
+        let y = match &self.bias {
+            Some(b) => y.broadcast_add(b)?,
+            None => y,
+        };
+        let mut out = dims;
+        let last = out.len() - 1;
+        out[last] = self.weight.dim(0)?;
+        y.reshape(out)
+    }
+
+    pub fn out_dim(&self) -> usize {
+        self.weight.dims()[0]
+    }
+}
+
+/// LayerNorm over the last dim.
+#[derive(Debug, Clone)]
+pub struct LayerNorm {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub eps: f64,
+}
+
+impl LayerNorm {
+    pub fn load(p: &Params, dim: usize, eps: f64) -> Result<Self> {
+        Ok(Self {
+            weight: p.get("weight", &[dim])?,
+            bias: p.get("bias", &[dim])?,
+            eps,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if needs_grad(&[x, &self.weight, &self.bias]) {
+            let mean = x.mean_keepdim(D::Minus1)?;
+            let xc = x.broadcast_sub(&mean)?;
+            let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+            let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
+            xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+        } else {
+            candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+        }
+    }
+}
+
+/// Softmax over the last dim.
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    if needs_grad(&[x]) {
+        let max = x.max_keepdim(D::Minus1)?.detach();
+        let e = x.broadcast_sub(&max)?.exp()?;
+        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    } else {
+        candle_nn::ops::softmax_last_dim(&x.contiguous()?)
+    }
+}
+
+pub fn needs_grad(ts: &[&Tensor]) -> bool {
+    ts.iter().any(|t| t.track_op())
+}
+
+pub fn gelu(x: &Tensor) -> Result<Tensor> {
+    x.gelu_erf()
+}
+
+/// A stack of Linear layers with ReLU between them (SAM's `MLP`).
+#[derive(Debug, Clone)]
+pub struct Mlp {
+    pub layers: Vec<Linear>,
+}
+
+impl Mlp {
+    pub fn load(p: &Params, dims: &[usize]) -> Result<Self> {
+        let layers = dims
+            .windows(2)
+            .enumerate()
+            .map(|(i, w)| Linear::load(&p.pp(&format!("layers.{i}")), w[0], w[1], true))
+            .collect::<Result<_>>()?;
+        Ok(Self { layers })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let mut x = x.clone();
+        let last = self.layers.len() - 1;
+        for (i, layer) in self.layers.iter().enumerate() {
+            x = layer.forward(&x)?;
+            if i < last {
+                x = x.relu()?;
+            }
+        }
+        Ok(x)
+    }
+}
+
+/// A convolution whose kernel equals its stride and has no padding, applied to a
+/// channels-last map (B, H, W, Cin) -> (B, H/k, W/k, Cout): a patchify and one matmul.
+#[derive(Debug, Clone)]
+pub struct PatchConv {
+    pub linear: Linear,
+    pub kernel: usize,
+}
+
+impl PatchConv {
+    pub fn load(p: &Params, cin: usize, cout: usize, kernel: usize) -> Result<Self> {
+        let weight = p.get("weight", &[cout, cin, kernel, kernel])?;
+        let bias = p.get("bias", &[cout])?;
+        let weight = weight.reshape((cout, cin * kernel * kernel))?;
+        Ok(Self {
+            linear: Linear {
+                weight,
+                bias: Some(bias),
+            },
+            kernel,
+        })
+    }
+
+    /// `x` is NCHW; the result is channels-last.
+    pub fn forward_nchw(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, c, h, w) = x.dims4()?;
+        let k = self.kernel;
+        let (gh, gw) = (h / k, w / k);
+        let patches = x
+            .reshape((b, c, gh, k, gw, k))?
+            .permute((0, 2, 4, 1, 3, 5))?
+            .contiguous()?
+            .reshape((b, gh, gw, c * k * k))?;
+        self.linear.forward(&patches)
+    }
+}
+
+/// ConvTranspose2d with kernel 2 and stride 2 on channels-last maps: each input pixel
+/// becomes a 2x2 block, so it is one matmul and a pixel shuffle.
+#[derive(Debug, Clone)]
+pub struct UpConv2x2 {
+    pub weight: Tensor,
+    pub bias: Tensor,
+    pub cout: usize,
+}
+
+impl UpConv2x2 {
+    pub fn load(p: &Params, cin: usize, cout: usize) -> Result<Self> {
+        // PyTorch layout (Cin, Cout, 2, 2) -> (Cin, Cout*4).
+        let weight = p.get("weight", &[cin, cout, 2, 2])?.reshape((cin, cout * 4))?;
+        let bias = p.get("bias", &[cout])?;
+        Ok(Self { weight, bias, cout })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, cin) = x.dims4()?;
+        let y = x
+            .contiguous()?
+            .reshape((b * h * w, cin))?
+            .matmul(&self.weight)?
+            .reshape((b, h, w, self.cout, 2, 2))?
+            .permute((0, 1, 4, 2, 5, 3))?
+            .contiguous()?
+            .reshape((b, 2 * h, 2 * w, self.cout))?;
+        y.broadcast_add(&self.bias)
+    }
+}
+
+/// NCHW -> NHWC and back.
+pub fn to_channels_last(x: &Tensor) -> Result<Tensor> {
+    x.permute((0, 2, 3, 1))
+}
+
+pub fn to_channels_first(x: &Tensor) -> Result<Tensor> {
+    x.permute((0, 3, 1, 2))
+}

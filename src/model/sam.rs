@@ -1,0 +1,103 @@
+//! The whole Segment Anything model, with SAM's pre- and post-processing.
+
+use super::config::SamConfig;
+use super::image_encoder::ImageEncoder;
+use super::mask_decoder::{DecoderOutput, MaskDecoder};
+use super::prompt_encoder::{PromptEncoder, Prompts};
+use super::resize::linear_matrix;
+use crate::weights::Params;
+use candle_core::{Device, Result, Tensor};
+
+#[derive(Debug, Clone)]
+pub struct Sam {
+    pub config: SamConfig,
+    pub image_encoder: ImageEncoder,
+    pub prompt_encoder: PromptEncoder,
+    pub mask_decoder: MaskDecoder,
+    pub dense_pe: Tensor,
+    pixel_mean: Tensor,
+    pixel_std: Tensor,
+}
+
+impl Sam {
+    pub fn load(p: &Params, config: &SamConfig) -> Result<Self> {
+        let prompt_encoder = PromptEncoder::load(&p.pp("prompt_encoder"), config)?;
+        let dense_pe = prompt_encoder.dense_pe()?;
+        let dev = p.device();
+        Ok(Self {
+            config: config.clone(),
+            image_encoder: ImageEncoder::load(&p.pp("image_encoder"), config)?,
+            prompt_encoder,
+            mask_decoder: MaskDecoder::load(&p.pp("mask_decoder"), config)?,
+            dense_pe,
+            pixel_mean: Tensor::new(&config.pixel_mean, dev)?.reshape((1, 3, 1, 1))?,
+            pixel_std: Tensor::new(&config.pixel_std, dev)?.reshape((1, 3, 1, 1))?,
+        })
+    }
+
+    pub fn device(&self) -> &Device {
+        self.dense_pe.device()
+    }
+
+    /// (B, 3, h, w) RGB in 0..255, h and w at most S -> normalised and zero-padded (B, 3, S, S).
+    pub fn preprocess(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, _, h, w) = x.dims4()?;
+        let s = self.config.img_size;
+        if h > s || w > s {
+            candle_core::bail!("image {h}x{w} is larger than the model input {s}x{s}; resize it first");
+        }
+        let x = x.broadcast_sub(&self.pixel_mean)?.broadcast_div(&self.pixel_std)?;
+        x.pad_with_zeros(2, 0, s - h)?.pad_with_zeros(3, 0, s - w)
+    }
+
+    /// (B, 3, S, S) -> image embeddings (B, D, S/16, S/16).
+    pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
+        self.image_encoder.forward(x)
+    }
+
+    /// Prompt encoder and mask decoder against image embeddings (1 or B images).
+    pub fn decode(&self, image_embeddings: &Tensor, prompts: &Prompts) -> Result<DecoderOutput> {
+        let (sparse, dense) = self.prompt_encoder.forward(prompts)?;
+        self.mask_decoder
+            .forward(image_embeddings, &self.dense_pe, &sparse, &dense)
+    }
+
+    /// Low-resolution logits (.., lh, lw) to the original image size: upsample to S x S,
+    /// crop to the resized input, resize to the original (bilinear both times). Both
+    /// resizes are linear maps, so they run as one matrix per axis.
+    pub fn postprocess_masks(
+        &self,
+        low_res: &Tensor,
+        input_size: (usize, usize),
+        original_size: (usize, usize),
+    ) -> Result<Tensor> {
+        let rank = low_res.rank();
+        let (lh, lw) = (low_res.dim(rank - 2)?, low_res.dim(rank - 1)?);
+        let s = self.config.img_size;
+        let ry = postprocess_matrix(lh, s, input_size.0, original_size.0);
+        let rx = postprocess_matrix(lw, s, input_size.1, original_size.1);
+        let dev = low_res.device();
+        let ry = Tensor::from_vec(ry, (original_size.0, lh), dev)?;
+        let rx = Tensor::from_vec(rx, (original_size.1, lw), dev)?;
+        super::resize::apply_separable(low_res, &ry, &rx)
+    }
+}
+
+/// (orig x low) = resize(input -> orig) · crop(input rows of) resize(low -> S).
+fn postprocess_matrix(low: usize, s: usize, input: usize, orig: usize) -> Vec<f32> {
+    let up = linear_matrix(low, s); // (s x low)
+    let down = linear_matrix(input, orig); // (orig x input)
+    let mut out = vec![0f32; orig * low];
+    for o in 0..orig {
+        for i in 0..input {
+            let wd = down[o * input + i];
+            if wd == 0.0 {
+                continue;
+            }
+            for l in 0..low {
+                out[o * low + l] += wd * up[i * low + l];
+            }
+        }
+    }
+    out
+}

@@ -1,0 +1,189 @@
+//! Where model parameters come from while a model is built: a checkpoint, zeros, or random
+//! values. Every request is checked against the expected shape and recorded, so that keys
+//! left over in a checkpoint can be reported and the key set of a preset can be listed.
+
+use super::checkpoint::Checkpoint;
+use crate::model::resize;
+use candle_core::{DType, Device, Result, Tensor};
+use std::cell::RefCell;
+use std::collections::BTreeMap;
+use std::rc::Rc;
+
+pub enum Source {
+    Checkpoint(Checkpoint),
+    /// Zeros without allocation (a broadcast scalar): for listing keys and shapes.
+    Zeros,
+    /// Normal(0, std) values from a seeded generator: for benchmarks and tests.
+    Random { std: f32 },
+}
+
+struct Inner {
+    source: Source,
+    device: Device,
+    requested: RefCell<BTreeMap<String, Vec<usize>>>,
+    rng: RefCell<u64>,
+}
+
+/// A handle on a parameter source under a key prefix (`image_encoder.blocks.0.`).
+#[derive(Clone)]
+pub struct Params {
+    inner: Rc<Inner>,
+    prefix: String,
+}
+
+/// How a table whose grid differs from the model's is brought to the model's size.
+#[derive(Debug, Clone, Copy)]
+pub enum Resize {
+    /// (1, h, w, C) absolute position embedding: bicubic over (h, w).
+    PosEmbed,
+    /// (2L-1, C) relative-position table: linear over rows.
+    RelPos,
+}
+
+impl Params {
+    pub fn new(source: Source, device: &Device) -> Self {
+        Self {
+            inner: Rc::new(Inner {
+                source,
+                device: device.clone(),
+                requested: RefCell::new(BTreeMap::new()),
+                rng: RefCell::new(0x9E37_79B9_7F4A_7C15),
+            }),
+            prefix: String::new(),
+        }
+    }
+
+    pub fn device(&self) -> &Device {
+        &self.inner.device
+    }
+
+    /// The same source one level down: `p.pp("blocks.0")`.
+    pub fn pp(&self, name: &str) -> Self {
+        Self {
+            inner: self.inner.clone(),
+            prefix: format!("{}{name}.", self.prefix),
+        }
+    }
+
+    pub fn key(&self, name: &str) -> String {
+        format!("{}{name}", self.prefix)
+    }
+
+    pub fn has(&self, name: &str) -> bool {
+        match &self.inner.source {
+            Source::Checkpoint(c) => c.tensors.contains_key(&self.key(name)),
+            _ => false,
+        }
+    }
+
+    pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        self.get_inner(name, shape, None)
+    }
+
+    /// Like `get`, but a table saved for another grid size is resized to `shape`.
+    pub fn get_resized(&self, name: &str, shape: &[usize], how: Resize) -> Result<Tensor> {
+        self.get_inner(name, shape, Some(how))
+    }
+
+    fn get_inner(&self, name: &str, shape: &[usize], how: Option<Resize>) -> Result<Tensor> {
+        let key = self.key(name);
+        self.inner
+            .requested
+            .borrow_mut()
+            .insert(key.clone(), shape.to_vec());
+        let device = &self.inner.device;
+        match &self.inner.source {
+            Source::Zeros => Tensor::zeros((), DType::F32, device)?.broadcast_as(shape),
+            Source::Random { std } => {
+                let n: usize = shape.iter().product();
+                let values = self.normal_values(n, *std);
+                Tensor::from_vec(values, shape, device)
+            }
+            Source::Checkpoint(ckpt) => {
+                let t = ckpt.get_f32(&key, device).map_err(candle_core::Error::wrap)?;
+                let t = t.ok_or_else(|| {
+                    candle_core::Error::Msg(format!(
+                        "{}: missing key `{key}` (expected shape {shape:?})",
+                        ckpt.display()
+                    ))
+                })?;
+                fit_shape(ckpt, &key, t, shape, how)
+            }
+        }
+    }
+
+    /// Box–Muller over a splitmix64 stream: deterministic, dependency-free.
+    fn normal_values(&self, n: usize, std: f32) -> Vec<f32> {
+        let mut state = self.inner.rng.borrow_mut();
+        let mut next = || {
+            *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+            let mut z = *state;
+            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
+        };
+        (0..n)
+            .map(|_| {
+                let u1 = next().max(1e-12);
+                let u2 = next();
+                ((-2.0 * u1.ln()).sqrt() * (2.0 * std::f64::consts::PI * u2).cos()) as f32 * std
+            })
+            .collect()
+    }
+
+    /// Every key requested so far, with the shape the model expects.
+    pub fn requested(&self) -> BTreeMap<String, Vec<usize>> {
+        self.inner.requested.borrow().clone()
+    }
+
+    /// Checkpoint keys that no part of the model asked for.
+    pub fn unused_keys(&self) -> Vec<String> {
+        let requested = self.inner.requested.borrow();
+        match &self.inner.source {
+            Source::Checkpoint(c) => c
+                .tensors
+                .keys()
+                .filter(|k| !requested.contains_key(*k))
+                .cloned()
+                .collect(),
+            _ => vec![],
+        }
+    }
+
+    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+        match &self.inner.source {
+            Source::Checkpoint(c) => Some(c),
+            _ => None,
+        }
+    }
+}
+
+fn fit_shape(
+    ckpt: &Checkpoint,
+    key: &str,
+    t: Tensor,
+    shape: &[usize],
+    how: Option<Resize>,
+) -> Result<Tensor> {
+    let found = t.dims().to_vec();
+    if found == shape {
+        return Ok(t);
+    }
+    let mismatch = || {
+        candle_core::Error::Msg(format!(
+            "{}: key `{key}`: expected shape {shape:?}, found {found:?}",
+            ckpt.display()
+        ))
+    };
+    match how {
+        Some(Resize::PosEmbed)
+            if found.len() == 4 && found[0] == 1 && found[3] == shape[3] =>
+        {
+            resize::pos_embed(&t, shape[1], shape[2])
+        }
+        Some(Resize::RelPos) if found.len() == 2 && found[1] == shape[1] => {
+            resize::rel_pos_table(&t, shape[0])
+        }
+        _ => Err(mismatch()),
+    }
+}

@@ -1,0 +1,49 @@
+//! Helpers shared by the integration tests.
+#![allow(dead_code)]
+
+use candle_core::{DType, Device, Tensor};
+use std::collections::HashMap;
+use std::path::PathBuf;
+
+pub fn fixture(name: &str) -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("tests")
+        .join("fixtures")
+        .join(name)
+}
+
+pub fn load_cases(name: &str) -> HashMap<String, Tensor> {
+    candle_core::safetensors::load(fixture(name), &Device::Cpu).expect("fixture loads")
+}
+
+pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
+    assert_eq!(a.dims(), b.dims(), "shapes differ");
+    let a = a.to_dtype(DType::F32).unwrap();
+    let b = b.to_dtype(DType::F32).unwrap();
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+#[track_caller]
+pub fn assert_close(what: &str, ours: &Tensor, golden: &Tensor, tol: f32) {
+    assert_eq!(
+        ours.dims(),
+        golden.dims(),
+        "{what}: shape {:?} vs golden {:?}",
+        ours.dims(),
+        golden.dims()
+    );
+    if ours.elem_count() == 0 {
+        return;
+    }
+    let d = max_abs_diff(ours, golden);
+    assert!(d <= tol, "{what}: max |ours - golden| = {d:e} > {tol:e}");
+}

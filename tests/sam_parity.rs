@@ -1,0 +1,83 @@
+//! Every tensor of the official-SAM golden cases, reproduced from the tiny checkpoint in both
+//! file formats.
+
+mod common;
+
+use candle_core::{Device, Tensor};
+use common::{assert_close, fixture, load_cases};
+use msa::model::{MaskSelection, Prompts, Sam, SamConfig};
+use msa::weights::load_sam;
+use std::collections::HashMap;
+
+const TOL: f32 = 1e-4;
+
+fn tiny_config() -> SamConfig {
+    SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap()
+}
+
+fn load(file: &str) -> Sam {
+    let cfg = tiny_config();
+    load_sam(&fixture(file), Some(&cfg), None, &Device::Cpu)
+        .unwrap()
+        .sam
+}
+
+fn prompts_for(t: &HashMap<String, Tensor>, prefix: &str) -> Prompts {
+    let get = |k: &str| t.get(&format!("{prefix}.{k}")).cloned();
+    Prompts {
+        points: get("point_coords").map(|p| (p, get("point_labels").unwrap())),
+        boxes: get("boxes"),
+        masks: get("mask_input"),
+    }
+}
+
+fn check_model(sam: &Sam, src: &str) {
+    let t = load_cases("sam_tiny_cases.safetensors");
+    let x = sam.preprocess(&t["model.raw_image"]).unwrap();
+    assert_close(&format!("{src} preprocessed"), &x, &t["model.preprocessed"], TOL);
+    let emb = sam.encode(&x).unwrap();
+    assert_close(&format!("{src} image_embeddings"), &emb, &t["model.image_embeddings"], TOL);
+    assert_close(&format!("{src} dense_pe"), &sam.dense_pe, &t["model.dense_pe"], TOL);
+    let emb = &t["model.image_embeddings"];
+    let (h, w) = (128, 96);
+    for case in ["point1", "points2", "box", "point_box", "point_mask", "none"] {
+        let prefix = format!("case.{case}");
+        let prompts = prompts_for(&t, &prefix);
+        let (sparse, dense) = sam.prompt_encoder.forward(&prompts).unwrap();
+        assert_close(&format!("{src} {case} sparse"), &sparse, &t[&format!("{prefix}.sparse")], TOL);
+        assert_close(&format!("{src} {case} dense"), &dense, &t[&format!("{prefix}.dense")], TOL);
+        let out = sam.decode(emb, &prompts).unwrap();
+        for (tag, multimask) in [("multi", true), ("single", false)] {
+            let (low, iou) = out.select(MaskSelection::Sam { multimask }).unwrap();
+            let k = |n: &str| format!("{prefix}.{tag}.{n}");
+            assert_close(&format!("{src} {case} {tag} low"), &low, &t[&k("low_res_logits")], TOL);
+            assert_close(&format!("{src} {case} {tag} iou"), &iou, &t[&k("iou")], TOL);
+            let masks = sam.postprocess_masks(&low, (h, w), (h, w)).unwrap();
+            assert_close(&format!("{src} {case} {tag} masks"), &masks, &t[&k("masks_logits")], TOL);
+        }
+    }
+}
+
+#[test]
+fn tiny_pth_reproduces_official_sam() {
+    check_model(&load("sam_tiny.pth"), "pth");
+}
+
+#[test]
+fn tiny_safetensors_reproduces_official_sam() {
+    check_model(&load("sam_tiny.safetensors"), "safetensors");
+}
+
+#[test]
+fn several_prompts_share_one_embedding() {
+    let sam = load("sam_tiny.pth");
+    let t = load_cases("sam_tiny_cases.safetensors");
+    let prompts = Prompts {
+        points: Some((t["batch.point_coords"].clone(), t["batch.point_labels"].clone())),
+        ..Default::default()
+    };
+    let out = sam.decode(&t["model.image_embeddings"], &prompts).unwrap();
+    let (low, iou) = out.select(MaskSelection::Sam { multimask: true }).unwrap();
+    assert_close("batch low", &low, &t["batch.low_res_logits"], TOL);
+    assert_close("batch iou", &iou, &t["batch.iou"], TOL);
+}
