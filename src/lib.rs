@@ -2,5 +2,6 @@
 //!
 //! The data flows one way: files -> data -> model -> training / inference -> files.
 
+pub mod infer;
 pub mod model;
 pub mod weights;

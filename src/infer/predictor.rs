@@ -1,0 +1,176 @@
+//! `Predictor`: encode an image once, then answer many prompts from the cached embedding.
+
+use super::image_io::resize_longest_side;
+use crate::model::{MaskSelection, Prompts, Sam};
+use anyhow::{bail, Result};
+use candle_core::{DType, Tensor};
+use image::RgbImage;
+
+/// Prompts in original-image pixels, as a user gives them.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct UserPrompt {
+    /// (x, y, label): label 1 foreground, 0 background.
+    pub points: Vec<(f32, f32, i64)>,
+    /// x0, y0, x1, y1.
+    pub bbox: Option<[f32; 4]>,
+}
+
+/// Masks for one prompt set: `masks_logits` (M, H, W) at the original size,
+/// `low_res_logits` (M, 4S/16, 4S/16) and `iou` (M).
+pub struct Prediction {
+    pub masks_logits: Tensor,
+    pub low_res_logits: Tensor,
+    pub iou: Tensor,
+}
+
+impl Prediction {
+    /// Mask `m` thresholded at logit 0, row-major.
+    pub fn binary_mask(&self, m: usize) -> Result<Vec<bool>> {
+        let v = self.masks_logits.get(m)?.flatten_all()?.to_vec1::<f32>()?;
+        Ok(v.into_iter().map(|x| x > 0.0).collect())
+    }
+
+    pub fn iou_values(&self) -> Result<Vec<f32>> {
+        Ok(self.iou.to_vec1::<f32>()?)
+    }
+}
+
+pub struct Predictor<'a> {
+    sam: &'a Sam,
+    features: Option<Tensor>,
+    original_size: (usize, usize),
+    input_size: (usize, usize),
+}
+
+impl<'a> Predictor<'a> {
+    pub fn new(sam: &'a Sam) -> Self {
+        Self {
+            sam,
+            features: None,
+            original_size: (0, 0),
+            input_size: (0, 0),
+        }
+    }
+
+    /// Resizes (longest side to S), normalises, pads and encodes an RGB image.
+    pub fn set_image(&mut self, img: &RgbImage) -> Result<()> {
+        let original = (img.height() as usize, img.width() as usize);
+        if original.0 == 0 || original.1 == 0 {
+            bail!("empty image");
+        }
+        let resized = resize_longest_side(img, self.sam.config.img_size);
+        let input = rgb_to_tensor(&resized, self.sam.device())?;
+        self.set_input(&input, original)
+    }
+
+    /// An image already resized so that its longer side is S: (1, 3, h, w) in 0..255.
+    pub fn set_input(&mut self, input: &Tensor, original_size: (usize, usize)) -> Result<()> {
+        let (_, _, h, w) = input.dims4()?;
+        let x = self.sam.preprocess(input)?;
+        self.features = Some(self.sam.encode(&x)?);
+        self.input_size = (h, w);
+        self.original_size = original_size;
+        Ok(())
+    }
+
+    pub fn features(&self) -> Option<&Tensor> {
+        self.features.as_ref()
+    }
+
+    pub fn original_size(&self) -> (usize, usize) {
+        self.original_size
+    }
+
+    fn scale_xy(&self) -> (f32, f32) {
+        (
+            self.input_size.1 as f32 / self.original_size.1 as f32,
+            self.input_size.0 as f32 / self.original_size.0 as f32,
+        )
+    }
+
+    /// Builds model prompts for N prompt sets; point counts must agree across sets.
+    pub fn model_prompts(&self, sets: &[UserPrompt]) -> Result<Prompts> {
+        let dev = self.sam.device();
+        let n = sets.len();
+        if n == 0 {
+            bail!("no prompt sets given");
+        }
+        let (sx, sy) = self.scale_xy();
+        let n_points = sets[0].points.len();
+        let n_boxes = sets[0].bbox.is_some();
+        if sets.iter().any(|s| s.points.len() != n_points || s.bbox.is_some() != n_boxes) {
+            bail!("every prompt set in a batch needs the same number of points and boxes");
+        }
+        let points = if n_points > 0 {
+            let coords: Vec<f32> = sets
+                .iter()
+                .flat_map(|s| s.points.iter().flat_map(|&(x, y, _)| [x * sx, y * sy]))
+                .collect();
+            let labels: Vec<f32> = sets
+                .iter()
+                .flat_map(|s| s.points.iter().map(|&(_, _, l)| l as f32))
+                .collect();
+            Some((
+                Tensor::from_vec(coords, (n, n_points, 2), dev)?,
+                Tensor::from_vec(labels, (n, n_points), dev)?,
+            ))
+        } else {
+            None
+        };
+        let boxes = if n_boxes {
+            let b: Vec<f32> = sets
+                .iter()
+                .flat_map(|s| {
+                    let [x0, y0, x1, y1] = s.bbox.unwrap_or_default();
+                    [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
+                })
+                .collect();
+            Some(Tensor::from_vec(b, (n, 4), dev)?)
+        } else {
+            None
+        };
+        Ok(Prompts {
+            points,
+            boxes,
+            masks: None,
+        })
+    }
+
+    /// Masks for each prompt set against the cached embedding.
+    pub fn predict_batch(&self, sets: &[UserPrompt], multimask: bool) -> Result<Vec<Prediction>> {
+        let Some(features) = &self.features else {
+            bail!("set_image must be called before predict");
+        };
+        let prompts = self.model_prompts(sets)?;
+        let out = self.sam.decode(features, &prompts)?;
+        let (low, iou) = out.select(MaskSelection::Sam { multimask })?;
+        let masks = self
+            .sam
+            .postprocess_masks(&low, self.input_size, self.original_size)?;
+        (0..sets.len())
+            .map(|i| {
+                Ok(Prediction {
+                    masks_logits: masks.get(i)?,
+                    low_res_logits: low.get(i)?,
+                    iou: iou.get(i)?,
+                })
+            })
+            .collect()
+    }
+
+    pub fn predict(&self, prompt: &UserPrompt, multimask: bool) -> Result<Prediction> {
+        let mut v = self.predict_batch(std::slice::from_ref(prompt), multimask)?;
+        Ok(v.remove(0))
+    }
+}
+
+/// (1, 3, h, w) f32 in 0..255.
+pub fn rgb_to_tensor(img: &RgbImage, device: &candle_core::Device) -> Result<Tensor> {
+    let (w, h) = (img.width() as usize, img.height() as usize);
+    let t = Tensor::from_vec(img.as_raw().clone(), (h, w, 3), device)?
+        .to_dtype(DType::F32)?
+        .permute((2, 0, 1))?
+        .unsqueeze(0)?
+        .contiguous()?;
+    Ok(t)
+}
