@@ -2,6 +2,9 @@
 //!
 //! The data flows one way: files -> data -> model -> training / inference -> files.
 
+pub mod cli;
+pub mod data;
 pub mod infer;
+pub mod kernels;
 pub mod model;
 pub mod weights;

@@ -1,3 +1,16 @@
+use clap::Parser;
+
 fn main() {
-    println!("Hello, world!");
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MSA_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("warn")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = msa::cli::Cli::parse();
+    if let Err(e) = msa::cli::run(cli) {
+        eprintln!("error: {e:#}");
+        std::process::exit(1);
+    }
 }

@@ -1,10 +1,11 @@
 //! Multi-head self-attention of the image encoder with decomposed relative-position bias,
 //! and the window partition around it.
 
-use super::nn::{softmax, Linear};
+use super::nn::{needs_grad, softmax, Linear};
 use super::resize;
+use crate::kernels::attention_cpu;
 use crate::weights::{Params, Resize};
-use candle_core::{DType, Result, Tensor};
+use candle_core::{DType, Result, Storage, Tensor};
 
 /// Logit tensors above this many bytes are computed a few heads at a time, which bounds the
 /// memory of global attention at 1024 px (12 heads x 4096² logits would be 805 MB).
@@ -43,6 +44,57 @@ impl Attention {
 
     /// x: (B, H, W, C) -> (B, H, W, C).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.can_fuse(x) {
+            return self.forward_fused(x);
+        }
+        self.forward_ops(x)
+    }
+
+    /// The fused CPU kernel serves inference; autograd and GPUs take candle's ops.
+    fn can_fuse(&self, x: &Tensor) -> bool {
+        let mut ts = vec![x, &self.qkv.weight];
+        if let Some((h, w)) = &self.rel_pos {
+            ts.extend([h, w]);
+        }
+        x.device().is_cpu() && x.dtype() == DType::F32 && !needs_grad(&ts)
+    }
+
+    fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c) = x.dims4()?;
+        let qkv = self.qkv.forward(x)?.contiguous()?;
+        let tables = match &self.rel_pos {
+            Some((th, tw)) => Some((
+                get_rel_pos(h, h, th)?.flatten_all()?.to_vec1::<f32>()?,
+                get_rel_pos(w, w, tw)?.flatten_all()?.to_vec1::<f32>()?,
+            )),
+            None => None,
+        };
+        let out = {
+            let (storage, layout) = qkv.storage_and_layout();
+            let Storage::Cpu(cpu) = &*storage else {
+                candle_core::bail!("fused attention needs a CPU tensor");
+            };
+            let Some((o1, o2)) = layout.contiguous_offsets() else {
+                candle_core::bail!("fused attention needs a contiguous qkv");
+            };
+            let rel = tables.as_ref().map(|(rh, rw)| attention_cpu::RelTables { rh, rw });
+            let hd = c / self.num_heads;
+            attention_cpu::attention(
+                &cpu.as_slice::<f32>()?[o1..o2],
+                b,
+                (h, w),
+                self.num_heads,
+                hd,
+                self.scale as f32,
+                rel,
+            )
+        };
+        let out = Tensor::from_vec(out, (b, h, w, c), x.device())?;
+        self.proj.forward(&out)
+    }
+
+    /// The same maths with candle ops (differentiable, any device).
+    pub fn forward_ops(&self, x: &Tensor) -> Result<Tensor> {
         let (b, h, w, c) = x.dims4()?;
         let (nh, hd) = (self.num_heads, c / self.num_heads);
         let qkv = self

@@ -11,6 +11,7 @@ pub use params::{Params, Resize, Source};
 use crate::model::{Sam, SamConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
+use std::collections::BTreeMap;
 use std::path::Path;
 
 /// A model loaded from a file, with what was learned about the file on the way.
@@ -22,6 +23,10 @@ pub struct Loaded {
     pub checkpoint_image_size: Option<usize>,
     /// Adapter tensors present in the file but not part of the SAM architecture.
     pub adapter_keys: Vec<String>,
+    /// Parameter count of each part (`image_encoder`, `prompt_encoder`, `mask_decoder`).
+    pub part_params: BTreeMap<String, usize>,
+    /// Parameter count of the adapter tensors found in the file.
+    pub adapter_params: usize,
 }
 
 pub fn is_adapter_key(key: &str) -> bool {
@@ -66,17 +71,34 @@ pub fn load_sam(
             shown.join(", ")
         );
     }
+    let ckpt = params.checkpoint().context("checkpoint source")?;
+    let adapter_params = adapter_keys
+        .iter()
+        .map(|k| ckpt.tensors[k].elem_count())
+        .sum();
     Ok(Loaded {
         sam,
         preset,
         checkpoint_image_size,
         adapter_keys,
+        part_params: part_params(&params.requested()),
+        adapter_params,
     })
 }
 
 /// Every key and shape of a SAM built from `config`, without allocating weights.
-pub fn expected_keys(config: &SamConfig) -> Result<std::collections::BTreeMap<String, Vec<usize>>> {
+pub fn expected_keys(config: &SamConfig) -> Result<BTreeMap<String, Vec<usize>>> {
     let params = Params::new(Source::Zeros, &Device::Cpu);
     Sam::load(&params, config)?;
     Ok(params.requested())
+}
+
+/// Parameters per top-level part, from a key -> shape map.
+pub fn part_params(shapes: &BTreeMap<String, Vec<usize>>) -> BTreeMap<String, usize> {
+    let mut parts = BTreeMap::new();
+    for (k, shape) in shapes {
+        let part = k.split('.').next().unwrap_or(k).to_string();
+        *parts.entry(part).or_insert(0) += shape.iter().product::<usize>();
+    }
+    parts
 }

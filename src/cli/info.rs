@@ -1,0 +1,71 @@
+//! `msa info`: what a checkpoint holds.
+
+use super::ModelArgs;
+use anyhow::Result;
+use serde_json::json;
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct InfoArgs {
+    /// SAM checkpoint: official .pth or safetensors.
+    pub checkpoint: PathBuf,
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Print one JSON object instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+pub fn run(args: &InfoArgs) -> Result<()> {
+    let model = ModelArgs {
+        checkpoint: args.checkpoint.clone(),
+        config: args.config.clone(),
+        image_size: None,
+    };
+    let loaded = model.load(&candle_core::Device::Cpu)?;
+    let total: usize = loaded.part_params.values().sum();
+    let cfg = &loaded.sam.config;
+    if args.json {
+        let v = json!({
+            "checkpoint": args.checkpoint.display().to_string(),
+            "architecture": loaded.preset,
+            "image_size": cfg.img_size,
+            "checkpoint_image_size": loaded.checkpoint_image_size,
+            "parameters": loaded.part_params,
+            "total_parameters": total,
+            "adapters": {
+                "present": !loaded.adapter_keys.is_empty(),
+                "tensors": loaded.adapter_keys.len(),
+                "parameters": loaded.adapter_params,
+            },
+            "config": cfg,
+        });
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("checkpoint    {}", args.checkpoint.display());
+    println!("architecture  {}", loaded.preset);
+    println!(
+        "image size    {} (embedding {}x{}, {} blocks, global {:?})",
+        cfg.img_size,
+        cfg.grid(),
+        cfg.grid(),
+        cfg.depth,
+        cfg.global_attn_indexes
+    );
+    println!("parameters");
+    for (part, n) in &loaded.part_params {
+        println!("  {part:<16}{n:>14}");
+    }
+    println!("  {:<16}{total:>14}", "total");
+    if loaded.adapter_keys.is_empty() {
+        println!("adapters      none");
+    } else {
+        println!(
+            "adapters      {} tensors, {} parameters (not applied by this build)",
+            loaded.adapter_keys.len(),
+            loaded.adapter_params
+        );
+    }
+    Ok(())
+}

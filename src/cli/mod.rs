@@ -1,0 +1,85 @@
+//! The command line: argument definitions and one module per subcommand.
+
+pub mod bench;
+pub mod demo;
+pub mod info;
+pub mod predict;
+
+use anyhow::Result;
+use clap::{Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Parser, Debug)]
+#[command(name = "msa", version, about = "Medical SAM Adapter: Segment Anything with adapters, in Rust")]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Describe a checkpoint: architecture, image size, parameters, adapters.
+    Info(info::InfoArgs),
+    /// Segment an image from clicks and/or a box.
+    Predict(predict::PredictArgs),
+    /// Rewrite a checkpoint (.pth or safetensors) as safetensors with the same keys.
+    Convert {
+        input: PathBuf,
+        output: PathBuf,
+    },
+    /// Time the image encoder or the prompt encoder + mask decoder on random weights.
+    Bench(bench::BenchArgs),
+    /// Run `predict` on the embedded tiny model and a generated image.
+    Demo(demo::DemoArgs),
+}
+
+/// Options shared by every command that loads a model.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ModelArgs {
+    /// SAM checkpoint: official .pth or safetensors.
+    #[arg(long)]
+    pub checkpoint: PathBuf,
+    /// JSON architecture description for a custom model (fields of sam_tiny.json's `config`).
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Model input size; position tables are resized when it differs from the checkpoint's.
+    #[arg(long)]
+    pub image_size: Option<usize>,
+}
+
+impl ModelArgs {
+    pub fn load(&self, device: &candle_core::Device) -> Result<crate::weights::Loaded> {
+        let cfg = self
+            .config
+            .as_deref()
+            .map(crate::model::SamConfig::from_json_file)
+            .transpose()?;
+        crate::weights::load_sam(&self.checkpoint, cfg.as_ref(), self.image_size, device)
+    }
+}
+
+pub fn run(cli: Cli) -> Result<()> {
+    match cli.command {
+        Command::Info(a) => info::run(&a),
+        Command::Predict(a) => predict::run(&a),
+        Command::Convert { input, output } => {
+            let n = crate::weights::convert(&input, &output)?;
+            println!("wrote {n} tensors to {}", output.display());
+            Ok(())
+        }
+        Command::Bench(a) => bench::run(&a),
+        Command::Demo(a) => demo::run(&a),
+    }
+}
+
+/// The device commands run on: the first CUDA GPU in a `--features cuda` build, else CPU.
+pub fn default_device() -> Result<candle_core::Device> {
+    #[cfg(feature = "cuda")]
+    {
+        Ok(candle_core::Device::new_cuda(0)?)
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Ok(candle_core::Device::Cpu)
+    }
+}

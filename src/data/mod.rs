@@ -1,0 +1,3 @@
+//! Data: generated samples (real dataset layouts come with training).
+
+pub mod synthetic;

@@ -1,0 +1,67 @@
+//! Generated images with known masks, shared by the demo, tests and benchmarks.
+
+use image::RgbImage;
+
+/// A small deterministic generator (splitmix64), so that generated data is the same
+/// on every machine.
+#[derive(Debug, Clone)]
+pub struct SplitMix(pub u64);
+
+impl SplitMix {
+    pub fn next_u64(&mut self) -> u64 {
+        self.0 = self.0.wrapping_add(0x9E37_79B9_7F4A_7C15);
+        let mut z = self.0;
+        z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+        z ^ (z >> 31)
+    }
+
+    /// Uniform in [0, 1).
+    pub fn uniform(&mut self) -> f64 {
+        (self.next_u64() >> 11) as f64 / (1u64 << 53) as f64
+    }
+
+    /// Uniform integer in [0, n).
+    pub fn below(&mut self, n: usize) -> usize {
+        (self.uniform() * n as f64) as usize % n.max(1)
+    }
+}
+
+/// A lesion-like image: a bright textured ellipse on a darker noisy background.
+/// Returns the image and its ground-truth mask (row-major, true inside the ellipse).
+pub fn lesion_image(width: usize, height: usize, seed: u64) -> (RgbImage, Vec<bool>) {
+    let mut rng = SplitMix(seed);
+    let cx = width as f64 * (0.35 + 0.3 * rng.uniform());
+    let cy = height as f64 * (0.35 + 0.3 * rng.uniform());
+    let rx = width as f64 * (0.12 + 0.12 * rng.uniform());
+    let ry = height as f64 * (0.12 + 0.12 * rng.uniform());
+    let mut img = RgbImage::new(width as u32, height as u32);
+    let mut mask = vec![false; width * height];
+    for y in 0..height {
+        for x in 0..width {
+            let dx = (x as f64 + 0.5 - cx) / rx;
+            let dy = (y as f64 + 0.5 - cy) / ry;
+            let inside = dx * dx + dy * dy <= 1.0;
+            mask[y * width + x] = inside;
+            let noise = rng.uniform() * 30.0;
+            let px = if inside {
+                [150.0 + noise, 90.0 + noise, 70.0 + noise]
+            } else {
+                [200.0 + noise * 0.5, 170.0 + noise * 0.5, 150.0 + noise * 0.5]
+            };
+            img.put_pixel(x as u32, y as u32, image::Rgb(px.map(|v| v.min(255.0) as u8)));
+        }
+    }
+    (img, mask)
+}
+
+/// The centre of mass of a mask as (x, y), if it has any pixel.
+pub fn mask_centroid(mask: &[bool], width: usize) -> Option<(f32, f32)> {
+    let (mut sx, mut sy, mut n) = (0f64, 0f64, 0usize);
+    for (i, _) in mask.iter().enumerate().filter(|(_, &m)| m) {
+        sx += (i % width) as f64 + 0.5;
+        sy += (i / width) as f64 + 0.5;
+        n += 1;
+    }
+    (n > 0).then(|| ((sx / n as f64) as f32, (sy / n as f64) as f32))
+}

@@ -1,0 +1,145 @@
+//! Fused multi-head attention with decomposed relative-position bias, for inference on CPU.
+//!
+//! Works on the qkv projection as it comes out of the Linear layer, (B, N, 3, heads, hd)
+//! token-major, and writes (B, N, heads*hd), the layout `proj` takes. Each task handles a
+//! block of query rows of one head: logits for the block live in a small buffer, get the
+//! bias and softmax in place, and are multiplied by V right away, so the N x N logits of
+//! a head never exist in memory at once.
+
+use super::simd::{dot_body, softmax_row_body};
+use gemm::{gemm, Parallelism};
+use rayon::prelude::*;
+
+/// Query rows per task for global attention: a 64 x 4096 block is 1 MiB.
+const ROW_BLOCK: usize = 64;
+
+pub struct RelTables<'a> {
+    /// (H, H, hd): Rh[qy, ky, :]
+    pub rh: &'a [f32],
+    /// (W, W, hd): Rw[qx, kx, :]
+    pub rw: &'a [f32],
+}
+
+#[derive(Clone, Copy)]
+struct SharedOut(*mut f32);
+// SAFETY: tasks write disjoint (row block, head) regions of the output.
+unsafe impl Send for SharedOut {}
+unsafe impl Sync for SharedOut {}
+
+/// `qkv`: B x (H*W) x 3C values; returns B x (H*W) x C.
+#[allow(clippy::too_many_arguments)]
+pub fn attention(
+    qkv: &[f32],
+    b: usize,
+    (h, w): (usize, usize),
+    heads: usize,
+    head_dim: usize,
+    scale: f32,
+    rel: Option<RelTables>,
+) -> Vec<f32> {
+    let n = h * w;
+    let c = heads * head_dim;
+    assert_eq!(qkv.len(), b * n * 3 * c, "qkv buffer size");
+    let mut out = vec![0f32; b * n * c];
+    let shared = SharedOut(out.as_mut_ptr());
+    let block = if n > 2 * ROW_BLOCK { ROW_BLOCK } else { n };
+    let blocks_per_head = n.div_ceil(block);
+    let tasks = b * heads * blocks_per_head;
+    (0..tasks).into_par_iter().for_each_init(
+        || (vec![0f32; block * n], vec![0f32; h + w]),
+        |(logits, bias), task| {
+            let bi = task / (heads * blocks_per_head);
+            let head = (task / blocks_per_head) % heads;
+            let r0 = (task % blocks_per_head) * block;
+            let rows = block.min(n - r0);
+            let base = bi * n * 3 * c;
+            let q = &qkv[base + head * head_dim..];
+            let k = &qkv[base + c + head * head_dim..];
+            let v = &qkv[base + 2 * c + head * head_dim..];
+            let logits = &mut logits[..rows * n];
+            // SAFETY: the strides walk rows of 3C values inside `qkv`, and `logits` holds
+            // rows x n values.
+            unsafe {
+                gemm(
+                    rows, n, head_dim,
+                    logits.as_mut_ptr(), 1, n as isize, false,
+                    q.as_ptr().add(r0 * 3 * c), 1, (3 * c) as isize,
+                    k.as_ptr(), (3 * c) as isize, 1,
+                    0.0, scale, false, false, false, Parallelism::None,
+                );
+            }
+            let ctx = RowCtx { q, stride: 3 * c, head_dim, hw: (h, w), rel: rel.as_ref() };
+            finish_rows(logits, r0, &ctx, bias);
+            let dst = shared;
+            // SAFETY: this task alone writes rows r0..r0+rows, columns of `head`.
+            unsafe {
+                gemm(
+                    rows, head_dim, n,
+                    dst.0.add(bi * n * c + r0 * c + head * head_dim), 1, c as isize, false,
+                    logits.as_ptr(), 1, n as isize,
+                    v.as_ptr(), 1, (3 * c) as isize,
+                    0.0, 1.0, false, false, false, Parallelism::None,
+                );
+            }
+        },
+    );
+    out
+}
+
+struct RowCtx<'a> {
+    /// This head's q at token 0; token t starts at t * stride.
+    q: &'a [f32],
+    stride: usize,
+    head_dim: usize,
+    hw: (usize, usize),
+    rel: Option<&'a RelTables<'a>>,
+}
+
+/// Relative-position bias and softmax for every row of a logits block.
+fn finish_rows(logits: &mut [f32], r0: usize, ctx: &RowCtx, bias: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { finish_rows_avx2(logits, r0, ctx, bias) };
+        }
+    }
+    finish_rows_body(logits, r0, ctx, bias)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn finish_rows_avx2(logits: &mut [f32], r0: usize, ctx: &RowCtx, bias: &mut [f32]) {
+    finish_rows_body(logits, r0, ctx, bias)
+}
+
+#[inline(always)]
+fn finish_rows_body(logits: &mut [f32], r0: usize, ctx: &RowCtx, bias: &mut [f32]) {
+    let (h, w) = ctx.hw;
+    let n = h * w;
+    let hd = ctx.head_dim;
+    for (r, row) in logits.chunks_exact_mut(n).enumerate() {
+        if let Some(t) = ctx.rel {
+            let token = r0 + r;
+            let q = &ctx.q[token * ctx.stride..token * ctx.stride + hd];
+            let (qy, qx) = (token / w, token % w);
+            // row[ky*w + kx] += <q, Rh[qy, ky]> + <q, Rw[qx, kx]>
+            let (bh, bw) = bias.split_at_mut(h);
+            for (ky, out) in bh.iter_mut().enumerate() {
+                let off = (qy * h + ky) * hd;
+                *out = dot_body(q, &t.rh[off..off + hd]);
+            }
+            for (kx, out) in bw.iter_mut().enumerate() {
+                let off = (qx * w + kx) * hd;
+                *out = dot_body(q, &t.rw[off..off + hd]);
+            }
+            for (ky, seg) in row.chunks_exact_mut(w).enumerate() {
+                let vh = bh[ky];
+                for (v, &vw) in seg.iter_mut().zip(bw.iter()) {
+                    *v += vh + vw;
+                }
+            }
+        }
+        softmax_row_body(row);
+    }
+}
