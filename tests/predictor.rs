@@ -50,9 +50,17 @@ fn resize_longest_side_matches_pil_bilinear() {
         .zip(&golden)
         .filter(|(a, b)| (**a as f32 - **b).abs() > 1.0)
         .count();
-    let exact = ours.iter().zip(&golden).filter(|(a, b)| **a as f32 == **b).count();
+    let exact = ours
+        .iter()
+        .zip(&golden)
+        .filter(|(a, b)| **a as f32 == **b)
+        .count();
     assert_eq!(off_by_more_than_one, 0);
-    assert!(exact as f64 >= 0.99 * golden.len() as f64, "{exact} of {} exact", golden.len());
+    assert!(
+        exact as f64 >= 0.99 * golden.len() as f64,
+        "{exact} of {} exact",
+        golden.len()
+    );
 }
 
 #[test]
@@ -61,9 +69,19 @@ fn model_outputs_match_given_the_resized_input() {
     let t = load_cases("sam_tiny_cases.safetensors");
     let mut p = Predictor::new(&sam);
     p.set_input(&t["predictor.input_image"], (75, 100)).unwrap();
-    assert_close("features", p.features().unwrap(), &t["predictor.features"], 1e-4);
+    assert_close(
+        "features",
+        p.features().unwrap(),
+        &t["predictor.features"],
+        1e-4,
+    );
     let pred = p.predict(&prompt(), true).unwrap();
-    assert_close("low_res", &pred.low_res_logits, &t["predictor.low_res_logits"], 1e-4);
+    assert_close(
+        "low_res",
+        &pred.low_res_logits,
+        &t["predictor.low_res_logits"],
+        1e-4,
+    );
     assert_close("scores", &pred.iou, &t["predictor.scores"], 1e-4);
 }
 
@@ -74,7 +92,12 @@ fn masks_from_the_raw_image_agree_with_sam_predictor() {
     let mut p = Predictor::new(&sam);
     p.set_image(&image(&t)).unwrap();
     let pred = p.predict(&prompt(), true).unwrap();
-    let ours = pred.masks_logits.gt(0.0).unwrap().to_dtype(DType::U8).unwrap();
+    let ours = pred
+        .masks_logits
+        .gt(0.0)
+        .unwrap()
+        .to_dtype(DType::U8)
+        .unwrap();
     let golden = &t["predictor.masks"];
     assert_eq!(ours.dims(), golden.dims());
     let same = ours
@@ -88,6 +111,12 @@ fn masks_from_the_raw_image_agree_with_sam_predictor() {
         .unwrap();
     assert!(same >= 0.995, "only {same} of the pixels agree");
     // Both foreground and background occur, so agreement is not trivial.
-    let fg = golden.to_dtype(DType::F32).unwrap().mean_all().unwrap().to_scalar::<f32>().unwrap();
+    let fg = golden
+        .to_dtype(DType::F32)
+        .unwrap()
+        .mean_all()
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap();
     assert!(fg > 0.01 && fg < 0.99, "golden foreground fraction {fg}");
 }

@@ -26,6 +26,16 @@ fn rel_pos_linear_matches_torch() {
 #[test]
 fn bilinear_matches_torch_up_and_down() {
     let t = load_cases("resize_cases.safetensors");
-    assert_close("up", &resize::bilinear(&t["bil.in"], 11, 13).unwrap(), &t["bil.up"], 1e-5);
-    assert_close("down", &resize::bilinear(&t["bil.big"], 6, 9).unwrap(), &t["bil.down"], 1e-5);
+    assert_close(
+        "up",
+        &resize::bilinear(&t["bil.in"], 11, 13).unwrap(),
+        &t["bil.up"],
+        1e-5,
+    );
+    assert_close(
+        "down",
+        &resize::bilinear(&t["bil.big"], 6, 9).unwrap(),
+        &t["bil.down"],
+        1e-5,
+    );
 }

@@ -34,26 +34,68 @@ fn prompts_for(t: &HashMap<String, Tensor>, prefix: &str) -> Prompts {
 fn check_model(sam: &Sam, src: &str) {
     let t = load_cases("sam_tiny_cases.safetensors");
     let x = sam.preprocess(&t["model.raw_image"]).unwrap();
-    assert_close(&format!("{src} preprocessed"), &x, &t["model.preprocessed"], TOL);
+    assert_close(
+        &format!("{src} preprocessed"),
+        &x,
+        &t["model.preprocessed"],
+        TOL,
+    );
     let emb = sam.encode(&x).unwrap();
-    assert_close(&format!("{src} image_embeddings"), &emb, &t["model.image_embeddings"], TOL);
-    assert_close(&format!("{src} dense_pe"), &sam.dense_pe, &t["model.dense_pe"], TOL);
+    assert_close(
+        &format!("{src} image_embeddings"),
+        &emb,
+        &t["model.image_embeddings"],
+        TOL,
+    );
+    assert_close(
+        &format!("{src} dense_pe"),
+        &sam.dense_pe,
+        &t["model.dense_pe"],
+        TOL,
+    );
     let emb = &t["model.image_embeddings"];
     let (h, w) = (128, 96);
-    for case in ["point1", "points2", "box", "point_box", "point_mask", "none"] {
+    for case in [
+        "point1",
+        "points2",
+        "box",
+        "point_box",
+        "point_mask",
+        "none",
+    ] {
         let prefix = format!("case.{case}");
         let prompts = prompts_for(&t, &prefix);
         let (sparse, dense) = sam.prompt_encoder.forward(&prompts).unwrap();
-        assert_close(&format!("{src} {case} sparse"), &sparse, &t[&format!("{prefix}.sparse")], TOL);
-        assert_close(&format!("{src} {case} dense"), &dense, &t[&format!("{prefix}.dense")], TOL);
+        assert_close(
+            &format!("{src} {case} sparse"),
+            &sparse,
+            &t[&format!("{prefix}.sparse")],
+            TOL,
+        );
+        assert_close(
+            &format!("{src} {case} dense"),
+            &dense,
+            &t[&format!("{prefix}.dense")],
+            TOL,
+        );
         let out = sam.decode(emb, &prompts).unwrap();
         for (tag, multimask) in [("multi", true), ("single", false)] {
             let (low, iou) = out.select(MaskSelection::Sam { multimask }).unwrap();
             let k = |n: &str| format!("{prefix}.{tag}.{n}");
-            assert_close(&format!("{src} {case} {tag} low"), &low, &t[&k("low_res_logits")], TOL);
+            assert_close(
+                &format!("{src} {case} {tag} low"),
+                &low,
+                &t[&k("low_res_logits")],
+                TOL,
+            );
             assert_close(&format!("{src} {case} {tag} iou"), &iou, &t[&k("iou")], TOL);
             let masks = sam.postprocess_masks(&low, (h, w), (h, w)).unwrap();
-            assert_close(&format!("{src} {case} {tag} masks"), &masks, &t[&k("masks_logits")], TOL);
+            assert_close(
+                &format!("{src} {case} {tag} masks"),
+                &masks,
+                &t[&k("masks_logits")],
+                TOL,
+            );
         }
     }
 }
@@ -73,11 +115,49 @@ fn several_prompts_share_one_embedding() {
     let sam = load("sam_tiny.pth");
     let t = load_cases("sam_tiny_cases.safetensors");
     let prompts = Prompts {
-        points: Some((t["batch.point_coords"].clone(), t["batch.point_labels"].clone())),
+        points: Some((
+            t["batch.point_coords"].clone(),
+            t["batch.point_labels"].clone(),
+        )),
         ..Default::default()
     };
     let out = sam.decode(&t["model.image_embeddings"], &prompts).unwrap();
     let (low, iou) = out.select(MaskSelection::Sam { multimask: true }).unwrap();
     assert_close("batch low", &low, &t["batch.low_res_logits"], TOL);
     assert_close("batch iou", &iou, &t["batch.iou"], TOL);
+}
+
+/// With autograd tracking the input, every layer takes its differentiable candle-ops path
+/// instead of the fused CPU kernels; that path must match the golden numbers too.
+#[test]
+fn differentiable_path_matches_golden() {
+    let sam = load("sam_tiny.pth");
+    let t = load_cases("sam_tiny_cases.safetensors");
+    let raw = candle_core::Var::from_tensor(&t["model.raw_image"]).unwrap();
+    let emb = sam
+        .encode(&sam.preprocess(raw.as_tensor()).unwrap())
+        .unwrap();
+    assert!(emb.track_op());
+    assert_close(
+        "tracked image_embeddings",
+        &emb,
+        &t["model.image_embeddings"],
+        TOL,
+    );
+    let emb = candle_core::Var::from_tensor(&t["model.image_embeddings"]).unwrap();
+    for case in ["point_box", "point_mask"] {
+        let prefix = format!("case.{case}");
+        let out = sam
+            .decode(emb.as_tensor(), &prompts_for(&t, &prefix))
+            .unwrap();
+        let (low, iou) = out.select(MaskSelection::Sam { multimask: true }).unwrap();
+        assert!(low.track_op());
+        assert_close(
+            "tracked low",
+            &low,
+            &t[&format!("{prefix}.multi.low_res_logits")],
+            TOL,
+        );
+        assert_close("tracked iou", &iou, &t[&format!("{prefix}.multi.iou")], TOL);
+    }
 }

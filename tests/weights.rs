@@ -21,7 +21,10 @@ fn presets_have_exactly_the_official_keys_and_shapes() {
         let golden = golden_keys(preset);
         let missing: Vec<_> = golden.keys().filter(|k| !ours.contains_key(*k)).collect();
         let extra: Vec<_> = ours.keys().filter(|k| !golden.contains_key(*k)).collect();
-        assert!(missing.is_empty() && extra.is_empty(), "{preset}: missing {missing:?}, extra {extra:?}");
+        assert!(
+            missing.is_empty() && extra.is_empty(),
+            "{preset}: missing {missing:?}, extra {extra:?}"
+        );
         for (k, shape) in &golden {
             assert_eq!(&ours[k], shape, "{preset}: {k}");
         }
@@ -33,7 +36,9 @@ fn tiny_config() -> SamConfig {
 }
 
 fn tiny_tensors() -> BTreeMap<String, Tensor> {
-    Checkpoint::read(&fixture("sam_tiny.safetensors")).unwrap().tensors
+    Checkpoint::read(&fixture("sam_tiny.safetensors"))
+        .unwrap()
+        .tensors
 }
 
 fn load_err(path: &Path, cfg: Option<&SamConfig>) -> String {
@@ -54,7 +59,10 @@ fn wrong_shape_names_file_key_and_both_shapes() {
     let dir = tempfile::tempdir().unwrap();
     let mut t = tiny_tensors();
     let key = "mask_decoder.iou_token.weight";
-    t.insert(key.into(), Tensor::zeros((1, 31), DType::F32, &Device::Cpu).unwrap());
+    t.insert(
+        key.into(),
+        Tensor::zeros((1, 31), DType::F32, &Device::Cpu).unwrap(),
+    );
     let path = write(dir.path(), "bad_shape.safetensors", &t);
     let err = load_err(&path, Some(&tiny_config()));
     for needle in ["bad_shape.safetensors", key, "[1, 32]", "[1, 31]"] {
@@ -79,10 +87,16 @@ fn missing_key_is_named() {
 fn unexpected_key_is_refused() {
     let dir = tempfile::tempdir().unwrap();
     let mut t = tiny_tensors();
-    t.insert("image_encoder.blocks.9.norm1.weight".into(), Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap());
+    t.insert(
+        "image_encoder.blocks.9.norm1.weight".into(),
+        Tensor::zeros(64, DType::F32, &Device::Cpu).unwrap(),
+    );
     let path = write(dir.path(), "extra.safetensors", &t);
     let err = load_err(&path, Some(&tiny_config()));
-    assert!(err.contains("extra.safetensors") && err.contains("blocks.9.norm1.weight"), "{err}");
+    assert!(
+        err.contains("extra.safetensors") && err.contains("blocks.9.norm1.weight"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -103,7 +117,10 @@ fn garbage_and_missing_files_are_reported() {
     let path = dir.path().join("notes.txt");
     std::fs::write(&path, "this is not a checkpoint at all").unwrap();
     let err = load_err(&path, None);
-    assert!(err.contains("notes.txt") && err.contains("neither"), "{err}");
+    assert!(
+        err.contains("notes.txt") && err.contains("neither"),
+        "{err}"
+    );
     let err = load_err(&dir.path().join("absent.pth"), None);
     assert!(err.contains("absent.pth"), "{err}");
 }
@@ -111,7 +128,10 @@ fn garbage_and_missing_files_are_reported() {
 #[test]
 fn custom_architecture_without_config_asks_for_one() {
     let err = load_err(&fixture("sam_tiny.pth"), None);
-    assert!(err.contains("--config") && err.contains("embed_dim 64"), "{err}");
+    assert!(
+        err.contains("--config") && err.contains("embed_dim 64"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -120,7 +140,10 @@ fn wrong_config_reports_the_first_mismatch() {
     cfg.embed_dim = 96;
     cfg.num_heads = 4;
     let err = load_err(&fixture("sam_tiny.pth"), Some(&cfg));
-    assert!(err.contains("sam_tiny.pth") && err.contains("expected shape"), "{err}");
+    assert!(
+        err.contains("sam_tiny.pth") && err.contains("expected shape"),
+        "{err}"
+    );
 }
 
 #[test]
@@ -168,10 +191,18 @@ fn read(name: &str) -> BTreeMap<String, Tensor> {
 
 #[test]
 fn pth_wrappers_and_prefixes_are_unwrapped() {
-    for name in ["wrapped_model.pth", "wrapped_state_dict.pth", "flat_f16.pth"] {
+    for name in [
+        "wrapped_model.pth",
+        "wrapped_state_dict.pth",
+        "flat_f16.pth",
+    ] {
         let t = read(name);
         let keys: Vec<_> = t.keys().cloned().collect();
-        assert_eq!(keys, ["image_encoder.pos_embed", "mask_decoder.iou_token.weight"], "{name}");
+        assert_eq!(
+            keys,
+            ["image_encoder.pos_embed", "mask_decoder.iou_token.weight"],
+            "{name}"
+        );
         assert_eq!(t["image_encoder.pos_embed"].dims(), [1, 2, 2, 4], "{name}");
     }
     let f16 = &read("flat_f16.pth")["mask_decoder.iou_token.weight"];

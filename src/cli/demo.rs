@@ -44,7 +44,10 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         points: vec![(cx, cy, 1)],
         bbox: None,
     };
-    println!("demo: tiny random-weight SAM, generated image {}, click ({cx:.1}, {cy:.1})", image_path.display());
+    println!(
+        "demo: tiny random-weight SAM, generated image {}, click ({cx:.1}, {cy:.1})",
+        image_path.display()
+    );
     let files = Outputs {
         mask: args.out.join("mask.png"),
         overlay: Some(args.out.join("overlay.png")),

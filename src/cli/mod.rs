@@ -10,7 +10,11 @@ use clap::{Parser, Subcommand};
 use std::path::PathBuf;
 
 #[derive(Parser, Debug)]
-#[command(name = "msa", version, about = "Medical SAM Adapter: Segment Anything with adapters, in Rust")]
+#[command(
+    name = "msa",
+    version,
+    about = "Medical SAM Adapter: Segment Anything with adapters, in Rust"
+)]
 pub struct Cli {
     #[command(subcommand)]
     pub command: Command,
@@ -23,10 +27,7 @@ pub enum Command {
     /// Segment an image from clicks and/or a box.
     Predict(predict::PredictArgs),
     /// Rewrite a checkpoint (.pth or safetensors) as safetensors with the same keys.
-    Convert {
-        input: PathBuf,
-        output: PathBuf,
-    },
+    Convert { input: PathBuf, output: PathBuf },
     /// Time the image encoder or the prompt encoder + mask decoder on random weights.
     Bench(bench::BenchArgs),
     /// Run `predict` on the embedded tiny model and a generated image.

@@ -38,7 +38,10 @@ pub struct PredictArgs {
 
 pub fn parse_point(s: &str) -> Result<(f32, f32, i64), String> {
     let v: Vec<&str> = s.split(',').map(str::trim).collect();
-    let num = |t: &str| t.parse::<f32>().map_err(|_| format!("`{t}` in point `{s}` is not a number"));
+    let num = |t: &str| {
+        t.parse::<f32>()
+            .map_err(|_| format!("`{t}` in point `{s}` is not a number"))
+    };
     match v.as_slice() {
         [x, y] => Ok((num(x)?, num(y)?, 1)),
         [x, y, l] => {
@@ -46,7 +49,9 @@ pub fn parse_point(s: &str) -> Result<(f32, f32, i64), String> {
                 .parse::<i64>()
                 .map_err(|_| format!("label `{l}` in point `{s}` is not an integer"))?;
             if label != 0 && label != 1 {
-                return Err(format!("label in point `{s}` must be 1 (foreground) or 0 (background)"));
+                return Err(format!(
+                    "label in point `{s}` must be 1 (foreground) or 0 (background)"
+                ));
             }
             Ok((num(x)?, num(y)?, label))
         }
@@ -57,7 +62,11 @@ pub fn parse_point(s: &str) -> Result<(f32, f32, i64), String> {
 pub fn parse_box(s: &str) -> Result<[f32; 4], String> {
     let v: Vec<f32> = s
         .split(',')
-        .map(|t| t.trim().parse::<f32>().map_err(|_| format!("`{t}` in box `{s}` is not a number")))
+        .map(|t| {
+            t.trim()
+                .parse::<f32>()
+                .map_err(|_| format!("`{t}` in box `{s}` is not a number"))
+        })
         .collect::<Result<_, _>>()?;
     match v.as_slice() {
         [x0, y0, x1, y1] if x1 > x0 && y1 > y0 => Ok([*x0, *y0, *x1, *y1]),
@@ -123,7 +132,11 @@ pub fn predict_and_write(
     for (m, path) in paths.iter().enumerate() {
         ensure_parent(path)?;
         save_mask(&pred.binary_mask(m)?, w, h, path)?;
-        println!("mask {m}: predicted IoU {:.4} -> {}", ious[m], path.display());
+        println!(
+            "mask {m}: predicted IoU {:.4} -> {}",
+            ious[m],
+            path.display()
+        );
     }
     if let Some(path) = &files.overlay {
         let best = (0..ious.len())
@@ -148,9 +161,17 @@ pub fn mask_paths(out: &Path, n: usize) -> Vec<PathBuf> {
     if n == 1 {
         return vec![out.to_path_buf()];
     }
-    let stem = out.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "mask".into());
-    let ext = out.extension().map(|s| s.to_string_lossy().to_string()).unwrap_or_else(|| "png".into());
-    (0..n).map(|i| out.with_file_name(format!("{stem}_{i}.{ext}"))).collect()
+    let stem = out
+        .file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "mask".into());
+    let ext = out
+        .extension()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_else(|| "png".into());
+    (0..n)
+        .map(|i| out.with_file_name(format!("{stem}_{i}.{ext}")))
+        .collect()
 }
 
 fn ensure_parent(path: &Path) -> Result<()> {
@@ -163,10 +184,16 @@ fn ensure_parent(path: &Path) -> Result<()> {
 /// (N=1, M, ...) tensors as the `--logits` contract gives them.
 fn write_logits(path: &Path, pred: &Prediction) -> Result<()> {
     let mut t = BTreeMap::new();
-    t.insert("low_res_logits".to_string(), pred.low_res_logits.unsqueeze(0)?);
+    t.insert(
+        "low_res_logits".to_string(),
+        pred.low_res_logits.unsqueeze(0)?,
+    );
     t.insert("iou".to_string(), pred.iou.unsqueeze(0)?);
     t.insert("masks_logits".to_string(), pred.masks_logits.unsqueeze(0)?);
     let mut meta = HashMap::new();
-    meta.insert("producer".to_string(), format!("msa {}", env!("CARGO_PKG_VERSION")));
+    meta.insert(
+        "producer".to_string(),
+        format!("msa {}", env!("CARGO_PKG_VERSION")),
+    );
     save_safetensors(path, &t, Some(meta))
 }

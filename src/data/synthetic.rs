@@ -47,9 +47,17 @@ pub fn lesion_image(width: usize, height: usize, seed: u64) -> (RgbImage, Vec<bo
             let px = if inside {
                 [150.0 + noise, 90.0 + noise, 70.0 + noise]
             } else {
-                [200.0 + noise * 0.5, 170.0 + noise * 0.5, 150.0 + noise * 0.5]
+                [
+                    200.0 + noise * 0.5,
+                    170.0 + noise * 0.5,
+                    150.0 + noise * 0.5,
+                ]
             };
-            img.put_pixel(x as u32, y as u32, image::Rgb(px.map(|v| v.min(255.0) as u8)));
+            img.put_pixel(
+                x as u32,
+                y as u32,
+                image::Rgb(px.map(|v| v.min(255.0) as u8)),
+            );
         }
     }
     (img, mask)

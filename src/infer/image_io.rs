@@ -159,7 +159,11 @@ pub fn overlay(img: &RgbImage, mask: &[bool], color: [u8; 3]) -> RgbImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut out = img.clone();
     let inside = |x: isize, y: isize| {
-        x >= 0 && y >= 0 && (x as usize) < w && (y as usize) < h && mask[y as usize * w + x as usize]
+        x >= 0
+            && y >= 0
+            && (x as usize) < w
+            && (y as usize) < h
+            && mask[y as usize * w + x as usize]
     };
     for y in 0..h {
         for x in 0..w {
@@ -167,13 +171,16 @@ pub fn overlay(img: &RgbImage, mask: &[bool], color: [u8; 3]) -> RgbImage {
                 continue;
             }
             let (xi, yi) = (x as isize, y as isize);
-            let edge = !(inside(xi - 1, yi) && inside(xi + 1, yi) && inside(xi, yi - 1) && inside(xi, yi + 1));
+            let edge = !(inside(xi - 1, yi)
+                && inside(xi + 1, yi)
+                && inside(xi, yi - 1)
+                && inside(xi, yi + 1));
             let p = out.get_pixel_mut(x as u32, y as u32);
-            for c in 0..3 {
-                p.0[c] = if edge {
-                    color[c]
+            for (v, &c) in p.0.iter_mut().zip(&color) {
+                *v = if edge {
+                    c
                 } else {
-                    ((p.0[c] as u16 + color[c] as u16) / 2) as u8
+                    ((*v as u16 + c as u16) / 2) as u8
                 };
             }
         }

@@ -98,7 +98,10 @@ impl<'a> Predictor<'a> {
         let (sx, sy) = self.scale_xy();
         let n_points = sets[0].points.len();
         let n_boxes = sets[0].bbox.is_some();
-        if sets.iter().any(|s| s.points.len() != n_points || s.bbox.is_some() != n_boxes) {
+        if sets
+            .iter()
+            .any(|s| s.points.len() != n_points || s.bbox.is_some() != n_boxes)
+        {
             bail!("every prompt set in a batch needs the same number of points and boxes");
         }
         let points = if n_points > 0 {

@@ -26,6 +26,15 @@ struct SharedOut(*mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
+/// A (B, N, heads*hd) operand inside a larger buffer: token t of batch b starts at
+/// `b * batch_stride + t * row_stride`.
+#[derive(Clone, Copy)]
+pub struct Operand<'a> {
+    pub data: &'a [f32],
+    pub row_stride: usize,
+    pub batch_stride: usize,
+}
+
 /// `qkv`: B x (H*W) x 3C values; returns B x (H*W) x C.
 #[allow(clippy::too_many_arguments)]
 pub fn attention(
@@ -40,45 +49,118 @@ pub fn attention(
     let n = h * w;
     let c = heads * head_dim;
     assert_eq!(qkv.len(), b * n * 3 * c, "qkv buffer size");
-    let mut out = vec![0f32; b * n * c];
+    let op = |offset: usize| Operand {
+        data: &qkv[offset..],
+        row_stride: 3 * c,
+        batch_stride: n * 3 * c,
+    };
+    let dims = Dims {
+        b,
+        nq: n,
+        nk: n,
+        heads,
+        head_dim,
+        grid: (h, w),
+    };
+    attention_general(op(0), op(c), op(2 * c), dims, scale, rel)
+}
+
+/// Sizes of one attention call.
+#[derive(Clone, Copy)]
+pub struct Dims {
+    pub b: usize,
+    pub nq: usize,
+    pub nk: usize,
+    pub heads: usize,
+    pub head_dim: usize,
+    /// Query grid (H, W) for the relative-position bias (nq = nk = H*W then).
+    pub grid: (usize, usize),
+}
+
+/// softmax(scale q kᵀ [+ bias]) v for every batch item and head; returns (B, nq, heads*hd).
+pub fn attention_general(
+    q: Operand,
+    k: Operand,
+    v: Operand,
+    d: Dims,
+    scale: f32,
+    rel: Option<RelTables>,
+) -> Vec<f32> {
+    let (n, nk, heads, head_dim) = (d.nq, d.nk, d.heads, d.head_dim);
+    let c = heads * head_dim;
+    let mut out = vec![0f32; d.b * n * c];
     let shared = SharedOut(out.as_mut_ptr());
     let block = if n > 2 * ROW_BLOCK { ROW_BLOCK } else { n };
     let blocks_per_head = n.div_ceil(block);
-    let tasks = b * heads * blocks_per_head;
+    let tasks = d.b * heads * blocks_per_head;
+    let (h, w) = d.grid;
     (0..tasks).into_par_iter().for_each_init(
-        || (vec![0f32; block * n], vec![0f32; h + w]),
+        || (vec![0f32; block * nk], vec![0f32; h + w]),
         |(logits, bias), task| {
             let bi = task / (heads * blocks_per_head);
             let head = (task / blocks_per_head) % heads;
             let r0 = (task % blocks_per_head) * block;
             let rows = block.min(n - r0);
-            let base = bi * n * 3 * c;
-            let q = &qkv[base + head * head_dim..];
-            let k = &qkv[base + c + head * head_dim..];
-            let v = &qkv[base + 2 * c + head * head_dim..];
-            let logits = &mut logits[..rows * n];
-            // SAFETY: the strides walk rows of 3C values inside `qkv`, and `logits` holds
-            // rows x n values.
+            let at = |o: &Operand<'_>| bi * o.batch_stride + head * head_dim;
+            let (qh, kh, vh) = (&q.data[at(&q)..], &k.data[at(&k)..], &v.data[at(&v)..]);
+            let logits = &mut logits[..rows * nk];
+            // SAFETY: the strides walk rows inside the operands, and `logits` holds
+            // rows x nk values.
             unsafe {
                 gemm(
-                    rows, n, head_dim,
-                    logits.as_mut_ptr(), 1, n as isize, false,
-                    q.as_ptr().add(r0 * 3 * c), 1, (3 * c) as isize,
-                    k.as_ptr(), (3 * c) as isize, 1,
-                    0.0, scale, false, false, false, Parallelism::None,
+                    rows,
+                    nk,
+                    head_dim,
+                    logits.as_mut_ptr(),
+                    1,
+                    nk as isize,
+                    false,
+                    qh.as_ptr().add(r0 * q.row_stride),
+                    1,
+                    q.row_stride as isize,
+                    kh.as_ptr(),
+                    k.row_stride as isize,
+                    1,
+                    0.0,
+                    scale,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
                 );
             }
-            let ctx = RowCtx { q, stride: 3 * c, head_dim, hw: (h, w), rel: rel.as_ref() };
+            let ctx = RowCtx {
+                q: qh,
+                stride: q.row_stride,
+                head_dim,
+                hw: d.grid,
+                nk,
+                rel: rel.as_ref(),
+            };
             finish_rows(logits, r0, &ctx, bias);
             let dst = shared;
             // SAFETY: this task alone writes rows r0..r0+rows, columns of `head`.
             unsafe {
                 gemm(
-                    rows, head_dim, n,
-                    dst.0.add(bi * n * c + r0 * c + head * head_dim), 1, c as isize, false,
-                    logits.as_ptr(), 1, n as isize,
-                    v.as_ptr(), 1, (3 * c) as isize,
-                    0.0, 1.0, false, false, false, Parallelism::None,
+                    rows,
+                    head_dim,
+                    nk,
+                    dst.0.add(bi * n * c + r0 * c + head * head_dim),
+                    1,
+                    c as isize,
+                    false,
+                    logits.as_ptr(),
+                    1,
+                    nk as isize,
+                    vh.as_ptr(),
+                    1,
+                    v.row_stride as isize,
+                    0.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    Parallelism::None,
                 );
             }
         },
@@ -92,6 +174,7 @@ struct RowCtx<'a> {
     stride: usize,
     head_dim: usize,
     hw: (usize, usize),
+    nk: usize,
     rel: Option<&'a RelTables<'a>>,
 }
 
@@ -116,9 +199,8 @@ unsafe fn finish_rows_avx2(logits: &mut [f32], r0: usize, ctx: &RowCtx, bias: &m
 #[inline(always)]
 fn finish_rows_body(logits: &mut [f32], r0: usize, ctx: &RowCtx, bias: &mut [f32]) {
     let (h, w) = ctx.hw;
-    let n = h * w;
     let hd = ctx.head_dim;
-    for (r, row) in logits.chunks_exact_mut(n).enumerate() {
+    for (r, row) in logits.chunks_exact_mut(ctx.nk).enumerate() {
         if let Some(t) = ctx.rel {
             let token = r0 + r;
             let q = &ctx.q[token * ctx.stride..token * ctx.stride + hd];

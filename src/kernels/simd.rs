@@ -14,10 +14,12 @@ fn exp_approx(x: f32) -> f32 {
     let p = ((((1.987_569_1e-4 * r + 1.398_199_9e-3) * r + 8.333_452e-3) * r + 4.166_579_6e-2) * r
         + 1.666_666_5e-1)
         * r
-        + 5.000_000_1e-1;
+        + 5e-1;
     let y = p * z + r + 1.0;
-    let bits = ((n as i32 + 127) as u32) << 23;
-    y * f32::from_bits(bits)
+    // n as an integer without a (scalar, saturating) float-to-int cast: adding 1.5 * 2^23
+    // puts the integer in the low mantissa bits.
+    let ni = (n + 12_582_912.0).to_bits().wrapping_sub(0x4B40_0000) as i32;
+    y * f32::from_bits(((ni + 127) as u32) << 23)
 }
 
 /// Reductions keep eight partial results so that the loops vectorise without
@@ -32,7 +34,10 @@ fn lanes_max(row: &[f32]) -> f32 {
             acc[l] = if c[l] > acc[l] { c[l] } else { acc[l] };
         }
     }
-    tail.iter().chain(acc.iter()).copied().fold(f32::NEG_INFINITY, f32::max)
+    tail.iter()
+        .chain(acc.iter())
+        .copied()
+        .fold(f32::NEG_INFINITY, f32::max)
 }
 
 #[inline(always)]
@@ -82,17 +87,19 @@ pub fn softmax_row(row: &mut [f32]) {
 pub(crate) fn dot_body(a: &[f32], b: &[f32]) -> f32 {
     // Eight partial sums so that the loop vectorises without reassociation flags.
     let mut acc = [0f32; 8];
-    let chunks = a.len() / 8;
-    for c in 0..chunks {
+    let (ca, cb) = (a.chunks_exact(8), b.chunks_exact(8));
+    let tail: f32 = ca
+        .remainder()
+        .iter()
+        .zip(cb.remainder())
+        .map(|(x, y)| x * y)
+        .sum();
+    for (x, y) in ca.zip(cb) {
         for l in 0..8 {
-            acc[l] += a[c * 8 + l] * b[c * 8 + l];
+            acc[l] += x[l] * y[l];
         }
     }
-    let mut s: f32 = acc.iter().sum();
-    for i in chunks * 8..a.len() {
-        s += a[i] * b[i];
-    }
-    s
+    acc.iter().sum::<f32>() + tail
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -140,5 +147,87 @@ mod tests {
         for (a, b) in row.iter().zip(&expect) {
             assert!((a - b).abs() < 1e-6);
         }
+    }
+}
+
+/// erf(x), Abramowitz & Stegun 7.1.26 (|error| < 1.5e-7), branch-free.
+#[inline(always)]
+fn erf_approx(x: f32) -> f32 {
+    const P: f32 = 0.327_591_1;
+    const A: [f32; 5] = [
+        0.254_829_6,
+        -0.284_496_74,
+        1.421_413_7,
+        -1.453_152_1,
+        1.061_405_4,
+    ];
+    let ax = x.abs();
+    let t = 1.0 / (1.0 + P * ax);
+    let poly = ((((A[4] * t + A[3]) * t + A[2]) * t + A[1]) * t + A[0]) * t;
+    let y = 1.0 - poly * exp_approx(-ax * ax);
+    y.copysign(x)
+}
+
+#[inline(always)]
+fn gelu_body(xs: &mut [f32]) {
+    const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+    for v in xs.iter_mut() {
+        *v = 0.5 * *v * (1.0 + erf_approx(*v * FRAC_1_SQRT_2));
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_avx2(xs: &mut [f32]) {
+    gelu_body(xs)
+}
+
+/// In-place GELU (erf form), as PyTorch's `nn.GELU()`.
+pub fn gelu_in_place(xs: &mut [f32]) {
+    #[cfg(target_arch = "x86_64")]
+    {
+        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+            // SAFETY: the CPU supports the features the function was compiled for.
+            return unsafe { gelu_avx2(xs) };
+        }
+    }
+    gelu_body(xs)
+}
+
+#[cfg(test)]
+mod gelu_tests {
+    use super::*;
+
+    #[test]
+    fn gelu_matches_the_erf_definition() {
+        let xs: Vec<f32> = (0..4001).map(|i| -10.0 + i as f32 * 0.005).collect();
+        let mut ours = xs.clone();
+        gelu_in_place(&mut ours);
+        for (x, y) in xs.iter().zip(&ours) {
+            let exact = 0.5 * *x as f64 * (1.0 + libm_erf(*x as f64 / std::f64::consts::SQRT_2));
+            assert!(
+                (*y as f64 - exact).abs() < 2e-6,
+                "gelu({x}) = {y}, expected {exact}"
+            );
+        }
+    }
+
+    /// erf by its Taylor series / continued fraction in f64, as a reference.
+    fn libm_erf(x: f64) -> f64 {
+        if x.abs() > 5.0 {
+            return x.signum();
+        }
+        let mut sum = 0.0f64;
+        let mut term = x;
+        let mut n = 0.0;
+        while term.abs() > 1e-17 * sum.abs().max(1e-300) || n < 5.0 {
+            sum += term / (2.0 * n + 1.0);
+            n += 1.0;
+            term *= -x * x / n;
+            if n > 200.0 {
+                break;
+            }
+        }
+        sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 }

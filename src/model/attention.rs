@@ -77,7 +77,9 @@ impl Attention {
             let Some((o1, o2)) = layout.contiguous_offsets() else {
                 candle_core::bail!("fused attention needs a contiguous qkv");
             };
-            let rel = tables.as_ref().map(|(rh, rw)| attention_cpu::RelTables { rh, rw });
+            let rel = tables
+                .as_ref()
+                .map(|(rh, rw)| attention_cpu::RelTables { rh, rw });
             let hd = c / self.num_heads;
             attention_cpu::attention(
                 &cpu.as_slice::<f32>()?[o1..o2],
@@ -102,9 +104,8 @@ impl Attention {
             .forward(x)?
             .reshape((b, h * w, 3, nh, hd))?
             .permute((2, 0, 3, 1, 4))?;
-        let take = |i: usize| -> Result<Tensor> {
-            qkv.get(i)?.contiguous()?.reshape((b * nh, h * w, hd))
-        };
+        let take =
+            |i: usize| -> Result<Tensor> { qkv.get(i)?.contiguous()?.reshape((b * nh, h * w, hd)) };
         let (q, k, v) = (take(0)?, take(1)?, take(2)?);
         let rel = match &self.rel_pos {
             Some((th, tw)) => Some((get_rel_pos(h, h, th)?, get_rel_pos(w, w, tw)?)),
@@ -116,7 +117,11 @@ impl Attention {
         let mut start = 0;
         while start < b * nh {
             let n = chunk.min(b * nh - start);
-            let (qc, kc, vc) = (q.narrow(0, start, n)?, k.narrow(0, start, n)?, v.narrow(0, start, n)?);
+            let (qc, kc, vc) = (
+                q.narrow(0, start, n)?,
+                k.narrow(0, start, n)?,
+                v.narrow(0, start, n)?,
+            );
             outs.push(self.attend(&qc, &kc, &vc, rel.as_ref(), (h, w))?);
             start += n;
         }
@@ -193,9 +198,7 @@ fn add_decomposed_rel_pos(
         .matmul(&rw.t()?)?
         .reshape((w, n, h, w))?
         .permute((1, 2, 0, 3))?;
-    let bias = rel_h
-        .unsqueeze(4)?
-        .broadcast_add(&rel_w.unsqueeze(3)?)?;
+    let bias = rel_h.unsqueeze(4)?.broadcast_add(&rel_w.unsqueeze(3)?)?;
     attn.reshape((n, h, w, h, w))?
         .add(&bias)?
         .reshape((n, h * w, h * w))

@@ -118,31 +118,31 @@ impl SamConfig {
         let checks = [
             (self.patch_size > 0, "patch_size must be positive"),
             (
-                self.img_size % self.patch_size.max(1) == 0,
+                self.img_size.is_multiple_of(self.patch_size.max(1)),
                 "img_size must be a multiple of patch_size",
             ),
             (
-                self.num_heads > 0 && self.embed_dim % self.num_heads.max(1) == 0,
+                self.num_heads > 0 && self.embed_dim.is_multiple_of(self.num_heads.max(1)),
                 "embed_dim must be a multiple of num_heads",
             ),
             (
                 self.decoder_num_heads > 0
-                    && (self.prompt_embed_dim / 2) % self.decoder_num_heads.max(1) == 0,
+                    && (self.prompt_embed_dim / 2).is_multiple_of(self.decoder_num_heads.max(1)),
                 "prompt_embed_dim / 2 must be a multiple of decoder_num_heads",
             ),
             (
-                self.prompt_embed_dim % 8 == 0,
+                self.prompt_embed_dim.is_multiple_of(8),
                 "prompt_embed_dim must be a multiple of 8",
             ),
-            (
-                self.mask_in_chans >= 4,
-                "mask_in_chans must be at least 4",
-            ),
+            (self.mask_in_chans >= 4, "mask_in_chans must be at least 4"),
             (
                 self.global_attn_indexes.iter().all(|&i| i < self.depth),
                 "global_attn_indexes must be below depth",
             ),
-            (self.iou_head_depth >= 1, "iou_head_depth must be at least 1"),
+            (
+                self.iou_head_depth >= 1,
+                "iou_head_depth must be at least 1",
+            ),
         ];
         for (ok, msg) in checks {
             anyhow::ensure!(ok, "{msg} (config: {self:?})");

@@ -129,7 +129,8 @@ impl ImageEncoder {
             cfg.embed_dim,
             cfg.patch_size,
         )?;
-        let pos_embed = Some(p.get_resized("pos_embed", &[1, g, g, cfg.embed_dim], Resize::PosEmbed)?);
+        let pos_embed =
+            Some(p.get_resized("pos_embed", &[1, g, g, cfg.embed_dim], Resize::PosEmbed)?);
         let blocks = (0..cfg.depth)
             .map(|i| Block::load(&p.pp(&format!("blocks.{i}")), cfg, i))
             .collect::<Result<_>>()?;

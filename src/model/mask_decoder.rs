@@ -2,9 +2,10 @@
 //! an upscaling path, and one hypernetwork MLP per mask token.
 
 use super::config::SamConfig;
-use super::nn::{gelu, softmax, LayerNorm, Linear, Mlp, UpConv2x2};
+use super::nn::{gelu, needs_grad, softmax, LayerNorm, Linear, Mlp, UpConv2x2};
+use crate::kernels::attention_cpu;
 use crate::weights::Params;
-use candle_core::{Result, Tensor};
+use candle_core::{Result, Storage, Tensor};
 
 /// nn.LayerNorm's default, used throughout the decoder's transformer.
 const DECODER_LN_EPS: f64 = 1e-5;
@@ -39,14 +40,71 @@ impl DecoderAttention {
 
     /// q (B, Nq, D), k and v (B, Nk, D) -> (B, Nq, D).
     pub fn forward(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let q = self.heads(&self.q_proj.forward(q)?)?;
-        let k = self.heads(&self.k_proj.forward(k)?)?;
-        let v = self.heads(&self.v_proj.forward(v)?)?;
+        let q = self.q_proj.forward(q)?;
+        let k = self.k_proj.forward(k)?;
+        let v = self.v_proj.forward(v)?;
+        let out = if q.device().is_cpu() && !needs_grad(&[&q, &k, &v]) {
+            self.attend_fused(&q, &k, &v)?
+        } else {
+            self.attend_ops(&q, &k, &v)?
+        };
+        self.out_proj.forward(&out)
+    }
+
+    /// The CPU kernel reads heads in place (no head transposes, no logits tensor).
+    fn attend_fused(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (b, nq, c) = q.dims3()?;
+        let nk = k.dim(1)?;
+        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
+        let (sq, _) = q.storage_and_layout();
+        let (sk, _) = k.storage_and_layout();
+        let (sv, _) = v.storage_and_layout();
+        let (Storage::Cpu(cq), Storage::Cpu(ck), Storage::Cpu(cv)) = (&*sq, &*sk, &*sv) else {
+            candle_core::bail!("fused decoder attention needs CPU tensors");
+        };
+        fn op<'a>(
+            s: &'a candle_core::CpuStorage,
+            t: &Tensor,
+            n: usize,
+            c: usize,
+        ) -> Result<attention_cpu::Operand<'a>> {
+            let Some((o1, o2)) = t.layout().contiguous_offsets() else {
+                candle_core::bail!("fused decoder attention needs contiguous inputs");
+            };
+            Ok(attention_cpu::Operand {
+                data: &s.as_slice::<f32>()?[o1..o2],
+                row_stride: c,
+                batch_stride: n * c,
+            })
+        }
+        let hd = c / self.num_heads;
+        let dims = attention_cpu::Dims {
+            b,
+            nq,
+            nk,
+            heads: self.num_heads,
+            head_dim: hd,
+            grid: (1, nk),
+        };
+        let out = attention_cpu::attention_general(
+            op(cq, &q, nq, c)?,
+            op(ck, &k, nk, c)?,
+            op(cv, &v, nk, c)?,
+            dims,
+            (hd as f32).powf(-0.5),
+            None,
+        );
+        Tensor::from_vec(out, (b, nq, c), q.device())
+    }
+
+    fn attend_ops(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let q = self.heads(q)?;
+        let k = self.heads(k)?;
+        let v = self.heads(v)?;
         let (b, h, n, c) = q.dims4()?;
         let attn = (q.matmul(&k.t()?)? / (c as f64).sqrt())?;
         let out = softmax(&attn)?.matmul(&v)?;
-        let out = out.transpose(1, 2)?.contiguous()?.reshape((b, n, h * c))?;
-        self.out_proj.forward(&out)
+        out.transpose(1, 2)?.contiguous()?.reshape((b, n, h * c))
     }
 }
 
@@ -162,7 +220,12 @@ impl TwoWayTransformer {
     }
 
     /// image (B, HW, D), image_pe (B, HW, D), tokens (B, T, D) -> (tokens, image).
-    pub fn forward(&self, image: &Tensor, image_pe: &Tensor, tokens: &Tensor) -> Result<(Tensor, Tensor)> {
+    pub fn forward(
+        &self,
+        image: &Tensor,
+        image_pe: &Tensor,
+        tokens: &Tensor,
+    ) -> Result<(Tensor, Tensor)> {
         let (mut queries, mut keys) = (tokens.clone(), image.clone());
         for layer in &self.layers {
             (queries, keys) = layer.forward(&queries, &keys, tokens, image_pe)?;
@@ -199,10 +262,18 @@ impl MaskDecoder {
         let d = cfg.prompt_embed_dim;
         let t = cfg.num_mask_tokens();
         let hypernetworks = (0..t)
-            .map(|i| Mlp::load(&p.pp(&format!("output_hypernetworks_mlps.{i}")), &[d, d, d, d / 8]))
+            .map(|i| {
+                Mlp::load(
+                    &p.pp(&format!("output_hypernetworks_mlps.{i}")),
+                    &[d, d, d, d / 8],
+                )
+            })
             .collect::<Result<_>>()?;
         let mut iou_dims = vec![d];
-        iou_dims.extend(std::iter::repeat_n(cfg.iou_head_hidden_dim, cfg.iou_head_depth - 1));
+        iou_dims.extend(std::iter::repeat_n(
+            cfg.iou_head_hidden_dim,
+            cfg.iou_head_depth - 1,
+        ));
         iou_dims.push(t);
         Ok(Self {
             transformer: TwoWayTransformer::load(&p.pp("transformer"), cfg)?,
@@ -232,7 +303,9 @@ impl MaskDecoder {
             candle_core::bail!("image batch {bi} does not match prompt batch {b}");
         }
         let out_tokens = Tensor::cat(&[&self.iou_token, &self.mask_tokens], 0)?;
-        let out_tokens = out_tokens.unsqueeze(0)?.broadcast_as((b, 1 + self.num_mask_tokens, d))?;
+        let out_tokens = out_tokens
+            .unsqueeze(0)?
+            .broadcast_as((b, 1 + self.num_mask_tokens, d))?;
         let tokens = if sparse.dim(1)? == 0 {
             out_tokens.contiguous()?
         } else {
@@ -240,7 +313,11 @@ impl MaskDecoder {
         };
         let src = image.broadcast_as((b, d, h, w))?.add(dense)?;
         let src = src.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
-        let pos = image_pe.flatten_from(2)?.transpose(1, 2)?.broadcast_as((b, h * w, d))?.contiguous()?;
+        let pos = image_pe
+            .flatten_from(2)?
+            .transpose(1, 2)?
+            .broadcast_as((b, h * w, d))?
+            .contiguous()?;
 
         let (hs, src) = self.transformer.forward(&src, &pos, &tokens)?;
         let up = self.upscale(&src.reshape((b, h, w, d))?)?; // (B, 4h, 4w, d/8)

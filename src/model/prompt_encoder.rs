@@ -96,7 +96,11 @@ impl PromptEncoder {
             point_embeddings,
             not_a_point_embed: p.get("not_a_point_embed.weight", &[1, d])?,
             no_mask_embed: p.get("no_mask_embed.weight", &[1, d])?,
-            mask_downscaling: MaskDownscaling::load(&p.pp("mask_downscaling"), cfg.mask_in_chans, d)?,
+            mask_downscaling: MaskDownscaling::load(
+                &p.pp("mask_downscaling"),
+                cfg.mask_in_chans,
+                d,
+            )?,
         })
     }
 

@@ -93,5 +93,8 @@ pub fn pos_embed(pos: &Tensor, nh: usize, nw: usize) -> Result<Tensor> {
     let rx = matrix(cubic_matrix(w, nw), nw, w, pos.device())?;
     let chw = pos.squeeze(0)?.permute((2, 0, 1))?; // (C, h, w)
     let out = apply_separable(&chw, &ry, &rx)?; // (C, nh, nw)
-    out.permute((1, 2, 0))?.unsqueeze(0)?.contiguous()?.reshape((1, nh, nw, c))
+    out.permute((1, 2, 0))?
+        .unsqueeze(0)?
+        .contiguous()?
+        .reshape((1, nh, nw, c))
 }

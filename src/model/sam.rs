@@ -44,9 +44,13 @@ impl Sam {
         let (_, _, h, w) = x.dims4()?;
         let s = self.config.img_size;
         if h > s || w > s {
-            candle_core::bail!("image {h}x{w} is larger than the model input {s}x{s}; resize it first");
+            candle_core::bail!(
+                "image {h}x{w} is larger than the model input {s}x{s}; resize it first"
+            );
         }
-        let x = x.broadcast_sub(&self.pixel_mean)?.broadcast_div(&self.pixel_std)?;
+        let x = x
+            .broadcast_sub(&self.pixel_mean)?
+            .broadcast_div(&self.pixel_std)?;
         x.pad_with_zeros(2, 0, s - h)?.pad_with_zeros(3, 0, s - w)
     }
 

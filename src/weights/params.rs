@@ -14,7 +14,9 @@ pub enum Source {
     /// Zeros without allocation (a broadcast scalar): for listing keys and shapes.
     Zeros,
     /// Normal(0, std) values from a seeded generator: for benchmarks and tests.
-    Random { std: f32 },
+    Random {
+        std: f32,
+    },
 }
 
 struct Inner {
@@ -100,7 +102,9 @@ impl Params {
                 Tensor::from_vec(values, shape, device)
             }
             Source::Checkpoint(ckpt) => {
-                let t = ckpt.get_f32(&key, device).map_err(candle_core::Error::wrap)?;
+                let t = ckpt
+                    .get_f32(&key, device)
+                    .map_err(candle_core::Error::wrap)?;
                 let t = t.ok_or_else(|| {
                     candle_core::Error::Msg(format!(
                         "{}: missing key `{key}` (expected shape {shape:?})",
@@ -176,9 +180,7 @@ fn fit_shape(
         ))
     };
     match how {
-        Some(Resize::PosEmbed)
-            if found.len() == 4 && found[0] == 1 && found[3] == shape[3] =>
-        {
+        Some(Resize::PosEmbed) if found.len() == 4 && found[0] == 1 && found[3] == shape[3] => {
             resize::pos_embed(&t, shape[1], shape[2])
         }
         Some(Resize::RelPos) if found.len() == 2 && found[1] == shape[1] => {

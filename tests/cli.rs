@@ -1,0 +1,317 @@
+//! The `msa` binary as users call it.
+
+mod common;
+
+use candle_core::Device;
+use common::fixture;
+use std::path::Path;
+use std::process::{Command, Output};
+
+fn msa(args: &[&str]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_msa"))
+        .args(args)
+        .output()
+        .expect("msa runs")
+}
+
+fn ok(args: &[&str]) -> String {
+    let out = msa(args);
+    let stdout = String::from_utf8_lossy(&out.stdout).to_string();
+    assert!(
+        out.status.success(),
+        "msa {args:?} failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    stdout
+}
+
+fn err(args: &[&str]) -> String {
+    let out = msa(args);
+    assert!(!out.status.success(), "msa {args:?} should fail");
+    String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+fn s(p: &Path) -> String {
+    p.display().to_string()
+}
+
+fn write_images(dir: &Path) -> Vec<std::path::PathBuf> {
+    let (rgb, _) = msa::data::synthetic::lesion_image(100, 75, 3);
+    let png = dir.join("rgb.png");
+    rgb.save(&png).unwrap();
+    let jpg = dir.join("rgb.jpg");
+    rgb.save(&jpg).unwrap();
+    let gray16 = image::ImageBuffer::<image::Luma<u16>, Vec<u16>>::from_fn(100, 75, |x, y| {
+        image::Luma([(x * 30 + y * 10) as u16 + 1000])
+    });
+    let png16 = dir.join("gray16.png");
+    gray16.save(&png16).unwrap();
+    let tif = dir.join("gray16.tif");
+    gray16.save(&tif).unwrap();
+    vec![png, jpg, png16, tif]
+}
+
+#[test]
+fn predict_writes_mask_overlay_and_logits_for_every_image_kind() {
+    let dir = tempfile::tempdir().unwrap();
+    let ckpt = s(&fixture("sam_tiny.pth"));
+    let cfg = s(&fixture("sam_tiny.json"));
+    for img in write_images(dir.path()) {
+        let stem = img.file_name().unwrap().to_string_lossy().replace('.', "_");
+        let mask = dir.path().join(format!("{stem}_mask.png"));
+        let overlay = dir.path().join(format!("{stem}_overlay.png"));
+        let logits = dir.path().join(format!("{stem}.safetensors"));
+        let out = ok(&[
+            "predict",
+            "--checkpoint",
+            &ckpt,
+            "--config",
+            &cfg,
+            "--image",
+            &s(&img),
+            "--point",
+            "50,30",
+            "--point",
+            "10,60,0",
+            "--box",
+            "20,10,80,60",
+            "--out",
+            &s(&mask),
+            "--overlay",
+            &s(&overlay),
+            "--logits",
+            &s(&logits),
+        ]);
+        assert!(out.contains("mask 0: predicted IoU"), "{out}");
+        let m = image::open(&mask).unwrap().to_luma8();
+        assert_eq!(m.dimensions(), (100, 75));
+        assert!(m.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
+        assert_eq!(
+            image::open(&overlay).unwrap().to_rgb8().dimensions(),
+            (100, 75)
+        );
+        let t = candle_core::safetensors::load(&logits, &Device::Cpu).unwrap();
+        assert_eq!(t["low_res_logits"].dims(), [1, 1, 32, 32]);
+        assert_eq!(t["iou"].dims(), [1, 1]);
+        assert_eq!(t["masks_logits"].dims(), [1, 1, 75, 100]);
+    }
+}
+
+#[test]
+fn multimask_writes_one_file_per_mask() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = &write_images(dir.path())[0];
+    let out = ok(&[
+        "predict",
+        "--checkpoint",
+        &s(&fixture("sam_tiny.safetensors")),
+        "--config",
+        &s(&fixture("sam_tiny.json")),
+        "--image",
+        &s(img),
+        "--point",
+        "50,30",
+        "--multimask",
+        "--out",
+        &s(&dir.path().join("m.png")),
+    ]);
+    for i in 0..3 {
+        assert!(dir.path().join(format!("m_{i}.png")).exists());
+        assert!(out.contains(&format!("mask {i}: predicted IoU")), "{out}");
+    }
+}
+
+#[test]
+fn cli_masks_equal_the_library_predictor() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = &write_images(dir.path())[0];
+    let logits = dir.path().join("l.safetensors");
+    ok(&[
+        "predict",
+        "--checkpoint",
+        &s(&fixture("sam_tiny.pth")),
+        "--config",
+        &s(&fixture("sam_tiny.json")),
+        "--image",
+        &s(img),
+        "--box",
+        "20,10,80,60",
+        "--out",
+        &s(&dir.path().join("m.png")),
+        "--logits",
+        &s(&logits),
+    ]);
+    let cfg = msa::model::SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap();
+    let sam = msa::weights::load_sam(&fixture("sam_tiny.pth"), Some(&cfg), None, &Device::Cpu)
+        .unwrap()
+        .sam;
+    let mut p = msa::infer::Predictor::new(&sam);
+    p.set_image(&image::open(img).unwrap().to_rgb8()).unwrap();
+    let prompt = msa::infer::UserPrompt {
+        points: vec![],
+        bbox: Some([20.0, 10.0, 80.0, 60.0]),
+    };
+    let pred = p.predict(&prompt, false).unwrap();
+    let t = candle_core::safetensors::load(&logits, &Device::Cpu).unwrap();
+    let d = common::max_abs_diff(&t["masks_logits"].squeeze(0).unwrap(), &pred.masks_logits);
+    assert_eq!(d, 0.0);
+}
+
+#[test]
+fn bad_prompts_and_files_get_clear_errors() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = s(&write_images(dir.path())[0]);
+    let ckpt = s(&fixture("sam_tiny.pth"));
+    let cfg = s(&fixture("sam_tiny.json"));
+    let out = s(&dir.path().join("m.png"));
+    let e = err(&[
+        "predict",
+        "--checkpoint",
+        &ckpt,
+        "--config",
+        &cfg,
+        "--image",
+        &img,
+        "--point",
+        "30,90",
+        "--out",
+        &out,
+    ]);
+    assert!(e.contains("outside the 100x75 image"), "{e}");
+    let e = err(&[
+        "predict",
+        "--checkpoint",
+        &ckpt,
+        "--config",
+        &cfg,
+        "--image",
+        &img,
+        "--box",
+        "80,10,20,60",
+        "--out",
+        &out,
+    ]);
+    assert!(e.contains("x0 < x1"), "{e}");
+    let e = err(&[
+        "predict",
+        "--checkpoint",
+        &ckpt,
+        "--config",
+        &cfg,
+        "--image",
+        &img,
+        "--point",
+        "3,4,7",
+        "--out",
+        &out,
+    ]);
+    assert!(e.contains("must be 1 (foreground) or 0"), "{e}");
+    let missing = s(&dir.path().join("nope.png"));
+    let e = err(&[
+        "predict",
+        "--checkpoint",
+        &ckpt,
+        "--config",
+        &cfg,
+        "--image",
+        &missing,
+        "--point",
+        "3,4",
+        "--out",
+        &out,
+    ]);
+    assert!(e.contains("nope.png"), "{e}");
+    let e = err(&["info", &ckpt]);
+    assert!(e.contains("--config"), "{e}");
+}
+
+#[test]
+fn info_reports_architecture_and_parameters() {
+    let out = ok(&[
+        "info",
+        &s(&fixture("sam_tiny.pth")),
+        "--config",
+        &s(&fixture("sam_tiny.json")),
+        "--json",
+    ]);
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    assert_eq!(v["architecture"], "custom");
+    assert_eq!(v["image_size"], 128);
+    assert_eq!(v["total_parameters"], 306947);
+    assert_eq!(v["adapters"]["present"], false);
+    let out = ok(&[
+        "info",
+        &s(&fixture("msa_tiny.safetensors")),
+        "--config",
+        &s(&fixture("sam_tiny.json")),
+    ]);
+    assert!(
+        out.contains("adapters") && out.contains("48 tensors"),
+        "{out}"
+    );
+}
+
+#[test]
+fn convert_then_predict_from_the_converted_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = dir.path().join("tiny.safetensors");
+    ok(&["convert", &s(&fixture("sam_tiny.pth")), &s(&out)]);
+    let info = ok(&["info", &s(&out), "--config", &s(&fixture("sam_tiny.json"))]);
+    assert!(info.contains("306947"), "{info}");
+}
+
+#[test]
+fn bench_prints_json_with_timings() {
+    for part in ["encoder", "decoder"] {
+        let out = ok(&[
+            "bench",
+            part,
+            "--config",
+            &s(&fixture("sam_tiny.json")),
+            "--size",
+            "128",
+            "--runs",
+            "2",
+            "--json",
+        ]);
+        let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+        assert!(v["median_ms"].as_f64().unwrap() > 0.0);
+        assert!(v["min_ms"].as_f64().unwrap() <= v["median_ms"].as_f64().unwrap());
+    }
+}
+
+#[test]
+fn demo_runs_on_the_embedded_model() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = ok(&["demo", "--out", &s(dir.path())]);
+    assert!(out.contains("mask 0"), "{out}");
+    for f in ["image.png", "mask.png", "overlay.png", "logits.safetensors"] {
+        assert!(dir.path().join(f).exists(), "{f}");
+    }
+}
+
+#[test]
+fn other_input_sizes_resize_position_tables() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = &write_images(dir.path())[0];
+    let logits = dir.path().join("l.safetensors");
+    ok(&[
+        "predict",
+        "--checkpoint",
+        &s(&fixture("sam_tiny.pth")),
+        "--config",
+        &s(&fixture("sam_tiny.json")),
+        "--image-size",
+        "160",
+        "--image",
+        &s(img),
+        "--point",
+        "50,30",
+        "--out",
+        &s(&dir.path().join("m.png")),
+        "--logits",
+        &s(&logits),
+    ]);
+    let t = candle_core::safetensors::load(&logits, &Device::Cpu).unwrap();
+    assert_eq!(t["low_res_logits"].dims(), [1, 1, 40, 40]);
+}
