@@ -7,4 +7,5 @@ pub mod data;
 pub mod infer;
 pub mod kernels;
 pub mod model;
+pub mod train;
 pub mod weights;

@@ -2,7 +2,7 @@
 
 mod common;
 
-use candle_core::{DType, Device, Tensor};
+use candle_core::{DType, Tensor};
 use common::{assert_close, fixture, load_cases};
 use msa::infer::image_io::resize_longest_side;
 use msa::infer::{Predictor, UserPrompt};
@@ -11,9 +11,14 @@ use msa::weights::load_sam;
 
 fn tiny() -> msa::model::Sam {
     let cfg = SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap();
-    load_sam(&fixture("sam_tiny.pth"), Some(&cfg), None, &Device::Cpu)
-        .unwrap()
-        .sam
+    load_sam(
+        &fixture("sam_tiny.pth"),
+        Some(&cfg),
+        None,
+        &common::device(),
+    )
+    .unwrap()
+    .sam
 }
 
 fn image(t: &std::collections::HashMap<String, Tensor>) -> image::RgbImage {

@@ -3,7 +3,7 @@
 
 mod common;
 
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use common::{assert_close, fixture, load_cases};
 use msa::model::{MaskSelection, Prompts, Sam, SamConfig};
 use msa::weights::load_sam;
@@ -17,7 +17,7 @@ fn tiny_config() -> SamConfig {
 
 fn load(file: &str) -> Sam {
     let cfg = tiny_config();
-    load_sam(&fixture(file), Some(&cfg), None, &Device::Cpu)
+    load_sam(&fixture(file), Some(&cfg), None, &common::device())
         .unwrap()
         .sam
 }

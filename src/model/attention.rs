@@ -1,6 +1,7 @@
 //! Multi-head self-attention of the image encoder with decomposed relative-position bias,
 //! and the window partition around it.
 
+use super::adapter::Lora;
 use super::nn::{needs_grad, softmax, Linear};
 use super::resize;
 use crate::kernels::attention_cpu;
@@ -18,6 +19,8 @@ pub struct Attention {
     pub num_heads: usize,
     pub scale: f64,
     pub rel_pos: Option<(Tensor, Tensor)>,
+    /// Low-rank update of `qkv` (the LoRA variant).
+    pub lora: Option<Lora>,
 }
 
 impl Attention {
@@ -39,7 +42,16 @@ impl Attention {
             num_heads,
             scale: (head_dim as f64).powf(-0.5),
             rel_pos,
+            lora: None,
         })
+    }
+
+    fn qkv_forward(&self, x: &Tensor) -> Result<Tensor> {
+        let qkv = self.qkv.forward(x)?;
+        match &self.lora {
+            Some(l) => qkv + l.forward(x)?,
+            None => Ok(qkv),
+        }
     }
 
     /// x: (B, H, W, C) -> (B, H, W, C).
@@ -56,12 +68,15 @@ impl Attention {
         if let Some((h, w)) = &self.rel_pos {
             ts.extend([h, w]);
         }
+        if let Some(l) = &self.lora {
+            ts.extend([&l.a, &l.b]);
+        }
         x.device().is_cpu() && x.dtype() == DType::F32 && !needs_grad(&ts)
     }
 
     fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
         let (b, h, w, c) = x.dims4()?;
-        let qkv = self.qkv.forward(x)?.contiguous()?;
+        let qkv = self.qkv_forward(x)?.contiguous()?;
         let tables = match &self.rel_pos {
             Some((th, tw)) => Some((
                 get_rel_pos(h, h, th)?.flatten_all()?.to_vec1::<f32>()?,
@@ -100,8 +115,7 @@ impl Attention {
         let (b, h, w, c) = x.dims4()?;
         let (nh, hd) = (self.num_heads, c / self.num_heads);
         let qkv = self
-            .qkv
-            .forward(x)?
+            .qkv_forward(x)?
             .reshape((b, h * w, 3, nh, hd))?
             .permute((2, 0, 3, 1, 4))?;
         let take =

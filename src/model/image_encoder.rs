@@ -1,5 +1,6 @@
 //! The ViT image encoder ("ViTDet" style): patch embedding, windowed and global blocks, neck.
 
+use super::adapter::{Adapter, AdapterConfig, Lora};
 use super::attention::{window_partition, window_unpartition, Attention};
 use super::config::SamConfig;
 use super::nn::{gelu, to_channels_first, to_channels_last, LayerNorm, Linear, PatchConv};
@@ -26,10 +27,26 @@ pub struct Block {
     pub mlp: EncoderMlp,
     /// 0 for global attention.
     pub window_size: usize,
+    /// With skip, on the attention output.
+    pub space_adapter: Option<Adapter>,
+    /// Without skip, beside the MLP, scaled by `mlp_scale`.
+    pub mlp_adapter: Option<Adapter>,
+    /// Without skip, on the depth-attention output (3D).
+    pub depth_adapter: Option<Adapter>,
+    pub mlp_scale: f64,
 }
 
 impl Block {
     pub fn load(p: &Params, cfg: &SamConfig, index: usize) -> Result<Self> {
+        Self::load_adapted(p, cfg, index, &AdapterConfig::none())
+    }
+
+    pub fn load_adapted(
+        p: &Params,
+        cfg: &SamConfig,
+        index: usize,
+        ad: &AdapterConfig,
+    ) -> Result<Self> {
         let dim = cfg.embed_dim;
         let window_size = if cfg.is_global(index) {
             0
@@ -38,21 +55,33 @@ impl Block {
         };
         let eps = cfg.layer_norm_eps;
         let mlp_dim = cfg.mlp_dim();
+        let adapter = |on: bool, name: &str, skip: bool| -> Result<Option<Adapter>> {
+            on.then(|| Adapter::load(&p.pp(name), dim, ad, skip))
+                .transpose()
+        };
+        let mut attn = Attention::load(
+            &p.pp("attn"),
+            dim,
+            cfg.num_heads,
+            cfg.use_rel_pos,
+            cfg.attn_size(index),
+        )?;
+        if ad.lora_rank > 0 {
+            attn.lora = Some(Lora::load(&p.pp("attn"), dim, 3 * dim, ad.lora_rank)?);
+        }
         Ok(Self {
             norm1: LayerNorm::load(&p.pp("norm1"), dim, eps)?,
-            attn: Attention::load(
-                &p.pp("attn"),
-                dim,
-                cfg.num_heads,
-                cfg.use_rel_pos,
-                cfg.attn_size(index),
-            )?,
+            attn,
             norm2: LayerNorm::load(&p.pp("norm2"), dim, eps)?,
             mlp: EncoderMlp {
                 lin1: Linear::load(&p.pp("mlp.lin1"), dim, mlp_dim, true)?,
                 lin2: Linear::load(&p.pp("mlp.lin2"), mlp_dim, dim, true)?,
             },
             window_size,
+            space_adapter: adapter(ad.encoder, "Space_Adapter", true)?,
+            mlp_adapter: adapter(ad.encoder, "MLP_Adapter", false)?,
+            depth_adapter: adapter(ad.depth, "Depth_Adapter", false)?,
+            mlp_scale: ad.mlp_scale,
         })
     }
 
@@ -67,11 +96,45 @@ impl Block {
         window_unpartition(&a, self.window_size, padded, (h, w))
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let a = self.spatial_attention(&self.norm1.forward(x)?)?;
+    /// x (N, H, W, C). With `depth` = Some(D), N is volumes x D consecutive slices and the
+    /// depth branch (MSA-SPEC 2.2) runs beside the spatial one.
+    pub fn forward(&self, x: &Tensor, depth: Option<usize>) -> Result<Tensor> {
+        let xn = self.norm1.forward(x)?;
+        let mut a = self.spatial_attention(&xn)?;
+        if let Some(sa) = &self.space_adapter {
+            a = sa.forward(&a)?;
+        }
+        if let (Some(d), Some(da)) = (depth, &self.depth_adapter) {
+            a = (a + da.forward(&self.depth_attention(&xn, d)?)?)?;
+        }
         let x = (x + a)?;
-        let m = self.mlp.forward(&self.norm2.forward(&x)?)?;
-        x + m
+        let h = self.norm2.forward(&x)?;
+        let x = (&x + self.mlp.forward(&h)?)?;
+        match &self.mlp_adapter {
+            Some(ma) => x + (ma.forward(&h)? * self.mlp_scale)?,
+            None => Ok(x),
+        }
+    }
+
+    /// Attention across the D slices at each spatial position, the slices laid out on a
+    /// dh x dw grid so that the block's own attention and rel-pos tables apply.
+    fn depth_attention(&self, xn: &Tensor, d: usize) -> Result<Tensor> {
+        let (n, h, w, c) = xn.dims4()?;
+        if n % d != 0 {
+            candle_core::bail!("{n} slices are not a whole number of {d}-slice volumes");
+        }
+        let v = n / d;
+        let (dh, dw) = closest_factors(d);
+        let xd = xn
+            .reshape((v, d, h, w, c))?
+            .permute((0, 2, 3, 1, 4))?
+            .contiguous()?
+            .reshape((v * h * w, dh, dw, c))?;
+        let xd = self.attn.forward(&xd)?;
+        xd.reshape((v, h, w, d, c))?
+            .permute((0, 3, 1, 2, 4))?
+            .contiguous()?
+            .reshape((n, h, w, c))
     }
 }
 
@@ -121,7 +184,7 @@ pub struct ImageEncoder {
 }
 
 impl ImageEncoder {
-    pub fn load(p: &Params, cfg: &SamConfig) -> Result<Self> {
+    pub fn load(p: &Params, cfg: &SamConfig, ad: &AdapterConfig) -> Result<Self> {
         let g = cfg.grid();
         let patch_embed = PatchConv::load(
             &p.pp("patch_embed.proj"),
@@ -132,7 +195,7 @@ impl ImageEncoder {
         let pos_embed =
             Some(p.get_resized("pos_embed", &[1, g, g, cfg.embed_dim], Resize::PosEmbed)?);
         let blocks = (0..cfg.depth)
-            .map(|i| Block::load(&p.pp(&format!("blocks.{i}")), cfg, i))
+            .map(|i| Block::load_adapted(&p.pp(&format!("blocks.{i}")), cfg, i, ad))
             .collect::<Result<_>>()?;
         Ok(Self {
             patch_embed,
@@ -153,10 +216,26 @@ impl ImageEncoder {
 
     /// (B, 3, S, S) preprocessed images -> (B, out_chans, S/16, S/16).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_slices(x, None)
+    }
+
+    /// Like `forward`; with `depth` = Some(D) the batch is volumes of D consecutive slices
+    /// and every block's depth branch runs.
+    pub fn forward_slices(&self, x: &Tensor, depth: Option<usize>) -> Result<Tensor> {
         let mut x = self.embed(x)?;
         for block in &self.blocks {
-            x = block.forward(&x)?;
+            x = block.forward(&x, depth)?;
         }
         self.neck.forward(&x)
     }
+}
+
+/// The factor pair (a, b) of n with a <= b and a as large as possible.
+pub fn closest_factors(n: usize) -> (usize, usize) {
+    let mut a = (n as f64).sqrt() as usize;
+    while a > 1 && n % a != 0 {
+        a -= 1;
+    }
+    let a = a.max(1);
+    (a, n / a)
 }

@@ -1,6 +1,7 @@
 //! SAM's mask decoder: a two-way transformer between prompt tokens and the image embedding,
 //! an upscaling path, and one hypernetwork MLP per mask token.
 
+use super::adapter::{mean_prompt, Adapter, AdapterConfig, HyperAdapter};
 use super::config::SamConfig;
 use super::nn::{gelu, needs_grad, softmax, LayerNorm, Linear, Mlp, UpConv2x2};
 use crate::kernels::attention_cpu;
@@ -131,10 +132,17 @@ pub struct TwoWayBlock {
     pub cross_image_to_token: DecoderAttention,
     pub norm4: LayerNorm,
     pub skip_first_layer_pe: bool,
+    /// HyP-Adpt on the token->image attention output.
+    pub hyper_adapter: Option<HyperAdapter>,
+    /// Beside the token MLP, scaled by `mlp_scale`.
+    pub mlp_adapter: Option<Adapter>,
+    /// With skip, on the image stream after the image->token residual.
+    pub image_adapter: Option<Adapter>,
+    pub mlp_scale: f64,
 }
 
 impl TwoWayBlock {
-    fn load(p: &Params, cfg: &SamConfig, index: usize) -> Result<Self> {
+    fn load(p: &Params, cfg: &SamConfig, index: usize, ad: &AdapterConfig) -> Result<Self> {
         let (d, heads) = (cfg.prompt_embed_dim, cfg.decoder_num_heads);
         let ln = |name: &str| LayerNorm::load(&p.pp(name), d, DECODER_LN_EPS);
         Ok(Self {
@@ -160,16 +168,31 @@ impl TwoWayBlock {
             )?,
             norm4: ln("norm4")?,
             skip_first_layer_pe: index == 0,
+            hyper_adapter: ad
+                .decoder
+                .then(|| HyperAdapter::load(&p.pp("Hyper_Adapter"), d, ad))
+                .transpose()?,
+            mlp_adapter: ad
+                .decoder
+                .then(|| Adapter::load(&p.pp("MLP_Adapter"), d, ad, false))
+                .transpose()?,
+            image_adapter: ad
+                .decoder
+                .then(|| Adapter::load(&p.pp("Image_Adapter"), d, ad, true))
+                .transpose()?,
+            mlp_scale: ad.mlp_scale,
         })
     }
 
     /// One layer: token self-attention, token->image, token MLP, image->token.
+    /// `prompt` (B, D) is the mean sparse prompt embedding that conditions HyP-Adpt.
     pub fn forward(
         &self,
         queries: &Tensor,
         keys: &Tensor,
         query_pe: &Tensor,
         key_pe: &Tensor,
+        prompt: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let queries = if self.skip_first_layer_pe {
             self.self_attn.forward(queries, queries, queries)?
@@ -181,15 +204,25 @@ impl TwoWayBlock {
 
         let q = (&queries + query_pe)?;
         let k = (keys + key_pe)?;
-        let a = self.cross_token_to_image.forward(&q, &k, keys)?;
+        let mut a = self.cross_token_to_image.forward(&q, &k, keys)?;
+        if let Some(hyp) = &self.hyper_adapter {
+            a = hyp.forward(&a, prompt)?;
+        }
         let queries = self.norm2.forward(&(queries + a)?)?;
 
-        let m = self.mlp.forward(&queries)?;
+        let mut m = self.mlp.forward(&queries)?;
+        if let Some(ma) = &self.mlp_adapter {
+            m = (m + (ma.forward(&queries)? * self.mlp_scale)?)?;
+        }
         let queries = self.norm3.forward(&(queries + m)?)?;
 
         let q = (&queries + query_pe)?;
         let a = self.cross_image_to_token.forward(&k, &q, &queries)?;
-        let keys = self.norm4.forward(&(keys + a)?)?;
+        let mut keys = (keys + a)?;
+        if let Some(ia) = &self.image_adapter {
+            keys = ia.forward(&keys)?;
+        }
+        let keys = self.norm4.forward(&keys)?;
         Ok((queries, keys))
     }
 }
@@ -202,10 +235,10 @@ pub struct TwoWayTransformer {
 }
 
 impl TwoWayTransformer {
-    fn load(p: &Params, cfg: &SamConfig) -> Result<Self> {
+    fn load(p: &Params, cfg: &SamConfig, ad: &AdapterConfig) -> Result<Self> {
         let d = cfg.prompt_embed_dim;
         let layers = (0..cfg.decoder_depth)
-            .map(|i| TwoWayBlock::load(&p.pp(&format!("layers.{i}")), cfg, i))
+            .map(|i| TwoWayBlock::load(&p.pp(&format!("layers.{i}")), cfg, i, ad))
             .collect::<Result<_>>()?;
         Ok(Self {
             layers,
@@ -219,16 +252,18 @@ impl TwoWayTransformer {
         })
     }
 
-    /// image (B, HW, D), image_pe (B, HW, D), tokens (B, T, D) -> (tokens, image).
+    /// image (B, HW, D), image_pe (B, HW, D), tokens (B, T, D), prompt (B, D)
+    /// -> (tokens, image).
     pub fn forward(
         &self,
         image: &Tensor,
         image_pe: &Tensor,
         tokens: &Tensor,
+        prompt: &Tensor,
     ) -> Result<(Tensor, Tensor)> {
         let (mut queries, mut keys) = (tokens.clone(), image.clone());
         for layer in &self.layers {
-            (queries, keys) = layer.forward(&queries, &keys, tokens, image_pe)?;
+            (queries, keys) = layer.forward(&queries, &keys, tokens, image_pe, prompt)?;
         }
         let q = (&queries + tokens)?;
         let k = (&keys + image_pe)?;
@@ -258,7 +293,7 @@ pub struct DecoderOutput {
 }
 
 impl MaskDecoder {
-    pub fn load(p: &Params, cfg: &SamConfig) -> Result<Self> {
+    pub fn load(p: &Params, cfg: &SamConfig, ad: &AdapterConfig) -> Result<Self> {
         let d = cfg.prompt_embed_dim;
         let t = cfg.num_mask_tokens();
         let hypernetworks = (0..t)
@@ -276,7 +311,7 @@ impl MaskDecoder {
         ));
         iou_dims.push(t);
         Ok(Self {
-            transformer: TwoWayTransformer::load(&p.pp("transformer"), cfg)?,
+            transformer: TwoWayTransformer::load(&p.pp("transformer"), cfg, ad)?,
             iou_token: p.get("iou_token.weight", &[1, d])?,
             mask_tokens: p.get("mask_tokens.weight", &[t, d])?,
             upscale1: UpConv2x2::load(&p.pp("output_upscaling.0"), d, d / 4)?,
@@ -319,7 +354,8 @@ impl MaskDecoder {
             .broadcast_as((b, h * w, d))?
             .contiguous()?;
 
-        let (hs, src) = self.transformer.forward(&src, &pos, &tokens)?;
+        let prompt = mean_prompt(sparse)?;
+        let (hs, src) = self.transformer.forward(&src, &pos, &tokens, &prompt)?;
         let up = self.upscale(&src.reshape((b, h, w, d))?)?; // (B, 4h, 4w, d/8)
         let hyper = (0..self.num_mask_tokens)
             .map(|i| self.hypernetworks[i].forward(&hs.narrow(1, 1 + i, 1)?))

@@ -1,5 +1,6 @@
 //! The model: SAM's three parts and the pieces they are made of.
 
+pub mod adapter;
 pub mod attention;
 pub mod config;
 pub mod image_encoder;
@@ -9,6 +10,7 @@ pub mod prompt_encoder;
 pub mod resize;
 pub mod sam;
 
+pub use adapter::{AdapterConfig, AdapterInit};
 pub use config::SamConfig;
 pub use mask_decoder::{DecoderOutput, MaskSelection};
 pub use prompt_encoder::Prompts;

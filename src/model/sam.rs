@@ -1,5 +1,6 @@
 //! The whole Segment Anything model, with SAM's pre- and post-processing.
 
+use super::adapter::AdapterConfig;
 use super::config::SamConfig;
 use super::image_encoder::ImageEncoder;
 use super::mask_decoder::{DecoderOutput, MaskDecoder};
@@ -11,6 +12,7 @@ use candle_core::{Device, Result, Tensor};
 #[derive(Debug, Clone)]
 pub struct Sam {
     pub config: SamConfig,
+    pub adapters: AdapterConfig,
     pub image_encoder: ImageEncoder,
     pub prompt_encoder: PromptEncoder,
     pub mask_decoder: MaskDecoder,
@@ -21,14 +23,21 @@ pub struct Sam {
 
 impl Sam {
     pub fn load(p: &Params, config: &SamConfig) -> Result<Self> {
+        Self::load_adapted(p, config, &AdapterConfig::none())
+    }
+
+    /// SAM with the adapters `ad` asks for; adapter tensors come from the same source when
+    /// it holds them, else they are initialised (MSA-SPEC 2.4).
+    pub fn load_adapted(p: &Params, config: &SamConfig, ad: &AdapterConfig) -> Result<Self> {
         let prompt_encoder = PromptEncoder::load(&p.pp("prompt_encoder"), config)?;
         let dense_pe = prompt_encoder.dense_pe()?;
         let dev = p.device();
         Ok(Self {
             config: config.clone(),
-            image_encoder: ImageEncoder::load(&p.pp("image_encoder"), config)?,
+            adapters: ad.clone(),
+            image_encoder: ImageEncoder::load(&p.pp("image_encoder"), config, ad)?,
             prompt_encoder,
-            mask_decoder: MaskDecoder::load(&p.pp("mask_decoder"), config)?,
+            mask_decoder: MaskDecoder::load(&p.pp("mask_decoder"), config, ad)?,
             dense_pe,
             pixel_mean: Tensor::new(&config.pixel_mean, dev)?.reshape((1, 3, 1, 1))?,
             pixel_std: Tensor::new(&config.pixel_std, dev)?.reshape((1, 3, 1, 1))?,

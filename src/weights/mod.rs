@@ -6,7 +6,7 @@ pub mod detect;
 pub mod params;
 
 pub use checkpoint::{convert, save_safetensors, Checkpoint};
-pub use params::{Params, Resize, Source};
+pub use params::{Init, Params, Resize, Source};
 
 use crate::model::{Sam, SamConfig};
 use anyhow::{bail, Context, Result};

@@ -4,7 +4,7 @@
 
 use super::checkpoint::Checkpoint;
 use crate::model::resize;
-use candle_core::{DType, Device, Result, Tensor};
+use candle_core::{DType, Device, Result, Tensor, Var};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
@@ -24,6 +24,20 @@ struct Inner {
     device: Device,
     requested: RefCell<BTreeMap<String, Vec<usize>>>,
     rng: RefCell<u64>,
+    /// Trainable tensors (adapters) by key; `Var`s when `train` is set.
+    trainable: RefCell<BTreeMap<String, Var>>,
+    train: bool,
+}
+
+/// How a trainable tensor starts when the checkpoint does not hold it.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Init {
+    Zeros,
+    Ones,
+    /// PyTorch's default for nn.Linear: U(-1/sqrt(fan_in), 1/sqrt(fan_in)).
+    Uniform {
+        fan_in: usize,
+    },
 }
 
 /// A handle on a parameter source under a key prefix (`image_encoder.blocks.0.`).
@@ -44,15 +58,62 @@ pub enum Resize {
 
 impl Params {
     pub fn new(source: Source, device: &Device) -> Self {
+        Self::with_options(source, device, false, 0)
+    }
+
+    /// `train`: trainable tensors become `Var`s; `seed` drives their initialisation.
+    pub fn with_options(source: Source, device: &Device, train: bool, seed: u64) -> Self {
         Self {
             inner: Rc::new(Inner {
                 source,
                 device: device.clone(),
                 requested: RefCell::new(BTreeMap::new()),
-                rng: RefCell::new(0x9E37_79B9_7F4A_7C15),
+                rng: RefCell::new(0x9E37_79B9_7F4A_7C15 ^ seed),
+                trainable: RefCell::new(BTreeMap::new()),
+                train,
             }),
             prefix: String::new(),
         }
+    }
+
+    /// A trainable tensor: taken from the checkpoint when it holds the key, else initialised.
+    pub fn trainable(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
+        let key = self.key(name);
+        let t = if self.has(name) {
+            self.get(name, shape)?
+        } else {
+            self.init_tensor(shape, init)?
+        };
+        let var = Var::from_tensor(&t)?;
+        let out = if self.inner.train {
+            var.as_tensor().clone()
+        } else {
+            t
+        };
+        self.inner.trainable.borrow_mut().insert(key, var);
+        Ok(out)
+    }
+
+    fn init_tensor(&self, shape: &[usize], init: Init) -> Result<Tensor> {
+        let device = &self.inner.device;
+        match init {
+            Init::Zeros => Tensor::zeros(shape, DType::F32, device),
+            Init::Ones => Tensor::ones(shape, DType::F32, device),
+            Init::Uniform { fan_in } => {
+                let bound = 1.0 / (fan_in.max(1) as f64).sqrt();
+                let n: usize = shape.iter().product();
+                let mut state = self.inner.rng.borrow_mut();
+                let values = (0..n)
+                    .map(|_| ((2.0 * splitmix_unit(&mut state) - 1.0) * bound) as f32)
+                    .collect();
+                Tensor::from_vec(values, shape, device)
+            }
+        }
+    }
+
+    /// Every trainable tensor created so far, by key.
+    pub fn trainables(&self) -> BTreeMap<String, Var> {
+        self.inner.trainable.borrow().clone()
     }
 
     pub fn device(&self) -> &Device {
@@ -119,13 +180,7 @@ impl Params {
     /// Box–Muller over a splitmix64 stream: deterministic, dependency-free.
     fn normal_values(&self, n: usize, std: f32) -> Vec<f32> {
         let mut state = self.inner.rng.borrow_mut();
-        let mut next = || {
-            *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
-            let mut z = *state;
-            z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
-            z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
-            ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
-        };
+        let mut next = || splitmix_unit(&mut state);
         (0..n)
             .map(|_| {
                 let u1 = next().max(1e-12);
@@ -143,11 +198,12 @@ impl Params {
     /// Checkpoint keys that no part of the model asked for.
     pub fn unused_keys(&self) -> Vec<String> {
         let requested = self.inner.requested.borrow();
+        let trainable = self.inner.trainable.borrow();
         match &self.inner.source {
             Source::Checkpoint(c) => c
                 .tensors
                 .keys()
-                .filter(|k| !requested.contains_key(*k))
+                .filter(|k| !requested.contains_key(*k) && !trainable.contains_key(*k))
                 .cloned()
                 .collect(),
             _ => vec![],
@@ -160,6 +216,15 @@ impl Params {
             _ => None,
         }
     }
+}
+
+/// Uniform in [0, 1) from a splitmix64 state.
+fn splitmix_unit(state: &mut u64) -> f64 {
+    *state = state.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    let mut z = *state;
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    ((z ^ (z >> 31)) >> 11) as f64 / (1u64 << 53) as f64
 }
 
 fn fit_shape(

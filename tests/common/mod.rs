@@ -12,14 +12,32 @@ pub fn fixture(name: &str) -> PathBuf {
         .join(name)
 }
 
+/// The device parity tests run on: CPU, or the first GPU when `MSA_TEST_DEVICE=cuda`
+/// (in a `--features cuda` build).
+pub fn device() -> Device {
+    match std::env::var("MSA_TEST_DEVICE").as_deref() {
+        Ok("cuda") => Device::new_cuda(0).expect("MSA_TEST_DEVICE=cuda needs a CUDA build and GPU"),
+        _ => Device::Cpu,
+    }
+}
+
+/// Fixture tensors, on `device()`.
 pub fn load_cases(name: &str) -> HashMap<String, Tensor> {
-    candle_core::safetensors::load(fixture(name), &Device::Cpu).expect("fixture loads")
+    candle_core::safetensors::load(fixture(name), &device()).expect("fixture loads")
 }
 
 pub fn max_abs_diff(a: &Tensor, b: &Tensor) -> f32 {
     assert_eq!(a.dims(), b.dims(), "shapes differ");
-    let a = a.to_dtype(DType::F32).unwrap();
-    let b = b.to_dtype(DType::F32).unwrap();
+    let a = a
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap();
+    let b = b
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_device(&Device::Cpu)
+        .unwrap();
     (a - b)
         .unwrap()
         .abs()

@@ -1,0 +1,197 @@
+//! The Medical SAM Adapter pieces: bottleneck `Adapter`s in the encoder blocks and the
+//! decoder layers, the prompt-conditioned Hyper-Prompting Adapter (HyP-Adpt), and LoRA.
+
+use super::nn::{gelu, LayerNorm, Linear};
+use crate::weights::{Init, Params};
+use candle_core::{Result, Tensor, D};
+use serde::{Deserialize, Serialize};
+
+/// How adapter up-projections start.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, Default, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum AdapterInit {
+    /// Up-projections at zero: the untrained adapted model computes exactly frozen SAM.
+    #[default]
+    Zero,
+    /// PyTorch's default Linear init everywhere, as the PyTorch MSA code does.
+    Torch,
+}
+
+/// Which adapters a model carries, and their settings.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct AdapterConfig {
+    /// Space and MLP adapters in every encoder block.
+    pub encoder: bool,
+    /// Depth adapters (3D branch) in every encoder block.
+    pub depth: bool,
+    /// HyP-Adpt, MLP and image adapters in every two-way transformer layer.
+    pub decoder: bool,
+    /// LoRA rank on every encoder block's qkv; 0 for none.
+    pub lora_rank: usize,
+    /// Bottleneck width as a fraction of the model width.
+    pub ratio: f64,
+    /// Scale of the MLP adapters' output (s).
+    pub mlp_scale: f64,
+    pub init: AdapterInit,
+}
+
+impl Default for AdapterConfig {
+    fn default() -> Self {
+        Self {
+            encoder: true,
+            depth: false,
+            decoder: true,
+            lora_rank: 0,
+            ratio: 0.25,
+            mlp_scale: 0.5,
+            init: AdapterInit::Zero,
+        }
+    }
+}
+
+impl AdapterConfig {
+    /// No adapters at all: plain SAM.
+    pub fn none() -> Self {
+        Self {
+            encoder: false,
+            depth: false,
+            decoder: false,
+            lora_rank: 0,
+            ..Self::default()
+        }
+    }
+
+    pub fn any(&self) -> bool {
+        self.encoder || self.depth || self.decoder || self.lora_rank > 0
+    }
+
+    fn up_init(&self, fan_in: usize) -> Init {
+        match self.init {
+            AdapterInit::Zero => Init::Zeros,
+            AdapterInit::Torch => Init::Uniform { fan_in },
+        }
+    }
+}
+
+fn trainable_linear(
+    p: &Params,
+    din: usize,
+    dout: usize,
+    init: Init,
+    bias_init: Init,
+) -> Result<Linear> {
+    Ok(Linear {
+        weight: p.trainable("weight", &[dout, din], init)?,
+        bias: Some(p.trainable("bias", &[dout], bias_init)?),
+    })
+}
+
+/// fc2(GELU(fc1(x))), plus x when it has a skip connection.
+#[derive(Debug, Clone)]
+pub struct Adapter {
+    pub fc1: Linear,
+    pub fc2: Linear,
+    pub skip: bool,
+}
+
+impl Adapter {
+    pub fn load(p: &Params, dim: usize, cfg: &AdapterConfig, skip: bool) -> Result<Self> {
+        let hidden = ((dim as f64) * cfg.ratio) as usize;
+        let down = Init::Uniform { fan_in: dim };
+        let up = cfg.up_init(hidden);
+        Ok(Self {
+            fc1: trainable_linear(&p.pp("D_fc1"), dim, hidden.max(1), down, down)?,
+            fc2: trainable_linear(&p.pp("D_fc2"), hidden.max(1), dim, up, up)?,
+            skip,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let y = self.fc2.forward(&gelu(&self.fc1.forward(x)?)?)?;
+        if self.skip {
+            x + y
+        } else {
+            Ok(y)
+        }
+    }
+}
+
+/// HyP-Adpt: a bottleneck whose r x r middle weight is generated from the prompt.
+#[derive(Debug, Clone)]
+pub struct HyperAdapter {
+    pub down: Linear,
+    pub hyper1: Linear,
+    pub hyper2: Linear,
+    pub norm: LayerNorm,
+    pub up: Linear,
+    pub rank: usize,
+}
+
+impl HyperAdapter {
+    pub fn load(p: &Params, dim: usize, cfg: &AdapterConfig) -> Result<Self> {
+        let r = (((dim as f64) * cfg.ratio) as usize).max(1);
+        let u = |fan_in| Init::Uniform { fan_in };
+        Ok(Self {
+            down: trainable_linear(&p.pp("D_fc1"), dim, r, u(dim), u(dim))?,
+            hyper1: trainable_linear(&p.pp("hyper.0"), dim, dim, u(dim), u(dim))?,
+            hyper2: trainable_linear(&p.pp("hyper.2"), dim, r * r, u(dim), u(dim))?,
+            norm: LayerNorm {
+                weight: p.trainable("norm.weight", &[r], Init::Ones)?,
+                bias: p.trainable("norm.bias", &[r], Init::Zeros)?,
+                eps: 1e-5,
+            },
+            up: trainable_linear(&p.pp("D_fc2"), r, dim, cfg.up_init(r), cfg.up_init(r))?,
+            rank: r,
+        })
+    }
+
+    /// x (B, T, D) tokens, prompt (B, D) mean prompt embedding -> x + Up(ReLU(LN(Down(x) W_p))).
+    pub fn forward(&self, x: &Tensor, prompt: &Tensor) -> Result<Tensor> {
+        let b = x.dim(0)?;
+        let w = self
+            .hyper2
+            .forward(&self.hyper1.forward(prompt)?.relu()?)?
+            .reshape((b, self.rank, self.rank))?;
+        let e = self.down.forward(x)?.matmul(&w)?;
+        let e = self.norm.forward(&e)?.relu()?;
+        x + self.up.forward(&e)?
+    }
+}
+
+/// The mean of the sparse prompt tokens (B, N, D) -> (B, D); zeros when there are none.
+pub fn mean_prompt(sparse: &Tensor) -> Result<Tensor> {
+    let (b, n, d) = sparse.dims3()?;
+    if n == 0 {
+        return Tensor::zeros((b, d), sparse.dtype(), sparse.device());
+    }
+    sparse.mean(D::Minus2)
+}
+
+/// Low-rank update of a frozen projection: x Aᵀ Bᵀ, B starting at zero.
+#[derive(Debug, Clone)]
+pub struct Lora {
+    pub a: Tensor,
+    pub b: Tensor,
+}
+
+impl Lora {
+    pub fn load(p: &Params, din: usize, dout: usize, rank: usize) -> Result<Self> {
+        Ok(Self {
+            a: p.trainable("lora_a", &[rank, din], Init::Uniform { fan_in: din })?,
+            b: p.trainable("lora_b", &[dout, rank], Init::Zeros)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let down = Linear {
+            weight: self.a.clone(),
+            bias: None,
+        };
+        let up = Linear {
+            weight: self.b.clone(),
+            bias: None,
+        };
+        up.forward(&down.forward(x)?)
+    }
+}

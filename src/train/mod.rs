@@ -1,0 +1,3 @@
+//! Training: losses (the loop, schedule and checkpoints come next).
+
+pub mod loss;
