@@ -161,3 +161,49 @@ fn differentiable_path_matches_golden() {
         assert_close("tracked iou", &iou, &t[&format!("{prefix}.multi.iou")], TOL);
     }
 }
+
+/// The per-image decoder context (first-layer image projections computed once) gives the
+/// same outputs as the full decoder, for single and batched prompts.
+#[test]
+fn cached_decoder_context_matches_golden() {
+    let sam = load("sam_tiny.pth");
+    let t = load_cases("sam_tiny_cases.safetensors");
+    let emb = &t["model.image_embeddings"];
+    let ctx = sam.decoder_context(emb).unwrap();
+    for case in [
+        "point1",
+        "points2",
+        "box",
+        "point_box",
+        "point_mask",
+        "none",
+    ] {
+        let prefix = format!("case.{case}");
+        let out = sam
+            .decode_cached(emb, &ctx, &prompts_for(&t, &prefix))
+            .unwrap();
+        let (low, iou) = out.select(MaskSelection::Sam { multimask: true }).unwrap();
+        assert_close(
+            &format!("cached {case} low"),
+            &low,
+            &t[&format!("{prefix}.multi.low_res_logits")],
+            TOL,
+        );
+        assert_close(
+            &format!("cached {case} iou"),
+            &iou,
+            &t[&format!("{prefix}.multi.iou")],
+            TOL,
+        );
+    }
+    let prompts = Prompts {
+        points: Some((
+            t["batch.point_coords"].clone(),
+            t["batch.point_labels"].clone(),
+        )),
+        ..Default::default()
+    };
+    let out = sam.decode_cached(emb, &ctx, &prompts).unwrap();
+    let (low, _) = out.select(MaskSelection::Sam { multimask: true }).unwrap();
+    assert_close("cached batch low", &low, &t["batch.low_res_logits"], TOL);
+}

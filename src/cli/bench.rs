@@ -11,7 +11,8 @@ use std::time::Instant;
 pub enum Part {
     /// The image encoder on one image.
     Encoder,
-    /// Prompt encoder + mask decoder, one click, per prompt.
+    /// Prompt encoder + mask decoder, one click, per prompt (as `Predictor` answers one,
+    /// and without the per-image context).
     Decoder,
 }
 
@@ -44,9 +45,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let sam = Sam::load(&params, &cfg)?;
     let times = match args.part {
         Part::Encoder => time_encoder(&sam, args.runs, &device)?,
-        Part::Decoder => time_decoder(&sam, args.runs, &device)?,
+        Part::Decoder => time_decoder(&sam, args.runs, &device, true)?,
     };
-    report(args, &cfg, &times, &device)
+    let uncached = match args.part {
+        Part::Decoder => Some(time_decoder(&sam, args.runs, &device, false)?),
+        Part::Encoder => None,
+    };
+    report(args, &cfg, &times, uncached.as_deref(), &device)
 }
 
 fn sync(device: &Device) -> Result<()> {
@@ -76,7 +81,7 @@ fn time_encoder(sam: &Sam, runs: usize, device: &Device) -> Result<Vec<f64>> {
     })
 }
 
-fn time_decoder(sam: &Sam, runs: usize, device: &Device) -> Result<Vec<f64>> {
+fn time_decoder(sam: &Sam, runs: usize, device: &Device, cached: bool) -> Result<Vec<f64>> {
     let g = sam.config.grid();
     let d = sam.config.prompt_embed_dim;
     let emb = Tensor::randn(0f32, 1f32, (1, d, g, g), device)?;
@@ -88,8 +93,19 @@ fn time_decoder(sam: &Sam, runs: usize, device: &Device) -> Result<Vec<f64>> {
         )),
         ..Default::default()
     };
+    if !cached {
+        return time_runs(runs, device, || {
+            sam.decode(&emb, &prompts)?.low_res_logits.sum_all()?;
+            Ok(())
+        });
+    }
+    // As `Predictor` answers a prompt: the image's decoder context is made once, with the
+    // embedding, and each prompt pays the rest.
+    let ctx = sam.decoder_context(&emb)?;
     time_runs(runs, device, || {
-        sam.decode(&emb, &prompts)?.low_res_logits.sum_all()?;
+        sam.decode_cached(&emb, &ctx, &prompts)?
+            .low_res_logits
+            .sum_all()?;
         Ok(())
     })
 }
@@ -102,12 +118,23 @@ pub fn peak_rss_mib() -> Option<f64> {
     Some(kb / 1024.0)
 }
 
-fn report(args: &BenchArgs, cfg: &SamConfig, times: &[f64], device: &Device) -> Result<()> {
+/// Median, min and mean of a non-empty list of timings.
+fn stats(times: &[f64]) -> (f64, f64, f64) {
     let mut sorted = times.to_vec();
     sorted.sort_by(f64::total_cmp);
-    let median = sorted[sorted.len() / 2];
-    let min = sorted[0];
     let mean = sorted.iter().sum::<f64>() / sorted.len() as f64;
+    (sorted[sorted.len() / 2], sorted[0], mean)
+}
+
+fn report(
+    args: &BenchArgs,
+    cfg: &SamConfig,
+    times: &[f64],
+    uncached: Option<&[f64]>,
+    device: &Device,
+) -> Result<()> {
+    let (median, min, mean) = stats(times);
+    let uncached = uncached.map(stats);
     let part = match args.part {
         Part::Encoder => "encoder",
         Part::Decoder => "decoder_per_prompt",
@@ -125,6 +152,8 @@ fn report(args: &BenchArgs, cfg: &SamConfig, times: &[f64], device: &Device) -> 
             "peak_rss_mib": peak_rss_mib(),
             "device": device_name,
             "threads": rayon::current_num_threads(),
+            "uncached_median_ms": uncached.map(|u| u.0),
+            "uncached_min_ms": uncached.map(|u| u.1),
         });
         println!("{v}");
     } else {
@@ -135,6 +164,9 @@ fn report(args: &BenchArgs, cfg: &SamConfig, times: &[f64], device: &Device) -> 
             times.len(),
             peak_rss_mib().unwrap_or(f64::NAN)
         );
+        if let Some((m, mn, _)) = uncached {
+            println!("  without the per-image decoder context: median {m:.1} ms, min {mn:.1} ms");
+        }
     }
     Ok(())
 }

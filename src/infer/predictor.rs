@@ -1,6 +1,7 @@
 //! `Predictor`: encode an image once, then answer many prompts from the cached embedding.
 
 use super::image_io::resize_longest_side;
+use crate::model::mask_decoder::ImageContext;
 use crate::model::{MaskSelection, Prompts, Sam};
 use anyhow::{bail, Result};
 use candle_core::{DType, Tensor};
@@ -38,6 +39,7 @@ impl Prediction {
 pub struct Predictor<'a> {
     sam: &'a Sam,
     features: Option<Tensor>,
+    context: Option<ImageContext>,
     original_size: (usize, usize),
     input_size: (usize, usize),
 }
@@ -47,6 +49,7 @@ impl<'a> Predictor<'a> {
         Self {
             sam,
             features: None,
+            context: None,
             original_size: (0, 0),
             input_size: (0, 0),
         }
@@ -67,7 +70,9 @@ impl<'a> Predictor<'a> {
     pub fn set_input(&mut self, input: &Tensor, original_size: (usize, usize)) -> Result<()> {
         let (_, _, h, w) = input.dims4()?;
         let x = self.sam.preprocess(input)?;
-        self.features = Some(self.sam.encode(&x)?);
+        let features = self.sam.encode(&x)?;
+        self.context = Some(self.sam.decoder_context(&features)?);
+        self.features = Some(features);
         self.input_size = (h, w);
         self.original_size = original_size;
         Ok(())
@@ -141,11 +146,11 @@ impl<'a> Predictor<'a> {
 
     /// Masks for each prompt set against the cached embedding.
     pub fn predict_batch(&self, sets: &[UserPrompt], multimask: bool) -> Result<Vec<Prediction>> {
-        let Some(features) = &self.features else {
+        let (Some(features), Some(ctx)) = (&self.features, &self.context) else {
             bail!("set_image must be called before predict");
         };
         let prompts = self.model_prompts(sets)?;
-        let out = self.sam.decode(features, &prompts)?;
+        let out = self.sam.decode_cached(features, ctx, &prompts)?;
         let (low, iou) = out.select(MaskSelection::Sam { multimask })?;
         let masks = self
             .sam

@@ -233,7 +233,7 @@ impl ImageEncoder {
 /// The factor pair (a, b) of n with a <= b and a as large as possible.
 pub fn closest_factors(n: usize) -> (usize, usize) {
     let mut a = (n as f64).sqrt() as usize;
-    while a > 1 && n % a != 0 {
+    while a > 1 && !n.is_multiple_of(a) {
         a -= 1;
     }
     let a = a.max(1);

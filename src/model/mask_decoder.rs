@@ -44,10 +44,15 @@ impl DecoderAttention {
         let q = self.q_proj.forward(q)?;
         let k = self.k_proj.forward(k)?;
         let v = self.v_proj.forward(v)?;
-        let out = if q.device().is_cpu() && !needs_grad(&[&q, &k, &v]) {
-            self.attend_fused(&q, &k, &v)?
+        self.attend_projected(&q, &k, &v)
+    }
+
+    /// The attention after the input projections, then `out_proj`.
+    pub fn attend_projected(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let out = if q.device().is_cpu() && !needs_grad(&[q, k, v]) {
+            self.attend_fused(q, k, v)?
         } else {
-            self.attend_ops(&q, &k, &v)?
+            self.attend_ops(q, k, v)?
         };
         self.out_proj.forward(&out)
     }
@@ -193,6 +198,7 @@ impl TwoWayBlock {
         query_pe: &Tensor,
         key_pe: &Tensor,
         prompt: &Tensor,
+        cached: Option<&FirstLayerProjections>,
     ) -> Result<(Tensor, Tensor)> {
         let queries = if self.skip_first_layer_pe {
             self.self_attn.forward(queries, queries, queries)?
@@ -203,8 +209,21 @@ impl TwoWayBlock {
         let queries = self.norm1.forward(&queries)?;
 
         let q = (&queries + query_pe)?;
-        let k = (keys + key_pe)?;
-        let mut a = self.cross_token_to_image.forward(&q, &k, keys)?;
+        let t2i = &self.cross_token_to_image;
+        let i2t = &self.cross_image_to_token;
+        // The image side of both cross-attentions: cached per image for the first layer.
+        let (kp, vp, qp) = match cached {
+            Some(c) => (c.k_t2i.clone(), c.v_t2i.clone(), c.q_i2t.clone()),
+            None => {
+                let k = (keys + key_pe)?;
+                (
+                    t2i.k_proj.forward(&k)?,
+                    t2i.v_proj.forward(keys)?,
+                    i2t.q_proj.forward(&k)?,
+                )
+            }
+        };
+        let mut a = t2i.attend_projected(&t2i.q_proj.forward(&q)?, &kp, &vp)?;
         if let Some(hyp) = &self.hyper_adapter {
             a = hyp.forward(&a, prompt)?;
         }
@@ -217,7 +236,11 @@ impl TwoWayBlock {
         let queries = self.norm3.forward(&(queries + m)?)?;
 
         let q = (&queries + query_pe)?;
-        let a = self.cross_image_to_token.forward(&k, &q, &queries)?;
+        let a = i2t.attend_projected(
+            &qp,
+            &i2t.k_proj.forward(&q)?,
+            &i2t.v_proj.forward(&queries)?,
+        )?;
         let mut keys = (keys + a)?;
         if let Some(ia) = &self.image_adapter {
             keys = ia.forward(&keys)?;
@@ -260,10 +283,12 @@ impl TwoWayTransformer {
         image_pe: &Tensor,
         tokens: &Tensor,
         prompt: &Tensor,
+        cached: Option<&FirstLayerProjections>,
     ) -> Result<(Tensor, Tensor)> {
         let (mut queries, mut keys) = (tokens.clone(), image.clone());
-        for layer in &self.layers {
-            (queries, keys) = layer.forward(&queries, &keys, tokens, image_pe, prompt)?;
+        for (i, layer) in self.layers.iter().enumerate() {
+            let c = if i == 0 { cached } else { None };
+            (queries, keys) = layer.forward(&queries, &keys, tokens, image_pe, prompt, c)?;
         }
         let q = (&queries + tokens)?;
         let k = (&keys + image_pe)?;
@@ -337,25 +362,108 @@ impl MaskDecoder {
         if bi != b && bi != 1 {
             candle_core::bail!("image batch {bi} does not match prompt batch {b}");
         }
+        let src = image.broadcast_as((b, d, h, w))?.add(dense)?;
+        let src = src.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let pos = image_pe.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        self.run(&src, &pos, sparse, (h, w), None)
+    }
+
+    /// Prompt-independent work on one image (1, D, h, w) for prompts without a mask input,
+    /// whose dense embedding is the constant `no_mask` (1, D): the token-major image stream
+    /// and the first layer's image-side projections.
+    pub fn image_context(
+        &self,
+        image: &Tensor,
+        image_pe: &Tensor,
+        no_mask: &Tensor,
+    ) -> Result<ImageContext> {
+        let (_, d, h, w) = image.dims4()?;
+        let src = image
+            .flatten_from(2)?
+            .transpose(1, 2)?
+            .broadcast_add(&no_mask.reshape((1, 1, d))?)?
+            .contiguous()?;
+        let pos = image_pe.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
+        let first = match self.transformer.layers.first() {
+            Some(layer) => {
+                let k = (&src + &pos)?;
+                let t2i = &layer.cross_token_to_image;
+                Some(FirstLayerProjections {
+                    k_t2i: t2i.k_proj.forward(&k)?,
+                    v_t2i: t2i.v_proj.forward(&src)?,
+                    q_i2t: layer.cross_image_to_token.q_proj.forward(&k)?,
+                })
+            }
+            None => None,
+        };
+        Ok(ImageContext {
+            src,
+            pos,
+            first,
+            grid: (h, w),
+        })
+    }
+
+    /// Like `forward` with the image part taken from `ctx` (no mask input).
+    pub fn forward_with_context(
+        &self,
+        ctx: &ImageContext,
+        sparse: &Tensor,
+    ) -> Result<DecoderOutput> {
+        let b = sparse.dim(0)?;
+        let widen = |t: &Tensor| -> Result<Tensor> {
+            if b == 1 {
+                return Ok(t.clone());
+            }
+            let (_, n, c) = t.dims3()?;
+            t.broadcast_as((b, n, c))?.contiguous()
+        };
+        let first = match &ctx.first {
+            Some(f) => Some(FirstLayerProjections {
+                k_t2i: widen(&f.k_t2i)?,
+                v_t2i: widen(&f.v_t2i)?,
+                q_i2t: widen(&f.q_i2t)?,
+            }),
+            None => None,
+        };
+        self.run(
+            &widen(&ctx.src)?,
+            &ctx.pos,
+            sparse,
+            ctx.grid,
+            first.as_ref(),
+        )
+    }
+
+    /// src (B, HW, D) image stream, pos (1, HW, D).
+    fn run(
+        &self,
+        src: &Tensor,
+        pos: &Tensor,
+        sparse: &Tensor,
+        (h, w): (usize, usize),
+        first: Option<&FirstLayerProjections>,
+    ) -> Result<DecoderOutput> {
+        let (b, _, d) = src.dims3()?;
         let out_tokens = Tensor::cat(&[&self.iou_token, &self.mask_tokens], 0)?;
         let out_tokens = out_tokens
             .unsqueeze(0)?
-            .broadcast_as((b, 1 + self.num_mask_tokens, d))?;
-        let tokens = if sparse.dim(1)? == 0 {
-            out_tokens.contiguous()?
-        } else {
-            Tensor::cat(&[&out_tokens.contiguous()?, sparse], 1)?
-        };
-        let src = image.broadcast_as((b, d, h, w))?.add(dense)?;
-        let src = src.flatten_from(2)?.transpose(1, 2)?.contiguous()?;
-        let pos = image_pe
-            .flatten_from(2)?
-            .transpose(1, 2)?
-            .broadcast_as((b, h * w, d))?
+            .broadcast_as((b, 1 + self.num_mask_tokens, d))?
             .contiguous()?;
-
+        let tokens = if sparse.dim(1)? == 0 {
+            out_tokens
+        } else {
+            Tensor::cat(&[&out_tokens, sparse], 1)?
+        };
+        let pos = if b == 1 {
+            pos.clone()
+        } else {
+            pos.broadcast_as((b, h * w, d))?.contiguous()?
+        };
         let prompt = mean_prompt(sparse)?;
-        let (hs, src) = self.transformer.forward(&src, &pos, &tokens, &prompt)?;
+        let (hs, src) = self
+            .transformer
+            .forward(src, &pos, &tokens, &prompt, first)?;
         let up = self.upscale(&src.reshape((b, h, w, d))?)?; // (B, 4h, 4w, d/8)
         let hyper = (0..self.num_mask_tokens)
             .map(|i| self.hypernetworks[i].forward(&hs.narrow(1, 1 + i, 1)?))
@@ -377,6 +485,24 @@ impl MaskDecoder {
         let x = gelu(&self.upscale_norm.forward(&x)?)?;
         gelu(&self.upscale2.forward(&x)?)
     }
+}
+
+/// The first layer's image-side projections: token->image keys and values, image->token
+/// queries. They depend on the image alone when no mask is prompted.
+#[derive(Debug, Clone)]
+pub struct FirstLayerProjections {
+    pub k_t2i: Tensor,
+    pub v_t2i: Tensor,
+    pub q_i2t: Tensor,
+}
+
+/// What the decoder can reuse across prompts on one image.
+#[derive(Debug, Clone)]
+pub struct ImageContext {
+    pub src: Tensor,
+    pub pos: Tensor,
+    pub first: Option<FirstLayerProjections>,
+    pub grid: (usize, usize),
 }
 
 /// Which of the mask tokens a caller wants.

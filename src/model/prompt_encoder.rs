@@ -180,6 +180,18 @@ impl PromptEncoder {
     pub fn forward(&self, prompts: &Prompts) -> Result<(Tensor, Tensor)> {
         let b = prompts.batch_size()?;
         let dev = self.gaussian.device().clone();
+        let sparse = self.sparse(prompts)?;
+        let dense = match &prompts.masks {
+            Some(m) => self.mask_downscaling.forward(&m.to_dtype(DType::F32)?)?,
+            None => self.no_mask_dense(b, &dev)?,
+        };
+        Ok((sparse, dense))
+    }
+
+    /// The sparse embeddings alone: points and box corners, (B, N, D).
+    pub fn sparse(&self, prompts: &Prompts) -> Result<Tensor> {
+        let b = prompts.batch_size()?;
+        let dev = self.gaussian.device().clone();
         let mut parts = Vec::new();
         if let Some((pts, lbl)) = &prompts.points {
             parts.push(self.embed_points(pts, lbl, prompts.boxes.is_none())?);
@@ -187,15 +199,10 @@ impl PromptEncoder {
         if let Some(boxes) = &prompts.boxes {
             parts.push(self.embed_boxes(boxes)?);
         }
-        let sparse = match parts.len() {
-            0 => Tensor::zeros((b, 0, self.embed_dim), DType::F32, &dev)?,
-            _ => Tensor::cat(&parts, 1)?,
-        };
-        let dense = match &prompts.masks {
-            Some(m) => self.mask_downscaling.forward(&m.to_dtype(DType::F32)?)?,
-            None => self.no_mask_dense(b, &dev)?,
-        };
-        Ok((sparse, dense))
+        match parts.len() {
+            0 => Tensor::zeros((b, 0, self.embed_dim), DType::F32, &dev),
+            _ => Tensor::cat(&parts, 1),
+        }
     }
 
     fn no_mask_dense(&self, b: usize, _dev: &Device) -> Result<Tensor> {

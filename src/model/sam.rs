@@ -3,7 +3,7 @@
 use super::adapter::AdapterConfig;
 use super::config::SamConfig;
 use super::image_encoder::ImageEncoder;
-use super::mask_decoder::{DecoderOutput, MaskDecoder};
+use super::mask_decoder::{DecoderOutput, ImageContext, MaskDecoder};
 use super::prompt_encoder::{PromptEncoder, Prompts};
 use super::resize::linear_matrix;
 use crate::weights::Params;
@@ -73,6 +73,30 @@ impl Sam {
         let (sparse, dense) = self.prompt_encoder.forward(prompts)?;
         self.mask_decoder
             .forward(image_embeddings, &self.dense_pe, &sparse, &dense)
+    }
+
+    /// Per-image decoder work for prompts without a mask input (see `decode_cached`).
+    pub fn decoder_context(&self, image_embedding: &Tensor) -> Result<ImageContext> {
+        self.mask_decoder.image_context(
+            image_embedding,
+            &self.dense_pe,
+            &self.prompt_encoder.no_mask_embed,
+        )
+    }
+
+    /// `decode` for one image whose context is cached; prompts with a mask input go the
+    /// full way, as their dense embedding depends on the prompt.
+    pub fn decode_cached(
+        &self,
+        image_embedding: &Tensor,
+        ctx: &ImageContext,
+        prompts: &Prompts,
+    ) -> Result<DecoderOutput> {
+        if prompts.masks.is_some() {
+            return self.decode(image_embedding, prompts);
+        }
+        let sparse = self.prompt_encoder.sparse(prompts)?;
+        self.mask_decoder.forward_with_context(ctx, &sparse)
     }
 
     /// Low-resolution logits (.., lh, lw) to the original image size: upsample to S x S,
