@@ -20,3 +20,10 @@ torch.save({k: v.half() for k, v in sd.items()}, out / "flat_f16.pth")
 base = torch.arange(24, dtype=torch.float32).reshape(4, 6)
 torch.save({"sliced": base[1:3]}, out / "offset_view.pth")
 print("ok")
+
+# A PyTorch-MSA-style training checkpoint holding adapter weights under `state_dict`.
+from safetensors.torch import load_file
+msa = load_file(str(out / "msa_tiny.safetensors"))
+adapters = {k: v for k, v in msa.items() if "_Adapter." in k}
+torch.save({"epoch": 7, "state_dict": adapters, "best_tol": 0.5}, out / "msa_pytorch_adapters.pth")
+print("ok", len(adapters))

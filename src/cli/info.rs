@@ -11,6 +11,9 @@ pub struct InfoArgs {
     pub checkpoint: PathBuf,
     #[arg(long)]
     pub config: Option<PathBuf>,
+    /// An adapter file to apply over the checkpoint.
+    #[arg(long)]
+    pub adapters: Option<PathBuf>,
     /// Print one JSON object instead of text.
     #[arg(long)]
     pub json: bool,
@@ -21,9 +24,12 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         checkpoint: args.checkpoint.clone(),
         config: args.config.clone(),
         image_size: None,
+        adapters: args.adapters.clone(),
     };
     let loaded = model.load(&candle_core::Device::Cpu)?;
-    let total: usize = loaded.part_params.values().sum();
+    let frozen: usize = loaded.part_params.values().sum();
+    let total = frozen + loaded.adapter_params;
+    let pct = 100.0 * loaded.adapter_params as f64 / total.max(1) as f64;
     let cfg = &loaded.sam.config;
     if args.json {
         let v = json!({
@@ -33,10 +39,13 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             "checkpoint_image_size": loaded.checkpoint_image_size,
             "parameters": loaded.part_params,
             "total_parameters": total,
+            "trainable_parameters": loaded.adapter_params,
             "adapters": {
                 "present": !loaded.adapter_keys.is_empty(),
                 "tensors": loaded.adapter_keys.len(),
                 "parameters": loaded.adapter_params,
+                "settings": loaded.sam.adapters,
+                "metadata": loaded.adapter_meta,
             },
             "config": cfg,
         });
@@ -57,14 +66,24 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     for (part, n) in &loaded.part_params {
         println!("  {part:<16}{n:>14}");
     }
+    println!("  {:<16}{:>14}", "adapters", loaded.adapter_params);
     println!("  {:<16}{total:>14}", "total");
+    println!(
+        "trainable     {} of {total} ({pct:.2}%)",
+        loaded.adapter_params
+    );
     if loaded.adapter_keys.is_empty() {
         println!("adapters      none");
     } else {
+        let a = &loaded.sam.adapters;
         println!(
-            "adapters      {} tensors, {} parameters (not applied by this build)",
+            "adapters      {} tensors: encoder {}, depth {}, decoder {}, lora rank {}, ratio {}",
             loaded.adapter_keys.len(),
-            loaded.adapter_params
+            a.encoder,
+            a.depth,
+            a.decoder,
+            a.lora_rank,
+            a.ratio
         );
     }
     Ok(())

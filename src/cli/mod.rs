@@ -46,6 +46,9 @@ pub struct ModelArgs {
     /// Model input size; position tables are resized when it differs from the checkpoint's.
     #[arg(long)]
     pub image_size: Option<usize>,
+    /// Trained adapters to apply (an msa adapter file or a PyTorch MSA checkpoint).
+    #[arg(long)]
+    pub adapters: Option<PathBuf>,
 }
 
 impl ModelArgs {
@@ -55,7 +58,13 @@ impl ModelArgs {
             .as_deref()
             .map(crate::model::SamConfig::from_json_file)
             .transpose()?;
-        crate::weights::load_sam(&self.checkpoint, cfg.as_ref(), self.image_size, device)
+        let opts = crate::weights::LoadOptions {
+            config: cfg.as_ref(),
+            image_size: self.image_size,
+            adapters_file: self.adapters.as_deref(),
+            ..Default::default()
+        };
+        crate::weights::load_model(&self.checkpoint, &opts, device)
     }
 }
 

@@ -59,7 +59,7 @@ impl Checkpoint {
         }
         let tensors = raw
             .into_iter()
-            .map(|(k, v)| (strip_prefixes(&k).to_string(), v))
+            .map(|(k, v)| (canonical_key(strip_prefixes(&k)), v))
             .collect();
         Ok(Self {
             path: path.to_path_buf(),
@@ -78,6 +78,20 @@ impl Checkpoint {
     pub fn display(&self) -> String {
         self.path.display().to_string()
     }
+}
+
+/// The PyTorch MSA code names the relative-position tables `attn.rel_h` / `attn.rel_w`;
+/// SAM names them `attn.rel_pos_h` / `attn.rel_pos_w`.
+fn canonical_key(key: &str) -> String {
+    for (from, to) in [
+        (".attn.rel_h", ".attn.rel_pos_h"),
+        (".attn.rel_w", ".attn.rel_pos_w"),
+    ] {
+        if let Some(stem) = key.strip_suffix(from) {
+            return format!("{stem}{to}");
+        }
+    }
+    key.to_string()
 }
 
 fn strip_prefixes(key: &str) -> &str {

@@ -1,6 +1,7 @@
 //! Reading and writing weights: published checkpoints, key checks, resizing of position
 //! tables, conversion.
 
+pub mod adapter_file;
 pub mod checkpoint;
 pub mod detect;
 pub mod params;
@@ -8,7 +9,7 @@ pub mod params;
 pub use checkpoint::{convert, save_safetensors, Checkpoint};
 pub use params::{Init, Params, Resize, Source};
 
-use crate::model::{Sam, SamConfig};
+use crate::model::{AdapterConfig, Sam, SamConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::collections::BTreeMap;
@@ -21,16 +22,37 @@ pub struct Loaded {
     pub preset: String,
     /// Input size of the checkpoint's position tables (may differ from the model's).
     pub checkpoint_image_size: Option<usize>,
-    /// Adapter tensors present in the file but not part of the SAM architecture.
+    /// Adapter tensors the model carries, by key (taken from files or initialised).
     pub adapter_keys: Vec<String>,
-    /// Parameter count of each part (`image_encoder`, `prompt_encoder`, `mask_decoder`).
+    /// Parameter count of each frozen SAM part (`image_encoder`, `prompt_encoder`, `mask_decoder`).
     pub part_params: BTreeMap<String, usize>,
-    /// Parameter count of the adapter tensors found in the file.
+    /// Parameter count of the adapters (the trainable part).
     pub adapter_params: usize,
+    /// The parameter source, for the trainable `Var`s when training.
+    pub params: Params,
+    /// Metadata of the adapter file applied, if any.
+    pub adapter_meta: Option<adapter_file::AdapterMeta>,
 }
 
 pub fn is_adapter_key(key: &str) -> bool {
-    key.contains("Adapter") || key.contains("lora_")
+    key.contains("_Adapter.") || key.contains("lora_")
+}
+
+/// How to load a model.
+#[derive(Default, Clone)]
+pub struct LoadOptions<'a> {
+    /// Architecture; detected from the shapes when absent.
+    pub config: Option<&'a SamConfig>,
+    /// Input size override (position tables are resized).
+    pub image_size: Option<usize>,
+    /// An adapter file (ours, or a PyTorch MSA checkpoint) applied over the base.
+    pub adapters_file: Option<&'a Path>,
+    /// Adapters to build; absent: those the checkpoint and adapter file hold.
+    pub adapters: Option<AdapterConfig>,
+    /// Adapter tensors become trainable `Var`s.
+    pub train: bool,
+    /// Seed of adapter initialisation.
+    pub seed: u64,
 }
 
 /// Loads SAM from `path`. Without `config` the preset is detected from the shapes;
@@ -41,49 +63,98 @@ pub fn load_sam(
     image_size: Option<usize>,
     device: &Device,
 ) -> Result<Loaded> {
-    let ckpt = Checkpoint::read(path)?;
+    let opts = LoadOptions {
+        config,
+        image_size,
+        ..Default::default()
+    };
+    load_model(path, &opts, device)
+}
+
+/// Loads SAM and its adapters as `opts` says.
+pub fn load_model(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Loaded> {
+    let mut ckpt = Checkpoint::read(path)?;
     let checkpoint_image_size = detect::checkpoint_image_size(&ckpt);
-    let (preset, mut cfg) = match config {
+    let (preset, mut cfg) = match opts.config {
         Some(c) => (c.preset_name().unwrap_or("custom").to_string(), c.clone()),
         None => detect::detect_preset(&ckpt)?,
     };
-    if let Some(s) = image_size {
+    if let Some(s) = opts.image_size {
         cfg.img_size = s;
     }
     cfg.validate()?;
-    let params = Params::new(Source::Checkpoint(ckpt), device);
-    let sam = Sam::load(&params, &cfg).map_err(|e| anyhow::anyhow!("{e}"))?;
-    let unused = params.unused_keys();
-    let (adapter_keys, unexpected): (Vec<_>, Vec<_>) =
-        unused.into_iter().partition(|k| is_adapter_key(k));
-    if !unexpected.is_empty() {
-        let ckpt = params.checkpoint().context("checkpoint source")?;
-        let shown: Vec<String> = unexpected
-            .iter()
-            .take(5)
-            .map(|k| format!("`{k}` {:?}", ckpt.tensors[k].dims()))
-            .collect();
-        bail!(
-            "{}: {} key(s) are not part of the {preset} architecture, e.g. {}; \
-             is --config right for this file?",
-            path.display(),
-            unexpected.len(),
-            shown.join(", ")
-        );
+    let mut adapter_meta = None;
+    if let Some(file) = opts.adapters_file {
+        let (tensors, meta) = adapter_file::load(file)?;
+        match &meta {
+            Some(m) => adapter_file::check_base(file, m, path, &preset, cfg.img_size)?,
+            None => tracing::warn!(
+                "{} has no msa metadata (a PyTorch MSA checkpoint?): its base cannot be checked",
+                file.display()
+            ),
+        }
+        ckpt.tensors.extend(tensors);
+        adapter_meta = meta;
     }
-    let ckpt = params.checkpoint().context("checkpoint source")?;
-    let adapter_params = adapter_keys
-        .iter()
-        .map(|k| ckpt.tensors[k].elem_count())
-        .sum();
+    let ad = match (&opts.adapters, &adapter_meta) {
+        (Some(a), _) => a.clone(),
+        (None, Some(m)) => m.adapters.clone(),
+        (None, None) => adapters_in(&ckpt),
+    };
+    let params = Params::with_options(Source::Checkpoint(ckpt), device, opts.train, opts.seed);
+    let sam = Sam::load_adapted(&params, &cfg, &ad).map_err(|e| anyhow::anyhow!("{e}"))?;
+    check_unused(&params, path, &preset)?;
+    let trainables = params.trainables();
+    let requested: BTreeMap<String, Vec<usize>> = params
+        .requested()
+        .into_iter()
+        .filter(|(k, _)| !trainables.contains_key(k))
+        .collect();
     Ok(Loaded {
         sam,
         preset,
         checkpoint_image_size,
-        adapter_keys,
-        part_params: part_params(&params.requested()),
-        adapter_params,
+        adapter_keys: trainables.keys().cloned().collect(),
+        part_params: part_params(&requested),
+        adapter_params: trainables.values().map(|v| v.elem_count()).sum(),
+        params,
+        adapter_meta,
     })
+}
+
+/// The adapters a checkpoint's keys imply, with the LoRA rank read from its tensors.
+fn adapters_in(ckpt: &Checkpoint) -> AdapterConfig {
+    let mut ad = adapter_file::infer_config(ckpt.tensors.keys());
+    if let Some((_, t)) = ckpt.tensors.iter().find(|(k, _)| k.ends_with("lora_a")) {
+        ad.lora_rank = t.dims()[0];
+    }
+    if let Some((_, t)) = ckpt.tensors.iter().find(|(k, _)| {
+        k.starts_with("image_encoder.blocks.0.") && k.ends_with("_Adapter.D_fc1.weight")
+    }) {
+        let (hidden, dim) = (t.dims()[0], t.dims()[1]);
+        ad.ratio = hidden as f64 / dim as f64;
+    }
+    ad
+}
+
+fn check_unused(params: &Params, path: &Path, preset: &str) -> Result<()> {
+    let unexpected = params.unused_keys();
+    if unexpected.is_empty() {
+        return Ok(());
+    }
+    let ckpt = params.checkpoint().context("checkpoint source")?;
+    let shown: Vec<String> = unexpected
+        .iter()
+        .take(5)
+        .map(|k| format!("`{k}` {:?}", ckpt.tensors[k].dims()))
+        .collect();
+    bail!(
+        "{}: {} key(s) are not part of the {preset} architecture with these adapters, e.g. {}; \
+         is --config right for this file?",
+        path.display(),
+        unexpected.len(),
+        shown.join(", ")
+    )
 }
 
 /// Every key and shape of a SAM built from `config`, without allocating weights.

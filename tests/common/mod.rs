@@ -5,8 +5,11 @@ use candle_core::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::PathBuf;
 
+/// A file under `tests/fixtures`. `MSA_REPO` points at the checkout when a test binary runs
+/// outside cargo (on a GPU machine, say); otherwise the build-time path is used.
 pub fn fixture(name: &str) -> PathBuf {
-    PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+    let root = std::env::var("MSA_REPO").unwrap_or_else(|_| env!("CARGO_MANIFEST_DIR").to_string());
+    PathBuf::from(root)
         .join("tests")
         .join("fixtures")
         .join(name)

@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Run on a GPU machine with the CUDA build carried in .gpu/ (msa and test binaries made by
+# `cargo build/test --release --features cuda`): golden parity on the GPU, then the encoder
+# and decoder benchmarks beside PyTorch on the same GPU. Output: stdout and $OUT/gpu.jsonl.
+set -uo pipefail
+cd "$(dirname "$0")/.."
+OUT=${OUT:-/tmp}
+py=$(command -v python3)
+[ -x /opt/torch/.venv/bin/python3 ] && py=/opt/torch/.venv/bin/python3
+libs=$("$py" - <<'PY'
+import glob, os, site
+roots = site.getsitepackages()
+print(":".join(sorted({os.path.dirname(p) for r in roots for p in glob.glob(r + "/nvidia/**/lib*.so*", recursive=True)})))
+PY
+)
+export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
+if ls .whl/*.whl >/dev/null 2>&1; then
+    "$py" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+fi
+export MSA_REPO=$PWD MSA_TEST_DEVICE=cuda
+for t in .gpu/test-*; do
+    echo "== $t (MSA_TEST_DEVICE=cuda)"
+    "$t" --test-threads 1 2>&1 | grep -E "^test |test result|panicked|max \|" | head -40
+done
+: > "$OUT/gpu.jsonl"
+for r in 1 2; do
+    .gpu/msa bench encoder --preset vit_b --size 1024 --runs 10 --json | sed 's/^{/{"impl":"msa",/' | tee -a "$OUT/gpu.jsonl"
+    "$py" bench/pytorch_sam.py encoder --device cuda --runs 10 | tee -a "$OUT/gpu.jsonl"
+    .gpu/msa bench decoder --preset vit_b --size 1024 --runs 50 --json | sed 's/^{/{"impl":"msa",/' | tee -a "$OUT/gpu.jsonl"
+    "$py" bench/pytorch_sam.py decoder --device cuda --runs 50 | tee -a "$OUT/gpu.jsonl"
+done
