@@ -4,6 +4,7 @@
 
 pub mod cli;
 pub mod data;
+pub mod eval;
 pub mod infer;
 pub mod kernels;
 pub mod model;

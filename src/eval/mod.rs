@@ -1,0 +1,3 @@
+//! Evaluation: metrics (reports come with `msa eval`).
+
+pub mod metrics;
