@@ -2,8 +2,10 @@
 
 pub mod bench;
 pub mod demo;
+pub mod eval;
 pub mod info;
 pub mod predict;
+pub mod train;
 
 use anyhow::Result;
 use clap::{Parser, Subcommand};
@@ -32,6 +34,10 @@ pub enum Command {
     Bench(bench::BenchArgs),
     /// Run `predict` on the embedded tiny model and a generated image.
     Demo(demo::DemoArgs),
+    /// Train adapters (or LoRA, or everything) on a dataset.
+    Train(train::TrainArgs),
+    /// Dice, IoU and HD95 per case on a dataset's test split.
+    Eval(eval::EvalArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -79,6 +85,8 @@ pub fn run(cli: Cli) -> Result<()> {
         }
         Command::Bench(a) => bench::run(&a),
         Command::Demo(a) => demo::run(&a),
+        Command::Train(a) => train::run(&a),
+        Command::Eval(a) => eval::run(&a),
     }
 }
 

@@ -1,3 +1,7 @@
-//! Data: generated samples (real dataset layouts come with training).
+//! Data: dataset layouts, samples, prompts, transforms and the batch loader.
 
+pub mod layout;
+pub mod prompts;
+pub mod sample;
 pub mod synthetic;
+pub mod transform;

@@ -73,3 +73,31 @@ pub fn mask_centroid(mask: &[bool], width: usize) -> Option<(f32, f32)> {
     }
     (n > 0).then(|| ((sx / n as f64) as f32, (sy / n as f64) as f32))
 }
+
+/// Writes `n` lesion images as a generic folder dataset (`images/<id>.png`,
+/// `masks/<id>.png`) and returns the ids.
+pub fn write_folder_dataset(
+    dir: &std::path::Path,
+    n: usize,
+    (width, height): (usize, usize),
+    seed: u64,
+) -> anyhow::Result<Vec<String>> {
+    std::fs::create_dir_all(dir.join("images"))?;
+    std::fs::create_dir_all(dir.join("masks"))?;
+    (0..n)
+        .map(|i| {
+            let id = format!("case{i:03}");
+            let (img, mask) = lesion_image(width, height, seed.wrapping_add(i as u64 * 7919));
+            img.save(dir.join("images").join(format!("{id}.png")))?;
+            mask_image(&mask, width, height).save(dir.join("masks").join(format!("{id}.png")))?;
+            Ok(id)
+        })
+        .collect()
+}
+
+/// A 0/255 grayscale image of a mask.
+pub fn mask_image(mask: &[bool], width: usize, height: usize) -> image::GrayImage {
+    image::GrayImage::from_fn(width as u32, height as u32, |x, y| {
+        image::Luma([if mask[y as usize * width + x as usize] { 255 } else { 0 }])
+    })
+}

@@ -1,3 +1,4 @@
 //! Evaluation: metrics (reports come with `msa eval`).
 
+pub mod evaluate;
 pub mod metrics;

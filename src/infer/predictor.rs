@@ -144,14 +144,24 @@ impl<'a> Predictor<'a> {
         })
     }
 
-    /// Masks for each prompt set against the cached embedding.
+    /// Masks for each prompt set against the cached embedding (SAM's output selection).
     pub fn predict_batch(&self, sets: &[UserPrompt], multimask: bool) -> Result<Vec<Prediction>> {
+        self.predict_selected(sets, MaskSelection::Sam { multimask })
+    }
+
+    /// One mask per class (MSA's selection: the first `classes` mask tokens).
+    pub fn predict_classes(&self, prompt: &UserPrompt, classes: usize) -> Result<Prediction> {
+        let mut v = self.predict_selected(std::slice::from_ref(prompt), MaskSelection::Classes(classes))?;
+        Ok(v.remove(0))
+    }
+
+    pub fn predict_selected(&self, sets: &[UserPrompt], selection: MaskSelection) -> Result<Vec<Prediction>> {
         let (Some(features), Some(ctx)) = (&self.features, &self.context) else {
             bail!("set_image must be called before predict");
         };
         let prompts = self.model_prompts(sets)?;
         let out = self.sam.decode_cached(features, ctx, &prompts)?;
-        let (low, iou) = out.select(MaskSelection::Sam { multimask })?;
+        let (low, iou) = out.select(selection)?;
         let masks = self
             .sam
             .postprocess_masks(&low, self.input_size, self.original_size)?;

@@ -51,6 +51,8 @@ pub struct LoadOptions<'a> {
     pub adapters: Option<AdapterConfig>,
     /// Adapter tensors become trainable `Var`s.
     pub train: bool,
+    /// Every SAM tensor becomes a trainable `Var` (full fine-tuning).
+    pub train_all: bool,
     /// Seed of adapter initialisation.
     pub seed: u64,
 }
@@ -101,7 +103,11 @@ pub fn load_model(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Lo
         (None, Some(m)) => m.adapters.clone(),
         (None, None) => adapters_in(&ckpt),
     };
-    let params = Params::with_options(Source::Checkpoint(ckpt), device, opts.train, opts.seed);
+    let params = if opts.train_all {
+        Params::train_all(Source::Checkpoint(ckpt), device, opts.seed)
+    } else {
+        Params::with_options(Source::Checkpoint(ckpt), device, opts.train, opts.seed)
+    };
     let sam = Sam::load_adapted(&params, &cfg, &ad).map_err(|e| anyhow::anyhow!("{e}"))?;
     check_unused(&params, path, &preset)?;
     let trainables = params.trainables();

@@ -27,6 +27,8 @@ struct Inner {
     /// Trainable tensors (adapters) by key; `Var`s when `train` is set.
     trainable: RefCell<BTreeMap<String, Var>>,
     train: bool,
+    /// Every parameter trains (full fine-tuning), not only adapters.
+    train_all: bool,
 }
 
 /// How a trainable tensor starts when the checkpoint does not hold it.
@@ -63,6 +65,15 @@ impl Params {
 
     /// `train`: trainable tensors become `Var`s; `seed` drives their initialisation.
     pub fn with_options(source: Source, device: &Device, train: bool, seed: u64) -> Self {
+        Self::build(source, device, train, false, seed)
+    }
+
+    /// Full fine-tuning: every parameter becomes a trainable `Var`.
+    pub fn train_all(source: Source, device: &Device, seed: u64) -> Self {
+        Self::build(source, device, true, true, seed)
+    }
+
+    fn build(source: Source, device: &Device, train: bool, train_all: bool, seed: u64) -> Self {
         Self {
             inner: Rc::new(Inner {
                 source,
@@ -71,6 +82,7 @@ impl Params {
                 rng: RefCell::new(0x9E37_79B9_7F4A_7C15 ^ seed),
                 trainable: RefCell::new(BTreeMap::new()),
                 train,
+                train_all,
             }),
             prefix: String::new(),
         }
@@ -140,12 +152,25 @@ impl Params {
     }
 
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        self.get_inner(name, shape, None)
+        let t = self.get_inner(name, shape, None)?;
+        self.maybe_trainable(name, t)
     }
 
     /// Like `get`, but a table saved for another grid size is resized to `shape`.
     pub fn get_resized(&self, name: &str, shape: &[usize], how: Resize) -> Result<Tensor> {
-        self.get_inner(name, shape, Some(how))
+        let t = self.get_inner(name, shape, Some(how))?;
+        self.maybe_trainable(name, t)
+    }
+
+    /// Under full fine-tuning, a SAM weight becomes a `Var` too.
+    fn maybe_trainable(&self, name: &str, t: Tensor) -> Result<Tensor> {
+        if !self.inner.train_all {
+            return Ok(t);
+        }
+        let var = Var::from_tensor(&t.contiguous()?)?;
+        let out = var.as_tensor().clone();
+        self.inner.trainable.borrow_mut().insert(self.key(name), var);
+        Ok(out)
     }
 
     fn get_inner(&self, name: &str, shape: &[usize], how: Option<Resize>) -> Result<Tensor> {

@@ -1,0 +1,108 @@
+//! `msa train`: adapters on a dataset, into a run folder.
+
+use crate::data::layout::DatasetKind;
+use crate::data::prompts::PromptKind;
+use crate::model::AdapterInit;
+use crate::train::config::{TrainConfig, TrainMode};
+use anyhow::{Context, Result};
+use std::path::PathBuf;
+
+#[derive(clap::Args, Debug)]
+pub struct TrainArgs {
+    /// Base SAM checkpoint (stays frozen).
+    #[arg(long)]
+    pub checkpoint: Option<PathBuf>,
+    #[arg(long)]
+    pub config: Option<PathBuf>,
+    /// Dataset folder.
+    #[arg(long)]
+    pub data: Option<PathBuf>,
+    #[arg(long, value_enum)]
+    pub dataset: Option<DatasetKind>,
+    #[arg(long)]
+    pub image_size: Option<usize>,
+    #[arg(long)]
+    pub epochs: Option<usize>,
+    #[arg(long)]
+    pub batch_size: Option<usize>,
+    #[arg(long)]
+    pub lr: Option<f64>,
+    #[arg(long, value_enum)]
+    pub prompt: Option<PromptKind>,
+    /// What trains: adapters (default), decoder, lora, or all (full fine-tuning).
+    #[arg(long, value_enum)]
+    pub train: Option<TrainMode>,
+    /// Validate every K epochs.
+    #[arg(long)]
+    pub val_every: Option<usize>,
+    #[arg(long)]
+    pub seed: Option<u64>,
+    /// Data-loading threads.
+    #[arg(long)]
+    pub workers: Option<usize>,
+    /// Run folder.
+    #[arg(long)]
+    pub out: Option<PathBuf>,
+    /// Continue the run in --out from its last saved epoch.
+    #[arg(long)]
+    pub resume: bool,
+    /// A config.toml from an earlier run; flags given here override it.
+    #[arg(long)]
+    pub run_config: Option<PathBuf>,
+    /// Skip unreadable or inconsistent cases with a warning instead of stopping.
+    #[arg(long)]
+    pub skip_bad: bool,
+    #[arg(long, value_enum)]
+    pub adapter_init: Option<AdapterInit>,
+    #[arg(long)]
+    pub adapter_ratio: Option<f64>,
+    /// Turn off flips and intensity augmentation.
+    #[arg(long)]
+    pub no_augment: bool,
+}
+
+impl TrainArgs {
+    /// The run configuration: the --run-config file (if any) with the flags on top.
+    pub fn resolve(&self) -> Result<TrainConfig> {
+        let mut c = match &self.run_config {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .with_context(|| format!("cannot read {}", path.display()))?;
+                toml::from_str(&text).with_context(|| format!("{}: not a run config", path.display()))?
+            }
+            None => TrainConfig::new(
+                self.checkpoint.clone().context("--checkpoint is required")?,
+                self.data.clone().context("--data is required")?,
+                self.out.clone().context("--out is required")?,
+            ),
+        };
+        macro_rules! set {
+            ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone(); } )* };
+        }
+        set!(checkpoint, data, out, dataset, epochs, batch_size, lr, prompt, train, val_every, seed, workers, adapter_init, adapter_ratio);
+        if self.config.is_some() {
+            c.config = self.config.clone();
+        }
+        if self.image_size.is_some() {
+            c.image_size = self.image_size;
+        }
+        c.skip_bad |= self.skip_bad;
+        if self.no_augment {
+            c.augment = false;
+        }
+        Ok(c)
+    }
+}
+
+pub fn run(args: &TrainArgs) -> Result<()> {
+    let cfg = args.resolve()?;
+    crate::train::run::set_resume(args.resume);
+    let device = super::default_device()?;
+    let result = crate::train::run::run(&cfg, &device)?;
+    for r in &result.history {
+        let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
+        println!("epoch {:>3}  loss {:.4}  val dice {}  val iou {}", r.epoch, r.train_loss, f(r.val_dice), f(r.val_iou));
+    }
+    println!("run folder: {}", cfg.out.display());
+    Ok(())
+}

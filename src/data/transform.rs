@@ -1,0 +1,98 @@
+//! A sample made ready for the model: light augmentation, SAM's resize and padding, and a
+//! prompt drawn from the target.
+
+use super::prompts::{from_mask, PromptKind};
+use super::sample::Sample;
+use super::synthetic::SplitMix;
+use crate::infer::image_io::{preprocess_shape, resize_bilinear_aa};
+use crate::infer::UserPrompt;
+use crate::model::SamConfig;
+use image::RgbImage;
+
+/// Model-ready arrays for one sample, in the S x S input frame.
+#[derive(Debug, Clone)]
+pub struct Prepared {
+    pub id: String,
+    /// (3, S, S): normalised with pixel_mean/std, zero-padded bottom/right.
+    pub input: Vec<f32>,
+    /// (K, S, S) targets in {0, 1}, zero in the padding.
+    pub masks: Vec<f32>,
+    /// The prompt in input-frame pixels.
+    pub prompt: UserPrompt,
+    /// The resized, unpadded size (h, w).
+    pub input_size: (usize, usize),
+}
+
+/// Flips and an intensity change, applied to the image and its masks alike.
+pub fn augment(sample: &Sample, rng: &mut SplitMix) -> Sample {
+    let (h, w) = sample.size();
+    let flip_x = rng.uniform() < 0.5;
+    let flip_y = rng.uniform() < 0.5;
+    let gain = 0.9 + 0.2 * rng.uniform() as f32;
+    let bias = (rng.uniform() as f32 - 0.5) * 20.0;
+    let src = |x: usize, y: usize| {
+        let sx = if flip_x { w - 1 - x } else { x };
+        let sy = if flip_y { h - 1 - y } else { y };
+        (sx, sy)
+    };
+    let image = RgbImage::from_fn(w as u32, h as u32, |x, y| {
+        let (sx, sy) = src(x as usize, y as usize);
+        let p = sample.image.get_pixel(sx as u32, sy as u32).0;
+        image::Rgb(p.map(|v| (v as f32 * gain + bias).round().clamp(0.0, 255.0) as u8))
+    });
+    let masks = sample
+        .masks
+        .iter()
+        .map(|m| {
+            (0..h * w)
+                .map(|i| {
+                    let (sx, sy) = src(i % w, i / w);
+                    m[sy * w + sx]
+                })
+                .collect()
+        })
+        .collect();
+    Sample { id: sample.id.clone(), image, masks }
+}
+
+/// Nearest-neighbour resize of a mask (pixel centres, as PyTorch's `nearest`).
+pub fn resize_mask_nearest(mask: &[bool], (h, w): (usize, usize), (nh, nw): (usize, usize)) -> Vec<bool> {
+    (0..nh * nw)
+        .map(|i| {
+            let (y, x) = (i / nw, i % nw);
+            let sy = ((y as f64 * h as f64 / nh as f64).floor() as usize).min(h - 1);
+            let sx = ((x as f64 * w as f64 / nw as f64).floor() as usize).min(w - 1);
+            mask[sy * w + sx]
+        })
+        .collect()
+}
+
+/// Resize (longest side to S), normalise, pad; masks likewise; prompt from the union of
+/// the class masks. None when the resized target is empty.
+pub fn prepare(sample: &Sample, cfg: &SamConfig, kind: PromptKind, rng: &mut SplitMix) -> Option<Prepared> {
+    let s = cfg.img_size;
+    let (h, w) = sample.size();
+    let (nh, nw) = preprocess_shape(h, w, s);
+    let resized = resize_bilinear_aa(&sample.image, nw, nh);
+    let mut input = vec![0f32; 3 * s * s];
+    for (i, p) in resized.pixels().enumerate() {
+        let (y, x) = (i / nw, i % nw);
+        for c in 0..3 {
+            input[c * s * s + y * s + x] = (p.0[c] as f32 - cfg.pixel_mean[c]) / cfg.pixel_std[c];
+        }
+    }
+    let small: Vec<Vec<bool>> = sample
+        .masks
+        .iter()
+        .map(|m| resize_mask_nearest(m, (h, w), (nh, nw)))
+        .collect();
+    let mut masks = vec![0f32; small.len() * s * s];
+    for (k, m) in small.iter().enumerate() {
+        for (i, &v) in m.iter().enumerate() {
+            masks[k * s * s + (i / nw) * s + i % nw] = v as u8 as f32;
+        }
+    }
+    let union: Vec<bool> = (0..nh * nw).map(|i| small.iter().any(|m| m[i])).collect();
+    let prompt = from_mask(&union, nw, nh, kind, rng)?;
+    Some(Prepared { id: sample.id.clone(), input, masks, prompt, input_size: (nh, nw) })
+}

@@ -1,0 +1,60 @@
+//! Batches for an epoch, made on worker threads while the model computes.
+
+use crate::data::layout::Item;
+use crate::data::prompts::PromptKind;
+use crate::data::sample::load_item;
+use crate::data::synthetic::SplitMix;
+use crate::data::transform::{augment, prepare, Prepared};
+use crate::model::SamConfig;
+use anyhow::Result;
+use rayon::prelude::*;
+use std::sync::mpsc::{sync_channel, Receiver};
+
+/// Seeded per (seed, epoch): the same epoch sees the same order and the same augmentation
+/// whether or not the run was interrupted before it.
+pub fn epoch_order(n: usize, seed: u64, epoch: usize) -> Vec<usize> {
+    let mut order: Vec<usize> = (0..n).collect();
+    let mut rng = SplitMix(seed ^ (epoch as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ 0xA5A5);
+    for i in (1..n).rev() {
+        order.swap(i, rng.below(i + 1));
+    }
+    order
+}
+
+/// Everything a worker needs to make batches.
+#[derive(Clone)]
+pub struct BatchSpec {
+    pub items: Vec<Item>,
+    pub cfg: SamConfig,
+    pub batch_size: usize,
+    pub prompt: PromptKind,
+    pub augment: bool,
+    pub seed: u64,
+    pub workers: usize,
+}
+
+fn make(spec: &BatchSpec, epoch: usize, index: usize) -> Result<Option<Prepared>> {
+    let item = &spec.items[index];
+    let sample = load_item(item)?;
+    let mut rng = SplitMix(spec.seed ^ ((epoch as u64) << 32) ^ (index as u64).wrapping_mul(0xD134_2543_DE82_EF95));
+    let sample = if spec.augment { augment(&sample, &mut rng) } else { sample };
+    Ok(prepare(&sample, &spec.cfg, spec.prompt, &mut rng))
+}
+
+/// The batches of one epoch, prefetched two ahead on a thread pool of `workers` threads.
+pub fn epoch_batches(spec: BatchSpec, epoch: usize) -> Result<Receiver<Result<Vec<Prepared>>>> {
+    let (tx, rx) = sync_channel(2);
+    let pool = rayon::ThreadPoolBuilder::new().num_threads(spec.workers.max(1)).build()?;
+    std::thread::spawn(move || {
+        let order = epoch_order(spec.items.len(), spec.seed, epoch);
+        for chunk in order.chunks(spec.batch_size.max(1)) {
+            let made: Result<Vec<Option<Prepared>>> =
+                pool.install(|| chunk.par_iter().map(|&i| make(&spec, epoch, i)).collect());
+            let batch = made.map(|v| v.into_iter().flatten().collect::<Vec<_>>());
+            if tx.send(batch).is_err() {
+                return; // the trainer stopped listening
+            }
+        }
+    });
+    Ok(rx)
+}

@@ -1,0 +1,94 @@
+//! The resolved configuration of a training run, written into every run folder.
+
+use crate::data::layout::DatasetKind;
+use crate::data::prompts::PromptKind;
+use crate::model::{AdapterConfig, AdapterInit};
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
+
+/// What trains.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum TrainMode {
+    /// Encoder and decoder adapters (the Medical SAM Adapter).
+    Adapters,
+    /// Decoder adapters only.
+    Decoder,
+    /// LoRA on the encoder's qkv.
+    Lora,
+    /// Every SAM weight (full fine-tuning, the MedSAM-style baseline).
+    All,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TrainConfig {
+    pub checkpoint: PathBuf,
+    pub config: Option<PathBuf>,
+    pub data: PathBuf,
+    pub dataset: DatasetKind,
+    pub image_size: Option<usize>,
+    pub epochs: usize,
+    pub batch_size: usize,
+    pub lr: f64,
+    pub lr_step: usize,
+    pub lr_gamma: f64,
+    pub prompt: PromptKind,
+    pub train: TrainMode,
+    pub val_every: usize,
+    pub val_fraction: f64,
+    pub seed: u64,
+    pub workers: usize,
+    pub out: PathBuf,
+    pub skip_bad: bool,
+    pub adapter_ratio: f64,
+    pub adapter_init: AdapterInit,
+    pub lora_rank: usize,
+    pub augment: bool,
+    /// Overlays written per validation.
+    pub samples: usize,
+}
+
+impl TrainConfig {
+    pub fn new(checkpoint: PathBuf, data: PathBuf, out: PathBuf) -> Self {
+        Self {
+            checkpoint,
+            config: None,
+            data,
+            dataset: DatasetKind::Folder,
+            image_size: None,
+            epochs: 10,
+            batch_size: 2,
+            lr: 1e-4,
+            lr_step: 10,
+            lr_gamma: 0.5,
+            prompt: PromptKind::Click,
+            train: TrainMode::Adapters,
+            val_every: 1,
+            val_fraction: 0.2,
+            seed: 0,
+            workers: 2,
+            out,
+            skip_bad: false,
+            adapter_ratio: 0.25,
+            adapter_init: AdapterInit::Zero,
+            lora_rank: 4,
+            augment: true,
+            samples: 4,
+        }
+    }
+
+    /// The adapters this mode builds.
+    pub fn adapters(&self) -> AdapterConfig {
+        let base = AdapterConfig {
+            ratio: self.adapter_ratio,
+            init: self.adapter_init,
+            ..AdapterConfig::none()
+        };
+        match self.train {
+            TrainMode::Adapters => AdapterConfig { encoder: true, decoder: true, ..base },
+            TrainMode::Decoder => AdapterConfig { decoder: true, ..base },
+            TrainMode::Lora => AdapterConfig { lora_rank: self.lora_rank, ..base },
+            TrainMode::All => base,
+        }
+    }
+}
