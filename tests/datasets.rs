@@ -14,7 +14,11 @@ fn folder_without_split_gets_a_seeded_80_20_split() {
     assert_eq!((a.train.len(), a.val.len(), a.test.len()), (8, 2, 0));
     assert_eq!(a.ids(), b.ids(), "same seed, same split");
     let c = discover(DatasetKind::Folder, dir.path(), 8, 0.2).unwrap();
-    assert_ne!(a.ids()["val"], c.ids()["val"], "another seed, another split");
+    assert_ne!(
+        a.ids()["val"],
+        c.ids()["val"],
+        "another seed, another split"
+    );
     let mut all: Vec<String> = a.train.iter().chain(&a.val).map(|i| i.id.clone()).collect();
     all.sort();
     assert_eq!(all, ids);
@@ -35,7 +39,9 @@ fn folder_with_split_json_follows_it() {
     assert_eq!(s.ids()["test"], ["case004"]);
     assert_eq!(s.eval_items().len(), 1);
     std::fs::write(dir.path().join("split.json"), r#"{"train": ["nope"]}"#).unwrap();
-    let err = discover(DatasetKind::Folder, dir.path(), 0, 0.2).unwrap_err().to_string();
+    let err = discover(DatasetKind::Folder, dir.path(), 0, 0.2)
+        .unwrap_err()
+        .to_string();
     assert!(err.contains("nope") && err.contains("split.json"), "{err}");
 }
 
@@ -54,14 +60,18 @@ fn isic_layout() {
     let dir = tempfile::tempdir().unwrap();
     for (part, n) in [("Training", 5), ("Test", 2)] {
         let data = dir.path().join(format!("ISBI2016_ISIC_Part1_{part}_Data"));
-        let truth = dir.path().join(format!("ISBI2016_ISIC_Part1_{part}_GroundTruth"));
+        let truth = dir
+            .path()
+            .join(format!("ISBI2016_ISIC_Part1_{part}_GroundTruth"));
         std::fs::create_dir_all(&data).unwrap();
         std::fs::create_dir_all(&truth).unwrap();
         for i in 0..n {
             let (img, m) = lesion_image(40, 30, i);
             let id = format!("ISIC_{:07}", i + if part == "Test" { 100 } else { 0 });
             img.save(data.join(format!("{id}.jpg"))).unwrap();
-            mask_image(&m, 40, 30).save(truth.join(format!("{id}_Segmentation.png"))).unwrap();
+            mask_image(&m, 40, 30)
+                .save(truth.join(format!("{id}_Segmentation.png")))
+                .unwrap();
         }
     }
     let s = discover(DatasetKind::Isic, dir.path(), 0, 0.2).unwrap();
@@ -82,9 +92,13 @@ fn refuge_majority_of_raters_and_two_classes() {
     // Three raters: pixel column x is foreground for rater r when x < 5 + 5 r.
     for r in 0..3 {
         let m: Vec<bool> = (0..200).map(|i| i % 20 < 5 + 5 * r).collect();
-        mask_image(&m, 20, 10).save(case.join(format!("g0001_seg_disc_{}.png", r + 1))).unwrap();
+        mask_image(&m, 20, 10)
+            .save(case.join(format!("g0001_seg_disc_{}.png", r + 1)))
+            .unwrap();
         let cup: Vec<bool> = (0..200).map(|i| i % 20 < 2 + r).collect();
-        mask_image(&cup, 20, 10).save(case.join(format!("g0001_seg_cup_{}.png", r + 1))).unwrap();
+        mask_image(&cup, 20, 10)
+            .save(case.join(format!("g0001_seg_cup_{}.png", r + 1)))
+            .unwrap();
     }
     let mut s = discover(DatasetKind::Refuge, dir.path(), 0, 0.0).unwrap();
     assert_eq!(s.classes, ["disc", "cup"]);
@@ -99,8 +113,12 @@ fn refuge_majority_of_raters_and_two_classes() {
 fn bad_dataset(dir: &Path) {
     write_folder_dataset(dir, 4, (40, 30), 1).unwrap();
     std::fs::write(dir.join("images/case000.png"), b"not a png").unwrap();
-    mask_image(&vec![true; 20 * 10], 20, 10).save(dir.join("masks/case001.png")).unwrap();
-    mask_image(&vec![false; 40 * 30], 40, 30).save(dir.join("masks/case002.png")).unwrap();
+    mask_image(&[true; 20 * 10], 20, 10)
+        .save(dir.join("masks/case001.png"))
+        .unwrap();
+    mask_image(&vec![false; 40 * 30], 40, 30)
+        .save(dir.join("masks/case002.png"))
+        .unwrap();
     let (img, _) = lesion_image(40, 30, 9);
     img.save(dir.join("images/lonely.png")).unwrap();
 }
@@ -112,9 +130,21 @@ fn bad_cases_are_named_with_their_reason() {
     let s = discover(DatasetKind::Folder, dir.path(), 0, 0.0).unwrap();
     let items: Vec<_> = s.train.iter().chain(&s.val).cloned().collect();
     let (good, bad) = check_items(&items);
-    assert_eq!(good.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(), ["case003"]);
-    let reason = |id: &str| bad.iter().find(|(i, _)| i == id).map(|(_, r)| r.clone()).unwrap();
-    assert!(reason("case000").contains("case000.png"), "{}", reason("case000"));
+    assert_eq!(
+        good.iter().map(|i| i.id.as_str()).collect::<Vec<_>>(),
+        ["case003"]
+    );
+    let reason = |id: &str| {
+        bad.iter()
+            .find(|(i, _)| i == id)
+            .map(|(_, r)| r.clone())
+            .unwrap()
+    };
+    assert!(
+        reason("case000").contains("case000.png"),
+        "{}",
+        reason("case000")
+    );
     assert!(reason("case001").contains("20x10") && reason("case001").contains("40x30"));
     assert!(reason("case002").contains("empty"));
     assert!(reason("lonely").contains("no mask"));

@@ -53,13 +53,23 @@ fn prompt_source(arg: &str, seed: u64) -> Result<PromptSource> {
         bail!("--prompt `{arg}`: expected click, box, both or an existing PROMPTS.json");
     }
     let text = std::fs::read_to_string(path)?;
-    let map: BTreeMap<String, PromptEntry> = serde_json::from_str(&text)
-        .with_context(|| format!("{}: expected {{\"case\": {{\"points\": [[x,y,label]], \"box\": [x0,y0,x1,y1]}}}}", path.display()))?;
+    let map: BTreeMap<String, PromptEntry> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected {{\"case\": {{\"points\": [[x,y,label]], \"box\": [x0,y0,x1,y1]}}}}",
+            path.display()
+        )
+    })?;
     Ok(PromptSource::Given(
         map.into_iter()
             .map(|(k, e)| {
                 let points = e.points.iter().map(|p| (p[0], p[1], p[2] as i64)).collect();
-                (k, UserPrompt { points, bbox: e.bbox })
+                (
+                    k,
+                    UserPrompt {
+                        points,
+                        bbox: e.bbox,
+                    },
+                )
             })
             .collect(),
     ))
@@ -76,15 +86,25 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     let source = prompt_source(&args.prompt, args.seed)?;
     std::fs::create_dir_all(&args.out)?;
     let bar = indicatif::ProgressBar::new(items.len() as u64);
-    bar.set_style(indicatif::ProgressStyle::with_template("eval [{bar:30}] {pos}/{len} {per_sec} eta {eta}")?);
+    bar.set_style(indicatif::ProgressStyle::with_template(
+        "eval [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
+    )?);
     let overlays = args.out.join("overlays");
-    let results = evaluate(&loaded.sam, &items, &splits.classes, &source, Some((&overlays, args.overlays)), |n| {
-        bar.set_position(n as u64)
-    })?;
+    let results = evaluate(
+        &loaded.sam,
+        &items,
+        &splits.classes,
+        &source,
+        Some((&overlays, args.overlays)),
+        |n| bar.set_position(n as u64),
+    )?;
     bar.finish_and_clear();
     write_per_case_csv(&args.out.join("per_case.csv"), &results)?;
     let summary = summarize(&results);
-    std::fs::write(args.out.join("summary.json"), serde_json::to_string_pretty(&summary)?)?;
+    std::fs::write(
+        args.out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )?;
     println!(
         "{} cases: Dice {:.4} ± {:.4}, IoU {:.4} ± {:.4}, HD95 {:.2} ± {:.2} px ({} undefined)",
         summary.n_cases,

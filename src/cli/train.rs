@@ -68,10 +68,13 @@ impl TrainArgs {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
                     .with_context(|| format!("cannot read {}", path.display()))?;
-                toml::from_str(&text).with_context(|| format!("{}: not a run config", path.display()))?
+                toml::from_str(&text)
+                    .with_context(|| format!("{}: not a run config", path.display()))?
             }
             None => TrainConfig::new(
-                self.checkpoint.clone().context("--checkpoint is required")?,
+                self.checkpoint
+                    .clone()
+                    .context("--checkpoint is required")?,
                 self.data.clone().context("--data is required")?,
                 self.out.clone().context("--out is required")?,
             ),
@@ -79,7 +82,22 @@ impl TrainArgs {
         macro_rules! set {
             ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone(); } )* };
         }
-        set!(checkpoint, data, out, dataset, epochs, batch_size, lr, prompt, train, val_every, seed, workers, adapter_init, adapter_ratio);
+        set!(
+            checkpoint,
+            data,
+            out,
+            dataset,
+            epochs,
+            batch_size,
+            lr,
+            prompt,
+            train,
+            val_every,
+            seed,
+            workers,
+            adapter_init,
+            adapter_ratio
+        );
         if self.config.is_some() {
             c.config = self.config.clone();
         }
@@ -101,7 +119,13 @@ pub fn run(args: &TrainArgs) -> Result<()> {
     let result = crate::train::run::run(&cfg, &device)?;
     for r in &result.history {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
-        println!("epoch {:>3}  loss {:.4}  val dice {}  val iou {}", r.epoch, r.train_loss, f(r.val_dice), f(r.val_iou));
+        println!(
+            "epoch {:>3}  loss {:.4}  val dice {}  val iou {}",
+            r.epoch,
+            r.train_loss,
+            f(r.val_dice),
+            f(r.val_iou)
+        );
     }
     println!("run folder: {}", cfg.out.display());
     Ok(())

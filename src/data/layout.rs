@@ -50,7 +50,11 @@ impl Splits {
     /// The ids of each split, as split.json writes them.
     pub fn ids(&self) -> BTreeMap<&'static str, Vec<String>> {
         let ids = |v: &[Item]| v.iter().map(|i| i.id.clone()).collect();
-        BTreeMap::from([("train", ids(&self.train)), ("val", ids(&self.val)), ("test", ids(&self.test))])
+        BTreeMap::from([
+            ("train", ids(&self.train)),
+            ("val", ids(&self.val)),
+            ("test", ids(&self.test)),
+        ])
     }
 }
 
@@ -83,7 +87,9 @@ fn is_image(p: &Path) -> bool {
 }
 
 fn stem(p: &Path) -> String {
-    p.file_stem().map(|s| s.to_string_lossy().to_string()).unwrap_or_default()
+    p.file_stem()
+        .map(|s| s.to_string_lossy().to_string())
+        .unwrap_or_default()
 }
 
 /// Items of a `images/` + `masks/` pair; an image without a mask keeps an empty mask list
@@ -92,7 +98,10 @@ fn folder_items(dir: &Path) -> Result<Vec<Item>> {
     let images = dir.join("images");
     let masks = dir.join("masks");
     if !images.is_dir() {
-        bail!("{}: no `images/` folder (expected images/<id>.<png|jpg|tif> and masks/<id>.png)", dir.display());
+        bail!(
+            "{}: no `images/` folder (expected images/<id>.<png|jpg|tif> and masks/<id>.png)",
+            dir.display()
+        );
     }
     list_dir(&images)?
         .into_iter()
@@ -100,8 +109,16 @@ fn folder_items(dir: &Path) -> Result<Vec<Item>> {
         .map(|image| {
             let id = stem(&image);
             let mask = masks.join(format!("{id}.png"));
-            let m = if mask.exists() { vec![vec![mask]] } else { vec![vec![]] };
-            Ok(Item { id, image, masks: m })
+            let m = if mask.exists() {
+                vec![vec![mask]]
+            } else {
+                vec![vec![]]
+            };
+            Ok(Item {
+                id,
+                image,
+                masks: m,
+            })
         })
         .collect()
 }
@@ -123,9 +140,17 @@ fn folder(dir: &Path, seed: u64, val_fraction: f64) -> Result<Splits> {
     let split_json = dir.join("split.json");
     if split_json.exists() {
         let text = std::fs::read_to_string(&split_json)?;
-        let ids: BTreeMap<String, Vec<String>> = serde_json::from_str(&text)
-            .with_context(|| format!("{}: expected {{\"train\": [...], \"val\": [...], \"test\": [...]}}", split_json.display()))?;
-        let all: BTreeMap<String, Item> = folder_items(dir)?.into_iter().map(|i| (i.id.clone(), i)).collect();
+        let ids: BTreeMap<String, Vec<String>> =
+            serde_json::from_str(&text).with_context(|| {
+                format!(
+                    "{}: expected {{\"train\": [...], \"val\": [...], \"test\": [...]}}",
+                    split_json.display()
+                )
+            })?;
+        let all: BTreeMap<String, Item> = folder_items(dir)?
+            .into_iter()
+            .map(|i| (i.id.clone(), i))
+            .collect();
         let pick = |name: &str| -> Result<Vec<Item>> {
             ids.get(name)
                 .map(|v| v.as_slice())
@@ -133,7 +158,10 @@ fn folder(dir: &Path, seed: u64, val_fraction: f64) -> Result<Splits> {
                 .iter()
                 .map(|id| {
                     all.get(id).cloned().with_context(|| {
-                        format!("{}: `{id}` in \"{name}\" has no image in images/", split_json.display())
+                        format!(
+                            "{}: `{id}` in \"{name}\" has no image in images/",
+                            split_json.display()
+                        )
                     })
                 })
                 .collect()
@@ -149,7 +177,11 @@ fn folder(dir: &Path, seed: u64, val_fraction: f64) -> Result<Splits> {
     if dir.join("train").is_dir() {
         let sub = |name: &str| -> Result<Vec<Item>> {
             let d = dir.join(name);
-            if d.is_dir() { folder_items(&d) } else { Ok(vec![]) }
+            if d.is_dir() {
+                folder_items(&d)
+            } else {
+                Ok(vec![])
+            }
         };
         return Ok(Splits {
             classes,
@@ -165,7 +197,10 @@ fn folder(dir: &Path, seed: u64, val_fraction: f64) -> Result<Splits> {
         train,
         val,
         test: vec![],
-        how: format!("seeded random split, seed {seed}, {:.0}% validation", val_fraction * 100.0),
+        how: format!(
+            "seeded random split, seed {seed}, {:.0}% validation",
+            val_fraction * 100.0
+        ),
     })
 }
 
@@ -184,14 +219,25 @@ fn isic(dir: &Path, seed: u64, val_fraction: f64) -> Result<Splits> {
             .map(|image| {
                 let id = stem(&image);
                 let mask = truth.join(format!("{id}_Segmentation.png"));
-                let m = if mask.exists() { vec![vec![mask]] } else { vec![vec![]] };
-                Item { id, image, masks: m }
+                let m = if mask.exists() {
+                    vec![vec![mask]]
+                } else {
+                    vec![vec![]]
+                };
+                Item {
+                    id,
+                    image,
+                    masks: m,
+                }
             })
             .collect())
     };
     let training = part("Training")?;
     if training.is_empty() {
-        bail!("{}: no ISBI2016_ISIC_Part1_Training_Data/ folder with images", dir.display());
+        bail!(
+            "{}: no ISBI2016_ISIC_Part1_Training_Data/ folder with images",
+            dir.display()
+        );
     }
     let (train, val) = random_split(training, seed, val_fraction);
     Ok(Splits {
@@ -221,7 +267,11 @@ fn refuge(dir: &Path, seed: u64, val_fraction: f64) -> Result<Splits> {
                 .unwrap_or_else(|| case.join(format!("{id}.jpg")));
             let raters = |class: &str| -> Vec<PathBuf> {
                 let prefix = format!("{id}_seg_{class}_");
-                files.iter().filter(|p| stem(p).starts_with(&prefix)).cloned().collect()
+                files
+                    .iter()
+                    .filter(|p| stem(p).starts_with(&prefix))
+                    .cloned()
+                    .collect()
             };
             let masks = vec![raters("disc"), raters("cup")];
             items.push(Item { id, image, masks });
@@ -230,13 +280,19 @@ fn refuge(dir: &Path, seed: u64, val_fraction: f64) -> Result<Splits> {
     };
     let train = part(&["Training-400", "train"])?;
     if train.is_empty() {
-        bail!("{}: no REFUGE cases under Training-400/ or train/", dir.display());
+        bail!(
+            "{}: no REFUGE cases under Training-400/ or train/",
+            dir.display()
+        );
     }
     let mut val = part(&["Validation-400", "val"])?;
     let (train, how) = if val.is_empty() {
         let (t, v) = random_split(train, seed, val_fraction);
         val = v;
-        (t, format!("REFUGE training split into train/val (seed {seed})"))
+        (
+            t,
+            format!("REFUGE training split into train/val (seed {seed})"),
+        )
     } else {
         (train, "REFUGE splits from folders".to_string())
     };

@@ -42,7 +42,12 @@ pub fn tight_box(mask: &[bool], width: usize) -> Option<[f32; 4]> {
 
 /// The tight box with each side moved by up to 10% of the box size (at most 20 px),
 /// kept inside the image.
-pub fn jittered_box(mask: &[bool], width: usize, height: usize, rng: &mut SplitMix) -> Option<[f32; 4]> {
+pub fn jittered_box(
+    mask: &[bool],
+    width: usize,
+    height: usize,
+    rng: &mut SplitMix,
+) -> Option<[f32; 4]> {
     let [x0, y0, x1, y1] = tight_box(mask, width)?;
     let jx = (0.1 * (x1 - x0 + 1.0)).min(20.0);
     let jy = (0.1 * (y1 - y0 + 1.0)).min(20.0);
@@ -94,7 +99,9 @@ mod tests {
     #[test]
     fn jittered_box_stays_near_the_tight_box_and_is_seeded() {
         let (w, h) = (100, 80);
-        let mask: Vec<bool> = (0..w * h).map(|i| (20..60).contains(&(i % w)) && (10..30).contains(&(i / w))).collect();
+        let mask: Vec<bool> = (0..w * h)
+            .map(|i| (20..60).contains(&(i % w)) && (10..30).contains(&(i / w)))
+            .collect();
         let b1 = jittered_box(&mask, w, h, &mut SplitMix(3)).unwrap();
         let b2 = jittered_box(&mask, w, h, &mut SplitMix(3)).unwrap();
         assert_eq!(b1, b2);
@@ -102,6 +109,13 @@ mod tests {
         for (a, t) in b1.iter().zip(tight) {
             assert!((a - t).abs() <= 4.0 + 1e-4, "{b1:?} vs {tight:?}");
         }
-        assert!(from_mask(&vec![false; w * h], w, h, PromptKind::Both, &mut SplitMix(0)).is_none());
+        assert!(from_mask(
+            &vec![false; w * h],
+            w,
+            h,
+            PromptKind::Both,
+            &mut SplitMix(0)
+        )
+        .is_none());
     }
 }

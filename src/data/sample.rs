@@ -54,7 +54,11 @@ pub fn load_item(item: &Item) -> Result<Sample> {
     if masks.iter().all(|m| !m.iter().any(|&x| x)) {
         bail!("{}: the mask is empty", item.id);
     }
-    Ok(Sample { id: item.id.clone(), image, masks })
+    Ok(Sample {
+        id: item.id.clone(),
+        image,
+        masks,
+    })
 }
 
 /// Loads every item once (in parallel): the good ones, and each bad one with its reason.

@@ -27,9 +27,27 @@ impl SplitMix {
     }
 }
 
-/// A lesion-like image: a bright textured ellipse on a darker noisy background.
+/// A lesion-like image: a darker reddish textured ellipse on lighter noisy skin.
 /// Returns the image and its ground-truth mask (row-major, true inside the ellipse).
 pub fn lesion_image(width: usize, height: usize, seed: u64) -> (RgbImage, Vec<bool>) {
+    styled_lesion_image(width, height, seed, Style::Dermoscopy)
+}
+
+/// Looks of generated images, for tests that need a domain shift.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Style {
+    /// Dark reddish ellipse on light skin tones.
+    Dermoscopy,
+    /// Bright gray ellipse on dark speckled background, ultrasound-like.
+    Ultrasound,
+}
+
+pub fn styled_lesion_image(
+    width: usize,
+    height: usize,
+    seed: u64,
+    style: Style,
+) -> (RgbImage, Vec<bool>) {
     let mut rng = SplitMix(seed);
     let cx = width as f64 * (0.35 + 0.3 * rng.uniform());
     let cy = height as f64 * (0.35 + 0.3 * rng.uniform());
@@ -44,14 +62,15 @@ pub fn lesion_image(width: usize, height: usize, seed: u64) -> (RgbImage, Vec<bo
             let inside = dx * dx + dy * dy <= 1.0;
             mask[y * width + x] = inside;
             let noise = rng.uniform() * 30.0;
-            let px = if inside {
-                [150.0 + noise, 90.0 + noise, 70.0 + noise]
-            } else {
-                [
+            let px = match (style, inside) {
+                (Style::Dermoscopy, true) => [150.0 + noise, 90.0 + noise, 70.0 + noise],
+                (Style::Dermoscopy, false) => [
                     200.0 + noise * 0.5,
                     170.0 + noise * 0.5,
                     150.0 + noise * 0.5,
-                ]
+                ],
+                (Style::Ultrasound, true) => [170.0 + noise; 3],
+                (Style::Ultrasound, false) => [40.0 + 2.0 * noise; 3],
             };
             img.put_pixel(
                 x as u32,
@@ -79,15 +98,26 @@ pub fn mask_centroid(mask: &[bool], width: usize) -> Option<(f32, f32)> {
 pub fn write_folder_dataset(
     dir: &std::path::Path,
     n: usize,
+    size: (usize, usize),
+    seed: u64,
+) -> anyhow::Result<Vec<String>> {
+    write_styled_dataset(dir, n, size, seed, Style::Dermoscopy)
+}
+
+pub fn write_styled_dataset(
+    dir: &std::path::Path,
+    n: usize,
     (width, height): (usize, usize),
     seed: u64,
+    style: Style,
 ) -> anyhow::Result<Vec<String>> {
     std::fs::create_dir_all(dir.join("images"))?;
     std::fs::create_dir_all(dir.join("masks"))?;
     (0..n)
         .map(|i| {
             let id = format!("case{i:03}");
-            let (img, mask) = lesion_image(width, height, seed.wrapping_add(i as u64 * 7919));
+            let (img, mask) =
+                styled_lesion_image(width, height, seed.wrapping_add(i as u64 * 7919), style);
             img.save(dir.join("images").join(format!("{id}.png")))?;
             mask_image(&mask, width, height).save(dir.join("masks").join(format!("{id}.png")))?;
             Ok(id)
@@ -98,6 +128,10 @@ pub fn write_folder_dataset(
 /// A 0/255 grayscale image of a mask.
 pub fn mask_image(mask: &[bool], width: usize, height: usize) -> image::GrayImage {
     image::GrayImage::from_fn(width as u32, height as u32, |x, y| {
-        image::Luma([if mask[y as usize * width + x as usize] { 255 } else { 0 }])
+        image::Luma([if mask[y as usize * width + x as usize] {
+            255
+        } else {
+            0
+        }])
     })
 }

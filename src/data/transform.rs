@@ -52,11 +52,19 @@ pub fn augment(sample: &Sample, rng: &mut SplitMix) -> Sample {
                 .collect()
         })
         .collect();
-    Sample { id: sample.id.clone(), image, masks }
+    Sample {
+        id: sample.id.clone(),
+        image,
+        masks,
+    }
 }
 
 /// Nearest-neighbour resize of a mask (pixel centres, as PyTorch's `nearest`).
-pub fn resize_mask_nearest(mask: &[bool], (h, w): (usize, usize), (nh, nw): (usize, usize)) -> Vec<bool> {
+pub fn resize_mask_nearest(
+    mask: &[bool],
+    (h, w): (usize, usize),
+    (nh, nw): (usize, usize),
+) -> Vec<bool> {
     (0..nh * nw)
         .map(|i| {
             let (y, x) = (i / nw, i % nw);
@@ -69,7 +77,12 @@ pub fn resize_mask_nearest(mask: &[bool], (h, w): (usize, usize), (nh, nw): (usi
 
 /// Resize (longest side to S), normalise, pad; masks likewise; prompt from the union of
 /// the class masks. None when the resized target is empty.
-pub fn prepare(sample: &Sample, cfg: &SamConfig, kind: PromptKind, rng: &mut SplitMix) -> Option<Prepared> {
+pub fn prepare(
+    sample: &Sample,
+    cfg: &SamConfig,
+    kind: PromptKind,
+    rng: &mut SplitMix,
+) -> Option<Prepared> {
     let s = cfg.img_size;
     let (h, w) = sample.size();
     let (nh, nw) = preprocess_shape(h, w, s);
@@ -94,5 +107,11 @@ pub fn prepare(sample: &Sample, cfg: &SamConfig, kind: PromptKind, rng: &mut Spl
     }
     let union: Vec<bool> = (0..nh * nw).map(|i| small.iter().any(|m| m[i])).collect();
     let prompt = from_mask(&union, nw, nh, kind, rng)?;
-    Some(Prepared { id: sample.id.clone(), input, masks, prompt, input_size: (nh, nw) })
+    Some(Prepared {
+        id: sample.id.clone(),
+        input,
+        masks,
+        prompt,
+        input_size: (nh, nw),
+    })
 }

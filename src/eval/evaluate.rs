@@ -37,8 +37,9 @@ pub struct CaseResult {
 
 /// FNV-1a of the case id: a per-case seed that does not depend on the order of cases.
 fn case_seed(seed: u64, id: &str) -> u64 {
-    id.bytes()
-        .fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| (h ^ b as u64).wrapping_mul(0x100_0000_01b3))
+    id.bytes().fold(0xcbf2_9ce4_8422_2325u64 ^ seed, |h, b| {
+        (h ^ b as u64).wrapping_mul(0x100_0000_01b3)
+    })
 }
 
 pub fn prompt_for(sample: &Sample, source: &PromptSource) -> Result<Option<UserPrompt>> {
@@ -46,7 +47,9 @@ pub fn prompt_for(sample: &Sample, source: &PromptSource) -> Result<Option<UserP
         PromptSource::Given(map) => Ok(map.get(&sample.id).cloned()),
         PromptSource::Drawn { kind, seed } => {
             let (h, w) = sample.size();
-            let union: Vec<bool> = (0..h * w).map(|i| sample.masks.iter().any(|m| m[i])).collect();
+            let union: Vec<bool> = (0..h * w)
+                .map(|i| sample.masks.iter().any(|m| m[i]))
+                .collect();
             let mut rng = SplitMix(case_seed(*seed, &sample.id));
             Ok(from_mask(&union, w, h, *kind, &mut rng))
         }
@@ -66,7 +69,10 @@ pub fn evaluate(
     for (n, item) in items.iter().enumerate() {
         let sample = load_item(item)?;
         let Some(prompt) = prompt_for(&sample, source)? else {
-            tracing::warn!("{}: no prompt (empty target or not in the prompt file); skipped", item.id);
+            tracing::warn!(
+                "{}: no prompt (empty target or not in the prompt file); skipped",
+                item.id
+            );
             continue;
         };
         let mut predictor = Predictor::new(sam);
@@ -119,14 +125,16 @@ fn class_suffix(classes: &[String], k: usize) -> String {
 fn write_overlay(dir: &Path, sample: &Sample, k: usize, pred: &[bool], suffix: &str) -> Result<()> {
     std::fs::create_dir_all(dir)?;
     let img = overlay(&sample.image, pred, [230, 40, 40]);
-    let outline = crate::eval::metrics::surface(&sample.masks[k], &[sample.size().0, sample.size().1]);
+    let outline =
+        crate::eval::metrics::surface(&sample.masks[k], &[sample.size().0, sample.size().1]);
     let mut img = img;
     let w = sample.size().1;
     for (i, _) in outline.iter().enumerate().filter(|(_, &o)| o) {
         img.put_pixel((i % w) as u32, (i / w) as u32, image::Rgb([40, 220, 60]));
     }
     let path = dir.join(format!("{}{suffix}.png", sample.id));
-    img.save(&path).with_context(|| format!("cannot write {}", path.display()))
+    img.save(&path)
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 #[derive(Serialize)]
@@ -151,11 +159,17 @@ pub struct Stat {
 
 fn stat(v: &[f64]) -> Stat {
     if v.is_empty() {
-        return Stat { mean: f64::NAN, std: f64::NAN };
+        return Stat {
+            mean: f64::NAN,
+            std: f64::NAN,
+        };
     }
     let mean = v.iter().sum::<f64>() / v.len() as f64;
     let var = v.iter().map(|x| (x - mean).powi(2)).sum::<f64>() / v.len() as f64;
-    Stat { mean, std: var.sqrt() }
+    Stat {
+        mean,
+        std: var.sqrt(),
+    }
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -199,7 +213,10 @@ pub fn summarize(results: &[CaseResult]) -> Summary {
         by_class.entry(r.class.clone()).or_default().push(r);
     }
     let case_mean = |f: &dyn Fn(&CaseResult) -> f64| -> Vec<f64> {
-        by_case.values().map(|rs| rs.iter().map(|r| f(r)).sum::<f64>() / rs.len() as f64).collect()
+        by_case
+            .values()
+            .map(|rs| rs.iter().map(|r| f(r)).sum::<f64>() / rs.len() as f64)
+            .collect()
     };
     let hd: Vec<f64> = results.iter().filter_map(|r| r.hd95).collect();
     Summary {
@@ -209,7 +226,10 @@ pub fn summarize(results: &[CaseResult]) -> Summary {
         hd95_missing: results.len() - hd.len(),
         hd95: stat(&hd),
         dice_thresholds: stat(&case_mean(&|r| r.dice_thresholds)),
-        per_class: by_class.into_iter().map(|(k, v)| (k, class_summary(&v))).collect(),
+        per_class: by_class
+            .into_iter()
+            .map(|(k, v)| (k, class_summary(&v)))
+            .collect(),
     }
 }
 
@@ -219,7 +239,10 @@ pub fn write_per_case_csv(path: &Path, results: &[CaseResult]) -> Result<()> {
     for r in results {
         let hd = r.hd95.map(|v| format!("{v:.4}")).unwrap_or_default();
         let prompt = r.prompt.replace('"', "\"\"");
-        out.push_str(&format!("{},{},{:.6},{:.6},{hd},\"{prompt}\"\n", r.case, r.class, r.dice, r.iou));
+        out.push_str(&format!(
+            "{},{},{:.6},{:.6},{hd},\"{prompt}\"\n",
+            r.case, r.class, r.dice, r.iou
+        ));
     }
     std::fs::write(path, out).with_context(|| format!("cannot write {}", path.display()))
 }

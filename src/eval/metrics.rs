@@ -210,7 +210,7 @@ mod tests {
         let (h, w) = (13, 17);
         let seeds: Vec<bool> = (0..h * w).map(|i| (i * 7919) % 23 == 0).collect();
         let got = squared_edt(&seeds, &[h, w], &[1.0, 2.0]);
-        for i in 0..h * w {
+        for (i, g) in got.iter().enumerate() {
             let (y, x) = ((i / w) as f64, (i % w) as f64 * 2.0);
             let want = (0..h * w)
                 .filter(|&j| seeds[j])
@@ -219,7 +219,7 @@ mod tests {
                     (y - yy).powi(2) + (x - xx).powi(2)
                 })
                 .fold(f64::INFINITY, f64::min);
-            assert!((got[i] - want).abs() < 1e-9, "at {i}: {} vs {want}", got[i]);
+            assert!((g - want).abs() < 1e-9, "at {i}: {g} vs {want}");
         }
     }
 }

@@ -151,11 +151,18 @@ impl<'a> Predictor<'a> {
 
     /// One mask per class (MSA's selection: the first `classes` mask tokens).
     pub fn predict_classes(&self, prompt: &UserPrompt, classes: usize) -> Result<Prediction> {
-        let mut v = self.predict_selected(std::slice::from_ref(prompt), MaskSelection::Classes(classes))?;
+        let mut v = self.predict_selected(
+            std::slice::from_ref(prompt),
+            MaskSelection::Classes(classes),
+        )?;
         Ok(v.remove(0))
     }
 
-    pub fn predict_selected(&self, sets: &[UserPrompt], selection: MaskSelection) -> Result<Vec<Prediction>> {
+    pub fn predict_selected(
+        &self,
+        sets: &[UserPrompt],
+        selection: MaskSelection,
+    ) -> Result<Vec<Prediction>> {
         let (Some(features), Some(ctx)) = (&self.features, &self.context) else {
             bail!("set_image must be called before predict");
         };

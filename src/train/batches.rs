@@ -36,15 +36,23 @@ pub struct BatchSpec {
 fn make(spec: &BatchSpec, epoch: usize, index: usize) -> Result<Option<Prepared>> {
     let item = &spec.items[index];
     let sample = load_item(item)?;
-    let mut rng = SplitMix(spec.seed ^ ((epoch as u64) << 32) ^ (index as u64).wrapping_mul(0xD134_2543_DE82_EF95));
-    let sample = if spec.augment { augment(&sample, &mut rng) } else { sample };
+    let mut rng = SplitMix(
+        spec.seed ^ ((epoch as u64) << 32) ^ (index as u64).wrapping_mul(0xD134_2543_DE82_EF95),
+    );
+    let sample = if spec.augment {
+        augment(&sample, &mut rng)
+    } else {
+        sample
+    };
     Ok(prepare(&sample, &spec.cfg, spec.prompt, &mut rng))
 }
 
 /// The batches of one epoch, prefetched two ahead on a thread pool of `workers` threads.
 pub fn epoch_batches(spec: BatchSpec, epoch: usize) -> Result<Receiver<Result<Vec<Prepared>>>> {
     let (tx, rx) = sync_channel(2);
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(spec.workers.max(1)).build()?;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(spec.workers.max(1))
+        .build()?;
     std::thread::spawn(move || {
         let order = epoch_order(spec.items.len(), spec.seed, epoch);
         for chunk in order.chunks(spec.batch_size.max(1)) {

@@ -85,9 +85,19 @@ impl TrainConfig {
             ..AdapterConfig::none()
         };
         match self.train {
-            TrainMode::Adapters => AdapterConfig { encoder: true, decoder: true, ..base },
-            TrainMode::Decoder => AdapterConfig { decoder: true, ..base },
-            TrainMode::Lora => AdapterConfig { lora_rank: self.lora_rank, ..base },
+            TrainMode::Adapters => AdapterConfig {
+                encoder: true,
+                decoder: true,
+                ..base
+            },
+            TrainMode::Decoder => AdapterConfig {
+                decoder: true,
+                ..base
+            },
+            TrainMode::Lora => AdapterConfig {
+                lora_rank: self.lora_rank,
+                ..base
+            },
             TrainMode::All => base,
         }
     }

@@ -31,7 +31,12 @@ pub fn plot(path: &Path, rows: &[EpochMetrics]) -> Result<()> {
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let (left, right) = root.split_horizontally(500);
     let max_epoch = rows.iter().map(|r| r.epoch).max().unwrap_or(1).max(1) as f64;
-    let max_loss = rows.iter().map(|r| r.train_loss).fold(0.0, f64::max).max(1e-6) * 1.1;
+    let max_loss = rows
+        .iter()
+        .map(|r| r.train_loss)
+        .fold(0.0, f64::max)
+        .max(1e-6)
+        * 1.1;
     let mut loss = ChartBuilder::on(&left)
         .caption("training loss", ("sans-serif", 20))
         .margin(12)
@@ -39,9 +44,15 @@ pub fn plot(path: &Path, rows: &[EpochMetrics]) -> Result<()> {
         .y_label_area_size(56)
         .build_cartesian_2d(0.0..max_epoch, 0.0..max_loss)
         .map_err(|e| anyhow!("{e}"))?;
-    loss.configure_mesh().x_desc("epoch").draw().map_err(|e| anyhow!("{e}"))?;
-    loss.draw_series(LineSeries::new(rows.iter().map(|r| (r.epoch as f64, r.train_loss)), &BLUE))
+    loss.configure_mesh()
+        .x_desc("epoch")
+        .draw()
         .map_err(|e| anyhow!("{e}"))?;
+    loss.draw_series(LineSeries::new(
+        rows.iter().map(|r| (r.epoch as f64, r.train_loss)),
+        &BLUE,
+    ))
+    .map_err(|e| anyhow!("{e}"))?;
     let mut dice = ChartBuilder::on(&right)
         .caption("validation", ("sans-serif", 20))
         .margin(12)
@@ -49,9 +60,14 @@ pub fn plot(path: &Path, rows: &[EpochMetrics]) -> Result<()> {
         .y_label_area_size(48)
         .build_cartesian_2d(0.0..max_epoch, 0.0..1.0)
         .map_err(|e| anyhow!("{e}"))?;
-    dice.configure_mesh().x_desc("epoch").draw().map_err(|e| anyhow!("{e}"))?;
+    dice.configure_mesh()
+        .x_desc("epoch")
+        .draw()
+        .map_err(|e| anyhow!("{e}"))?;
     let series = |f: fn(&EpochMetrics) -> Option<f64>| -> Vec<(f64, f64)> {
-        rows.iter().filter_map(|r| f(r).map(|v| (r.epoch as f64, v))).collect()
+        rows.iter()
+            .filter_map(|r| f(r).map(|v| (r.epoch as f64, v)))
+            .collect()
     };
     dice.draw_series(LineSeries::new(series(|r| r.val_dice), &RED))
         .map_err(|e| anyhow!("{e}"))?

@@ -41,9 +41,14 @@ struct RunState {
 }
 
 pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunResult> {
-    std::fs::create_dir_all(&cfg.out).with_context(|| format!("cannot create {}", cfg.out.display()))?;
+    std::fs::create_dir_all(&cfg.out)
+        .with_context(|| format!("cannot create {}", cfg.out.display()))?;
     let splits = checked_splits(cfg)?;
-    let model_cfg = cfg.config.as_deref().map(SamConfig::from_json_file).transpose()?;
+    let model_cfg = cfg
+        .config
+        .as_deref()
+        .map(SamConfig::from_json_file)
+        .transpose()?;
     let opts = LoadOptions {
         config: model_cfg.as_ref(),
         image_size: cfg.image_size,
@@ -56,10 +61,16 @@ pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunResult> {
     let loaded = load_model(&cfg.checkpoint, &opts, device)?;
     let vars = loaded.params.trainables();
     if vars.is_empty() {
-        bail!("nothing to train: --train {:?} builds no trainable tensors", cfg.train);
+        bail!(
+            "nothing to train: --train {:?} builds no trainable tensors",
+            cfg.train
+        );
     }
     write_text(&cfg.out.join("config.toml"), &toml::to_string_pretty(cfg)?)?;
-    write_text(&cfg.out.join("split.json"), &serde_json::to_string_pretty(&splits.ids())?)?;
+    write_text(
+        &cfg.out.join("split.json"),
+        &serde_json::to_string_pretty(&splits.ids())?,
+    )?;
     let base_sha = adapter_file::sha256_file(&cfg.checkpoint)?;
     let mut adam = Adam::default();
     let mut state = RunState {
@@ -83,8 +94,11 @@ pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunResult> {
         tracing::info!("resuming after epoch {}", state.epochs_done);
     }
     let total = loaded.part_params.values().sum::<usize>() + loaded.adapter_params;
-    log_line(cfg, json!({"event": "start", "trainable": loaded.adapter_params, "total": total,
-        "train": splits.train.len(), "val": splits.val.len(), "split": splits.how}))?;
+    log_line(
+        cfg,
+        json!({"event": "start", "trainable": loaded.adapter_params, "total": total,
+        "train": splits.train.len(), "val": splits.val.len(), "split": splits.how}),
+    )?;
     let spec = BatchSpec {
         items: splits.train.clone(),
         cfg: loaded.sam.config.clone(),
@@ -96,15 +110,30 @@ pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunResult> {
     };
     for epoch in state.epochs_done..cfg.epochs {
         let lr = step_lr(cfg.lr, epoch, cfg.lr_step, cfg.lr_gamma);
-        let loss = train_epoch(&loaded.sam, &vars, &mut adam, &spec, epoch, lr, cfg, splits.classes.len())?;
-        let validate = !splits.val.is_empty() && ((epoch + 1) % cfg.val_every.max(1) == 0 || epoch + 1 == cfg.epochs);
+        let loss = train_epoch(
+            &loaded.sam,
+            &vars,
+            &mut adam,
+            &spec,
+            epoch,
+            lr,
+            cfg,
+            splits.classes.len(),
+        )?;
+        let validate = !splits.val.is_empty()
+            && ((epoch + 1) % cfg.val_every.max(1) == 0 || epoch + 1 == cfg.epochs);
         let (val_dice, val_iou) = if validate {
             let (d, i) = validation(&loaded.sam, &splits, cfg, epoch)?;
             (Some(d), Some(i))
         } else {
             (None, None)
         };
-        let row = EpochMetrics { epoch: epoch + 1, train_loss: loss, val_dice, val_iou };
+        let row = EpochMetrics {
+            epoch: epoch + 1,
+            train_loss: loss,
+            val_dice,
+            val_iou,
+        };
         state.history.push(row);
         state.epochs_done = epoch + 1;
         state.adam_step = adam.step;
@@ -119,10 +148,16 @@ pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunResult> {
         }
         save_state(&state_path, &state, &vars, &adam)?;
         write_metrics(cfg, &state.history)?;
-        log_line(cfg, json!({"event": "epoch", "epoch": epoch + 1, "lr": lr, "train_loss": loss,
-            "val_dice": val_dice, "val_iou": val_iou}))?;
+        log_line(
+            cfg,
+            json!({"event": "epoch", "epoch": epoch + 1, "lr": lr, "train_loss": loss,
+            "val_dice": val_dice, "val_iou": val_iou}),
+        )?;
     }
-    Ok(RunResult { history: state.history, best_dice: state.best_dice })
+    Ok(RunResult {
+        history: state.history,
+        best_dice: state.best_dice,
+    })
 }
 
 /// `--resume` is a process-wide switch set by the CLI (see `set_resume`).
@@ -146,9 +181,16 @@ fn checked_splits(cfg: &TrainConfig) -> Result<Splits> {
     let (val, bad_val) = check_items(&splits.val);
     bad.extend(bad_val);
     if !bad.is_empty() {
-        let list: Vec<String> = bad.iter().map(|(id, why)| format!("  {id}: {why}")).collect();
+        let list: Vec<String> = bad
+            .iter()
+            .map(|(id, why)| format!("  {id}: {why}"))
+            .collect();
         if !cfg.skip_bad {
-            bail!("{} bad case(s); fix them or pass --skip-bad:\n{}", bad.len(), list.join("\n"));
+            bail!(
+                "{} bad case(s); fix them or pass --skip-bad:\n{}",
+                bad.len(),
+                list.join("\n")
+            );
         }
         for l in &list {
             tracing::warn!("skipping{l}");
@@ -199,7 +241,11 @@ fn train_epoch(
         bar.inc(1);
     }
     bar.finish_and_clear();
-    Ok(if count > 0 { sum / count as f64 } else { f64::NAN })
+    Ok(if count > 0 {
+        sum / count as f64
+    } else {
+        f64::NAN
+    })
 }
 
 /// Forward, loss, backward and one Adam update; returns the loss.
@@ -238,31 +284,62 @@ fn batch_prompts(batch: &[Prepared], dev: &Device) -> Result<Prompts> {
     let b = batch.len();
     let n_points = batch[0].prompt.points.len();
     let points = if n_points > 0 {
-        let c: Vec<f32> = batch.iter().flat_map(|p| p.prompt.points.iter().flat_map(|&(x, y, _)| [x, y])).collect();
-        let l: Vec<f32> = batch.iter().flat_map(|p| p.prompt.points.iter().map(|&(_, _, l)| l as f32)).collect();
-        Some((Tensor::from_vec(c, (b, n_points, 2), dev)?, Tensor::from_vec(l, (b, n_points), dev)?))
+        let c: Vec<f32> = batch
+            .iter()
+            .flat_map(|p| p.prompt.points.iter().flat_map(|&(x, y, _)| [x, y]))
+            .collect();
+        let l: Vec<f32> = batch
+            .iter()
+            .flat_map(|p| p.prompt.points.iter().map(|&(_, _, l)| l as f32))
+            .collect();
+        Some((
+            Tensor::from_vec(c, (b, n_points, 2), dev)?,
+            Tensor::from_vec(l, (b, n_points), dev)?,
+        ))
     } else {
         None
     };
     let boxes = if batch[0].prompt.bbox.is_some() {
-        let v: Vec<f32> = batch.iter().flat_map(|p| p.prompt.bbox.unwrap_or_default()).collect();
+        let v: Vec<f32> = batch
+            .iter()
+            .flat_map(|p| p.prompt.bbox.unwrap_or_default())
+            .collect();
         Some(Tensor::from_vec(v, (b, 4), dev)?)
     } else {
         None
     };
-    Ok(Prompts { points, boxes, masks: None })
+    Ok(Prompts {
+        points,
+        boxes,
+        masks: None,
+    })
 }
 
 fn validation(sam: &Sam, splits: &Splits, cfg: &TrainConfig, epoch: usize) -> Result<(f64, f64)> {
-    let source = PromptSource::Drawn { kind: cfg.prompt, seed: cfg.seed };
-    let dir = cfg.out.join("samples").join(format!("epoch_{:03}", epoch + 1));
-    let results = evaluate(sam, &splits.val, &splits.classes, &source, Some((&dir, cfg.samples)), |_| {})?;
+    let source = PromptSource::Drawn {
+        kind: cfg.prompt,
+        seed: cfg.seed,
+    };
+    let dir = cfg
+        .out
+        .join("samples")
+        .join(format!("epoch_{:03}", epoch + 1));
+    let results = evaluate(
+        sam,
+        &splits.val,
+        &splits.classes,
+        &source,
+        Some((&dir, cfg.samples)),
+        |_| {},
+    )?;
     let s = summarize(&results);
     Ok((s.dice.mean, s.iou.mean))
 }
 
 fn var_tensors(vars: &BTreeMap<String, Var>) -> BTreeMap<String, Tensor> {
-    vars.iter().map(|(k, v)| (k.clone(), v.as_tensor().detach())).collect()
+    vars.iter()
+        .map(|(k, v)| (k.clone(), v.as_tensor().detach()))
+        .collect()
 }
 
 fn adapter_meta(loaded: &Loaded, cfg: &TrainConfig, base_sha: &str) -> Result<AdapterMeta> {
@@ -277,7 +354,12 @@ fn adapter_meta(loaded: &Loaded, cfg: &TrainConfig, base_sha: &str) -> Result<Ad
     })
 }
 
-fn save_state(path: &Path, state: &RunState, vars: &BTreeMap<String, Var>, adam: &Adam) -> Result<()> {
+fn save_state(
+    path: &Path,
+    state: &RunState,
+    vars: &BTreeMap<String, Var>,
+    adam: &Adam,
+) -> Result<()> {
     let mut t = BTreeMap::new();
     for (k, v) in vars {
         t.insert(format!("param/{k}"), v.as_tensor().detach());
@@ -292,7 +374,12 @@ fn save_state(path: &Path, state: &RunState, vars: &BTreeMap<String, Var>, adam:
     save_safetensors(path, &t, Some(meta))
 }
 
-fn load_state(path: &Path, vars: &BTreeMap<String, Var>, adam: &mut Adam, cfg: &TrainConfig) -> Result<RunState> {
+fn load_state(
+    path: &Path,
+    vars: &BTreeMap<String, Var>,
+    adam: &mut Adam,
+    cfg: &TrainConfig,
+) -> Result<RunState> {
     let bytes = std::fs::read(path).with_context(|| format!("cannot read {}", path.display()))?;
     let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
         .with_context(|| format!("{}: not a run state file", path.display()))?;
@@ -333,7 +420,10 @@ fn write_text(path: &Path, text: &str) -> Result<()> {
 
 fn log_line(cfg: &TrainConfig, v: serde_json::Value) -> Result<()> {
     let path = cfg.out.join("log.jsonl");
-    let mut f = std::fs::OpenOptions::new().create(true).append(true).open(&path)?;
+    let mut f = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(&path)?;
     writeln!(f, "{v}")?;
     Ok(())
 }
@@ -342,7 +432,13 @@ fn write_metrics(cfg: &TrainConfig, rows: &[EpochMetrics]) -> Result<()> {
     let fmt = |v: Option<f64>| v.map(|x| format!("{x:.6}")).unwrap_or_default();
     let mut csv = String::from("epoch,train_loss,val_dice,val_iou\n");
     for r in rows {
-        csv.push_str(&format!("{},{:.6},{},{}\n", r.epoch, r.train_loss, fmt(r.val_dice), fmt(r.val_iou)));
+        csv.push_str(&format!(
+            "{},{:.6},{},{}\n",
+            r.epoch,
+            r.train_loss,
+            fmt(r.val_dice),
+            fmt(r.val_iou)
+        ));
     }
     write_text(&cfg.out.join("metrics.csv"), &csv)?;
     plot(&cfg.out.join("curves.png"), rows)

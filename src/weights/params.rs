@@ -169,7 +169,10 @@ impl Params {
         }
         let var = Var::from_tensor(&t.contiguous()?)?;
         let out = var.as_tensor().clone();
-        self.inner.trainable.borrow_mut().insert(self.key(name), var);
+        self.inner
+            .trainable
+            .borrow_mut()
+            .insert(self.key(name), var);
         Ok(out)
     }
 
