@@ -14,6 +14,8 @@ pub enum Part {
     /// Prompt encoder + mask decoder, one click, per prompt (as `Predictor` answers one,
     /// and without the per-image context).
     Decoder,
+    /// One training step (forward, backward, Adam) with encoder adapters, SAM frozen.
+    TrainStep,
 }
 
 #[derive(clap::Args, Debug)]
@@ -28,6 +30,12 @@ pub struct BenchArgs {
     pub size: usize,
     #[arg(long, default_value_t = 5)]
     pub runs: usize,
+    /// Images per training step (train-step only).
+    #[arg(long, default_value_t = 1)]
+    pub batch: usize,
+    /// Add the decoder adapters (train-step; the PyTorch reference has none).
+    #[arg(long)]
+    pub decoder_adapters: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -41,15 +49,20 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     };
     cfg.img_size = args.size;
     cfg.validate()?;
+    if args.part == Part::TrainStep {
+        let times = time_train_step(&cfg, args, &device)?;
+        return report(args, &cfg, &times, None, &device);
+    }
     let params = Params::new(Source::Random { std: 0.02 }, &device);
     let sam = Sam::load(&params, &cfg)?;
     let times = match args.part {
         Part::Encoder => time_encoder(&sam, args.runs, &device)?,
         Part::Decoder => time_decoder(&sam, args.runs, &device, true)?,
+        Part::TrainStep => unreachable!("handled above"),
     };
     let uncached = match args.part {
         Part::Decoder => Some(time_decoder(&sam, args.runs, &device, false)?),
-        Part::Encoder => None,
+        _ => None,
     };
     report(args, &cfg, &times, uncached.as_deref(), &device)
 }
@@ -110,6 +123,40 @@ fn time_decoder(sam: &Sam, runs: usize, device: &Device, cached: bool) -> Result
     })
 }
 
+/// Forward, BCE loss, backward and an Adam update on random weights and data, with the
+/// encoder's Space and MLP adapters trainable (as the PyTorch reference step).
+fn time_train_step(cfg: &SamConfig, args: &BenchArgs, device: &Device) -> Result<Vec<f64>> {
+    use crate::model::{AdapterConfig, MaskSelection};
+    let params = Params::with_options(Source::Random { std: 0.02 }, device, true, 0);
+    let ad = AdapterConfig {
+        decoder: args.decoder_adapters,
+        init: crate::model::AdapterInit::Torch,
+        ..AdapterConfig::default()
+    };
+    let sam = Sam::load_adapted(&params, cfg, &ad)?;
+    let vars = params.trainables();
+    let (b, s) = (args.batch, cfg.img_size);
+    let x = Tensor::randn(0f32, 1f32, (b, 3, s, s), device)?;
+    let target = Tensor::rand(0f32, 1f32, (b, 1, s, s), device)?.gt(0.7)?.to_dtype(DType::F32)?;
+    let prompts = Prompts {
+        points: Some((
+            (Tensor::ones((b, 1, 2), DType::F32, device)? * (s as f64 * 0.5))?,
+            Tensor::ones((b, 1), DType::F32, device)?,
+        )),
+        ..Default::default()
+    };
+    let mut adam = crate::train::optim::Adam::default();
+    time_runs(args.runs, device, || {
+        let emb = sam.encode(&x)?;
+        let out = sam.decode(&emb, &prompts)?;
+        let (low, _) = out.select(MaskSelection::Classes(1))?;
+        let logits = crate::model::resize::bilinear(&low, s, s)?;
+        let loss = crate::train::loss::bce_with_logits(&logits, &target, 2.0)?;
+        adam.step(&vars, &loss.backward()?, 1e-4)?;
+        Ok(())
+    })
+}
+
 /// Peak resident memory of this process (VmHWM), in MiB.
 pub fn peak_rss_mib() -> Option<f64> {
     let status = std::fs::read_to_string("/proc/self/status").ok()?;
@@ -138,6 +185,7 @@ fn report(
     let part = match args.part {
         Part::Encoder => "encoder",
         Part::Decoder => "decoder_per_prompt",
+        Part::TrainStep => "train_step",
     };
     let device_name = if device.is_cuda() { "cuda" } else { "cpu" };
     if args.json {
@@ -152,6 +200,7 @@ fn report(
             "peak_rss_mib": peak_rss_mib(),
             "device": device_name,
             "threads": rayon::current_num_threads(),
+            "batch": args.batch,
             "uncached_median_ms": uncached.map(|u| u.0),
             "uncached_min_ms": uncached.map(|u| u.1),
         });

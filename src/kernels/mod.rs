@@ -2,4 +2,5 @@
 //! most of the time allocating and re-reading large intermediates.
 
 pub mod attention_cpu;
+pub mod frozen_linear;
 pub mod simd;

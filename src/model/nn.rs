@@ -27,6 +27,13 @@ impl Linear {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.is_frozen_cpu(x) {
+            let op = crate::kernels::frozen_linear::FrozenLinear {
+                weight: self.weight.contiguous()?,
+                bias: self.bias.as_ref().map(|b| b.contiguous()).transpose()?,
+            };
+            return x.contiguous()?.apply_op1(op);
+        }
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
         let rows = x.elem_count() / in_dim.max(1);
@@ -42,6 +49,15 @@ impl Linear {
         let last = out.len() - 1;
         out[last] = self.weight.dim(0)?;
         y.reshape(out)
+    }
+
+    /// Frozen weights on the CPU take the custom op: no weight gradient is ever computed.
+    fn is_frozen_cpu(&self, x: &Tensor) -> bool {
+        let mut ts = vec![&self.weight];
+        if let Some(b) = &self.bias {
+            ts.push(b);
+        }
+        x.device().is_cpu() && x.dtype() == DType::F32 && !needs_grad(&ts) && x.rank() >= 2
     }
 
     pub fn out_dim(&self) -> usize {
