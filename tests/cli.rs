@@ -322,50 +322,125 @@ fn train_eval_and_predict_with_adapters_from_the_command_line() {
     let data = dir.path().join("data");
     msa::data::synthetic::write_folder_dataset(&data, 10, (64, 48), 2).unwrap();
     let run = dir.path().join("run");
-    let (ckpt, cfg) = (s(&fixture("sam_tiny.safetensors")), s(&fixture("sam_tiny.json")));
+    let (ckpt, cfg) = (
+        s(&fixture("sam_tiny.safetensors")),
+        s(&fixture("sam_tiny.json")),
+    );
     let out = ok(&[
-        "train", "--checkpoint", &ckpt, "--config", &cfg, "--data", &s(&data), "--dataset", "folder",
-        "--epochs", "2", "--batch-size", "2", "--prompt", "both", "--out", &s(&run), "--seed", "4",
+        "train",
+        "--checkpoint",
+        &ckpt,
+        "--config",
+        &cfg,
+        "--data",
+        &s(&data),
+        "--dataset",
+        "folder",
+        "--epochs",
+        "2",
+        "--batch-size",
+        "2",
+        "--prompt",
+        "both",
+        "--out",
+        &s(&run),
+        "--seed",
+        "4",
     ]);
     assert!(out.contains("epoch   2"), "{out}");
     let toml = std::fs::read_to_string(run.join("config.toml")).unwrap();
-    assert!(toml.contains("epochs = 2") && toml.contains("prompt = \"both\""), "{toml}");
+    assert!(
+        toml.contains("epochs = 2") && toml.contains("prompt = \"both\""),
+        "{toml}"
+    );
     // A second run into the same folder needs --resume.
     let e = err(&["train", "--run-config", &s(&run.join("config.toml"))]);
     assert!(e.contains("--resume"), "{e}");
-    let out = ok(&["train", "--run-config", &s(&run.join("config.toml")), "--epochs", "3", "--resume"]);
+    let out = ok(&[
+        "train",
+        "--run-config",
+        &s(&run.join("config.toml")),
+        "--epochs",
+        "3",
+        "--resume",
+    ]);
     assert!(out.contains("epoch   3"), "{out}");
 
     let adapters = s(&run.join("adapters_best.safetensors"));
     let info = ok(&["info", &ckpt, "--config", &cfg, "--adapters", &adapters]);
-    assert!(info.contains("trainable") && info.contains("decoder true"), "{info}");
+    assert!(
+        info.contains("trainable") && info.contains("decoder true"),
+        "{info}"
+    );
 
     let ev = dir.path().join("eval");
     let out = ok(&[
-        "eval", "--checkpoint", &ckpt, "--config", &cfg, "--adapters", &adapters, "--data", &s(&data),
-        "--dataset", "folder", "--prompt", "box", "--out", &s(&ev),
+        "eval",
+        "--checkpoint",
+        &ckpt,
+        "--config",
+        &cfg,
+        "--adapters",
+        &adapters,
+        "--data",
+        &s(&data),
+        "--dataset",
+        "folder",
+        "--prompt",
+        "box",
+        "--out",
+        &s(&ev),
     ]);
     assert!(out.contains("cases: Dice"), "{out}");
     let csv = std::fs::read_to_string(ev.join("per_case.csv")).unwrap();
     assert!(csv.starts_with("case,class,dice,iou,hd95,prompt\n"));
-    assert_eq!(csv.lines().count(), 11, "all 10 cases (no test split): {csv}");
-    let summary: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(ev.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(
+        csv.lines().count(),
+        11,
+        "all 10 cases (no test split): {csv}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(ev.join("summary.json")).unwrap()).unwrap();
     assert_eq!(summary["n_cases"], 10);
     assert!(summary["dice"]["mean"].is_number() && summary["per_class"]["foreground"].is_object());
     assert!(ev.join("overlays").read_dir().unwrap().count() >= 10);
 
     let prompts = dir.path().join("prompts.json");
-    std::fs::write(&prompts, r#"{"case000": {"points": [[30, 20, 1]]}, "case001": {"box": [10, 10, 40, 30]}}"#).unwrap();
+    std::fs::write(
+        &prompts,
+        r#"{"case000": {"points": [[30, 20, 1]]}, "case001": {"box": [10, 10, 40, 30]}}"#,
+    )
+    .unwrap();
     let out = ok(&[
-        "eval", "--checkpoint", &ckpt, "--config", &cfg, "--data", &s(&data), "--prompt", &s(&prompts),
-        "--out", &s(&dir.path().join("eval2")),
+        "eval",
+        "--checkpoint",
+        &ckpt,
+        "--config",
+        &cfg,
+        "--data",
+        &s(&data),
+        "--prompt",
+        &s(&prompts),
+        "--out",
+        &s(&dir.path().join("eval2")),
     ]);
     assert!(out.contains("2 cases"), "{out}");
 
     let img = s(&data.join("images/case003.png"));
     let out = ok(&[
-        "predict", "--checkpoint", &ckpt, "--config", &cfg, "--adapters", &adapters, "--image", &img,
-        "--point", "30,20", "--out", &s(&dir.path().join("m.png")),
+        "predict",
+        "--checkpoint",
+        &ckpt,
+        "--config",
+        &cfg,
+        "--adapters",
+        &adapters,
+        "--image",
+        &img,
+        "--point",
+        "30,20",
+        "--out",
+        &s(&dir.path().join("m.png")),
     ]);
     assert!(out.contains("mask 0"), "{out}");
 }
@@ -379,8 +454,17 @@ fn training_stops_before_it_starts_on_bad_files() {
     let run = dir.path().join("run");
     let args = |extra: &[&str]| -> Vec<String> {
         let mut v: Vec<String> = [
-            "train", "--checkpoint", &s(&fixture("sam_tiny.safetensors")), "--config",
-            &s(&fixture("sam_tiny.json")), "--data", &s(&data), "--epochs", "1", "--out", &s(&run),
+            "train",
+            "--checkpoint",
+            &s(&fixture("sam_tiny.safetensors")),
+            "--config",
+            &s(&fixture("sam_tiny.json")),
+            "--data",
+            &s(&data),
+            "--epochs",
+            "1",
+            "--out",
+            &s(&run),
         ]
         .iter()
         .map(|x| x.to_string())
@@ -391,9 +475,16 @@ fn training_stops_before_it_starts_on_bad_files() {
     let a = args(&[]);
     let e = err(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>());
     assert!(e.contains("case002") && e.contains("--skip-bad"), "{e}");
-    assert!(!run.join("state_last.safetensors").exists(), "nothing trained");
+    assert!(
+        !run.join("state_last.safetensors").exists(),
+        "nothing trained"
+    );
     let a = args(&["--skip-bad"]);
     let out = msa(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>());
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
     assert!(String::from_utf8_lossy(&out.stderr).contains("skipping"));
 }

@@ -137,7 +137,9 @@ fn time_train_step(cfg: &SamConfig, args: &BenchArgs, device: &Device) -> Result
     let vars = params.trainables();
     let (b, s) = (args.batch, cfg.img_size);
     let x = Tensor::randn(0f32, 1f32, (b, 3, s, s), device)?;
-    let target = Tensor::rand(0f32, 1f32, (b, 1, s, s), device)?.gt(0.7)?.to_dtype(DType::F32)?;
+    let target = Tensor::rand(0f32, 1f32, (b, 1, s, s), device)?
+        .gt(0.7)?
+        .to_dtype(DType::F32)?;
     let prompts = Prompts {
         points: Some((
             (Tensor::ones((b, 1, 2), DType::F32, device)? * (s as f64 * 0.5))?,

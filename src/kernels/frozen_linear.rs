@@ -48,17 +48,35 @@ impl CustomOp1 for FrozenLinear {
             None => vec![0f32; rows * out_dim],
         };
         let threads = candle_core::utils::get_num_threads();
-        let par = if threads > 1 { Parallelism::Rayon(threads) } else { Parallelism::None };
+        let par = if threads > 1 {
+            Parallelism::Rayon(threads)
+        } else {
+            Parallelism::None
+        };
         let has_bias = self.bias.is_some();
         with_slice(&self.weight, |w| {
             // SAFETY: y is rows x out, x is rows x in, w is out x in (read as its transpose).
             unsafe {
                 gemm(
-                    rows, out_dim, in_dim,
-                    y.as_mut_ptr(), 1, out_dim as isize, has_bias,
-                    x.as_ptr(), 1, in_dim as isize,
-                    w.as_ptr(), in_dim as isize, 1,
-                    1.0, 1.0, false, false, false, par,
+                    rows,
+                    out_dim,
+                    in_dim,
+                    y.as_mut_ptr(),
+                    1,
+                    out_dim as isize,
+                    has_bias,
+                    x.as_ptr(),
+                    1,
+                    in_dim as isize,
+                    w.as_ptr(),
+                    in_dim as isize,
+                    1,
+                    1.0,
+                    1.0,
+                    false,
+                    false,
+                    false,
+                    par,
                 );
             }
             Ok(())
@@ -72,7 +90,10 @@ impl CustomOp1 for FrozenLinear {
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let out_dim = self.weight.dim(0)?;
         let rows = grad.elem_count() / out_dim;
-        let g = grad.contiguous()?.reshape((rows, out_dim))?.matmul(&self.weight)?;
+        let g = grad
+            .contiguous()?
+            .reshape((rows, out_dim))?
+            .matmul(&self.weight)?;
         Ok(Some(g.reshape(arg.shape())?))
     }
 }
