@@ -488,3 +488,32 @@ fn training_stops_before_it_starts_on_bad_files() {
     );
     assert!(String::from_utf8_lossy(&out.stderr).contains("skipping"));
 }
+
+#[test]
+fn classes_write_one_mask_per_class() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = &write_images(dir.path())[0];
+    let base = [
+        "predict",
+        "--checkpoint",
+        &s(&fixture("sam_tiny.pth")),
+        "--config",
+        &s(&fixture("sam_tiny.json")),
+        "--image",
+        &s(img),
+        "--point",
+        "50,30",
+        "--out",
+        &s(&dir.path().join("c.png")),
+    ];
+    let mut args = base.to_vec();
+    args.extend(["--classes", "2"]);
+    let out = ok(&args);
+    assert!(
+        dir.path().join("c_0.png").exists() && dir.path().join("c_1.png").exists(),
+        "{out}"
+    );
+    let mut args = base.to_vec();
+    args.extend(["--classes", "5"]);
+    assert!(err(&args).contains("1 to 4 classes"));
+}

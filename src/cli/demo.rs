@@ -53,6 +53,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         overlay: Some(args.out.join("overlay.png")),
         logits: Some(args.out.join("logits.safetensors")),
     };
-    predict_and_write(&sam, &img, &prompt, false, &files)?;
+    let selection = crate::model::MaskSelection::Sam { multimask: false };
+    predict_and_write(&sam, &img, &prompt, selection, &files)?;
     Ok(())
 }

@@ -3,6 +3,7 @@
 use super::ModelArgs;
 use crate::infer::image_io::{load_rgb, overlay, save_mask};
 use crate::infer::{Prediction, Predictor, UserPrompt};
+use crate::model::MaskSelection;
 use crate::weights::save_safetensors;
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
@@ -23,8 +24,12 @@ pub struct PredictArgs {
     #[arg(long = "box", value_parser = parse_box)]
     pub bbox: Option<[f32; 4]>,
     /// Return SAM's three candidate masks instead of one.
-    #[arg(long)]
+    #[arg(long, conflicts_with = "classes")]
     pub multimask: bool,
+    /// One mask per class from the first N mask tokens (adapters trained on N classes,
+    /// e.g. 2 for REFUGE's disc and cup); files are `NAME_<class>.png`.
+    #[arg(long)]
+    pub classes: Option<usize>,
     /// Mask PNG (0/255) at the original size; with --multimask, `NAME_<i>.png` per mask.
     #[arg(long)]
     pub out: PathBuf,
@@ -104,7 +109,17 @@ pub fn run(args: &PredictArgs) -> Result<()> {
         overlay: args.overlay.clone(),
         logits: args.logits.clone(),
     };
-    predict_and_write(&loaded.sam, &img, &prompt, args.multimask, &files)?;
+    let tokens = loaded.sam.config.num_mask_tokens();
+    let selection = match args.classes {
+        Some(n) if n == 0 || n > tokens => {
+            bail!("--classes {n}: this model has {tokens} mask tokens, so 1 to {tokens} classes")
+        }
+        Some(n) => MaskSelection::Classes(n),
+        None => MaskSelection::Sam {
+            multimask: args.multimask,
+        },
+    };
+    predict_and_write(&loaded.sam, &img, &prompt, selection, &files)?;
     Ok(())
 }
 
@@ -119,14 +134,15 @@ pub fn predict_and_write(
     sam: &crate::model::Sam,
     img: &RgbImage,
     prompt: &UserPrompt,
-    multimask: bool,
+    selection: MaskSelection,
     files: &Outputs,
 ) -> Result<Prediction> {
     let (w, h) = (img.width() as usize, img.height() as usize);
     check_prompt(prompt, w, h)?;
     let mut predictor = Predictor::new(sam);
     predictor.set_image(img)?;
-    let pred = predictor.predict(prompt, multimask)?;
+    let mut preds = predictor.predict_selected(std::slice::from_ref(prompt), selection)?;
+    let pred = preds.remove(0);
     let ious = pred.iou_values()?;
     let paths = mask_paths(&files.mask, ious.len());
     for (m, path) in paths.iter().enumerate() {

@@ -1,0 +1,35 @@
+#!/usr/bin/env bash
+# Build `msa --features cuda` on a machine without a GPU or a CUDA install, with the CUDA
+# 13.0 toolchain from PyPI (pinned so that the PTX matches a 13.0 driver). The binary links
+# against libcuda.so.1, libcublas.so.13, libcurand.so.10, libnvrtc.so.13 and libcudart.so.13,
+# which the GPU machine provides (driver, and PyTorch's nvidia-* wheels: see
+# bench/gpu_check.sh for the LD_LIBRARY_PATH it sets).
+#
+#   tools/cuda_build.sh [WORKDIR]      (default /tmp/msa-cuda; the binary lands in
+#                                       WORKDIR/target/release/msa)
+set -euo pipefail
+cd "$(dirname "$0")/.."
+work=${1:-/tmp/msa-cuda}
+mkdir -p "$work"
+if [ ! -x "$work/venv/bin/pip" ]; then
+    python3 -m venv "$work/venv"
+    "$work/venv/bin/pip" install -q "nvidia-cuda-nvcc==13.0.*" "nvidia-nvvm==13.0.*" \
+        "nvidia-cuda-crt==13.0.*" "nvidia-cuda-runtime==13.0.*" "nvidia-cublas==13.0.*" \
+        "nvidia-curand" "nvidia-cuda-nvrtc==13.0.*" "nvidia-cuda-cccl==13.0.*"
+fi
+root=$(echo "$work"/venv/lib/python3*/site-packages/nvidia/cu13)
+lib="$work/link"
+mkdir -p "$lib"
+for n in cublas cublasLt cudart nvrtc; do ln -sf "$root/lib/lib$n.so.13" "$lib/lib$n.so"; done
+ln -sf "$root/lib/libcurand.so.10" "$lib/libcurand.so"
+# No driver here: link against a stub libcuda.so.1 exporting the driver API names cudarc
+# binds; the real library is found at run time on the GPU machine.
+if [ ! -f "$lib/libcuda.so" ]; then
+    sysrs=$(ls -d ~/.cargo/registry/src/*/cudarc-0.19.*/src/driver/sys/mod.rs | head -1)
+    grep -ho "fn cu[A-Za-z0-9_]*" "$sysrs" | sort -u | sed 's/fn \(.*\)/void \1(void) {}/' > "$lib/stub.c"
+    gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$lib/libcuda.so" "$lib/stub.c"
+fi
+export CUDA_ROOT=$root PATH=$root/bin:$PATH CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
+export RUSTFLAGS="-L $lib" NVCC_PREPEND_FLAGS="-I$root/include"
+cargo build --release --features cuda --target-dir "$work/target"
+echo "built $work/target/release/msa (compute capability $CUDA_COMPUTE_CAP)"
