@@ -93,55 +93,23 @@ impl<'a> Predictor<'a> {
         )
     }
 
-    /// Builds model prompts for N prompt sets; point counts must agree across sets.
+    /// Model prompts for N prompt sets given in original-image pixels.
     pub fn model_prompts(&self, sets: &[UserPrompt]) -> Result<Prompts> {
-        let dev = self.sam.device();
-        let n = sets.len();
-        if n == 0 {
-            bail!("no prompt sets given");
-        }
         let (sx, sy) = self.scale_xy();
-        let n_points = sets[0].points.len();
-        let n_boxes = sets[0].bbox.is_some();
-        if sets
+        let scaled: Vec<UserPrompt> = sets
             .iter()
-            .any(|s| s.points.len() != n_points || s.bbox.is_some() != n_boxes)
-        {
-            bail!("every prompt set in a batch needs the same number of points and boxes");
-        }
-        let points = if n_points > 0 {
-            let coords: Vec<f32> = sets
-                .iter()
-                .flat_map(|s| s.points.iter().flat_map(|&(x, y, _)| [x * sx, y * sy]))
-                .collect();
-            let labels: Vec<f32> = sets
-                .iter()
-                .flat_map(|s| s.points.iter().map(|&(_, _, l)| l as f32))
-                .collect();
-            Some((
-                Tensor::from_vec(coords, (n, n_points, 2), dev)?,
-                Tensor::from_vec(labels, (n, n_points), dev)?,
-            ))
-        } else {
-            None
-        };
-        let boxes = if n_boxes {
-            let b: Vec<f32> = sets
-                .iter()
-                .flat_map(|s| {
-                    let [x0, y0, x1, y1] = s.bbox.unwrap_or_default();
-                    [x0 * sx, y0 * sy, x1 * sx, y1 * sy]
-                })
-                .collect();
-            Some(Tensor::from_vec(b, (n, 4), dev)?)
-        } else {
-            None
-        };
-        Ok(Prompts {
-            points,
-            boxes,
-            masks: None,
-        })
+            .map(|s| UserPrompt {
+                points: s
+                    .points
+                    .iter()
+                    .map(|&(x, y, l)| (x * sx, y * sy, l))
+                    .collect(),
+                bbox: s
+                    .bbox
+                    .map(|[x0, y0, x1, y1]| [x0 * sx, y0 * sy, x1 * sx, y1 * sy]),
+            })
+            .collect();
+        prompt_tensors(&scaled, self.sam.device())
     }
 
     /// Masks for each prompt set against the cached embedding (SAM's output selection).
@@ -187,6 +155,53 @@ impl<'a> Predictor<'a> {
         let mut v = self.predict_batch(std::slice::from_ref(prompt), multimask)?;
         Ok(v.remove(0))
     }
+}
+
+/// Model prompts for N prompt sets already in the input frame; point and box counts must
+/// agree across sets.
+pub fn prompt_tensors(sets: &[UserPrompt], dev: &candle_core::Device) -> Result<Prompts> {
+    let n = sets.len();
+    if n == 0 {
+        bail!("no prompt sets given");
+    }
+    let n_points = sets[0].points.len();
+    let has_box = sets[0].bbox.is_some();
+    if sets
+        .iter()
+        .any(|s| s.points.len() != n_points || s.bbox.is_some() != has_box)
+    {
+        bail!("every prompt set in a batch needs the same number of points and boxes");
+    }
+    let points = if n_points > 0 {
+        let coords: Vec<f32> = sets
+            .iter()
+            .flat_map(|s| s.points.iter().flat_map(|&(x, y, _)| [x, y]))
+            .collect();
+        let labels: Vec<f32> = sets
+            .iter()
+            .flat_map(|s| s.points.iter().map(|&(_, _, l)| l as f32))
+            .collect();
+        Some((
+            Tensor::from_vec(coords, (n, n_points, 2), dev)?,
+            Tensor::from_vec(labels, (n, n_points), dev)?,
+        ))
+    } else {
+        None
+    };
+    let boxes = if has_box {
+        let b: Vec<f32> = sets
+            .iter()
+            .flat_map(|s| s.bbox.unwrap_or_default())
+            .collect();
+        Some(Tensor::from_vec(b, (n, 4), dev)?)
+    } else {
+        None
+    };
+    Ok(Prompts {
+        points,
+        boxes,
+        masks: None,
+    })
 }
 
 /// (1, 3, h, w) f32 in 0..255.

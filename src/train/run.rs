@@ -281,38 +281,8 @@ fn train_step(
 
 /// The batch's prompts as tensors; every sample of a batch has the same prompt kind.
 fn batch_prompts(batch: &[Prepared], dev: &Device) -> Result<Prompts> {
-    let b = batch.len();
-    let n_points = batch[0].prompt.points.len();
-    let points = if n_points > 0 {
-        let c: Vec<f32> = batch
-            .iter()
-            .flat_map(|p| p.prompt.points.iter().flat_map(|&(x, y, _)| [x, y]))
-            .collect();
-        let l: Vec<f32> = batch
-            .iter()
-            .flat_map(|p| p.prompt.points.iter().map(|&(_, _, l)| l as f32))
-            .collect();
-        Some((
-            Tensor::from_vec(c, (b, n_points, 2), dev)?,
-            Tensor::from_vec(l, (b, n_points), dev)?,
-        ))
-    } else {
-        None
-    };
-    let boxes = if batch[0].prompt.bbox.is_some() {
-        let v: Vec<f32> = batch
-            .iter()
-            .flat_map(|p| p.prompt.bbox.unwrap_or_default())
-            .collect();
-        Some(Tensor::from_vec(v, (b, 4), dev)?)
-    } else {
-        None
-    };
-    Ok(Prompts {
-        points,
-        boxes,
-        masks: None,
-    })
+    let sets: Vec<_> = batch.iter().map(|p| p.prompt.clone()).collect();
+    crate::infer::predictor::prompt_tensors(&sets, dev)
 }
 
 fn validation(sam: &Sam, splits: &Splits, cfg: &TrainConfig, epoch: usize) -> Result<(f64, f64)> {
