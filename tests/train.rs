@@ -65,7 +65,7 @@ fn pretrained_base(dir: &Path) -> std::path::PathBuf {
     c.train = TrainMode::All;
     c.lr = 1e-3;
     c.val_every = 100;
-    msa::train::run::run(&c, &Device::Cpu).unwrap();
+    msa::train::run::run(&c, &Device::Cpu, false).unwrap();
     dir.join("base_run/adapters_last.safetensors")
 }
 
@@ -79,7 +79,7 @@ fn adapters_learn_and_the_run_folder_is_complete() {
     let mut cfg = config(&base, &data, &out, 20);
     cfg.lr = 5e-3;
     cfg.val_every = 5;
-    let result = msa::train::run::run(&cfg, &Device::Cpu).unwrap();
+    let result = msa::train::run::run(&cfg, &Device::Cpu, false).unwrap();
     for f in [
         "config.toml",
         "log.jsonl",
@@ -114,13 +114,10 @@ fn resuming_after_an_interruption_reaches_the_same_adapters() {
     write_folder_dataset(&data, 12, (64, 48), 5).unwrap();
     let base = fixture("sam_tiny.safetensors");
     let straight = dir.path().join("straight");
-    msa::train::run::run(&config(&base, &data, &straight, 3), &Device::Cpu).unwrap();
+    msa::train::run::run(&config(&base, &data, &straight, 3), &Device::Cpu, false).unwrap();
     let split = dir.path().join("split");
-    msa::train::run::run(&config(&base, &data, &split, 1), &Device::Cpu).unwrap();
-    msa::train::run::set_resume(true);
-    let resumed = msa::train::run::run(&config(&base, &data, &split, 3), &Device::Cpu);
-    msa::train::run::set_resume(false);
-    resumed.unwrap();
+    msa::train::run::run(&config(&base, &data, &split, 1), &Device::Cpu, false).unwrap();
+    msa::train::run::run(&config(&base, &data, &split, 3), &Device::Cpu, true).unwrap();
     let a = Checkpoint::read(&straight.join("adapters_last.safetensors"))
         .unwrap()
         .tensors;

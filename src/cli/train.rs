@@ -114,9 +114,8 @@ impl TrainArgs {
 
 pub fn run(args: &TrainArgs) -> Result<()> {
     let cfg = args.resolve()?;
-    crate::train::run::set_resume(args.resume);
     let device = super::default_device()?;
-    let result = crate::train::run::run(&cfg, &device)?;
+    let result = crate::train::run::run(&cfg, &device, args.resume)?;
     for r in &result.history {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
         println!(

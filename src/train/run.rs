@@ -40,7 +40,9 @@ struct RunState {
     train: TrainMode,
 }
 
-pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunResult> {
+/// Trains as `cfg` says. With `resume`, a run folder holding `state_last.safetensors`
+/// continues after its last finished epoch; without it, such a folder is refused.
+pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult> {
     std::fs::create_dir_all(&cfg.out)
         .with_context(|| format!("cannot create {}", cfg.out.display()))?;
     let splits = checked_splits(cfg)?;
@@ -83,7 +85,7 @@ pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunResult> {
     };
     let state_path = cfg.out.join("state_last.safetensors");
     if state_path.exists() {
-        if !resume_requested() {
+        if !resume {
             bail!(
                 "{} holds a run already ({}); pass --resume to continue it or choose another --out",
                 cfg.out.display(),
@@ -158,17 +160,6 @@ pub fn run(cfg: &TrainConfig, device: &Device) -> Result<RunResult> {
         history: state.history,
         best_dice: state.best_dice,
     })
-}
-
-/// `--resume` is a process-wide switch set by the CLI (see `set_resume`).
-static RESUME: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-
-pub fn set_resume(on: bool) {
-    RESUME.store(on, std::sync::atomic::Ordering::SeqCst);
-}
-
-fn resume_requested() -> bool {
-    RESUME.load(std::sync::atomic::Ordering::SeqCst)
 }
 
 /// Splits with every train/val case loaded once; bad cases stop the run or are skipped.
