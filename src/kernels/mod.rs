@@ -3,4 +3,5 @@
 
 pub mod attention_cpu;
 pub mod frozen_linear;
+pub mod layer_norm;
 pub mod simd;

@@ -83,6 +83,16 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let frozen = !needs_grad(&[&self.weight, &self.bias]);
+        if frozen && needs_grad(&[x]) && x.device().is_cpu() && x.dtype() == DType::F32 {
+            let op = crate::kernels::layer_norm::FrozenLayerNorm {
+                weight: self.weight.to_vec1::<f32>()?,
+                bias: self.bias.to_vec1::<f32>()?,
+                weight_t: self.weight.clone(),
+                eps: self.eps,
+            };
+            return x.contiguous()?.apply_op1(op);
+        }
         if needs_grad(&[x, &self.weight, &self.bias]) {
             let mean = x.mean_keepdim(D::Minus1)?;
             let xc = x.broadcast_sub(&mean)?;
@@ -97,6 +107,11 @@ impl LayerNorm {
 
 /// Softmax over the last dim.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    if needs_grad(&[x]) && x.device().is_cpu() && x.dtype() == DType::F32 {
+        return x
+            .contiguous()?
+            .apply_op1(crate::kernels::simd::SoftmaxLastDim);
+    }
     if needs_grad(&[x]) {
         let max = x.max_keepdim(D::Minus1)?.detach();
         let e = x.broadcast_sub(&max)?.exp()?;
