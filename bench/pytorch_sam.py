@@ -24,8 +24,6 @@ a = p.parse_args()
 torch.manual_seed(0)
 sam = sam_model_registry[a.preset]().eval().to(a.device)
 if a.size != 1024:
-    # Same maths as `msa --image-size`: the encoder is rebuilt at the new grid.
-    from segment_anything.modeling import ImageEncoderViT
     raise SystemExit("this script times the published 1024 input size only")
 dev = torch.device(a.device)
 
