@@ -161,11 +161,28 @@ impl Attention {
         (h, w): (usize, usize),
     ) -> Result<Tensor> {
         let attn = (q * self.scale)?.matmul(&k.t()?)?;
-        let attn = match rel {
-            Some((rh, rw)) => add_decomposed_rel_pos(&attn, q, rh, rw, (h, w))?,
-            None => attn,
+        let probs = match rel {
+            Some((rh, rw)) => {
+                let (rel_h, rel_w) = rel_pos_terms(q, rh, rw, (h, w))?;
+                if attn.device().is_cpu() && attn.dtype() == DType::F32 {
+                    attn.contiguous()?.apply_op3(
+                        &rel_h.contiguous()?,
+                        &rel_w.contiguous()?,
+                        attention_cpu::BiasSoftmax { h, w },
+                    )?
+                } else {
+                    let bias = rel_h.unsqueeze(4)?.broadcast_add(&rel_w.unsqueeze(3)?)?;
+                    let n = attn.dim(0)?;
+                    let attn =
+                        attn.reshape((n, h, w, h, w))?
+                            .add(&bias)?
+                            .reshape((n, h * w, h * w))?;
+                    softmax(&attn)?
+                }
+            }
+            None => softmax(&attn)?,
         };
-        softmax(&attn)?.matmul(v)
+        probs.matmul(v)
     }
 }
 
@@ -187,14 +204,14 @@ pub fn get_rel_pos(q_size: usize, k_size: usize, table: &Tensor) -> Result<Tenso
     table.index_select(&idx, 0)?.reshape((q_size, k_size, c))
 }
 
-/// attn (n, h*w, h*w) + <q, Rh[qh-kh]> + <q, Rw[qw-kw]>, with q unscaled (n, h*w, C).
-fn add_decomposed_rel_pos(
-    attn: &Tensor,
+/// The decomposed relative-position terms <q, Rh[qh-kh]> (n, h, w, h) and <q, Rw[qw-kw]>
+/// (n, h, w, w), with q unscaled (n, h*w, C).
+fn rel_pos_terms(
     q: &Tensor,
     rh: &Tensor,
     rw: &Tensor,
     (h, w): (usize, usize),
-) -> Result<Tensor> {
+) -> Result<(Tensor, Tensor)> {
     let (n, _, c) = q.dims3()?;
     let r_q = q.reshape((n, h, w, c))?;
     // rel_h[n, y, x, ky] = sum_c r_q[n, y, x, c] * rh[y, ky, c]: a matmul batched over y.
@@ -212,10 +229,7 @@ fn add_decomposed_rel_pos(
         .matmul(&rw.t()?)?
         .reshape((w, n, h, w))?
         .permute((1, 2, 0, 3))?;
-    let bias = rel_h.unsqueeze(4)?.broadcast_add(&rel_w.unsqueeze(3)?)?;
-    attn.reshape((n, h, w, h, w))?
-        .add(&bias)?
-        .reshape((n, h * w, h * w))
+    Ok((rel_h, rel_w))
 }
 
 /// (B, H, W, C) -> (B * windows, ws, ws, C), zero-padding bottom/right to a multiple of ws.
