@@ -5,19 +5,8 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp}
-py=$(command -v python3)
-[ -x /opt/torch/.venv/bin/python3 ] && py=/opt/torch/.venv/bin/python3
-libs=$("$py" - <<'PY'
-import glob, os, site
-roots = site.getsitepackages()
-print(":".join(sorted({os.path.dirname(p) for r in roots for p in glob.glob(r + "/nvidia/**/lib*.so*", recursive=True)})))
-PY
-)
-export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
+source bench/gpu_env.sh
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader
-if ls .whl/*.whl >/dev/null 2>&1; then
-    "$py" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
-fi
 B=.gpu
 if [ -f .gpu/gpu.tar.xz ]; then
     B=/tmp/gpu && mkdir -p $B && tar xJf .gpu/gpu.tar.xz -C $B

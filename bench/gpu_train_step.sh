@@ -4,15 +4,7 @@
 set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp}
-py=$(command -v python3)
-[ -x /opt/torch/.venv/bin/python3 ] && py=/opt/torch/.venv/bin/python3
-libs=$("$py" - <<'PY'
-import glob, os, site
-print(":".join(sorted({os.path.dirname(p) for r in site.getsitepackages() for p in glob.glob(r + "/nvidia/**/lib*.so*", recursive=True)})))
-PY
-)
-export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
-"$py" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
+source bench/gpu_env.sh
 xz -dc .gpu/msa.xz > /tmp/msa && chmod +x /tmp/msa
 nvidia-smi --query-gpu=name --format=csv,noheader
 : > "$OUT/gpu_train.jsonl"

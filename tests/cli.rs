@@ -164,62 +164,29 @@ fn bad_prompts_and_files_get_clear_errors() {
     let ckpt = s(&fixture("sam_tiny.pth"));
     let cfg = s(&fixture("sam_tiny.json"));
     let out = s(&dir.path().join("m.png"));
-    let e = err(&[
-        "predict",
-        "--checkpoint",
-        &ckpt,
-        "--config",
-        &cfg,
-        "--image",
-        &img,
-        "--point",
-        "30,90",
-        "--out",
-        &out,
-    ]);
+    let predict_err = |image: &str, prompt: &[&str]| {
+        let mut args = vec![
+            "predict",
+            "--checkpoint",
+            &ckpt,
+            "--config",
+            &cfg,
+            "--image",
+            image,
+            "--out",
+            &out,
+        ];
+        args.extend_from_slice(prompt);
+        err(&args)
+    };
+    let e = predict_err(&img, &["--point", "30,90"]);
     assert!(e.contains("outside the 100x75 image"), "{e}");
-    let e = err(&[
-        "predict",
-        "--checkpoint",
-        &ckpt,
-        "--config",
-        &cfg,
-        "--image",
-        &img,
-        "--box",
-        "80,10,20,60",
-        "--out",
-        &out,
-    ]);
+    let e = predict_err(&img, &["--box", "80,10,20,60"]);
     assert!(e.contains("x0 < x1"), "{e}");
-    let e = err(&[
-        "predict",
-        "--checkpoint",
-        &ckpt,
-        "--config",
-        &cfg,
-        "--image",
-        &img,
-        "--point",
-        "3,4,7",
-        "--out",
-        &out,
-    ]);
+    let e = predict_err(&img, &["--point", "3,4,7"]);
     assert!(e.contains("must be 1 (foreground) or 0"), "{e}");
     let missing = s(&dir.path().join("nope.png"));
-    let e = err(&[
-        "predict",
-        "--checkpoint",
-        &ckpt,
-        "--config",
-        &cfg,
-        "--image",
-        &missing,
-        "--point",
-        "3,4",
-        "--out",
-        &out,
-    ]);
+    let e = predict_err(&missing, &["--point", "3,4"]);
     assert!(e.contains("nope.png"), "{e}");
     let e = err(&["info", &ckpt]);
     assert!(e.contains("--config"), "{e}");

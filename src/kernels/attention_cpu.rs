@@ -180,14 +180,7 @@ struct RowCtx<'a> {
 
 /// Relative-position bias and softmax for every row of a logits block.
 fn finish_rows(logits: &mut [f32], r0: usize, ctx: &RowCtx, bias: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { finish_rows_avx2(logits, r0, ctx, bias) };
-        }
-    }
-    finish_rows_body(logits, r0, ctx, bias)
+    super::simd::with_avx2!(finish_rows_avx2, finish_rows_body, logits, r0, ctx, bias)
 }
 
 #[cfg(target_arch = "x86_64")]

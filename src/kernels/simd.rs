@@ -71,16 +71,25 @@ unsafe fn softmax_row_avx2(row: &mut [f32]) {
     softmax_row_body(row)
 }
 
+/// Calls the AVX2+FMA build of a kernel where the CPU has those features, else the
+/// baseline build of the same body.
+macro_rules! with_avx2 {
+    ($avx2:path, $baseline:path, $($arg:expr),*) => {{
+        #[cfg(target_arch = "x86_64")]
+        {
+            if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
+                // SAFETY: the CPU supports the features the function was compiled for.
+                return unsafe { $avx2($($arg),*) };
+            }
+        }
+        $baseline($($arg),*)
+    }};
+}
+pub(crate) use with_avx2;
+
 /// In-place softmax of one row.
 pub fn softmax_row(row: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { softmax_row_avx2(row) };
-        }
-    }
-    softmax_row_body(row)
+    with_avx2!(softmax_row_avx2, softmax_row_body, row)
 }
 
 #[inline(always)]
@@ -100,23 +109,6 @@ pub(crate) fn dot_body(a: &[f32], b: &[f32]) -> f32 {
         }
     }
     acc.iter().sum::<f32>() + tail
-}
-
-#[cfg(target_arch = "x86_64")]
-#[target_feature(enable = "avx2,fma")]
-unsafe fn dot_avx2(a: &[f32], b: &[f32]) -> f32 {
-    dot_body(a, b)
-}
-
-pub fn dot(a: &[f32], b: &[f32]) -> f32 {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { dot_avx2(a, b) };
-        }
-    }
-    dot_body(a, b)
 }
 
 #[cfg(test)]
@@ -184,14 +176,7 @@ unsafe fn gelu_avx2(xs: &mut [f32]) {
 
 /// In-place GELU (erf form), as PyTorch's `nn.GELU()`.
 pub fn gelu_in_place(xs: &mut [f32]) {
-    #[cfg(target_arch = "x86_64")]
-    {
-        if std::is_x86_feature_detected!("avx2") && std::is_x86_feature_detected!("fma") {
-            // SAFETY: the CPU supports the features the function was compiled for.
-            return unsafe { gelu_avx2(xs) };
-        }
-    }
-    gelu_body(xs)
+    with_avx2!(gelu_avx2, gelu_body, xs)
 }
 
 #[cfg(test)]
