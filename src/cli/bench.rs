@@ -149,12 +149,22 @@ fn time_train_step(cfg: &SamConfig, args: &BenchArgs, device: &Device) -> Result
     };
     let mut adam = crate::train::optim::Adam::default();
     time_runs(args.runs, device, || {
+        let t0 = Instant::now();
         let emb = sam.encode(&x)?;
         let out = sam.decode(&emb, &prompts)?;
         let (low, _) = out.select(MaskSelection::Classes(1))?;
         let logits = crate::model::resize::bilinear(&low, s, s)?;
         let loss = crate::train::loss::bce_with_logits(&logits, &target, 2.0)?;
-        adam.step(&vars, &loss.backward()?, 1e-4)?;
+        let t1 = Instant::now();
+        let g = loss.backward()?;
+        let t2 = Instant::now();
+        adam.step(&vars, &g, 1e-4)?;
+        tracing::debug!(
+            forward_ms = (t1 - t0).as_secs_f64() * 1e3,
+            backward_ms = (t2 - t1).as_secs_f64() * 1e3,
+            adam_ms = t2.elapsed().as_secs_f64() * 1e3,
+            "train step phases"
+        );
         Ok(())
     })
 }

@@ -11,7 +11,7 @@ use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
 /// Query rows per task for global attention: a 64 x 4096 block is 1 MiB.
-const ROW_BLOCK: usize = 64;
+pub(crate) const ROW_BLOCK: usize = 64;
 
 pub struct RelTables<'a> {
     /// (H, H, hd): Rh[qy, ky, :]
@@ -21,7 +21,7 @@ pub struct RelTables<'a> {
 }
 
 #[derive(Clone, Copy)]
-struct SharedOut(*mut f32);
+pub(crate) struct SharedOut(pub(crate) *mut f32);
 // SAFETY: tasks write disjoint (row block, head) regions of the output.
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
@@ -168,18 +168,18 @@ pub fn attention_general(
     out
 }
 
-struct RowCtx<'a> {
+pub(crate) struct RowCtx<'a> {
     /// This head's q at token 0; token t starts at t * stride.
-    q: &'a [f32],
-    stride: usize,
-    head_dim: usize,
-    hw: (usize, usize),
-    nk: usize,
-    rel: Option<&'a RelTables<'a>>,
+    pub q: &'a [f32],
+    pub stride: usize,
+    pub head_dim: usize,
+    pub hw: (usize, usize),
+    pub nk: usize,
+    pub rel: Option<&'a RelTables<'a>>,
 }
 
 /// Relative-position bias and softmax for every row of a logits block.
-fn finish_rows(logits: &mut [f32], r0: usize, ctx: &RowCtx, bias: &mut [f32]) {
+pub(crate) fn finish_rows(logits: &mut [f32], r0: usize, ctx: &RowCtx, bias: &mut [f32]) {
     super::simd::with_avx2!(finish_rows_avx2, finish_rows_body, logits, r0, ctx, bias)
 }
 

@@ -2,14 +2,14 @@
 //! backward: the composed version keeps seven input-sized intermediates for the backward
 //! pass; this keeps none beyond its input and output.
 
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
+use super::with_slice;
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 pub struct FrozenLayerNorm {
     /// (C) f32 values, copied out once per call.
     pub weight: Vec<f32>,
     pub bias: Vec<f32>,
-    pub weight_t: Tensor,
     pub eps: f64,
 }
 
@@ -39,17 +39,35 @@ impl CustomOp1 for FrozenLayerNorm {
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        // dx = (dy - mean(dy) - x̂ mean(dy x̂)) / σ, with dy = g w.
-        let mean = arg.mean_keepdim(D::Minus1)?;
-        let xc = arg.broadcast_sub(&mean)?;
-        let inv = (xc.sqr()?.mean_keepdim(D::Minus1)? + self.eps)?
-            .sqrt()?
-            .recip()?;
-        let xhat = xc.broadcast_mul(&inv)?;
-        let dy = grad.broadcast_mul(&self.weight_t)?;
-        let a = dy.mean_keepdim(D::Minus1)?;
-        let b = (&dy * &xhat)?.mean_keepdim(D::Minus1)?;
-        let dx = dy.broadcast_sub(&a)?.sub(&xhat.broadcast_mul(&b)?)?;
-        Ok(Some(dx.broadcast_mul(&inv)?))
+        let c = self.weight.len();
+        let mut dx = grad.flatten_all()?.to_vec1::<f32>()?;
+        with_slice(arg, |x| {
+            dx.par_chunks_mut(c)
+                .zip(x.par_chunks(c))
+                .for_each(|(g, x)| self.row_backward(g, x));
+            Ok(())
+        })?;
+        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+impl FrozenLayerNorm {
+    /// dx = (dy - mean(dy) - x̂ mean(dy x̂)) / σ with dy = g w, in place of g.
+    fn row_backward(&self, g: &mut [f32], x: &[f32]) {
+        let c = x.len() as f64;
+        let mean = x.iter().map(|&v| v as f64).sum::<f64>() / c;
+        let var = x.iter().map(|&v| (v as f64 - mean).powi(2)).sum::<f64>() / c;
+        let inv = 1.0 / (var + self.eps).sqrt();
+        let (mut mean_dy, mut mean_dy_xhat) = (0f64, 0f64);
+        for ((g, &x), &w) in g.iter_mut().zip(x).zip(&self.weight) {
+            *g *= w;
+            mean_dy += *g as f64;
+            mean_dy_xhat += *g as f64 * (x as f64 - mean) * inv;
+        }
+        let (a, b) = (mean_dy / c, mean_dy_xhat / c);
+        for (g, &x) in g.iter_mut().zip(x) {
+            let xhat = (x as f64 - mean) * inv;
+            *g = ((*g as f64 - a - xhat * b) * inv) as f32;
+        }
     }
 }

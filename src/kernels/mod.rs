@@ -2,6 +2,110 @@
 //! most of the time allocating and re-reading large intermediates.
 
 pub mod attention_cpu;
-pub mod frozen_linear;
+pub mod attention_grad;
+pub mod gelu;
 pub mod layer_norm;
+pub mod linear;
 pub mod simd;
+pub mod windows;
+
+use candle_core::{Result, Tensor};
+
+/// Runs `f` on the f32 slice of a contiguous CPU tensor, without copying it.
+pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+    let (storage, layout) = t.storage_and_layout();
+    let candle_core::Storage::Cpu(cpu) = &*storage else {
+        candle_core::bail!(
+            "expected a CPU tensor, got one on {:?}",
+            t.device().location()
+        );
+    };
+    let Some((o1, o2)) = layout.contiguous_offsets() else {
+        candle_core::bail!("expected a contiguous tensor of shape {:?}", t.shape());
+    };
+    f(&cpu.as_slice::<f32>()?[o1..o2])
+}
+
+/// The f32 slice of a contiguous CPU storage, as custom ops receive their inputs.
+pub(crate) fn storage_slice<'a>(
+    storage: &'a candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> Result<&'a [f32]> {
+    let Some((o1, o2)) = layout.contiguous_offsets() else {
+        candle_core::bail!(
+            "{op} needs a contiguous input, got shape {:?}",
+            layout.shape()
+        );
+    };
+    Ok(&storage.as_slice::<f32>()?[o1..o2])
+}
+
+/// A strided matrix operand: element (i, j) at `ptr + i * rs + j * cs`.
+#[derive(Clone, Copy)]
+pub(crate) struct Mat {
+    pub ptr: *const f32,
+    pub rs: usize,
+    pub cs: usize,
+}
+
+impl Mat {
+    /// A row-major matrix whose rows are `rs` apart.
+    pub fn rows(ptr: *const f32, rs: usize) -> Self {
+        Self { ptr, rs, cs: 1 }
+    }
+
+    pub fn t(self) -> Self {
+        Self {
+            ptr: self.ptr,
+            rs: self.cs,
+            cs: self.rs,
+        }
+    }
+}
+
+/// dst (m x n, rows `dst_rs` apart) = [dst +] alpha · lhs (m x k) · rhs (k x n), on the
+/// rayon pool when `parallel`, else on this thread.
+///
+/// # Safety
+/// Every operand must address valid memory for its shape and strides; `dst` must not
+/// alias the operands and must not be written by another thread meanwhile.
+#[allow(clippy::too_many_arguments)]
+pub(crate) unsafe fn gemm_into(
+    (m, n, k): (usize, usize, usize),
+    dst: *mut f32,
+    dst_rs: usize,
+    accumulate: bool,
+    lhs: Mat,
+    rhs: Mat,
+    alpha: f32,
+    parallel: bool,
+) {
+    let threads = candle_core::utils::get_num_threads();
+    let par = if parallel && threads > 1 {
+        gemm::Parallelism::Rayon(threads)
+    } else {
+        gemm::Parallelism::None
+    };
+    gemm::gemm(
+        m,
+        n,
+        k,
+        dst,
+        1,
+        dst_rs as isize,
+        accumulate,
+        lhs.ptr,
+        lhs.cs as isize,
+        lhs.rs as isize,
+        rhs.ptr,
+        rhs.cs as isize,
+        rhs.rs as isize,
+        1.0,
+        alpha,
+        false,
+        false,
+        false,
+        par,
+    )
+}

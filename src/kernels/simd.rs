@@ -41,7 +41,7 @@ fn lanes_max(row: &[f32]) -> f32 {
 }
 
 #[inline(always)]
-fn lanes_sum(row: &[f32]) -> f32 {
+pub(crate) fn lanes_sum(row: &[f32]) -> f32 {
     let mut acc = [0f32; 8];
     let chunks = row.chunks_exact(8);
     let tail = chunks.remainder();
@@ -179,6 +179,30 @@ pub fn gelu_in_place(xs: &mut [f32]) {
     with_avx2!(gelu_avx2, gelu_body, xs)
 }
 
+/// g ← g · GELU'(x), with GELU'(x) = Φ(x) + x φ(x).
+#[inline(always)]
+fn gelu_grad_body(g: &mut [f32], xs: &[f32]) {
+    const FRAC_1_SQRT_2: f32 = std::f32::consts::FRAC_1_SQRT_2;
+    // 1 / sqrt(2π)
+    const INV_SQRT_2PI: f32 = 0.398_942_3;
+    for (g, &x) in g.iter_mut().zip(xs) {
+        let cdf = 0.5 * (1.0 + erf_approx(x * FRAC_1_SQRT_2));
+        let pdf = INV_SQRT_2PI * exp_approx(-0.5 * x * x);
+        *g *= cdf + x * pdf;
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn gelu_grad_avx2(g: &mut [f32], xs: &[f32]) {
+    gelu_grad_body(g, xs)
+}
+
+/// Multiplies an output gradient by the GELU derivative at the input, in place.
+pub fn gelu_grad_in_place(g: &mut [f32], xs: &[f32]) {
+    with_avx2!(gelu_grad_avx2, gelu_grad_body, g, xs)
+}
+
 #[cfg(test)]
 mod gelu_tests {
     use super::*;
@@ -193,6 +217,22 @@ mod gelu_tests {
             assert!(
                 (*y as f64 - exact).abs() < 2e-6,
                 "gelu({x}) = {y}, expected {exact}"
+            );
+        }
+    }
+
+    #[test]
+    fn gelu_grad_matches_finite_differences() {
+        let xs: Vec<f32> = (0..2001).map(|i| -6.0 + i as f32 * 0.006).collect();
+        let mut g = vec![1f32; xs.len()];
+        gelu_grad_in_place(&mut g, &xs);
+        let gelu = |x: f64| 0.5 * x * (1.0 + libm_erf(x / std::f64::consts::SQRT_2));
+        for (x, d) in xs.iter().zip(&g) {
+            let (x, e) = (*x as f64, 1e-4);
+            let fd = (gelu(x + e) - gelu(x - e)) / (2.0 * e);
+            assert!(
+                (*d as f64 - fd).abs() < 1e-5,
+                "gelu'({x}) = {d}, expected {fd}"
             );
         }
     }

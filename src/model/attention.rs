@@ -4,9 +4,10 @@
 use super::adapter::Lora;
 use super::nn::{needs_grad, softmax, Linear};
 use super::resize;
-use crate::kernels::attention_cpu;
+use crate::kernels::windows as window_ops;
+use crate::kernels::{attention_cpu, attention_grad};
 use crate::weights::{Params, Resize};
-use candle_core::{DType, Result, Storage, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// Logit tensors above this many bytes are computed a few heads at a time, which bounds the
 /// memory of global attention at 1024 px (12 heads x 4096² logits would be 805 MB).
@@ -62,51 +63,34 @@ impl Attention {
         self.forward_ops(x)
     }
 
-    /// The fused CPU kernel serves inference; autograd and GPUs take candle's ops.
+    /// On CPU the fused kernel serves inference and training alike (its backward gives the
+    /// qkv gradient); trainable relative-position tables and GPUs take candle's ops.
     fn can_fuse(&self, x: &Tensor) -> bool {
-        let mut ts = vec![x, &self.qkv.weight];
-        if let Some((h, w)) = &self.rel_pos {
-            ts.extend([h, w]);
-        }
-        if let Some(l) = &self.lora {
-            ts.extend([&l.a, &l.b]);
-        }
-        x.device().is_cpu() && x.dtype() == DType::F32 && !needs_grad(&ts)
+        let tables_frozen = match &self.rel_pos {
+            Some((h, w)) => !needs_grad(&[h, w]),
+            None => true,
+        };
+        x.device().is_cpu() && x.dtype() == DType::F32 && tables_frozen
     }
 
     fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, h, w, c) = x.dims4()?;
-        let qkv = self.qkv_forward(x)?.contiguous()?;
-        let tables = match &self.rel_pos {
+        let (_, h, w, c) = x.dims4()?;
+        let qkv = self.qkv_forward(x)?;
+        let rel = match &self.rel_pos {
             Some((th, tw)) => Some((
                 get_rel_pos(h, h, th)?.flatten_all()?.to_vec1::<f32>()?,
                 get_rel_pos(w, w, tw)?.flatten_all()?.to_vec1::<f32>()?,
             )),
             None => None,
         };
-        let out = {
-            let (storage, layout) = qkv.storage_and_layout();
-            let Storage::Cpu(cpu) = &*storage else {
-                candle_core::bail!("fused attention needs a CPU tensor");
-            };
-            let Some((o1, o2)) = layout.contiguous_offsets() else {
-                candle_core::bail!("fused attention needs a contiguous qkv");
-            };
-            let rel = tables
-                .as_ref()
-                .map(|(rh, rw)| attention_cpu::RelTables { rh, rw });
-            let hd = c / self.num_heads;
-            attention_cpu::attention(
-                &cpu.as_slice::<f32>()?[o1..o2],
-                b,
-                (h, w),
-                self.num_heads,
-                hd,
-                self.scale as f32,
-                rel,
-            )
+        let op = attention_grad::FusedAttention {
+            grid: (h, w),
+            heads: self.num_heads,
+            head_dim: c / self.num_heads,
+            scale: self.scale as f32,
+            rel,
         };
-        let out = Tensor::from_vec(out, (b, h, w, c), x.device())?;
+        let out = qkv.contiguous()?.apply_op1(op)?;
         self.proj.forward(&out)
     }
 
@@ -236,6 +220,10 @@ fn rel_pos_terms(
 pub fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize))> {
     let (b, h, w, c) = x.dims4()?;
     let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
+    if is_cpu_f32(x) {
+        let op = window_ops::WindowPartition(window_ops::Windows { hw: (h, w), ws });
+        return Ok((x.contiguous()?.apply_op1(op)?, (h + ph, w + pw)));
+    }
     let x = if ph > 0 || pw > 0 {
         x.pad_with_zeros(1, 0, ph)?.pad_with_zeros(2, 0, pw)?
     } else {
@@ -250,6 +238,10 @@ pub fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize)
     Ok((windows, (hp, wp)))
 }
 
+fn is_cpu_f32(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
 /// Inverse of `window_partition`, cropping the padding away.
 pub fn window_unpartition(
     windows: &Tensor,
@@ -257,6 +249,10 @@ pub fn window_unpartition(
     (hp, wp): (usize, usize),
     (h, w): (usize, usize),
 ) -> Result<Tensor> {
+    if is_cpu_f32(windows) {
+        let op = window_ops::WindowUnpartition(window_ops::Windows { hw: (h, w), ws });
+        return windows.contiguous()?.apply_op1(op);
+    }
     let c = windows.dim(3)?;
     let b = windows.dim(0)? / ((hp / ws) * (wp / ws));
     let x = windows

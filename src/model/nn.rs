@@ -6,7 +6,6 @@
 
 use crate::weights::Params;
 use candle_core::{DType, Result, Tensor, D};
-use rayon::prelude::*;
 
 /// y = x Wᵀ + b over the last dim, with all leading dims folded into one matmul.
 #[derive(Debug, Clone)]
@@ -28,11 +27,22 @@ impl Linear {
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.is_frozen_cpu(x) {
-            let op = crate::kernels::frozen_linear::FrozenLinear {
+            let op = crate::kernels::linear::FrozenLinear {
                 weight: self.weight.contiguous()?,
                 bias: self.bias.as_ref().map(|b| b.contiguous()).transpose()?,
             };
             return x.contiguous()?.apply_op1(op);
+        }
+        if is_cpu_f32(x) && x.rank() >= 1 {
+            let bias = match &self.bias {
+                Some(b) => b.clone(),
+                None => Tensor::zeros(self.out_dim(), DType::F32, x.device())?,
+            };
+            return x.contiguous()?.apply_op3(
+                &self.weight.contiguous()?,
+                &bias,
+                crate::kernels::linear::TrainableLinear,
+            );
         }
         let dims = x.dims().to_vec();
         let in_dim = dims[dims.len() - 1];
@@ -57,7 +67,7 @@ impl Linear {
         if let Some(b) = &self.bias {
             ts.push(b);
         }
-        x.device().is_cpu() && x.dtype() == DType::F32 && !needs_grad(&ts) && x.rank() >= 2
+        is_cpu_f32(x) && !needs_grad(&ts) && x.rank() >= 2
     }
 
     pub fn out_dim(&self) -> usize {
@@ -88,7 +98,6 @@ impl LayerNorm {
             let op = crate::kernels::layer_norm::FrozenLayerNorm {
                 weight: self.weight.to_vec1::<f32>()?,
                 bias: self.bias.to_vec1::<f32>()?,
-                weight_t: self.weight.clone(),
                 eps: self.eps,
             };
             return x.contiguous()?.apply_op1(op);
@@ -121,21 +130,21 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     }
 }
 
+fn is_cpu_f32(x: &Tensor) -> bool {
+    x.device().is_cpu() && x.dtype() == DType::F32
+}
+
 pub fn needs_grad(ts: &[&Tensor]) -> bool {
     ts.iter().any(|t| t.track_op())
 }
 
-/// GELU (erf form). Inference on CPU takes a vectorised kernel; candle's per-element
-/// `erf` made the decoder's upscaling path a third of its time.
+/// GELU (erf form). On CPU a vectorised kernel, with its own backward when autograd tracks
+/// the input; candle's per-element `erf` made the decoder's upscaling path a third of its time.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() || x.dtype() != DType::F32 || needs_grad(&[x]) {
+    if !x.device().is_cpu() || x.dtype() != DType::F32 {
         return x.gelu_erf();
     }
-    let mut values = x.flatten_all()?.to_vec1::<f32>()?;
-    values
-        .par_chunks_mut(1 << 14)
-        .for_each(crate::kernels::simd::gelu_in_place);
-    Tensor::from_vec(values, x.shape(), x.device())
+    x.contiguous()?.apply_op1(crate::kernels::gelu::Gelu)
 }
 
 /// A stack of Linear layers with ReLU between them (SAM's `MLP`).

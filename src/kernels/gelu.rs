@@ -1,0 +1,34 @@
+//! GELU (erf form) as one CPU op with a vectorised backward: candle's composed backward
+//! makes eight passes over the input, with a scalar `erf`, per GELU.
+
+use super::simd::{gelu_grad_in_place, gelu_in_place};
+use super::{storage_slice, with_slice};
+use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use rayon::prelude::*;
+
+const CHUNK: usize = 1 << 14;
+
+pub struct Gelu;
+
+impl CustomOp1 for Gelu {
+    fn name(&self) -> &'static str {
+        "msa-gelu"
+    }
+
+    fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
+        let mut out = storage_slice(storage, layout, "gelu")?.to_vec();
+        out.par_chunks_mut(CHUNK).for_each(gelu_in_place);
+        Ok((CpuStorage::F32(out), layout.shape().clone()))
+    }
+
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let mut g = grad.flatten_all()?.to_vec1::<f32>()?;
+        with_slice(arg, |x| {
+            g.par_chunks_mut(CHUNK)
+                .zip(x.par_chunks(CHUNK))
+                .for_each(|(g, x)| gelu_grad_in_place(g, x));
+            Ok(())
+        })?;
+        Ok(Some(Tensor::from_vec(g, arg.shape(), arg.device())?))
+    }
+}

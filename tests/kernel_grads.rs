@@ -1,0 +1,332 @@
+//! The CPU training ops (fused attention, window partition, GELU, frozen LayerNorm) against
+//! the same maths written with candle's differentiable primitives: outputs and input
+//! gradients. The shapes are chosen to reach the paths the small parity fixtures do not:
+//! several query-row blocks per head, non-square grids, padding on both sides.
+
+use candle_core::{DType, Device, Tensor, Var, D};
+use msa::kernels::attention_grad::FusedAttention;
+use msa::kernels::gelu::Gelu;
+use msa::kernels::layer_norm::FrozenLayerNorm;
+use msa::kernels::windows::{WindowPartition, WindowUnpartition, Windows};
+
+fn rand(shape: &[usize], seed: u64) -> Tensor {
+    // A small LCG keeps the test independent of candle's RNG.
+    let n: usize = shape.iter().product();
+    let mut s = seed
+        .wrapping_mul(6364136223846793005)
+        .wrapping_add(1442695040888963407);
+    let v: Vec<f32> = (0..n)
+        .map(|_| {
+            s = s
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            ((s >> 40) as f32 / (1u64 << 24) as f32) * 2.0 - 1.0
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+fn assert_close(what: &str, ours: &Tensor, reference: &Tensor, tol: f32) {
+    assert_eq!(ours.dims(), reference.dims(), "{what}: shape");
+    let a = ours.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let b = reference.flatten_all().unwrap().to_vec1::<f32>().unwrap();
+    let scale = b.iter().fold(0f32, |m, v| m.max(v.abs())).max(1e-6);
+    let worst = a
+        .iter()
+        .zip(&b)
+        .map(|(x, y)| (x - y).abs())
+        .fold(0f32, f32::max);
+    assert!(
+        worst <= tol * scale,
+        "{what}: max |diff| {worst} > {tol} x max |ref| {scale}"
+    );
+    assert!(b.iter().any(|v| *v != 0.0), "{what}: reference is all zero");
+}
+
+fn softmax(x: &Tensor) -> Tensor {
+    let max = x.max_keepdim(D::Minus1).unwrap().detach();
+    let e = x.broadcast_sub(&max).unwrap().exp().unwrap();
+    e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
+}
+
+/// softmax(scale q kᵀ + <q, Rh[qy, ky]> + <q, Rw[qx, kx]>) v with primitive ops.
+fn attention_reference(
+    qkv: &Tensor,
+    (b, h, w): (usize, usize, usize),
+    (heads, hd): (usize, usize),
+    scale: f64,
+    rh: &Tensor,
+    rw: &Tensor,
+) -> Tensor {
+    let n = h * w;
+    let parts = qkv
+        .reshape((b, n, 3, heads, hd))
+        .unwrap()
+        .permute((2, 0, 3, 1, 4))
+        .unwrap();
+    let take = |i: usize| parts.get(i).unwrap().reshape((b * heads, n, hd)).unwrap();
+    let (q, k, v) = (take(0), take(1), take(2));
+    let logits = (&q * scale).unwrap().matmul(&k.t().unwrap()).unwrap();
+    let r_q = q.reshape((b * heads, h, w, 1, hd)).unwrap();
+    let rel_h = r_q
+        .broadcast_mul(&rh.reshape((1, h, 1, h, hd)).unwrap())
+        .unwrap()
+        .sum(4)
+        .unwrap();
+    let rel_w = r_q
+        .broadcast_mul(&rw.reshape((1, 1, w, w, hd)).unwrap())
+        .unwrap()
+        .sum(4)
+        .unwrap();
+    let biased = logits
+        .reshape((b * heads, h, w, h, w))
+        .unwrap()
+        .broadcast_add(&rel_h.unsqueeze(4).unwrap())
+        .unwrap()
+        .broadcast_add(&rel_w.unsqueeze(3).unwrap())
+        .unwrap()
+        .reshape((b * heads, n, n))
+        .unwrap();
+    softmax(&biased)
+        .matmul(&v)
+        .unwrap()
+        .reshape((b, heads, n, hd))
+        .unwrap()
+        .permute((0, 2, 1, 3))
+        .unwrap()
+        .reshape((b, n, heads * hd))
+        .unwrap()
+}
+
+#[test]
+fn fused_attention_matches_composed_ops_with_several_row_blocks() {
+    // 12 x 11 = 132 query rows: blocks of 64, 64 and 4.
+    let (b, h, w, heads, hd) = (2, 12, 11, 3, 8);
+    let c = heads * hd;
+    let scale = (hd as f64).powf(-0.5);
+    let qkv = Var::from_tensor(&rand(&[b, h * w, 3 * c], 1)).unwrap();
+    let rh = (rand(&[h, h, hd], 2) * 0.5).unwrap();
+    let rw = (rand(&[w, w, hd], 3) * 0.5).unwrap();
+    let weights = rand(&[b, h * w, c], 4);
+
+    let op = FusedAttention {
+        grid: (h, w),
+        heads,
+        head_dim: hd,
+        scale: scale as f32,
+        rel: Some((
+            rh.flatten_all().unwrap().to_vec1().unwrap(),
+            rw.flatten_all().unwrap().to_vec1().unwrap(),
+        )),
+    };
+    let ours = qkv.as_tensor().apply_op1(op).unwrap();
+    let reference = attention_reference(qkv.as_tensor(), (b, h, w), (heads, hd), scale, &rh, &rw);
+    assert_close("attention output", &ours, &reference, 1e-5);
+
+    let grad_of = |out: &Tensor| {
+        let loss = (out * &weights).unwrap().sum_all().unwrap();
+        let grads = loss.backward().unwrap();
+        grads.get(qkv.as_tensor()).unwrap().clone()
+    };
+    assert_close("qkv gradient", &grad_of(&ours), &grad_of(&reference), 1e-4);
+}
+
+#[test]
+fn fused_attention_without_bias_matches_composed_ops() {
+    let (b, h, w, heads, hd) = (1, 5, 4, 2, 4);
+    let c = heads * hd;
+    let scale = (hd as f64).powf(-0.5);
+    let qkv = Var::from_tensor(&rand(&[b, h * w, 3 * c], 5)).unwrap();
+    let zeros_h = Tensor::zeros((h, h, hd), DType::F32, &Device::Cpu).unwrap();
+    let zeros_w = Tensor::zeros((w, w, hd), DType::F32, &Device::Cpu).unwrap();
+    let op = FusedAttention {
+        grid: (h, w),
+        heads,
+        head_dim: hd,
+        scale: scale as f32,
+        rel: None,
+    };
+    let ours = qkv.as_tensor().apply_op1(op).unwrap();
+    let reference = attention_reference(
+        qkv.as_tensor(),
+        (b, h, w),
+        (heads, hd),
+        scale,
+        &zeros_h,
+        &zeros_w,
+    );
+    assert_close("attention output", &ours, &reference, 1e-5);
+    let weights = rand(&[b, h * w, c], 6);
+    let grad_of = |out: &Tensor| {
+        let grads = (out * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        grads.get(qkv.as_tensor()).unwrap().clone()
+    };
+    assert_close("qkv gradient", &grad_of(&ours), &grad_of(&reference), 1e-4);
+}
+
+/// SAM's partition with pad, reshape and permute.
+fn partition_reference(x: &Tensor, ws: usize) -> Tensor {
+    let (b, h, w, c) = x.dims4().unwrap();
+    let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
+    let x = x
+        .pad_with_zeros(1, 0, ph)
+        .unwrap()
+        .pad_with_zeros(2, 0, pw)
+        .unwrap();
+    let (hp, wp) = (h + ph, w + pw);
+    x.reshape((b, hp / ws, ws, wp / ws, ws, c))
+        .unwrap()
+        .permute((0, 1, 3, 2, 4, 5))
+        .unwrap()
+        .reshape((b * (hp / ws) * (wp / ws), ws, ws, c))
+        .unwrap()
+}
+
+#[test]
+fn window_partition_and_unpartition_match_composed_ops() {
+    let (b, h, w, c, ws) = (2, 8, 7, 5, 3);
+    let geometry = Windows { hw: (h, w), ws };
+    let x = Var::from_tensor(&rand(&[b, h, w, c], 7)).unwrap();
+    let ours = x.as_tensor().apply_op1(WindowPartition(geometry)).unwrap();
+    let reference = partition_reference(x.as_tensor(), ws);
+    assert_close("partition", &ours, &reference, 0.0);
+
+    let weights = rand(reference.dims(), 8);
+    let grad_of = |out: &Tensor| {
+        let grads = (out * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        grads.get(x.as_tensor()).unwrap().clone()
+    };
+    assert_close(
+        "partition gradient",
+        &grad_of(&ours),
+        &grad_of(&reference),
+        0.0,
+    );
+
+    // Unpartition inverts partition and its gradient is the partition of the gradient.
+    let windows = Var::from_tensor(&reference).unwrap();
+    let back = windows
+        .as_tensor()
+        .apply_op1(WindowUnpartition(geometry))
+        .unwrap();
+    assert_close("unpartition", &back, x.as_tensor(), 0.0);
+    let g = rand(&[b, h, w, c], 9);
+    let grads = (&back * &g).unwrap().sum_all().unwrap().backward().unwrap();
+    let dwin = grads.get(windows.as_tensor()).unwrap();
+    assert_close(
+        "unpartition gradient",
+        dwin,
+        &partition_reference(&g, ws),
+        0.0,
+    );
+}
+
+#[test]
+fn gelu_op_matches_candle_gelu_erf() {
+    let x = Var::from_tensor(&(rand(&[3, 1000], 10) * 6.0).unwrap()).unwrap();
+    let ours = x.as_tensor().apply_op1(Gelu).unwrap();
+    let reference = x.as_tensor().gelu_erf().unwrap();
+    assert_close("gelu", &ours, &reference, 1e-6);
+    let weights = rand(&[3, 1000], 11);
+    let grad_of = |out: &Tensor| {
+        let grads = (out * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        grads.get(x.as_tensor()).unwrap().clone()
+    };
+    assert_close("gelu gradient", &grad_of(&ours), &grad_of(&reference), 1e-5);
+}
+
+#[test]
+fn frozen_layer_norm_matches_composed_ops() {
+    let c = 48;
+    let x = Var::from_tensor(&(rand(&[4, 5, c], 12) * 3.0).unwrap()).unwrap();
+    let weight = (rand(&[c], 13) + 1.0).unwrap();
+    let bias = rand(&[c], 14);
+    let eps = 1e-6;
+    let op = FrozenLayerNorm {
+        weight: weight.to_vec1().unwrap(),
+        bias: bias.to_vec1().unwrap(),
+        eps,
+    };
+    let ours = x.as_tensor().apply_op1(op).unwrap();
+    let xt = x.as_tensor();
+    let mean = xt.mean_keepdim(D::Minus1).unwrap();
+    let xc = xt.broadcast_sub(&mean).unwrap();
+    let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+    let reference = xc
+        .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+        .unwrap()
+        .broadcast_mul(&weight)
+        .unwrap()
+        .broadcast_add(&bias)
+        .unwrap();
+    assert_close("layer norm", &ours, &reference, 1e-5);
+    let weights = rand(&[4, 5, c], 15);
+    let grad_of = |out: &Tensor| {
+        let grads = (out * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        grads.get(x.as_tensor()).unwrap().clone()
+    };
+    assert_close(
+        "layer norm gradient",
+        &grad_of(&ours),
+        &grad_of(&reference),
+        1e-4,
+    );
+}
+
+#[test]
+fn trainable_linear_matches_composed_ops() {
+    use msa::kernels::linear::TrainableLinear;
+    let (din, dout) = (24, 10);
+    let x = Var::from_tensor(&rand(&[2, 3, 5, din], 16)).unwrap();
+    let w = Var::from_tensor(&rand(&[dout, din], 17)).unwrap();
+    let b = Var::from_tensor(&rand(&[dout], 18)).unwrap();
+    let ours = x
+        .as_tensor()
+        .apply_op3(w.as_tensor(), b.as_tensor(), TrainableLinear)
+        .unwrap();
+    let reference = x
+        .as_tensor()
+        .reshape((30, din))
+        .unwrap()
+        .matmul(&w.as_tensor().t().unwrap())
+        .unwrap()
+        .broadcast_add(b.as_tensor())
+        .unwrap()
+        .reshape((2, 3, 5, dout))
+        .unwrap();
+    assert_close("linear", &ours, &reference, 1e-6);
+    let weights = rand(&[2, 3, 5, dout], 19);
+    let grads_of = |out: &Tensor| {
+        let grads = (out * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        [x.as_tensor(), w.as_tensor(), b.as_tensor()].map(|t| grads.get(t).unwrap().clone())
+    };
+    let (g_ours, g_ref) = (grads_of(&ours), grads_of(&reference));
+    for (name, (a, r)) in ["dx", "dW", "db"].iter().zip(g_ours.iter().zip(&g_ref)) {
+        assert_close(name, a, r, 1e-5);
+    }
+}
