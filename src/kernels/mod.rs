@@ -41,6 +41,12 @@ pub(crate) fn storage_slice<'a>(
     Ok(&storage.as_slice::<f32>()?[o1..o2])
 }
 
+/// candle's thread count, asked once: candle reads /proc/cpuinfo every time it is asked.
+pub(crate) fn thread_count() -> usize {
+    static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *COUNT.get_or_init(candle_core::utils::get_num_threads)
+}
+
 /// A strided matrix operand: element (i, j) at `ptr + i * rs + j * cs`.
 #[derive(Clone, Copy)]
 pub(crate) struct Mat {
@@ -81,7 +87,7 @@ pub(crate) unsafe fn gemm_into(
     alpha: f32,
     parallel: bool,
 ) {
-    let threads = candle_core::utils::get_num_threads();
+    let threads = thread_count();
     let par = if parallel && threads > 1 {
         gemm::Parallelism::Rayon(threads)
     } else {
