@@ -192,7 +192,10 @@ fn window_partition_and_unpartition_match_composed_ops() {
     let (b, h, w, c, ws) = (2, 8, 7, 5, 3);
     let geometry = Windows { hw: (h, w), ws };
     let x = Var::from_tensor(&rand(&[b, h, w, c], 7)).unwrap();
-    let ours = x.as_tensor().apply_op1(WindowPartition(geometry)).unwrap();
+    let ours = x
+        .as_tensor()
+        .apply_op1(WindowPartition::new(geometry))
+        .unwrap();
     let reference = partition_reference(x.as_tensor(), ws);
     assert_close("partition", &ours, &reference, 0.0);
 
@@ -329,4 +332,33 @@ fn trainable_linear_matches_composed_ops() {
     for (name, (a, r)) in ["dx", "dW", "db"].iter().zip(g_ours.iter().zip(&g_ref)) {
         assert_close(name, a, r, 1e-5);
     }
+}
+
+#[test]
+fn filled_window_partition_puts_the_fill_in_the_padding_only() {
+    use msa::model::attention::window_partition_filled;
+    let (b, h, w, c, ws) = (2, 5, 4, 3, 3);
+    let x = rand(&[b, h, w, c], 20);
+    let fill = Tensor::new(&[7f32, 8.0, 9.0], &Device::Cpu).unwrap();
+    // Constant fill: the CPU op. Trainable fill: the composed mask version.
+    let (op, padded) = window_partition_filled(&x, ws, &fill).unwrap();
+    let fill_var = Var::from_tensor(&fill).unwrap();
+    let (composed, _) = window_partition_filled(&x, ws, fill_var.as_tensor()).unwrap();
+    assert_eq!(padded, (6, 6));
+    assert_close("filled partition", &op, &composed, 0.0);
+    let zero_padded = partition_reference(&x, ws);
+    let (op_v, zp_v) = (
+        op.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+        zero_padded.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
+    );
+    // Every token is either the image's (bit-exact) or the fill.
+    let mut fills = 0;
+    for (t, z) in op_v.chunks(c).zip(zp_v.chunks(c)) {
+        if t == [7.0, 8.0, 9.0] {
+            fills += 1;
+        } else {
+            assert_eq!(t, z);
+        }
+    }
+    assert_eq!(fills, b * (36 - h * w));
 }

@@ -20,8 +20,9 @@ impl Windows {
         (self.hw.0.div_ceil(self.ws), self.hw.1.div_ceil(self.ws))
     }
 
-    /// (B, H, W, C) values -> (B * windows, ws, ws, C), zeros where the padding is.
-    pub fn partition(&self, x: &[f32], c: usize) -> Vec<f32> {
+    /// (B, H, W, C) values -> (B * windows, ws, ws, C), with `fill` (C values, else
+    /// zeros) where the padding is.
+    pub fn partition(&self, x: &[f32], c: usize, fill: Option<&[f32]>) -> Vec<f32> {
         let (h, w) = self.hw;
         let ws = self.ws;
         let (gh, gw) = self.grid();
@@ -32,13 +33,17 @@ impl Windows {
             let (win, y) = (r / ws, r % ws);
             let (bi, wy, wx) = (win / (gh * gw), (win / gw) % gh, win % gw);
             let sy = wy * ws + y;
-            if sy >= h {
-                return;
-            }
             let x0 = wx * ws;
-            let cols = ws.min(w - x0);
-            let src = ((bi * h + sy) * w + x0) * c;
-            dst[..cols * c].copy_from_slice(&x[src..src + cols * c]);
+            let cols = if sy < h { ws.min(w - x0) } else { 0 };
+            if cols > 0 {
+                let src = ((bi * h + sy) * w + x0) * c;
+                dst[..cols * c].copy_from_slice(&x[src..src + cols * c]);
+            }
+            if let Some(fill) = fill {
+                for token in dst[cols * c..].chunks_exact_mut(c) {
+                    token.copy_from_slice(fill);
+                }
+            }
         });
         out
     }
@@ -86,7 +91,27 @@ impl Windows {
 }
 
 /// (B, H, W, C) -> (B * windows, ws, ws, C).
-pub struct WindowPartition(pub Windows);
+pub struct WindowPartition {
+    pub windows: Windows,
+    /// The padding's value (C values, constant: it gets no gradient); zeros if None.
+    pub fill: Option<Vec<f32>>,
+}
+
+impl WindowPartition {
+    pub fn new(windows: Windows) -> Self {
+        Self {
+            windows,
+            fill: None,
+        }
+    }
+
+    pub fn with_fill(self, fill: Vec<f32>) -> Self {
+        Self {
+            fill: Some(fill),
+            ..self
+        }
+    }
+}
 
 /// (B * windows, ws, ws, C) -> (B, H, W, C).
 pub struct WindowUnpartition(pub Windows);
@@ -97,18 +122,26 @@ impl CustomOp1 for WindowPartition {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, c) = self.0.check(layout.dims(), false)?;
+        let (b, c) = self.windows.check(layout.dims(), false)?;
         let x = storage_slice(storage, layout, "window partition")?;
-        let (gh, gw) = self.0.grid();
-        let ws = self.0.ws;
-        let out = self.0.partition(x, c);
+        let (gh, gw) = self.windows.grid();
+        let ws = self.windows.ws;
+        if let Some(f) = &self.fill {
+            if f.len() != c {
+                candle_core::bail!(
+                    "window partition: fill has {} values, expected {c}",
+                    f.len()
+                );
+            }
+        }
+        let out = self.windows.partition(x, c, self.fill.as_deref());
         Ok((CpuStorage::F32(out), Shape::from((b * gh * gw, ws, ws, c))))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let c = arg.dim(3)?;
         let g = grad.flatten_all()?.to_vec1::<f32>()?;
-        let dx = self.0.unpartition(&g, c);
+        let dx = self.windows.unpartition(&g, c);
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
@@ -129,7 +162,7 @@ impl CustomOp1 for WindowUnpartition {
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let c = arg.dim(3)?;
         let g = grad.flatten_all()?.to_vec1::<f32>()?;
-        let dx = self.0.partition(&g, c);
+        let dx = self.0.partition(&g, c, None);
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }

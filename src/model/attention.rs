@@ -47,7 +47,7 @@ impl Attention {
         })
     }
 
-    fn qkv_forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn qkv_forward(&self, x: &Tensor) -> Result<Tensor> {
         let qkv = self.qkv.forward(x)?;
         match &self.lora {
             Some(l) => qkv + l.forward(x)?,
@@ -55,12 +55,31 @@ impl Attention {
         }
     }
 
+    /// The qkv of an all-zero token (the window padding): the qkv bias, as LoRA maps zero to
+    /// zero. None when that bias trains, since padded tokens then feed its gradient.
+    pub fn padding_qkv(&self) -> Result<Option<Tensor>> {
+        match &self.qkv.bias {
+            Some(b) if needs_grad(&[b]) => Ok(None),
+            Some(b) => Ok(Some(b.clone())),
+            None => Ok(Some(Tensor::zeros(
+                self.qkv.out_dim(),
+                self.qkv.weight.dtype(),
+                self.qkv.weight.device(),
+            )?)),
+        }
+    }
+
     /// x: (B, H, W, C) -> (B, H, W, C).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.can_fuse(x) {
-            return self.forward_fused(x);
+        self.proj.forward(&self.core(&self.qkv_forward(x)?)?)
+    }
+
+    /// softmax(q kᵀ scale + bias) v for every head, before `proj`: (B, H, W, 3C) -> (B, H, W, C).
+    pub fn core(&self, qkv: &Tensor) -> Result<Tensor> {
+        if self.can_fuse(qkv) {
+            return self.core_fused(qkv);
         }
-        self.forward_ops(x)
+        self.core_ops(qkv)
     }
 
     /// On CPU the fused kernel serves inference and training alike (its backward gives the
@@ -73,9 +92,9 @@ impl Attention {
         x.device().is_cpu() && x.dtype() == DType::F32 && tables_frozen
     }
 
-    fn forward_fused(&self, x: &Tensor) -> Result<Tensor> {
-        let (_, h, w, c) = x.dims4()?;
-        let qkv = self.qkv_forward(x)?;
+    fn core_fused(&self, qkv: &Tensor) -> Result<Tensor> {
+        let (_, h, w, c3) = qkv.dims4()?;
+        let c = c3 / 3;
         let rel = match &self.rel_pos {
             Some((th, tw)) => Some((
                 get_rel_pos(h, h, th)?.flatten_all()?.to_vec1::<f32>()?,
@@ -90,16 +109,15 @@ impl Attention {
             scale: self.scale as f32,
             rel,
         };
-        let out = qkv.contiguous()?.apply_op1(op)?;
-        self.proj.forward(&out)
+        qkv.contiguous()?.apply_op1(op)
     }
 
     /// The same maths with candle ops (differentiable, any device).
-    pub fn forward_ops(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, h, w, c) = x.dims4()?;
+    pub fn core_ops(&self, qkv: &Tensor) -> Result<Tensor> {
+        let (b, h, w, c3) = qkv.dims4()?;
+        let c = c3 / 3;
         let (nh, hd) = (self.num_heads, c / self.num_heads);
-        let qkv = self
-            .qkv_forward(x)?
+        let qkv = qkv
             .reshape((b, h * w, 3, nh, hd))?
             .permute((2, 0, 3, 1, 4))?;
         let take =
@@ -128,12 +146,10 @@ impl Attention {
         } else {
             Tensor::cat(&outs, 0)?
         };
-        let out = out
-            .reshape((b, nh, h, w, hd))?
+        out.reshape((b, nh, h, w, hd))?
             .permute((0, 2, 3, 1, 4))?
             .contiguous()?
-            .reshape((b, h, w, c))?;
-        self.proj.forward(&out)
+            .reshape((b, h, w, c))
     }
 
     fn attend(
@@ -221,7 +237,7 @@ pub fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize)
     let (b, h, w, c) = x.dims4()?;
     let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
     if is_cpu_f32(x) {
-        let op = window_ops::WindowPartition(window_ops::Windows { hw: (h, w), ws });
+        let op = window_ops::WindowPartition::new(window_ops::Windows { hw: (h, w), ws });
         return Ok((x.contiguous()?.apply_op1(op)?, (h + ph, w + pw)));
     }
     let x = if ph > 0 || pw > 0 {
@@ -236,6 +252,32 @@ pub fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize)
         .contiguous()?
         .reshape((b * (hp / ws) * (wp / ws), ws, ws, c))?;
     Ok((windows, (hp, wp)))
+}
+
+/// `window_partition` with `fill` (C values) in the padding instead of zeros.
+pub fn window_partition_filled(
+    x: &Tensor,
+    ws: usize,
+    fill: &Tensor,
+) -> Result<(Tensor, (usize, usize))> {
+    let (_, h, w, _) = x.dims4()?;
+    let padded = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
+    if is_cpu_f32(x) && !needs_grad(&[fill]) {
+        let op = window_ops::WindowPartition::new(window_ops::Windows { hw: (h, w), ws })
+            .with_fill(fill.flatten_all()?.to_vec1::<f32>()?);
+        return Ok((x.contiguous()?.apply_op1(op)?, padded));
+    }
+    let (windows, padded) = window_partition(x, ws)?;
+    if padded == (h, w) {
+        return Ok((windows, padded));
+    }
+    // 1 on padding tokens, 0 on image tokens, so that image values are left bit-exact.
+    let ones = Tensor::ones((1, h, w, 1), x.dtype(), x.device())?;
+    let (mask, _) = window_partition(&ones, ws)?;
+    let mask = (1.0 - mask)?;
+    let b = x.dim(0)?;
+    let mask = mask.repeat((b, 1, 1, 1))?;
+    Ok(((windows + mask.broadcast_mul(fill)?)?, padded))
 }
 
 fn is_cpu_f32(x: &Tensor) -> bool {

@@ -1,7 +1,7 @@
 //! The ViT image encoder ("ViTDet" style): patch embedding, windowed and global blocks, neck.
 
 use super::adapter::{Adapter, AdapterConfig, Lora};
-use super::attention::{window_partition, window_unpartition, Attention};
+use super::attention::{window_partition, window_partition_filled, window_unpartition, Attention};
 use super::config::SamConfig;
 use super::nn::{gelu, to_channels_first, to_channels_last, LayerNorm, Linear, PatchConv};
 use crate::weights::{Params, Resize};
@@ -86,14 +86,27 @@ impl Block {
     }
 
     /// Attention of norm1(x), on windows or the whole grid, back on the (B, H, W, C) grid.
+    ///
+    /// Windowed: SAM pads norm1(x) with zero tokens and projects every window. A zero
+    /// token's qkv is the qkv bias, and only image tokens survive the crop, so qkv and proj
+    /// run on the image tokens alone and the padding gets the bias: the same values, a third
+    /// of the projection work at 256 px. (Trainable qkv bias: SAM's order, which its
+    /// gradient needs.)
     pub fn spatial_attention(&self, xn: &Tensor) -> Result<Tensor> {
-        if self.window_size == 0 {
+        let ws = self.window_size;
+        if ws == 0 {
             return self.attn.forward(xn);
         }
         let (_, h, w, _) = xn.dims4()?;
-        let (windows, padded) = window_partition(xn, self.window_size)?;
-        let a = self.attn.forward(&windows)?;
-        window_unpartition(&a, self.window_size, padded, (h, w))
+        let Some(fill) = self.attn.padding_qkv()? else {
+            let (windows, padded) = window_partition(xn, ws)?;
+            let a = self.attn.forward(&windows)?;
+            return window_unpartition(&a, ws, padded, (h, w));
+        };
+        let qkv = self.attn.qkv_forward(xn)?;
+        let (windows, padded) = window_partition_filled(&qkv, ws, &fill)?;
+        let core = window_unpartition(&self.attn.core(&windows)?, ws, padded, (h, w))?;
+        self.attn.proj.forward(&core)
     }
 
     /// x (N, H, W, C). With `depth` = Some(D), N is volumes x D consecutive slices and the
