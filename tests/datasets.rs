@@ -55,18 +55,15 @@ fn folder_with_sub_folders() {
     assert_eq!((s.train.len(), s.val.len(), s.test.len()), (4, 2, 3));
 }
 
-#[test]
-fn isic_layout() {
-    let dir = tempfile::tempdir().unwrap();
-    for (part, n) in [("Training", 5), ("Test", 2)] {
-        let data = dir.path().join(format!("ISBI2016_ISIC_Part1_{part}_Data"));
-        let truth = dir
-            .path()
-            .join(format!("ISBI2016_ISIC_Part1_{part}_GroundTruth"));
+/// ISIC 2016 part 1 folders with `n` generated cases per part; Test ids start at 100.
+fn write_isic(dir: &Path, parts: &[(&str, usize)]) {
+    for &(part, n) in parts {
+        let data = dir.join(format!("ISBI2016_ISIC_Part1_{part}_Data"));
+        let truth = dir.join(format!("ISBI2016_ISIC_Part1_{part}_GroundTruth"));
         std::fs::create_dir_all(&data).unwrap();
         std::fs::create_dir_all(&truth).unwrap();
         for i in 0..n {
-            let (img, m) = lesion_image(40, 30, i);
+            let (img, m) = lesion_image(40, 30, i as u64);
             let id = format!("ISIC_{:07}", i + if part == "Test" { 100 } else { 0 });
             img.save(data.join(format!("{id}.jpg"))).unwrap();
             mask_image(&m, 40, 30)
@@ -74,12 +71,77 @@ fn isic_layout() {
                 .unwrap();
         }
     }
+}
+
+#[test]
+fn isic_layout() {
+    let dir = tempfile::tempdir().unwrap();
+    write_isic(dir.path(), &[("Training", 5), ("Test", 2)]);
     let s = discover(DatasetKind::Isic, dir.path(), 0, 0.2).unwrap();
     assert_eq!(s.train.len() + s.val.len(), 5);
     assert_eq!(s.test.len(), 2);
     assert_eq!(s.test[0].id, "ISIC_0000100");
     let sample = load_item(&s.test[0]).unwrap();
     assert_eq!(sample.size(), (30, 40));
+}
+
+#[test]
+fn isic_csv_files_list_the_cases() {
+    let dir = tempfile::tempdir().unwrap();
+    write_isic(dir.path(), &[("Training", 5), ("Test", 3)]);
+    let row = |part: &str, i: usize| {
+        format!(
+            "{i},ISBI2016_ISIC_Part1_{part}_Data/ISIC_{i:07}.jpg,\
+             ISBI2016_ISIC_Part1_{part}_GroundTruth/ISIC_{i:07}_Segmentation.png\n"
+        )
+    };
+    // The CSVs list a subset, in their own order, under a pandas-style header.
+    let training = format!(
+        ",img,seg\n{}{}{}",
+        row("Training", 3),
+        row("Training", 0),
+        row("Training", 4)
+    );
+    std::fs::write(
+        dir.path()
+            .join("ISBI2016_ISIC_Part1_Training_GroundTruth.csv"),
+        training,
+    )
+    .unwrap();
+    let test = format!(",img,seg\n{}{}", row("Test", 102), row("Test", 100));
+    std::fs::write(
+        dir.path().join("ISBI2016_ISIC_Part1_Test_GroundTruth.csv"),
+        test,
+    )
+    .unwrap();
+    let s = discover(DatasetKind::Isic, dir.path(), 0, 0.2).unwrap();
+    let mut train: Vec<String> = s.train.iter().chain(&s.val).map(|i| i.id.clone()).collect();
+    train.sort();
+    assert_eq!(train, ["ISIC_0000000", "ISIC_0000003", "ISIC_0000004"]);
+    assert_eq!(s.ids()["test"], ["ISIC_0000102", "ISIC_0000100"]);
+    assert_eq!(load_item(&s.test[0]).unwrap().size(), (30, 40));
+
+    // A row naming a file that is not there is reported by name before training.
+    let bad = format!(",img,seg\n{}", row("Test", 7));
+    std::fs::write(
+        dir.path().join("ISBI2016_ISIC_Part1_Test_GroundTruth.csv"),
+        bad,
+    )
+    .unwrap();
+    let s = discover(DatasetKind::Isic, dir.path(), 0, 0.2).unwrap();
+    let (good, bad) = check_items(&s.test);
+    assert!(good.is_empty());
+    assert!(bad[0].1.contains("ISIC_0000007.jpg"), "{:?}", bad);
+    // A row that is not `index,image,mask` is an error naming the file and line.
+    std::fs::write(
+        dir.path().join("ISBI2016_ISIC_Part1_Test_GroundTruth.csv"),
+        ",img,seg\n1,notes.txt,x\n",
+    )
+    .unwrap();
+    let err = discover(DatasetKind::Isic, dir.path(), 0, 0.2)
+        .unwrap_err()
+        .to_string();
+    assert!(err.contains("Test_GroundTruth.csv line 2"), "{err}");
 }
 
 #[test]

@@ -205,9 +205,15 @@ fn folder(dir: &Path, seed: u64, val_fraction: f64) -> Result<Splits> {
 }
 
 /// ISIC 2016 part 1: `ISBI2016_ISIC_Part1_{Training,Test}_Data/ISIC_<n>.jpg` and
-/// `..._GroundTruth/ISIC_<n>_Segmentation.png`.
+/// `..._GroundTruth/ISIC_<n>_Segmentation.png`. Where `ISBI2016_ISIC_Part1_<part>_GroundTruth.csv`
+/// is present (rows `index,image,mask`, paths relative to DIR, as the PyTorch MSA code reads
+/// them) it lists the part's cases; otherwise the folders are scanned.
 fn isic(dir: &Path, seed: u64, val_fraction: f64) -> Result<Splits> {
     let part = |name: &str| -> Result<Vec<Item>> {
+        let csv = dir.join(format!("ISBI2016_ISIC_Part1_{name}_GroundTruth.csv"));
+        if csv.is_file() {
+            return isic_csv(dir, &csv);
+        }
         let data = dir.join(format!("ISBI2016_ISIC_Part1_{name}_Data"));
         let truth = dir.join(format!("ISBI2016_ISIC_Part1_{name}_GroundTruth"));
         if !data.is_dir() {
@@ -235,7 +241,8 @@ fn isic(dir: &Path, seed: u64, val_fraction: f64) -> Result<Splits> {
     let training = part("Training")?;
     if training.is_empty() {
         bail!(
-            "{}: no ISBI2016_ISIC_Part1_Training_Data/ folder with images",
+            "{}: no ISBI2016_ISIC_Part1_Training_Data/ folder with images \
+             (nor ISBI2016_ISIC_Part1_Training_GroundTruth.csv)",
             dir.display()
         );
     }
@@ -247,6 +254,51 @@ fn isic(dir: &Path, seed: u64, val_fraction: f64) -> Result<Splits> {
         test: part("Test")?,
         how: format!("ISIC Training split into train/val (seed {seed}); Test as test"),
     })
+}
+
+/// The cases an ISIC CSV lists: the last two fields of each row are the image and mask
+/// paths relative to `dir`; a header row (no image path in it) is skipped. Files that do
+/// not exist are kept, so that the check names them.
+fn isic_csv(dir: &Path, csv: &Path) -> Result<Vec<Item>> {
+    let text =
+        std::fs::read_to_string(csv).with_context(|| format!("cannot read {}", csv.display()))?;
+    let mut items = vec![];
+    for (n, line) in text.lines().enumerate() {
+        let fields: Vec<&str> = line
+            .split(',')
+            .map(|f| f.trim().trim_matches('"'))
+            .collect();
+        if line.trim().is_empty() {
+            continue;
+        }
+        let [.., image, mask] = fields.as_slice() else {
+            bail!(
+                "{} line {}: expected `index,image,mask`, found `{line}`",
+                csv.display(),
+                n + 1
+            );
+        };
+        if !is_image(Path::new(image)) {
+            if n == 0 {
+                continue; // header
+            }
+            bail!(
+                "{} line {}: `{image}` is not an image path (.png, .jpg, .bmp, .tif)",
+                csv.display(),
+                n + 1
+            );
+        }
+        let image = dir.join(image);
+        items.push(Item {
+            id: stem(&image),
+            image,
+            masks: vec![vec![dir.join(mask)]],
+        });
+    }
+    if items.is_empty() {
+        bail!("{}: lists no cases", csv.display());
+    }
+    Ok(items)
 }
 
 /// REFUGE: `<split>/<case>/<case>.<jpg|png>` with `<case>_seg_{disc,cup}_<rater>.png`;

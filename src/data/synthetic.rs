@@ -135,3 +135,84 @@ pub fn mask_image(mask: &[bool], width: usize, height: usize) -> image::GrayImag
         }])
     })
 }
+
+/// Per rater, the optic disc mask and the cup mask.
+pub type RaterMasks = Vec<(Vec<bool>, Vec<bool>)>;
+
+/// A fundus-like image: an orange retina with a bright optic disc and a brighter cup
+/// inside it. Returns the image and, per rater, the (disc, cup) masks; raters disagree by
+/// a few percent of the radius, as REFUGE's do.
+pub fn fundus_image(
+    width: usize,
+    height: usize,
+    seed: u64,
+    raters: usize,
+) -> (RgbImage, RaterMasks) {
+    let mut rng = SplitMix(seed);
+    let cx = width as f64 * (0.35 + 0.3 * rng.uniform());
+    let cy = height as f64 * (0.35 + 0.3 * rng.uniform());
+    let r_disc = width.min(height) as f64 * (0.18 + 0.08 * rng.uniform());
+    let r_cup = r_disc * (0.45 + 0.15 * rng.uniform());
+    let dist = |x: usize, y: usize| (x as f64 + 0.5 - cx).hypot(y as f64 + 0.5 - cy);
+    let mut img = RgbImage::new(width as u32, height as u32);
+    for y in 0..height {
+        for x in 0..width {
+            let d = dist(x, y);
+            let noise = rng.uniform() * 25.0;
+            let px = if d <= r_cup {
+                [245.0, 235.0, 190.0 + noise]
+            } else if d <= r_disc {
+                [225.0 + noise * 0.5, 180.0 + noise, 110.0]
+            } else {
+                [170.0 + noise, 70.0 + noise, 30.0]
+            };
+            img.put_pixel(
+                x as u32,
+                y as u32,
+                image::Rgb(px.map(|v| v.min(255.0) as u8)),
+            );
+        }
+    }
+    let masks = (0..raters)
+        .map(|r| {
+            let k = 1.0 + 0.05 * (r as f64 - (raters as f64 - 1.0) / 2.0);
+            let circle = |radius: f64| -> Vec<bool> {
+                (0..width * height)
+                    .map(|i| dist(i % width, i / width) <= radius * k)
+                    .collect()
+            };
+            (circle(r_disc), circle(r_cup))
+        })
+        .collect();
+    (img, masks)
+}
+
+/// Writes `n` fundus cases in the REFUGE layout under `dir/train/`:
+/// `<id>/<id>.png` and `<id>/<id>_seg_{disc,cup}_<rater>.png`. Returns the ids.
+pub fn write_refuge_dataset(
+    dir: &std::path::Path,
+    n: usize,
+    (width, height): (usize, usize),
+    seed: u64,
+    raters: usize,
+) -> anyhow::Result<Vec<String>> {
+    (0..n)
+        .map(|i| {
+            let id = format!("g{i:04}");
+            let case = dir.join("train").join(&id);
+            std::fs::create_dir_all(&case)?;
+            let (img, masks) =
+                fundus_image(width, height, seed.wrapping_add(i as u64 * 7919), raters);
+            img.save(case.join(format!("{id}.png")))?;
+            for (r, (disc, cup)) in masks.iter().enumerate() {
+                let save = |m: &[bool], class: &str| {
+                    mask_image(m, width, height)
+                        .save(case.join(format!("{id}_seg_{class}_{}.png", r + 1)))
+                };
+                save(disc, "disc")?;
+                save(cup, "cup")?;
+            }
+            Ok(id)
+        })
+        .collect()
+}
