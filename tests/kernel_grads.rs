@@ -362,3 +362,56 @@ fn filled_window_partition_puts_the_fill_in_the_padding_only() {
     }
     assert_eq!(fills, b * (36 - h * w));
 }
+
+/// Without the fused kernel (GPUs; here float64 on the CPU stands in), training attention
+/// keeps no logits: its backward recomputes them a chunk of heads at a time. Output and qkv
+/// gradient equal the composed path's, with one chunk and with several.
+#[test]
+fn recomputed_attention_matches_the_composed_path() {
+    use msa::model::attention::Attention;
+    use msa::model::nn::Linear;
+    let (b, h, w, heads, hd) = (2, 5, 4, 3, 4);
+    let c = heads * hd;
+    let f64t = |t: Tensor| t.to_dtype(DType::F64).unwrap();
+    let unused = Linear {
+        weight: f64t(rand(&[c, c], 30)),
+        bias: None,
+    };
+    let mut attn = Attention {
+        qkv: unused.clone(),
+        proj: unused,
+        num_heads: heads,
+        scale: (hd as f64).powf(-0.5),
+        rel_pos: Some((
+            f64t(rand(&[2 * h - 1, hd], 31)),
+            f64t(rand(&[2 * w - 1, hd], 32)),
+        )),
+        lora: None,
+        logits_budget: 1 << 20,
+    };
+    let qkv = Var::from_tensor(&f64t(rand(&[b, h, w, 3 * c], 33))).unwrap();
+    let weights = f64t(rand(&[b, h, w, c], 34));
+    let grad_of = |out: &Tensor| {
+        let grads = (out * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        grads
+            .get(qkv.as_tensor())
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap()
+    };
+    let reference = attn.core_ops(qkv.as_tensor()).unwrap();
+    let ref_grad = grad_of(&reference);
+    for budget in [1 << 20, 2 * (h * w) * (h * w) * 4] {
+        // 1 MiB: one chunk; two heads' logits: three chunks of the six (item, head) rows.
+        attn.logits_budget = budget;
+        let ours = attn.core(qkv.as_tensor()).unwrap();
+        let f32t = |t: &Tensor| t.to_dtype(DType::F32).unwrap();
+        assert_close("recomputed output", &f32t(&ours), &f32t(&reference), 1e-6);
+        assert_close("recomputed qkv gradient", &grad_of(&ours), &ref_grad, 1e-6);
+    }
+}

@@ -7,7 +7,8 @@ use super::resize;
 use crate::kernels::windows as window_ops;
 use crate::kernels::{attention_cpu, attention_grad};
 use crate::weights::{Params, Resize};
-use candle_core::{DType, Result, Tensor};
+use candle_core::backend::BackendStorage;
+use candle_core::{DType, Result, Storage, Tensor};
 
 /// Logit tensors above this many bytes are computed a few heads at a time, which bounds the
 /// memory of global attention at 1024 px (12 heads x 4096² logits would be 805 MB).
@@ -22,6 +23,8 @@ pub struct Attention {
     pub rel_pos: Option<(Tensor, Tensor)>,
     /// Low-rank update of `qkv` (the LoRA variant).
     pub lora: Option<Lora>,
+    /// Bytes of logits the composed path computes at once (a few heads at a time above it).
+    pub logits_budget: usize,
 }
 
 impl Attention {
@@ -44,6 +47,7 @@ impl Attention {
             scale: (head_dim as f64).powf(-0.5),
             rel_pos,
             lora: None,
+            logits_budget: LOGITS_BUDGET_BYTES,
         })
     }
 
@@ -79,17 +83,23 @@ impl Attention {
         if self.can_fuse(qkv) {
             return self.core_fused(qkv);
         }
+        if needs_grad(&[qkv]) && self.tables_frozen() {
+            return self.core_recomputed(qkv);
+        }
         self.core_ops(qkv)
     }
 
     /// On CPU the fused kernel serves inference and training alike (its backward gives the
     /// qkv gradient); trainable relative-position tables and GPUs take candle's ops.
     fn can_fuse(&self, x: &Tensor) -> bool {
-        let tables_frozen = match &self.rel_pos {
+        x.device().is_cpu() && x.dtype() == DType::F32 && self.tables_frozen()
+    }
+
+    fn tables_frozen(&self) -> bool {
+        match &self.rel_pos {
             Some((h, w)) => !needs_grad(&[h, w]),
             None => true,
-        };
-        x.device().is_cpu() && x.dtype() == DType::F32 && tables_frozen
+        }
     }
 
     fn core_fused(&self, qkv: &Tensor) -> Result<Tensor> {
@@ -114,42 +124,77 @@ impl Attention {
 
     /// The same maths with candle ops (differentiable, any device).
     pub fn core_ops(&self, qkv: &Tensor) -> Result<Tensor> {
-        let (b, h, w, c3) = qkv.dims4()?;
-        let c = c3 / 3;
-        let (nh, hd) = (self.num_heads, c / self.num_heads);
-        let qkv = qkv
-            .reshape((b, h * w, 3, nh, hd))?
-            .permute((2, 0, 3, 1, 4))?;
-        let take =
-            |i: usize| -> Result<Tensor> { qkv.get(i)?.contiguous()?.reshape((b * nh, h * w, hd)) };
-        let (q, k, v) = (take(0)?, take(1)?, take(2)?);
-        let rel = match &self.rel_pos {
-            Some((th, tw)) => Some((get_rel_pos(h, h, th)?, get_rel_pos(w, w, tw)?)),
-            None => None,
-        };
-        let per_head = (h * w) * (h * w) * DType::F32.size_in_bytes();
-        let chunk = (LOGITS_BUDGET_BYTES / per_head.max(1)).clamp(1, b * nh);
-        let mut outs = Vec::new();
-        let mut start = 0;
-        while start < b * nh {
-            let n = chunk.min(b * nh - start);
-            let (qc, kc, vc) = (
-                q.narrow(0, start, n)?,
-                k.narrow(0, start, n)?,
-                v.narrow(0, start, n)?,
-            );
-            outs.push(self.attend(&qc, &kc, &vc, rel.as_ref(), (h, w))?);
-            start += n;
-        }
+        let (b, h, w, _) = qkv.dims4()?;
+        let heads = self.split_heads(qkv)?;
+        let mut outs = self
+            .head_chunks(&heads)
+            .into_iter()
+            .map(|(start, n)| self.attend_chunk(&heads, start, n))
+            .collect::<Result<Vec<_>>>()?;
         let out = if outs.len() == 1 {
             outs.remove(0)
         } else {
             Tensor::cat(&outs, 0)?
         };
-        out.reshape((b, nh, h, w, hd))?
-            .permute((0, 2, 3, 1, 4))?
-            .contiguous()?
-            .reshape((b, h, w, c))
+        merge_heads(&out, (b, h, w))
+    }
+
+    /// q, k and v as (B * heads, H*W, hd), with the gathered rel-pos tables.
+    fn split_heads(&self, qkv: &Tensor) -> Result<Heads> {
+        let (b, h, w, c3) = qkv.dims4()?;
+        let (nh, hd) = (self.num_heads, c3 / 3 / self.num_heads);
+        let parts = qkv
+            .reshape((b, h * w, 3, nh, hd))?
+            .permute((2, 0, 3, 1, 4))?;
+        let take = |i: usize| -> Result<Tensor> {
+            parts.get(i)?.contiguous()?.reshape((b * nh, h * w, hd))
+        };
+        let rel = match &self.rel_pos {
+            Some((th, tw)) => Some((get_rel_pos(h, h, th)?, get_rel_pos(w, w, tw)?)),
+            None => None,
+        };
+        Ok(Heads {
+            q: take(0)?,
+            k: take(1)?,
+            v: take(2)?,
+            rel,
+            grid: (h, w),
+        })
+    }
+
+    /// (start, count) ranges of the B * heads rows whose logits fit the budget together.
+    fn head_chunks(&self, heads: &Heads) -> Vec<(usize, usize)> {
+        let rows = heads.q.dim(0).unwrap_or(0);
+        let tokens = heads.grid.0 * heads.grid.1;
+        let per_head = tokens * tokens * DType::F32.size_in_bytes();
+        let chunk = (self.logits_budget / per_head.max(1)).clamp(1, rows.max(1));
+        (0..rows)
+            .step_by(chunk)
+            .map(|start| (start, chunk.min(rows - start)))
+            .collect()
+    }
+
+    fn attend_chunk(&self, heads: &Heads, start: usize, n: usize) -> Result<Tensor> {
+        self.attend(
+            &heads.q.narrow(0, start, n)?,
+            &heads.k.narrow(0, start, n)?,
+            &heads.v.narrow(0, start, n)?,
+            heads.rel.as_ref(),
+            heads.grid,
+        )
+    }
+
+    /// For autograd without the fused kernel (GPUs): the forward pass runs detached, so no
+    /// logits, bias or probabilities are kept; the backward pass rebuilds the graph one
+    /// chunk of heads at a time. At 1024 px that is 12 x 4096² floats (805 MB) per global
+    /// block and tensor not held until the end of the step, for one more attention forward.
+    fn core_recomputed(&self, qkv: &Tensor) -> Result<Tensor> {
+        let out = self.core_ops(&qkv.detach())?.contiguous()?;
+        let op = RecomputedAttention {
+            attn: self.clone(),
+            out,
+        };
+        qkv.contiguous()?.apply_op1(op)
     }
 
     fn attend(
@@ -183,6 +228,108 @@ impl Attention {
             None => softmax(&attn)?,
         };
         probs.matmul(v)
+    }
+}
+
+/// q, k, v of every (item, head) as (B * heads, H*W, hd), and what `attend` needs besides.
+struct Heads {
+    q: Tensor,
+    k: Tensor,
+    v: Tensor,
+    rel: Option<(Tensor, Tensor)>,
+    grid: (usize, usize),
+}
+
+/// (B * heads, H*W, hd) -> (B, H, W, heads * hd).
+fn merge_heads(out: &Tensor, (b, h, w): (usize, usize, usize)) -> Result<Tensor> {
+    let (bn, _, hd) = out.dims3()?;
+    let nh = bn / b.max(1);
+    out.reshape((b, nh, h, w, hd))?
+        .permute((0, 2, 3, 1, 4))?
+        .contiguous()?
+        .reshape((b, h, w, nh * hd))
+}
+
+/// (B, H, W, heads * hd) -> (B * heads, H*W, hd), the inverse of `merge_heads`.
+fn split_rows(x: &Tensor, heads: usize) -> Result<Tensor> {
+    let (b, h, w, c) = x.dims4()?;
+    x.reshape((b, h * w, heads, c / heads))?
+        .permute((0, 2, 1, 3))?
+        .contiguous()?
+        .reshape((b * heads, h * w, c / heads))
+}
+
+/// The output of `Attention::core`, computed without a graph, whose backward recomputes it.
+struct RecomputedAttention {
+    attn: Attention,
+    /// Contiguous, computed from the detached input.
+    out: Tensor,
+}
+
+impl RecomputedAttention {
+    /// This op's result is `out` itself: a copy of its storage.
+    fn result<S: BackendStorage>(
+        &self,
+        pick: impl Fn(&Storage) -> Option<&S>,
+    ) -> Result<(S, candle_core::Shape)> {
+        let (storage, layout) = self.out.storage_and_layout();
+        let Some(s) = pick(&storage) else {
+            candle_core::bail!("recomputed attention: output on another device than its input");
+        };
+        if layout.start_offset() != 0 || !layout.is_contiguous() {
+            candle_core::bail!("recomputed attention: output must be a fresh contiguous tensor");
+        }
+        Ok((s.try_clone(layout)?, self.out.shape().clone()))
+    }
+}
+
+impl candle_core::CustomOp1 for RecomputedAttention {
+    fn name(&self) -> &'static str {
+        "msa-recomputed-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
+        self.result(|s| match s {
+            Storage::Cpu(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &candle_core::Layout,
+    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
+        self.result(|s| match s {
+            Storage::Cuda(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    /// dqkv = Σ over head chunks of ∂/∂qkv <chunk output, chunk of grad>, each chunk's
+    /// graph built and dropped in turn.
+    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
+        let x = candle_core::Var::from_tensor(&arg.detach())?;
+        let heads = self.attn.split_heads(x.as_tensor())?;
+        let g = split_rows(&grad.detach(), self.attn.num_heads)?;
+        let mut total: Option<Tensor> = None;
+        for (start, n) in self.attn.head_chunks(&heads) {
+            let out = self.attn.attend_chunk(&heads, start, n)?;
+            let grads = (out * g.narrow(0, start, n)?)?.sum_all()?.backward()?;
+            let Some(d) = grads.get(x.as_tensor()) else {
+                continue;
+            };
+            total = Some(match total {
+                Some(t) => (t + d)?,
+                None => d.clone(),
+            });
+        }
+        Ok(total)
     }
 }
 
