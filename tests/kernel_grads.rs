@@ -43,6 +43,17 @@ fn assert_close(what: &str, ours: &Tensor, reference: &Tensor, tol: f32) {
     assert!(b.iter().any(|v| *v != 0.0), "{what}: reference is all zero");
 }
 
+/// ∂/∂input of Σ out ⊙ weights: the input gradient for the output gradient `weights`.
+fn input_grad(out: &Tensor, weights: &Tensor, input: &Var) -> Tensor {
+    let grads = (out * weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    grads.get(input.as_tensor()).unwrap().clone()
+}
+
 fn softmax(x: &Tensor) -> Tensor {
     let max = x.max_keepdim(D::Minus1).unwrap().detach();
     let e = x.broadcast_sub(&max).unwrap().exp().unwrap();
@@ -123,11 +134,7 @@ fn fused_attention_matches_composed_ops_with_several_row_blocks() {
     let reference = attention_reference(qkv.as_tensor(), (b, h, w), (heads, hd), scale, &rh, &rw);
     assert_close("attention output", &ours, &reference, 1e-5);
 
-    let grad_of = |out: &Tensor| {
-        let loss = (out * &weights).unwrap().sum_all().unwrap();
-        let grads = loss.backward().unwrap();
-        grads.get(qkv.as_tensor()).unwrap().clone()
-    };
+    let grad_of = |out: &Tensor| input_grad(out, &weights, &qkv);
     assert_close("qkv gradient", &grad_of(&ours), &grad_of(&reference), 1e-4);
 }
 
@@ -157,15 +164,7 @@ fn fused_attention_without_bias_matches_composed_ops() {
     );
     assert_close("attention output", &ours, &reference, 1e-5);
     let weights = rand(&[b, h * w, c], 6);
-    let grad_of = |out: &Tensor| {
-        let grads = (out * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        grads.get(qkv.as_tensor()).unwrap().clone()
-    };
+    let grad_of = |out: &Tensor| input_grad(out, &weights, &qkv);
     assert_close("qkv gradient", &grad_of(&ours), &grad_of(&reference), 1e-4);
 }
 
@@ -200,15 +199,7 @@ fn window_partition_and_unpartition_match_composed_ops() {
     assert_close("partition", &ours, &reference, 0.0);
 
     let weights = rand(reference.dims(), 8);
-    let grad_of = |out: &Tensor| {
-        let grads = (out * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        grads.get(x.as_tensor()).unwrap().clone()
-    };
+    let grad_of = |out: &Tensor| input_grad(out, &weights, &x);
     assert_close(
         "partition gradient",
         &grad_of(&ours),
@@ -224,11 +215,10 @@ fn window_partition_and_unpartition_match_composed_ops() {
         .unwrap();
     assert_close("unpartition", &back, x.as_tensor(), 0.0);
     let g = rand(&[b, h, w, c], 9);
-    let grads = (&back * &g).unwrap().sum_all().unwrap().backward().unwrap();
-    let dwin = grads.get(windows.as_tensor()).unwrap();
+    let dwin = input_grad(&back, &g, &windows);
     assert_close(
         "unpartition gradient",
-        dwin,
+        &dwin,
         &partition_reference(&g, ws),
         0.0,
     );
@@ -241,15 +231,7 @@ fn gelu_op_matches_candle_gelu_erf() {
     let reference = x.as_tensor().gelu_erf().unwrap();
     assert_close("gelu", &ours, &reference, 1e-6);
     let weights = rand(&[3, 1000], 11);
-    let grad_of = |out: &Tensor| {
-        let grads = (out * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        grads.get(x.as_tensor()).unwrap().clone()
-    };
+    let grad_of = |out: &Tensor| input_grad(out, &weights, &x);
     assert_close("gelu gradient", &grad_of(&ours), &grad_of(&reference), 1e-5);
 }
 
@@ -279,15 +261,7 @@ fn frozen_layer_norm_matches_composed_ops() {
         .unwrap();
     assert_close("layer norm", &ours, &reference, 1e-5);
     let weights = rand(&[4, 5, c], 15);
-    let grad_of = |out: &Tensor| {
-        let grads = (out * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        grads.get(x.as_tensor()).unwrap().clone()
-    };
+    let grad_of = |out: &Tensor| input_grad(out, &weights, &x);
     assert_close(
         "layer norm gradient",
         &grad_of(&ours),
@@ -392,15 +366,7 @@ fn recomputed_attention_matches_the_composed_path() {
     let qkv = Var::from_tensor(&f64t(rand(&[b, h, w, 3 * c], 33))).unwrap();
     let weights = f64t(rand(&[b, h, w, c], 34));
     let grad_of = |out: &Tensor| {
-        let grads = (out * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        grads
-            .get(qkv.as_tensor())
-            .unwrap()
+        input_grad(out, &weights, &qkv)
             .to_dtype(DType::F32)
             .unwrap()
     };

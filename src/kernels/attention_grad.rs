@@ -74,22 +74,6 @@ impl CustomOp1 for FusedAttention {
     }
 }
 
-/// Single-threaded: the tasks already run in parallel.
-///
-/// # Safety
-/// As `gemm_into`.
-unsafe fn matmul(
-    mnk: (usize, usize, usize),
-    dst: *mut f32,
-    dst_rs: usize,
-    accumulate: bool,
-    lhs: Mat,
-    rhs: Mat,
-    alpha: f32,
-) {
-    gemm_into(mnk, dst, dst_rs, accumulate, lhs, rhs, alpha, false)
-}
-
 /// Gradient of `attention` with respect to its qkv input, (B, N, 3C).
 fn attention_backward(qkv: &[f32], dout: &[f32], b: usize, op: &FusedAttention) -> Vec<f32> {
     let (h, w) = op.grid;
@@ -186,11 +170,21 @@ unsafe fn head_block_backward(
     let k = Mat::rows(x.k.as_ptr(), c3);
     let v = Mat::rows(x.v.as_ptr(), c3);
     let dout_blk = Mat::rows(x.dout.as_ptr().add(r0 * c), c);
+    // Single-threaded gemms: the (item, head) tasks already run in parallel.
     // P = softmax(scale q kᵀ + bias), recomputed.
-    matmul((rows, n, hd), p.as_mut_ptr(), n, false, q_blk, k.t(), scale);
+    gemm_into(
+        (rows, n, hd),
+        p.as_mut_ptr(),
+        n,
+        false,
+        q_blk,
+        k.t(),
+        scale,
+        false,
+    );
     finish_rows(p, r0, ctx, &mut s.bias);
     // dP = dO vᵀ, then dS = P (dP - rowsum(P dP)) in place.
-    matmul(
+    gemm_into(
         (rows, n, hd),
         ds.as_mut_ptr(),
         n,
@@ -198,12 +192,29 @@ unsafe fn head_block_backward(
         dout_blk,
         v.t(),
         1.0,
+        false,
     );
     let dq = &mut s.dq[..rows * hd];
-    softmax_grad_rows(p, ds, r0, ctx, dq, &mut s.col_sums);
+    let rows_in = GradRows {
+        p,
+        ds,
+        dq,
+        col_sums: &mut s.col_sums,
+        r0,
+    };
+    softmax_grad_rows(rows_in, ctx);
     // dq = bias part (already in dq) + scale dS k.
     let ds_m = Mat::rows(ds.as_ptr(), n);
-    matmul((rows, hd, n), dq.as_mut_ptr(), hd, true, ds_m, k, scale);
+    gemm_into(
+        (rows, hd, n),
+        dq.as_mut_ptr(),
+        hd,
+        true,
+        ds_m,
+        k,
+        scale,
+        false,
+    );
     for (i, row) in dq.chunks_exact(hd).enumerate() {
         std::ptr::copy_nonoverlapping(row.as_ptr(), dst.add((r0 + i) * c3), hd);
     }
@@ -211,56 +222,43 @@ unsafe fn head_block_backward(
     let first = r0 == 0;
     let dk = dst.add(c3 / 3);
     let dv = dst.add(2 * c3 / 3);
-    matmul((n, hd, rows), dk, c3, !first, ds_m.t(), q_blk, scale);
+    gemm_into((n, hd, rows), dk, c3, !first, ds_m.t(), q_blk, scale, false);
     let p_m = Mat::rows(p.as_ptr(), n);
-    matmul((n, hd, rows), dv, c3, !first, p_m.t(), dout_blk, 1.0);
+    gemm_into((n, hd, rows), dv, c3, !first, p_m.t(), dout_blk, 1.0, false);
+}
+
+/// One row block's buffers for `softmax_grad_rows`.
+struct GradRows<'a> {
+    p: &'a [f32],
+    ds: &'a mut [f32],
+    dq: &'a mut [f32],
+    col_sums: &'a mut [f32],
+    /// Token of the block's first row.
+    r0: usize,
 }
 
 /// Softmax backward for a block of rows (dS = P (dP - rowsum(P dP)), into `ds`), and the
 /// query gradient of the relative-position bias, which does not depend on the keys:
 /// dq_i = Σ_ky (Σ_kx dS) Rh[qy, ky] + Σ_kx (Σ_ky dS) Rw[qx, kx] (zero without bias).
-fn softmax_grad_rows(
-    p: &[f32],
-    ds: &mut [f32],
-    r0: usize,
-    ctx: &RowCtx,
-    dq: &mut [f32],
-    col_sums: &mut [f32],
-) {
-    super::simd::with_avx2!(
-        softmax_grad_rows_avx2,
-        softmax_grad_rows_body,
-        p,
-        ds,
-        r0,
-        ctx,
-        dq,
-        col_sums
-    )
+fn softmax_grad_rows(rows: GradRows, ctx: &RowCtx) {
+    super::simd::with_avx2!(softmax_grad_rows_avx2, softmax_grad_rows_body, rows, ctx)
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2,fma")]
-unsafe fn softmax_grad_rows_avx2(
-    p: &[f32],
-    ds: &mut [f32],
-    r0: usize,
-    ctx: &RowCtx,
-    dq: &mut [f32],
-    col_sums: &mut [f32],
-) {
-    softmax_grad_rows_body(p, ds, r0, ctx, dq, col_sums)
+unsafe fn softmax_grad_rows_avx2(rows: GradRows, ctx: &RowCtx) {
+    softmax_grad_rows_body(rows, ctx)
 }
 
 #[inline(always)]
-fn softmax_grad_rows_body(
-    p: &[f32],
-    ds: &mut [f32],
-    r0: usize,
-    ctx: &RowCtx,
-    dq: &mut [f32],
-    col_sums: &mut [f32],
-) {
+fn softmax_grad_rows_body(rows: GradRows, ctx: &RowCtx) {
+    let GradRows {
+        p,
+        ds,
+        dq,
+        col_sums,
+        r0,
+    } = rows;
     let (n, hd) = (ctx.nk, ctx.head_dim);
     let (h, w) = ctx.hw;
     let rows = p.chunks_exact(n).zip(ds.chunks_exact_mut(n));
