@@ -138,6 +138,46 @@ fn fused_attention_matches_composed_ops_with_several_row_blocks() {
     assert_close("qkv gradient", &grad_of(&ours), &grad_of(&reference), 1e-4);
 }
 
+/// `--train all`: the gathered relative-position tables train too.
+#[test]
+fn fused_attention_gives_the_tables_gradients() {
+    use msa::kernels::attention_grad::FusedAttentionTables;
+    let (b, h, w, heads, hd) = (2, 12, 11, 3, 8);
+    let c = heads * hd;
+    let scale = (hd as f64).powf(-0.5);
+    let qkv = Var::from_tensor(&rand(&[b, h * w, 3 * c], 41)).unwrap();
+    let rh = Var::from_tensor(&(rand(&[h, h, hd], 42) * 0.5).unwrap()).unwrap();
+    let rw = Var::from_tensor(&(rand(&[w, w, hd], 43) * 0.5).unwrap()).unwrap();
+    let weights = rand(&[b, h * w, c], 44);
+    let op = FusedAttentionTables {
+        grid: (h, w),
+        heads,
+        head_dim: hd,
+        scale: scale as f32,
+    };
+    let ours = qkv
+        .as_tensor()
+        .apply_op3(rh.as_tensor(), rw.as_tensor(), op)
+        .unwrap();
+    let reference = attention_reference(
+        qkv.as_tensor(),
+        (b, h, w),
+        (heads, hd),
+        scale,
+        rh.as_tensor(),
+        rw.as_tensor(),
+    );
+    assert_close("attention output", &ours, &reference, 1e-5);
+    for (name, input) in [("qkv", &qkv), ("Rh", &rh), ("Rw", &rw)] {
+        assert_close(
+            &format!("{name} gradient"),
+            &input_grad(&ours, &weights, input),
+            &input_grad(&reference, &weights, input),
+            1e-4,
+        );
+    }
+}
+
 #[test]
 fn fused_attention_without_bias_matches_composed_ops() {
     let (b, h, w, heads, hd) = (1, 5, 4, 2, 4);

@@ -1,4 +1,5 @@
-//! Fused multi-head attention with decomposed relative-position bias, for inference on CPU.
+//! Fused multi-head attention with decomposed relative-position bias on CPU: inference, and
+//! the forward pass of the training op in `attention_grad`.
 //!
 //! Works on the qkv projection as it comes out of the Linear layer, (B, N, 3, heads, hd)
 //! token-major, and writes (B, N, heads*hd), the layout `proj` takes. Each task handles a
@@ -216,76 +217,5 @@ fn finish_rows_body(logits: &mut [f32], r0: usize, ctx: &RowCtx, bias: &mut [f32
             }
         }
         softmax_row_body(row);
-    }
-}
-
-/// softmax(logits + rel_h[.., ky] + rel_w[.., kx]) as one op with its own backward, for
-/// training on CPU: the bias tensor and the biased logits (each as large as the logits)
-/// are never kept for the backward pass.
-pub struct BiasSoftmax {
-    pub h: usize,
-    pub w: usize,
-}
-
-impl candle_core::CustomOp3 for BiasSoftmax {
-    fn name(&self) -> &'static str {
-        "msa-rel-pos-bias-softmax"
-    }
-
-    fn cpu_fwd(
-        &self,
-        s1: &candle_core::CpuStorage,
-        l1: &candle_core::Layout,
-        s2: &candle_core::CpuStorage,
-        l2: &candle_core::Layout,
-        s3: &candle_core::CpuStorage,
-        l3: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        let slice = |s: &candle_core::CpuStorage,
-                     l: &candle_core::Layout|
-         -> candle_core::Result<Vec<f32>> {
-            let Some((o1, o2)) = l.contiguous_offsets() else {
-                candle_core::bail!("bias-softmax needs contiguous inputs");
-            };
-            Ok(s.as_slice::<f32>()?[o1..o2].to_vec())
-        };
-        let (h, w) = (self.h, self.w);
-        let n = h * w;
-        let mut out = slice(s1, l1)?;
-        let (rh, rw) = (slice(s2, l2)?, slice(s3, l3)?);
-        out.par_chunks_mut(n).enumerate().for_each(|(row, logits)| {
-            let bh = &rh[row * h..(row + 1) * h];
-            let bw = &rw[row * w..(row + 1) * w];
-            for (ky, seg) in logits.chunks_exact_mut(w).enumerate() {
-                for (v, &b) in seg.iter_mut().zip(bw) {
-                    *v += bh[ky] + b;
-                }
-            }
-            super::simd::softmax_row(logits);
-        });
-        Ok((candle_core::CpuStorage::F32(out), l1.shape().clone()))
-    }
-
-    #[allow(clippy::type_complexity)]
-    fn bwd(
-        &self,
-        _logits: &candle_core::Tensor,
-        rel_h: &candle_core::Tensor,
-        _rel_w: &candle_core::Tensor,
-        res: &candle_core::Tensor,
-        grad: &candle_core::Tensor,
-    ) -> candle_core::Result<(
-        Option<candle_core::Tensor>,
-        Option<candle_core::Tensor>,
-        Option<candle_core::Tensor>,
-    )> {
-        let (h, w) = (self.h, self.w);
-        let nb = rel_h.dim(0)?;
-        let dot = (grad * res)?.sum_keepdim(candle_core::D::Minus1)?;
-        let ds = res.mul(&grad.broadcast_sub(&dot)?)?;
-        let grid = ds.reshape((nb, h, w, h, w))?;
-        let d_rh = grid.sum(4)?;
-        let d_rw = grid.sum(3)?;
-        Ok((Some(ds), Some(d_rh), Some(d_rw)))
     }
 }

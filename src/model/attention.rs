@@ -4,8 +4,8 @@
 use super::adapter::Lora;
 use super::nn::{needs_grad, softmax, Linear};
 use super::resize;
+use crate::kernels::attention_grad;
 use crate::kernels::windows as window_ops;
-use crate::kernels::{attention_cpu, attention_grad};
 use crate::weights::{Params, Resize};
 use candle_core::backend::BackendStorage;
 use candle_core::{DType, Result, Storage, Tensor};
@@ -90,9 +90,9 @@ impl Attention {
     }
 
     /// On CPU the fused kernel serves inference and training alike (its backward gives the
-    /// qkv gradient); trainable relative-position tables and GPUs take candle's ops.
+    /// qkv gradient, and the tables' when they train); GPUs take candle's ops.
     fn can_fuse(&self, x: &Tensor) -> bool {
-        x.device().is_cpu() && x.dtype() == DType::F32 && self.tables_frozen()
+        x.device().is_cpu() && x.dtype() == DType::F32
     }
 
     fn tables_frozen(&self) -> bool {
@@ -104,22 +104,41 @@ impl Attention {
 
     fn core_fused(&self, qkv: &Tensor) -> Result<Tensor> {
         let (_, h, w, c3) = qkv.dims4()?;
-        let c = c3 / 3;
-        let rel = match &self.rel_pos {
-            Some((th, tw)) => Some((
-                get_rel_pos(h, h, th)?.flatten_all()?.to_vec1::<f32>()?,
-                get_rel_pos(w, w, tw)?.flatten_all()?.to_vec1::<f32>()?,
-            )),
+        let (grid, heads, scale) = ((h, w), self.num_heads, self.scale as f32);
+        let head_dim = c3 / 3 / heads;
+        let qkv = qkv.contiguous()?;
+        let tables = match &self.rel_pos {
+            Some((th, tw)) => Some((get_rel_pos(h, h, th)?, get_rel_pos(w, w, tw)?)),
             None => None,
         };
-        let op = attention_grad::FusedAttention {
-            grid: (h, w),
-            heads: self.num_heads,
-            head_dim: c / self.num_heads,
-            scale: self.scale as f32,
-            rel,
-        };
-        qkv.contiguous()?.apply_op1(op)
+        match tables {
+            Some((rh, rw)) if !self.tables_frozen() => qkv.apply_op3(
+                &rh.contiguous()?,
+                &rw.contiguous()?,
+                attention_grad::FusedAttentionTables {
+                    grid,
+                    heads,
+                    head_dim,
+                    scale,
+                },
+            ),
+            tables => {
+                let rel = match tables {
+                    Some((rh, rw)) => Some((
+                        rh.flatten_all()?.to_vec1::<f32>()?,
+                        rw.flatten_all()?.to_vec1::<f32>()?,
+                    )),
+                    None => None,
+                };
+                qkv.apply_op1(attention_grad::FusedAttention {
+                    grid,
+                    heads,
+                    head_dim,
+                    scale,
+                    rel,
+                })
+            }
+        }
     }
 
     /// The same maths with candle ops (differentiable, any device).
@@ -209,21 +228,13 @@ impl Attention {
         let probs = match rel {
             Some((rh, rw)) => {
                 let (rel_h, rel_w) = rel_pos_terms(q, rh, rw, (h, w))?;
-                if attn.device().is_cpu() && attn.dtype() == DType::F32 {
-                    attn.contiguous()?.apply_op3(
-                        &rel_h.contiguous()?,
-                        &rel_w.contiguous()?,
-                        attention_cpu::BiasSoftmax { h, w },
-                    )?
-                } else {
-                    let bias = rel_h.unsqueeze(4)?.broadcast_add(&rel_w.unsqueeze(3)?)?;
-                    let n = attn.dim(0)?;
-                    let attn =
-                        attn.reshape((n, h, w, h, w))?
-                            .add(&bias)?
-                            .reshape((n, h * w, h * w))?;
-                    softmax(&attn)?
-                }
+                let bias = rel_h.unsqueeze(4)?.broadcast_add(&rel_w.unsqueeze(3)?)?;
+                let n = attn.dim(0)?;
+                let attn = attn
+                    .reshape((n, h, w, h, w))?
+                    .add(&bias)?
+                    .reshape((n, h * w, h * w))?;
+                softmax(&attn)?
             }
             None => softmax(&attn)?,
         };
