@@ -7,14 +7,14 @@ use common::fixture;
 use std::path::Path;
 use std::process::{Command, Output};
 
-fn msa(args: &[&str]) -> Output {
+fn msa<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> Output {
     Command::new(env!("CARGO_BIN_EXE_msa"))
         .args(args)
         .output()
         .expect("msa runs")
 }
 
-fn ok(args: &[&str]) -> String {
+fn ok<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
     let out = msa(args);
     let stdout = String::from_utf8_lossy(&out.stdout).to_string();
     assert!(
@@ -25,10 +25,23 @@ fn ok(args: &[&str]) -> String {
     stdout
 }
 
-fn err(args: &[&str]) -> String {
+fn err<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
     let out = msa(args);
     assert!(!out.status.success(), "msa {args:?} should fail");
     String::from_utf8_lossy(&out.stderr).to_string()
+}
+
+/// `CMD --checkpoint tests/fixtures/CKPT --config tests/fixtures/sam_tiny.json REST...`.
+fn tiny(cmd: &str, ckpt: &str, rest: &[&str]) -> Vec<String> {
+    let mut args = vec![
+        cmd.to_string(),
+        "--checkpoint".into(),
+        s(&fixture(ckpt)),
+        "--config".into(),
+        s(&fixture("sam_tiny.json")),
+    ];
+    args.extend(rest.iter().map(|a| a.to_string()));
+    args
 }
 
 fn s(p: &Path) -> String {
@@ -54,34 +67,31 @@ fn write_images(dir: &Path) -> Vec<std::path::PathBuf> {
 #[test]
 fn predict_writes_mask_overlay_and_logits_for_every_image_kind() {
     let dir = tempfile::tempdir().unwrap();
-    let ckpt = s(&fixture("sam_tiny.pth"));
-    let cfg = s(&fixture("sam_tiny.json"));
     for img in write_images(dir.path()) {
         let stem = img.file_name().unwrap().to_string_lossy().replace('.', "_");
         let mask = dir.path().join(format!("{stem}_mask.png"));
         let overlay = dir.path().join(format!("{stem}_overlay.png"));
         let logits = dir.path().join(format!("{stem}.safetensors"));
-        let out = ok(&[
+        let out = ok(&tiny(
             "predict",
-            "--checkpoint",
-            &ckpt,
-            "--config",
-            &cfg,
-            "--image",
-            &s(&img),
-            "--point",
-            "50,30",
-            "--point",
-            "10,60,0",
-            "--box",
-            "20,10,80,60",
-            "--out",
-            &s(&mask),
-            "--overlay",
-            &s(&overlay),
-            "--logits",
-            &s(&logits),
-        ]);
+            "sam_tiny.pth",
+            &[
+                "--image",
+                &s(&img),
+                "--point",
+                "50,30",
+                "--point",
+                "10,60,0",
+                "--box",
+                "20,10,80,60",
+                "--out",
+                &s(&mask),
+                "--overlay",
+                &s(&overlay),
+                "--logits",
+                &s(&logits),
+            ],
+        ));
         assert!(out.contains("mask 0: predicted IoU"), "{out}");
         let m = image::open(&mask).unwrap().to_luma8();
         assert_eq!(m.dimensions(), (100, 75));
@@ -101,20 +111,19 @@ fn predict_writes_mask_overlay_and_logits_for_every_image_kind() {
 fn multimask_writes_one_file_per_mask() {
     let dir = tempfile::tempdir().unwrap();
     let img = &write_images(dir.path())[0];
-    let out = ok(&[
+    let out = ok(&tiny(
         "predict",
-        "--checkpoint",
-        &s(&fixture("sam_tiny.safetensors")),
-        "--config",
-        &s(&fixture("sam_tiny.json")),
-        "--image",
-        &s(img),
-        "--point",
-        "50,30",
-        "--multimask",
-        "--out",
-        &s(&dir.path().join("m.png")),
-    ]);
+        "sam_tiny.safetensors",
+        &[
+            "--image",
+            &s(img),
+            "--point",
+            "50,30",
+            "--multimask",
+            "--out",
+            &s(&dir.path().join("m.png")),
+        ],
+    ));
     for i in 0..3 {
         assert!(dir.path().join(format!("m_{i}.png")).exists());
         assert!(out.contains(&format!("mask {i}: predicted IoU")), "{out}");
@@ -126,21 +135,20 @@ fn cli_masks_equal_the_library_predictor() {
     let dir = tempfile::tempdir().unwrap();
     let img = &write_images(dir.path())[0];
     let logits = dir.path().join("l.safetensors");
-    ok(&[
+    ok(&tiny(
         "predict",
-        "--checkpoint",
-        &s(&fixture("sam_tiny.pth")),
-        "--config",
-        &s(&fixture("sam_tiny.json")),
-        "--image",
-        &s(img),
-        "--box",
-        "20,10,80,60",
-        "--out",
-        &s(&dir.path().join("m.png")),
-        "--logits",
-        &s(&logits),
-    ]);
+        "sam_tiny.pth",
+        &[
+            "--image",
+            &s(img),
+            "--box",
+            "20,10,80,60",
+            "--out",
+            &s(&dir.path().join("m.png")),
+            "--logits",
+            &s(&logits),
+        ],
+    ));
     let cfg = msa::model::SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap();
     let sam = msa::weights::load_sam(&fixture("sam_tiny.pth"), Some(&cfg), None, &Device::Cpu)
         .unwrap()
@@ -162,22 +170,11 @@ fn bad_prompts_and_files_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();
     let img = s(&write_images(dir.path())[0]);
     let ckpt = s(&fixture("sam_tiny.pth"));
-    let cfg = s(&fixture("sam_tiny.json"));
     let out = s(&dir.path().join("m.png"));
     let predict_err = |image: &str, prompt: &[&str]| {
-        let mut args = vec![
-            "predict",
-            "--checkpoint",
-            &ckpt,
-            "--config",
-            &cfg,
-            "--image",
-            image,
-            "--out",
-            &out,
-        ];
+        let mut args = vec!["--image", image, "--out", &out];
         args.extend_from_slice(prompt);
-        err(&args)
+        err(&tiny("predict", "sam_tiny.pth", &args))
     };
     let e = predict_err(&img, &["--point", "30,90"]);
     assert!(e.contains("outside the 100x75 image"), "{e}");
@@ -262,23 +259,22 @@ fn other_input_sizes_resize_position_tables() {
     let dir = tempfile::tempdir().unwrap();
     let img = &write_images(dir.path())[0];
     let logits = dir.path().join("l.safetensors");
-    ok(&[
+    ok(&tiny(
         "predict",
-        "--checkpoint",
-        &s(&fixture("sam_tiny.pth")),
-        "--config",
-        &s(&fixture("sam_tiny.json")),
-        "--image-size",
-        "160",
-        "--image",
-        &s(img),
-        "--point",
-        "50,30",
-        "--out",
-        &s(&dir.path().join("m.png")),
-        "--logits",
-        &s(&logits),
-    ]);
+        "sam_tiny.pth",
+        &[
+            "--image-size",
+            "160",
+            "--image",
+            &s(img),
+            "--point",
+            "50,30",
+            "--out",
+            &s(&dir.path().join("m.png")),
+            "--logits",
+            &s(&logits),
+        ],
+    ));
     let t = candle_core::safetensors::load(&logits, &Device::Cpu).unwrap();
     assert_eq!(t["low_res_logits"].dims(), [1, 1, 40, 40]);
 }
@@ -293,27 +289,26 @@ fn train_eval_and_predict_with_adapters_from_the_command_line() {
         s(&fixture("sam_tiny.safetensors")),
         s(&fixture("sam_tiny.json")),
     );
-    let out = ok(&[
+    let out = ok(&tiny(
         "train",
-        "--checkpoint",
-        &ckpt,
-        "--config",
-        &cfg,
-        "--data",
-        &s(&data),
-        "--dataset",
-        "folder",
-        "--epochs",
-        "2",
-        "--batch-size",
-        "2",
-        "--prompt",
-        "both",
-        "--out",
-        &s(&run),
-        "--seed",
-        "4",
-    ]);
+        "sam_tiny.safetensors",
+        &[
+            "--data",
+            &s(&data),
+            "--dataset",
+            "folder",
+            "--epochs",
+            "2",
+            "--batch-size",
+            "2",
+            "--prompt",
+            "both",
+            "--out",
+            &s(&run),
+            "--seed",
+            "4",
+        ],
+    ));
     assert!(out.contains("epoch   2"), "{out}");
     let toml = std::fs::read_to_string(run.join("config.toml")).unwrap();
     assert!(
@@ -341,23 +336,22 @@ fn train_eval_and_predict_with_adapters_from_the_command_line() {
     );
 
     let ev = dir.path().join("eval");
-    let out = ok(&[
+    let out = ok(&tiny(
         "eval",
-        "--checkpoint",
-        &ckpt,
-        "--config",
-        &cfg,
-        "--adapters",
-        &adapters,
-        "--data",
-        &s(&data),
-        "--dataset",
-        "folder",
-        "--prompt",
-        "box",
-        "--out",
-        &s(&ev),
-    ]);
+        "sam_tiny.safetensors",
+        &[
+            "--adapters",
+            &adapters,
+            "--data",
+            &s(&data),
+            "--dataset",
+            "folder",
+            "--prompt",
+            "box",
+            "--out",
+            &s(&ev),
+        ],
+    ));
     assert!(out.contains("cases: Dice"), "{out}");
     let csv = std::fs::read_to_string(ev.join("per_case.csv")).unwrap();
     assert!(csv.starts_with("case,class,dice,iou,hd95,prompt\n"));
@@ -378,37 +372,35 @@ fn train_eval_and_predict_with_adapters_from_the_command_line() {
         r#"{"case000": {"points": [[30, 20, 1]]}, "case001": {"box": [10, 10, 40, 30]}}"#,
     )
     .unwrap();
-    let out = ok(&[
+    let out = ok(&tiny(
         "eval",
-        "--checkpoint",
-        &ckpt,
-        "--config",
-        &cfg,
-        "--data",
-        &s(&data),
-        "--prompt",
-        &s(&prompts),
-        "--out",
-        &s(&dir.path().join("eval2")),
-    ]);
+        "sam_tiny.safetensors",
+        &[
+            "--data",
+            &s(&data),
+            "--prompt",
+            &s(&prompts),
+            "--out",
+            &s(&dir.path().join("eval2")),
+        ],
+    ));
     assert!(out.contains("2 cases"), "{out}");
 
     let img = s(&data.join("images/case003.png"));
-    let out = ok(&[
+    let out = ok(&tiny(
         "predict",
-        "--checkpoint",
-        &ckpt,
-        "--config",
-        &cfg,
-        "--adapters",
-        &adapters,
-        "--image",
-        &img,
-        "--point",
-        "30,20",
-        "--out",
-        &s(&dir.path().join("m.png")),
-    ]);
+        "sam_tiny.safetensors",
+        &[
+            "--adapters",
+            &adapters,
+            "--image",
+            &img,
+            "--point",
+            "30,20",
+            "--out",
+            &s(&dir.path().join("m.png")),
+        ],
+    ));
     assert!(out.contains("mask 0"), "{out}");
 }
 
@@ -419,35 +411,19 @@ fn training_stops_before_it_starts_on_bad_files() {
     msa::data::synthetic::write_folder_dataset(&data, 6, (64, 48), 2).unwrap();
     std::fs::write(data.join("images/case002.png"), b"broken").unwrap();
     let run = dir.path().join("run");
+    let (data, run_dir) = (s(&data), s(&run));
     let args = |extra: &[&str]| -> Vec<String> {
-        let mut v: Vec<String> = [
-            "train",
-            "--checkpoint",
-            &s(&fixture("sam_tiny.safetensors")),
-            "--config",
-            &s(&fixture("sam_tiny.json")),
-            "--data",
-            &s(&data),
-            "--epochs",
-            "1",
-            "--out",
-            &s(&run),
-        ]
-        .iter()
-        .map(|x| x.to_string())
-        .collect();
-        v.extend(extra.iter().map(|x| x.to_string()));
-        v
+        let mut v = vec!["--data", &data, "--epochs", "1", "--out", &run_dir];
+        v.extend_from_slice(extra);
+        tiny("train", "sam_tiny.safetensors", &v)
     };
-    let a = args(&[]);
-    let e = err(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>());
+    let e = err(&args(&[]));
     assert!(e.contains("case002") && e.contains("--skip-bad"), "{e}");
     assert!(
         !run.join("state_last.safetensors").exists(),
         "nothing trained"
     );
-    let a = args(&["--skip-bad"]);
-    let out = msa(&a.iter().map(|x| x.as_str()).collect::<Vec<_>>());
+    let out = msa(&args(&["--skip-bad"]));
     assert!(
         out.status.success(),
         "{}",
@@ -460,27 +436,16 @@ fn training_stops_before_it_starts_on_bad_files() {
 fn classes_write_one_mask_per_class() {
     let dir = tempfile::tempdir().unwrap();
     let img = &write_images(dir.path())[0];
-    let base = [
-        "predict",
-        "--checkpoint",
-        &s(&fixture("sam_tiny.pth")),
-        "--config",
-        &s(&fixture("sam_tiny.json")),
-        "--image",
-        &s(img),
-        "--point",
-        "50,30",
-        "--out",
-        &s(&dir.path().join("c.png")),
-    ];
+    let (img, out) = (s(img), s(&dir.path().join("c.png")));
+    let base = ["--image", &img, "--point", "50,30", "--out", &out];
     let mut args = base.to_vec();
     args.extend(["--classes", "2"]);
-    let out = ok(&args);
+    let out = ok(&tiny("predict", "sam_tiny.pth", &args));
     assert!(
         dir.path().join("c_0.png").exists() && dir.path().join("c_1.png").exists(),
         "{out}"
     );
     let mut args = base.to_vec();
     args.extend(["--classes", "5"]);
-    assert!(err(&args).contains("1 to 4 classes"));
+    assert!(err(&tiny("predict", "sam_tiny.pth", &args)).contains("1 to 4 classes"));
 }

@@ -92,6 +92,12 @@ fn stem(p: &Path) -> String {
         .unwrap_or_default()
 }
 
+/// One class, one rater: the mask file if it exists, else no file (the check names the
+/// image as having no mask).
+fn one_mask(path: PathBuf) -> Vec<Vec<PathBuf>> {
+    vec![if path.exists() { vec![path] } else { vec![] }]
+}
+
 /// Items of a `images/` + `masks/` pair; an image without a mask keeps an empty mask list
 /// so that the check reports it by name.
 fn folder_items(dir: &Path) -> Result<Vec<Item>> {
@@ -108,17 +114,8 @@ fn folder_items(dir: &Path) -> Result<Vec<Item>> {
         .filter(|p| is_image(p))
         .map(|image| {
             let id = stem(&image);
-            let mask = masks.join(format!("{id}.png"));
-            let m = if mask.exists() {
-                vec![vec![mask]]
-            } else {
-                vec![vec![]]
-            };
-            Ok(Item {
-                id,
-                image,
-                masks: m,
-            })
+            let masks = one_mask(masks.join(format!("{id}.png")));
+            Ok(Item { id, image, masks })
         })
         .collect()
 }
@@ -224,17 +221,8 @@ fn isic(dir: &Path, seed: u64, val_fraction: f64) -> Result<Splits> {
             .filter(|p| is_image(p))
             .map(|image| {
                 let id = stem(&image);
-                let mask = truth.join(format!("{id}_Segmentation.png"));
-                let m = if mask.exists() {
-                    vec![vec![mask]]
-                } else {
-                    vec![vec![]]
-                };
-                Item {
-                    id,
-                    image,
-                    masks: m,
-                }
+                let masks = one_mask(truth.join(format!("{id}_Segmentation.png")));
+                Item { id, image, masks }
             })
             .collect())
     };

@@ -2,7 +2,7 @@
 //! backward: the composed version keeps seven input-sized intermediates for the backward
 //! pass; this keeps none beyond its input and output.
 
-use super::with_slice;
+use super::{storage_slice, with_slice};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -19,10 +19,7 @@ impl CustomOp1 for FrozenLayerNorm {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let Some((o1, o2)) = layout.contiguous_offsets() else {
-            candle_core::bail!("layer norm needs a contiguous input");
-        };
-        let x = &storage.as_slice::<f32>()?[o1..o2];
+        let x = storage_slice(storage, layout, "layer norm")?;
         let c = self.weight.len();
         let mut out = vec![0f32; x.len()];
         out.par_chunks_mut(c)

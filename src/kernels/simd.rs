@@ -273,12 +273,9 @@ impl candle_core::CustomOp1 for SoftmaxLastDim {
         layout: &candle_core::Layout,
     ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
         use rayon::prelude::*;
-        let Some((o1, o2)) = layout.contiguous_offsets() else {
-            candle_core::bail!("softmax needs a contiguous input");
-        };
         let dims = layout.shape().dims();
         let n = dims[dims.len() - 1].max(1);
-        let mut out = storage.as_slice::<f32>()?[o1..o2].to_vec();
+        let mut out = super::storage_slice(storage, layout, "softmax")?.to_vec();
         out.par_chunks_mut(n).for_each(softmax_row);
         Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
     }

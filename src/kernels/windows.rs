@@ -3,7 +3,7 @@
 //! version pads by concatenation, permutes, copies and crops, and its backward makes a
 //! zero-filled tensor for every crop.
 
-use super::storage_slice;
+use super::{storage_slice, with_slice};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -140,8 +140,7 @@ impl CustomOp1 for WindowPartition {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let c = arg.dim(3)?;
-        let g = grad.flatten_all()?.to_vec1::<f32>()?;
-        let dx = self.windows.unpartition(&g, c);
+        let dx = with_slice(&grad.contiguous()?, |g| Ok(self.windows.unpartition(g, c)))?;
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }
@@ -161,8 +160,7 @@ impl CustomOp1 for WindowUnpartition {
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let c = arg.dim(3)?;
-        let g = grad.flatten_all()?.to_vec1::<f32>()?;
-        let dx = self.0.partition(&g, c, None);
+        let dx = with_slice(&grad.contiguous()?, |g| Ok(self.0.partition(g, c, None)))?;
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
     }
 }

@@ -4,9 +4,9 @@
 use super::adapter::{mean_prompt, Adapter, AdapterConfig, HyperAdapter};
 use super::config::SamConfig;
 use super::nn::{gelu, needs_grad, softmax, LayerNorm, Linear, Mlp, UpConv2x2};
-use crate::kernels::attention_cpu;
+use crate::kernels::{attention_cpu, with_slice};
 use crate::weights::Params;
-use candle_core::{Result, Storage, Tensor};
+use candle_core::{Result, Tensor};
 
 /// nn.LayerNorm's default, used throughout the decoder's transformer.
 const DECODER_LN_EPS: f64 = 1e-5;
@@ -62,26 +62,12 @@ impl DecoderAttention {
         let (b, nq, c) = q.dims3()?;
         let nk = k.dim(1)?;
         let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-        let (sq, _) = q.storage_and_layout();
-        let (sk, _) = k.storage_and_layout();
-        let (sv, _) = v.storage_and_layout();
-        let (Storage::Cpu(cq), Storage::Cpu(ck), Storage::Cpu(cv)) = (&*sq, &*sk, &*sv) else {
-            candle_core::bail!("fused decoder attention needs CPU tensors");
-        };
-        fn op<'a>(
-            s: &'a candle_core::CpuStorage,
-            t: &Tensor,
-            n: usize,
-            c: usize,
-        ) -> Result<attention_cpu::Operand<'a>> {
-            let Some((o1, o2)) = t.layout().contiguous_offsets() else {
-                candle_core::bail!("fused decoder attention needs contiguous inputs");
-            };
-            Ok(attention_cpu::Operand {
-                data: &s.as_slice::<f32>()?[o1..o2],
+        fn op(data: &[f32], n: usize, c: usize) -> attention_cpu::Operand<'_> {
+            attention_cpu::Operand {
+                data,
                 row_stride: c,
                 batch_stride: n * c,
-            })
+            }
         }
         let hd = c / self.num_heads;
         let dims = attention_cpu::Dims {
@@ -92,14 +78,20 @@ impl DecoderAttention {
             head_dim: hd,
             grid: (1, nk),
         };
-        let out = attention_cpu::attention_general(
-            op(cq, &q, nq, c)?,
-            op(ck, &k, nk, c)?,
-            op(cv, &v, nk, c)?,
-            dims,
-            (hd as f32).powf(-0.5),
-            None,
-        );
+        let out = with_slice(&q, |qs| {
+            with_slice(&k, |ks| {
+                with_slice(&v, |vs| {
+                    Ok(attention_cpu::attention_general(
+                        op(qs, nq, c),
+                        op(ks, nk, c),
+                        op(vs, nk, c),
+                        dims,
+                        (hd as f32).powf(-0.5),
+                        None,
+                    ))
+                })
+            })
+        })?;
         Tensor::from_vec(out, (b, nq, c), q.device())
     }
 
