@@ -2,8 +2,9 @@
 encoder's Space and MLP adapters (ratio 0.25, MLP scale 0.5) in every block, every SAM
 weight frozen, BCE(pos_weight=2) on the upsampled logits of one click per image. Prints one
 JSON object. The adapted block follows MSA-SPEC 2.1 (as the shared msa_reference.py does).
+With --full: no adapters, every SAM weight trains (full fine-tuning, `msa train --train all`).
 
-    python bench/pytorch_train_step.py --size 256 --batch 1 --runs 3 [--device cuda]
+    python bench/pytorch_train_step.py --size 256 --batch 1 --runs 3 [--device cuda] [--full]
 """
 import argparse
 import json
@@ -23,6 +24,7 @@ p.add_argument("--size", type=int, default=256)
 p.add_argument("--batch", type=int, default=1)
 p.add_argument("--runs", type=int, default=3)
 p.add_argument("--device", default="cpu")
+p.add_argument("--full", action="store_true")
 a = p.parse_args()
 dev = torch.device(a.device)
 
@@ -72,10 +74,11 @@ sam = Sam(image_encoder=enc,
           mask_decoder=MaskDecoder(num_multimask_outputs=3,
                                    transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
                                    transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256))
-sam.image_encoder.blocks = nn.ModuleList([AdaptedBlock(b) for b in sam.image_encoder.blocks])
+if not a.full:
+    sam.image_encoder.blocks = nn.ModuleList([AdaptedBlock(b) for b in sam.image_encoder.blocks])
 sam = sam.to(dev)
 for n, prm in sam.named_parameters():
-    prm.requires_grad_("Adapter" in n)
+    prm.requires_grad_(a.full or "Adapter" in n)
 params = [prm for prm in sam.parameters() if prm.requires_grad]
 opt = torch.optim.Adam(params, lr=1e-4)
 x = torch.randn(a.batch, 3, S, S, device=dev)
@@ -86,7 +89,7 @@ pts = (torch.full((a.batch, 1, 2), S * 0.5, device=dev), torch.ones(a.batch, 1, 
 def step():
     opt.zero_grad(set_to_none=True)
     emb = sam.image_encoder(x)
-    with torch.no_grad():
+    with torch.set_grad_enabled(a.full):
         sparse, dense = sam.prompt_encoder(points=pts, boxes=None, masks=None)
     md = sam.mask_decoder
     tokens = torch.cat([md.iou_token.weight, md.mask_tokens.weight], 0).unsqueeze(0).expand(a.batch, -1, -1)
@@ -113,7 +116,7 @@ for _ in range(a.runs):
     step()
     times.append((time.perf_counter() - t0) * 1e3)
 res = {"part": "train_step", "impl": f"pytorch {torch.__version__}", "preset": "vit_b", "size": S,
-       "batch": a.batch, "runs": a.runs, "median_ms": statistics.median(times), "min_ms": min(times),
+       "batch": a.batch, "full": a.full, "runs": a.runs, "median_ms": statistics.median(times), "min_ms": min(times),
        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
        "trainable": sum(p.numel() for p in params), "device": a.device, "threads": torch.get_num_threads()}
 if dev.type == "cuda":

@@ -1,9 +1,10 @@
 #!/usr/bin/env bash
 # One MSA training step on CPU, ours beside PyTorch in the same run (see BENCHMARKS.md).
 #
-#   bench/train_step_cpu.sh ["SIZE BATCH RUNS" ...]   (default: "256 1 3" "256 2 3" "1024 1 1")
+#   bench/train_step_cpu.sh ["SIZE BATCH RUNS [full]" ...]   (default: "256 1 3" "256 2 3" "1024 1 1")
 #
-# At 1024 px, batch 1, ours peaks near 15 GB and PyTorch's near 10 GB: mind a 24 GB machine.
+# "full": full fine-tuning (every weight trains) instead of the encoder adapters.
+# At 1024 px, batch 2, PyTorch's adapter step peaks near 18 GB: mind a 24 GB machine.
 set -uo pipefail
 cd "$(dirname "$0")/.."
 venv=${VENV:-bench/.venv}
@@ -13,8 +14,10 @@ specs=("$@")
 [ ${#specs[@]} -eq 0 ] && specs=("256 1 3" "256 2 3" "1024 1 1")
 for spec in "${specs[@]}"; do
     set -- $spec
-    ./target/release/msa bench train-step --preset vit_b --size $1 --batch $2 --runs $3 --json \
+    full=()
+    [ "${4:-}" = full ] && full=(--full)
+    ./target/release/msa bench train-step --preset vit_b --size $1 --batch $2 --runs $3 "${full[@]}" --json \
         | sed 's/^{/{"impl":"msa",/' >> "$out" || echo "{\"impl\":\"msa\",\"part\":\"train_step\",\"size\":$1,\"batch\":$2,\"failed\":true}" >> "$out"
-    "$venv/bin/python" bench/pytorch_train_step.py --size $1 --batch $2 --runs $3 >> "$out"
+    "$venv/bin/python" bench/pytorch_train_step.py --size $1 --batch $2 --runs $3 "${full[@]}" >> "$out"
 done
 cat "$out"

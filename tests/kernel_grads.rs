@@ -1,4 +1,4 @@
-//! The CPU training ops (fused attention, window partition, GELU, frozen LayerNorm) against
+//! The CPU training ops (fused attention, window partition, GELU, LayerNorm, Linear) against
 //! the same maths written with candle's differentiable primitives: outputs and input
 //! gradients. The shapes are chosen to reach the paths the small parity fixtures do not:
 //! several query-row blocks per head, non-square grids, padding on both sides.
@@ -275,6 +275,18 @@ fn gelu_op_matches_candle_gelu_erf() {
     assert_close("gelu gradient", &grad_of(&ours), &grad_of(&reference), 1e-5);
 }
 
+fn layer_norm_reference(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Tensor {
+    let mean = x.mean_keepdim(D::Minus1).unwrap();
+    let xc = x.broadcast_sub(&mean).unwrap();
+    let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
+    xc.broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
+        .unwrap()
+        .broadcast_mul(weight)
+        .unwrap()
+        .broadcast_add(bias)
+        .unwrap()
+}
+
 #[test]
 fn frozen_layer_norm_matches_composed_ops() {
     let c = 48;
@@ -288,17 +300,7 @@ fn frozen_layer_norm_matches_composed_ops() {
         eps,
     };
     let ours = x.as_tensor().apply_op1(op).unwrap();
-    let xt = x.as_tensor();
-    let mean = xt.mean_keepdim(D::Minus1).unwrap();
-    let xc = xt.broadcast_sub(&mean).unwrap();
-    let var = xc.sqr().unwrap().mean_keepdim(D::Minus1).unwrap();
-    let reference = xc
-        .broadcast_div(&(var + eps).unwrap().sqrt().unwrap())
-        .unwrap()
-        .broadcast_mul(&weight)
-        .unwrap()
-        .broadcast_add(&bias)
-        .unwrap();
+    let reference = layer_norm_reference(x.as_tensor(), &weight, &bias, eps);
     assert_close("layer norm", &ours, &reference, 1e-5);
     let weights = rand(&[4, 5, c], 15);
     let grad_of = |out: &Tensor| input_grad(out, &weights, &x);
@@ -308,6 +310,40 @@ fn frozen_layer_norm_matches_composed_ops() {
         &grad_of(&reference),
         1e-4,
     );
+}
+
+/// 150 rows: the weight and bias gradients are summed over three row blocks.
+#[test]
+fn trainable_layer_norm_matches_composed_ops() {
+    use msa::kernels::layer_norm::TrainableLayerNorm;
+    let c = 40;
+    let x = Var::from_tensor(&(rand(&[3, 50, c], 20) * 3.0).unwrap()).unwrap();
+    let w = Var::from_tensor(&(rand(&[c], 21) + 1.0).unwrap()).unwrap();
+    let b = Var::from_tensor(&rand(&[c], 22)).unwrap();
+    let eps = 1e-6;
+    let ours = x
+        .as_tensor()
+        .apply_op3(w.as_tensor(), b.as_tensor(), TrainableLayerNorm { eps })
+        .unwrap();
+    let reference = layer_norm_reference(x.as_tensor(), w.as_tensor(), b.as_tensor(), eps);
+    assert_close("layer norm", &ours, &reference, 1e-5);
+    let weights = rand(&[3, 50, c], 23);
+    let grads_of = |out: &Tensor| {
+        let grads = (out * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap();
+        [x.as_tensor(), w.as_tensor(), b.as_tensor()].map(|t| grads.get(t).unwrap().clone())
+    };
+    let (g_ours, g_ref) = (grads_of(&ours), grads_of(&reference));
+    for (name, (a, r)) in ["dx", "dweight", "dbias"]
+        .iter()
+        .zip(g_ours.iter().zip(&g_ref))
+    {
+        assert_close(name, a, r, 1e-4);
+    }
 }
 
 #[test]

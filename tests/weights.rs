@@ -217,3 +217,20 @@ fn pth_views_with_storage_offsets_read_their_own_elements() {
     let v: Vec<f32> = t.flatten_all().unwrap().to_vec1().unwrap();
     assert_eq!(v, (6..18).map(|x| x as f32).collect::<Vec<_>>());
 }
+
+#[test]
+fn full_fine_tuning_trains_every_parameter_but_not_the_pe_buffer() {
+    let opts = msa::weights::LoadOptions {
+        config: Some(&tiny_config()),
+        train_all: true,
+        ..Default::default()
+    };
+    let loaded =
+        msa::weights::load_model(&fixture("sam_tiny.safetensors"), &opts, &Device::Cpu).unwrap();
+    let buffer = "prompt_encoder.pe_layer.positional_encoding_gaussian_matrix";
+    let mut parameters: Vec<String> = tiny_tensors().into_keys().collect();
+    parameters.retain(|k| k != buffer);
+    let trainable: Vec<String> = loaded.params.trainables().into_keys().collect();
+    // PyTorch registers the Fourier matrix as a buffer: full fine-tuning leaves it alone.
+    assert_eq!(trainable, parameters);
+}

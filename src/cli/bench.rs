@@ -14,7 +14,8 @@ pub enum Part {
     /// Prompt encoder + mask decoder, one click, per prompt (as `Predictor` answers one,
     /// and without the per-image context).
     Decoder,
-    /// One training step (forward, backward, Adam) with encoder adapters, SAM frozen.
+    /// One training step (forward, backward, Adam) with encoder adapters, SAM frozen
+    /// (`--full`: every weight trains).
     TrainStep,
 }
 
@@ -34,8 +35,12 @@ pub struct BenchArgs {
     #[arg(long, default_value_t = 1)]
     pub batch: usize,
     /// Add the decoder adapters (train-step; the PyTorch reference has none).
-    #[arg(long)]
+    #[arg(long, conflicts_with = "full")]
     pub decoder_adapters: bool,
+    /// Full fine-tuning instead of adapters (train-step): every SAM weight trains, as
+    /// `msa train --train all`.
+    #[arg(long)]
+    pub full: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -50,8 +55,13 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     cfg.img_size = args.size;
     cfg.validate()?;
     if args.part == Part::TrainStep {
-        let times = time_train_step(&cfg, args, &device)?;
-        return report(args, &cfg, &times, None, &device);
+        let (times, trainable) = time_train_step(&cfg, args, &device)?;
+        let timings = Timings {
+            times: &times,
+            uncached: None,
+            trainable: Some(trainable),
+        };
+        return report(args, &cfg, &timings, &device);
     }
     let params = Params::new(Source::Random { std: 0.02 }, &device);
     let sam = Sam::load(&params, &cfg)?;
@@ -64,7 +74,12 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         Part::Decoder => Some(time_decoder(&sam, args.runs, &device, false)?),
         _ => None,
     };
-    report(args, &cfg, &times, uncached.as_deref(), &device)
+    let timings = Timings {
+        times: &times,
+        uncached: uncached.as_deref(),
+        trainable: None,
+    };
+    report(args, &cfg, &timings, &device)
 }
 
 fn sync(device: &Device) -> Result<()> {
@@ -124,14 +139,24 @@ fn time_decoder(sam: &Sam, runs: usize, device: &Device, cached: bool) -> Result
 }
 
 /// Forward, BCE loss, backward and an Adam update on random weights and data, with the
-/// encoder's Space and MLP adapters trainable (as the PyTorch reference step).
-fn time_train_step(cfg: &SamConfig, args: &BenchArgs, device: &Device) -> Result<Vec<f64>> {
+/// encoder's Space and MLP adapters trainable (as the PyTorch reference step), or with
+/// every weight trainable (`--full`).
+fn time_train_step(
+    cfg: &SamConfig,
+    args: &BenchArgs,
+    device: &Device,
+) -> Result<(Vec<f64>, usize)> {
     use crate::model::{AdapterConfig, MaskSelection};
-    let params = Params::with_options(Source::Random { std: 0.02 }, device, true, 0);
-    let ad = AdapterConfig {
-        decoder: args.decoder_adapters,
-        init: crate::model::AdapterInit::Torch,
-        ..AdapterConfig::default()
+    let random = Source::Random { std: 0.02 };
+    let (params, ad) = if args.full {
+        (Params::train_all(random, device, 0), AdapterConfig::none())
+    } else {
+        let ad = AdapterConfig {
+            decoder: args.decoder_adapters,
+            init: crate::model::AdapterInit::Torch,
+            ..AdapterConfig::default()
+        };
+        (Params::with_options(random, device, true, 0), ad)
     };
     let sam = Sam::load_adapted(&params, cfg, &ad)?;
     let vars = params.trainables();
@@ -148,7 +173,7 @@ fn time_train_step(cfg: &SamConfig, args: &BenchArgs, device: &Device) -> Result
         ..Default::default()
     };
     let mut adam = crate::train::optim::Adam::default();
-    time_runs(args.runs, device, || {
+    let times = time_runs(args.runs, device, || {
         let t0 = Instant::now();
         let emb = sam.encode(&x)?;
         let out = sam.decode(&emb, &prompts)?;
@@ -166,7 +191,9 @@ fn time_train_step(cfg: &SamConfig, args: &BenchArgs, device: &Device) -> Result
             "train step phases"
         );
         Ok(())
-    })
+    })?;
+    let trainable = vars.values().map(|v| v.elem_count()).sum();
+    Ok((times, trainable))
 }
 
 /// Peak resident memory of this process (VmHWM), in MiB.
@@ -185,15 +212,19 @@ fn stats(times: &[f64]) -> (f64, f64, f64) {
     (sorted[sorted.len() / 2], sorted[0], mean)
 }
 
-fn report(
-    args: &BenchArgs,
-    cfg: &SamConfig,
-    times: &[f64],
-    uncached: Option<&[f64]>,
-    device: &Device,
-) -> Result<()> {
+/// What one benchmark measured.
+struct Timings<'a> {
+    times: &'a [f64],
+    /// Decoder only: the timings without the per-image context.
+    uncached: Option<&'a [f64]>,
+    /// Training only: the trainable parameters.
+    trainable: Option<usize>,
+}
+
+fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Result<()> {
+    let times = t.times;
     let (median, min, mean) = stats(times);
-    let uncached = uncached.map(stats);
+    let uncached = t.uncached.map(stats);
     let part = match args.part {
         Part::Encoder => "encoder",
         Part::Decoder => "decoder_per_prompt",
@@ -213,6 +244,8 @@ fn report(
             "device": device_name,
             "threads": rayon::current_num_threads(),
             "batch": args.batch,
+            "full": args.full,
+            "trainable": t.trainable,
             "uncached_median_ms": uncached.map(|u| u.0),
             "uncached_min_ms": uncached.map(|u| u.1),
         });

@@ -1,6 +1,7 @@
 //! Hand-written CPU kernels, used where a profile showed that candle's general ops spend
 //! most of the time allocating and re-reading large intermediates.
 
+pub mod adam;
 pub mod attention_cpu;
 pub mod attention_grad;
 pub mod gelu;

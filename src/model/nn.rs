@@ -102,6 +102,11 @@ impl LayerNorm {
             };
             return x.contiguous()?.apply_op1(op);
         }
+        let trainable = needs_grad(&[&self.weight, &self.bias]);
+        if trainable && is_cpu_f32(x) && self.weight.is_contiguous() && self.bias.is_contiguous() {
+            let op = crate::kernels::layer_norm::TrainableLayerNorm { eps: self.eps };
+            return x.contiguous()?.apply_op3(&self.weight, &self.bias, op);
+        }
         if needs_grad(&[x, &self.weight, &self.bias]) {
             let mean = x.mean_keepdim(D::Minus1)?;
             let xc = x.broadcast_sub(&mean)?;

@@ -92,7 +92,7 @@ impl PromptEncoder {
             embed_dim: d,
             grid: (cfg.grid(), cfg.grid()),
             input_size: (cfg.img_size, cfg.img_size),
-            gaussian: p.get("pe_layer.positional_encoding_gaussian_matrix", &[2, d / 2])?,
+            gaussian: p.buffer("pe_layer.positional_encoding_gaussian_matrix", &[2, d / 2])?,
             point_embeddings,
             not_a_point_embed: p.get("not_a_point_embed.weight", &[1, d])?,
             no_mask_embed: p.get("no_mask_embed.weight", &[1, d])?,

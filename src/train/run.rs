@@ -140,7 +140,10 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
         state.epochs_done = epoch + 1;
         state.adam_step = adam.step;
         let meta = adapter_meta(&loaded, cfg, &base_sha)?;
-        let tensors = var_tensors(&vars);
+        let mut tensors = var_tensors(&vars);
+        if cfg.train == TrainMode::All {
+            tensors.extend(loaded.params.buffers());
+        }
         adapter_file::save(&cfg.out.join("adapters_last.safetensors"), &tensors, &meta)?;
         if let Some(d) = val_dice {
             if state.best_dice.is_none_or(|b| d > b) {

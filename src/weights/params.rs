@@ -26,6 +26,8 @@ struct Inner {
     rng: RefCell<u64>,
     /// Trainable tensors (adapters) by key; `Var`s when `train` is set.
     trainable: RefCell<BTreeMap<String, Var>>,
+    /// Module buffers (not parameters) by key.
+    buffers: RefCell<BTreeMap<String, Tensor>>,
     train: bool,
     /// Every parameter trains (full fine-tuning), not only adapters.
     train_all: bool,
@@ -81,6 +83,7 @@ impl Params {
                 requested: RefCell::new(BTreeMap::new()),
                 rng: RefCell::new(0x9E37_79B9_7F4A_7C15 ^ seed),
                 trainable: RefCell::new(BTreeMap::new()),
+                buffers: RefCell::new(BTreeMap::new()),
                 train,
                 train_all,
             }),
@@ -154,6 +157,23 @@ impl Params {
     pub fn get(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
         let t = self.get_inner(name, shape, None)?;
         self.maybe_trainable(name, t)
+    }
+
+    /// A module buffer in the PyTorch model (not a parameter): never trainable, even under
+    /// full fine-tuning.
+    pub fn buffer(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
+        let t = self.get_inner(name, shape, None)?;
+        self.inner
+            .buffers
+            .borrow_mut()
+            .insert(self.key(name), t.clone());
+        Ok(t)
+    }
+
+    /// The module buffers read so far, by key: a fully fine-tuned model's file needs them
+    /// beside its trained tensors to load on its own.
+    pub fn buffers(&self) -> BTreeMap<String, Tensor> {
+        self.inner.buffers.borrow().clone()
     }
 
     /// Like `get`, but a table saved for another grid size is resized to `shape`.
