@@ -231,10 +231,7 @@ fn window_partition_and_unpartition_match_composed_ops() {
     let (b, h, w, c, ws) = (2, 8, 7, 5, 3);
     let geometry = Windows { hw: (h, w), ws };
     let x = Var::from_tensor(&rand(&[b, h, w, c], 7)).unwrap();
-    let ours = x
-        .as_tensor()
-        .apply_op1(WindowPartition::new(geometry))
-        .unwrap();
+    let ours = x.as_tensor().apply_op1(WindowPartition(geometry)).unwrap();
     let reference = partition_reference(x.as_tensor(), ws);
     assert_close("partition", &ours, &reference, 0.0);
 
@@ -384,19 +381,22 @@ fn trainable_linear_matches_composed_ops() {
     }
 }
 
+/// The CPU op (float32) against the composed mask version (float64 takes it): values, and
+/// the gradients of the input and of the fill, which a trainable qkv bias receives.
 #[test]
 fn filled_window_partition_puts_the_fill_in_the_padding_only() {
     use msa::model::attention::window_partition_filled;
     let (b, h, w, c, ws) = (2, 5, 4, 3, 3);
-    let x = rand(&[b, h, w, c], 20);
-    let fill = Tensor::new(&[7f32, 8.0, 9.0], &Device::Cpu).unwrap();
-    // Constant fill: the CPU op. Trainable fill: the composed mask version.
-    let (op, padded) = window_partition_filled(&x, ws, &fill).unwrap();
-    let fill_var = Var::from_tensor(&fill).unwrap();
-    let (composed, _) = window_partition_filled(&x, ws, fill_var.as_tensor()).unwrap();
+    let x = Var::from_tensor(&rand(&[b, h, w, c], 20)).unwrap();
+    let fill = Var::new(&[7f32, 8.0, 9.0], &Device::Cpu).unwrap();
+    let (op, padded) = window_partition_filled(x.as_tensor(), ws, fill.as_tensor()).unwrap();
     assert_eq!(padded, (6, 6));
-    assert_close("filled partition", &op, &composed, 0.0);
-    let zero_padded = partition_reference(&x, ws);
+    let x64 = Var::from_tensor(&x.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+    let fill64 = Var::from_tensor(&fill.as_tensor().to_dtype(DType::F64).unwrap()).unwrap();
+    let (composed, _) = window_partition_filled(x64.as_tensor(), ws, fill64.as_tensor()).unwrap();
+    let composed32 = composed.to_dtype(DType::F32).unwrap();
+    assert_close("filled partition", &op, &composed32, 0.0);
+    let zero_padded = partition_reference(x.as_tensor(), ws);
     let (op_v, zp_v) = (
         op.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
         zero_padded.flatten_all().unwrap().to_vec1::<f32>().unwrap(),
@@ -411,6 +411,32 @@ fn filled_window_partition_puts_the_fill_in_the_padding_only() {
         }
     }
     assert_eq!(fills, b * (36 - h * w));
+
+    let weights = rand(op.dims(), 21);
+    let grads = (&op * &weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    let weights64 = weights.to_dtype(DType::F64).unwrap();
+    let grads64 = (&composed * &weights64)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap();
+    for (name, ours, reference) in [
+        ("dx", x.as_tensor(), x64.as_tensor()),
+        ("dfill", fill.as_tensor(), fill64.as_tensor()),
+    ] {
+        let reference = grads64
+            .get(reference)
+            .unwrap()
+            .to_dtype(DType::F32)
+            .unwrap();
+        assert_close(name, grads.get(ours).unwrap(), &reference, 1e-6);
+    }
 }
 
 /// Without the fused kernel (GPUs; here float64 on the CPU stands in), training attention
@@ -456,4 +482,57 @@ fn recomputed_attention_matches_the_composed_path() {
         assert_close("recomputed output", &f32t(&ours), &f32t(&reference), 1e-6);
         assert_close("recomputed qkv gradient", &grad_of(&ours), &ref_grad, 1e-6);
     }
+}
+
+/// Full fine-tuning of a windowed block (tiny config: an 8 x 8 grid in windows of 3, so
+/// padded to 9 x 9): projecting only image tokens and filling the padding with the qkv bias
+/// gives SAM's output and the same gradient for every weight as SAM's order (pad norm1(x)
+/// with zeros, project every window, crop).
+#[test]
+fn windowed_block_keeps_sam_gradients_when_every_weight_trains() {
+    use msa::model::attention::{window_partition, window_unpartition};
+    use msa::model::image_encoder::Block;
+    use msa::model::SamConfig;
+    use msa::weights::{Params, Source};
+    let cfg = SamConfig::from_json_file(std::path::Path::new(concat!(
+        env!("CARGO_MANIFEST_DIR"),
+        "/tests/fixtures/sam_tiny.json"
+    )))
+    .unwrap();
+    let params = Params::train_all(Source::Random { std: 0.2 }, &Device::Cpu, 0);
+    let block = Block::load(&params.pp("blocks.0"), &cfg, 0).unwrap();
+    assert_eq!(block.window_size, 3);
+    let x = rand(&[2, 8, 8, cfg.embed_dim], 30);
+    let xn = block.norm1.forward(&x).unwrap();
+    let ours = block.spatial_attention(&xn).unwrap();
+    let (windows, padded) = window_partition(&xn, 3).unwrap();
+    let attended = block.attn.forward(&windows).unwrap();
+    let sam_order = window_unpartition(&attended, 3, padded, (8, 8)).unwrap();
+    assert_close("windowed attention", &ours, &sam_order, 1e-5);
+
+    let weights = rand(ours.dims(), 31);
+    let grads_of = |out: &Tensor| {
+        (out * &weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    };
+    let (g_ours, g_sam) = (grads_of(&ours), grads_of(&sam_order));
+    let vars = params.trainables();
+    assert!(vars.contains_key("blocks.0.attn.qkv.bias"));
+    let on_path = vars
+        .iter()
+        .filter(|(k, _)| k.contains(".attn.") || k.contains(".norm1."));
+    let mut checked = 0;
+    for (key, var) in on_path {
+        checked += 1;
+        let (Some(a), Some(r)) = (g_ours.get(var.as_tensor()), g_sam.get(var.as_tensor())) else {
+            panic!("{key}: no gradient");
+        };
+        assert_close(key, a, r, 1e-4);
+    }
+    // qkv and proj weight and bias, two rel-pos tables, norm1 weight and bias.
+    assert_eq!(checked, 8);
 }

@@ -1,10 +1,11 @@
 //! SAM's window partition (zero-padding to a multiple of the window) and its inverse
 //! (cropping the padding) as single-copy CPU ops, each the other's backward. The composed
 //! version pads by concatenation, permutes, copies and crops, and its backward makes a
-//! zero-filled tensor for every crop.
+//! zero-filled tensor for every crop. `FilledWindowPartition` pads with a given token
+//! instead of zeros and returns that token's gradient too.
 
 use super::{storage_slice, with_slice};
-use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
+use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
 /// An image of (H, W) tokens of C channels, cut into windows of ws x ws.
@@ -18,6 +19,11 @@ impl Windows {
     /// Windows down and across.
     fn grid(&self) -> (usize, usize) {
         (self.hw.0.div_ceil(self.ws), self.hw.1.div_ceil(self.ws))
+    }
+
+    fn windowed_shape(&self, b: usize, c: usize) -> Shape {
+        let (gh, gw) = self.grid();
+        Shape::from((b * gh * gw, self.ws, self.ws, c))
     }
 
     /// (B, H, W, C) values -> (B * windows, ws, ws, C), with `fill` (C values, else
@@ -70,6 +76,32 @@ impl Windows {
         out
     }
 
+    /// Σ over the padding tokens of (B * windows, ws, ws, C) values: C sums.
+    pub fn padding_sum(&self, windows: &[f32], c: usize) -> Vec<f32> {
+        let (h, w) = self.hw;
+        let ws = self.ws;
+        let (gh, gw) = self.grid();
+        let add = |mut acc: Vec<f32>, token: &[f32]| {
+            acc.iter_mut().zip(token).for_each(|(a, v)| *a += v);
+            acc
+        };
+        // One chunk is one row of one window, as in `partition`.
+        windows
+            .par_chunks(ws * c)
+            .enumerate()
+            .map(|(r, row)| {
+                let (win, y) = (r / ws, r % ws);
+                let (wy, wx) = ((win / gw) % gh, win % gw);
+                let cols = if wy * ws + y < h {
+                    ws.min(w - wx * ws)
+                } else {
+                    0
+                };
+                row[cols * c..].chunks_exact(c).fold(vec![0f32; c], add)
+            })
+            .reduce(|| vec![0f32; c], |a, b| add(a, &b))
+    }
+
     fn check(&self, dims: &[usize], windowed: bool) -> Result<(usize, usize)> {
         let (h, w) = self.hw;
         let (gh, gw) = self.grid();
@@ -90,28 +122,11 @@ impl Windows {
     }
 }
 
-/// (B, H, W, C) -> (B * windows, ws, ws, C).
-pub struct WindowPartition {
-    pub windows: Windows,
-    /// The padding's value (C values, constant: it gets no gradient); zeros if None.
-    pub fill: Option<Vec<f32>>,
-}
+/// (B, H, W, C) -> (B * windows, ws, ws, C), zeros in the padding.
+pub struct WindowPartition(pub Windows);
 
-impl WindowPartition {
-    pub fn new(windows: Windows) -> Self {
-        Self {
-            windows,
-            fill: None,
-        }
-    }
-
-    pub fn with_fill(self, fill: Vec<f32>) -> Self {
-        Self {
-            fill: Some(fill),
-            ..self
-        }
-    }
-}
+/// (B, H, W, C) and a (C) fill token -> (B * windows, ws, ws, C), the fill in the padding.
+pub struct FilledWindowPartition(pub Windows);
 
 /// (B * windows, ws, ws, C) -> (B, H, W, C).
 pub struct WindowUnpartition(pub Windows);
@@ -122,26 +137,59 @@ impl CustomOp1 for WindowPartition {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let (b, c) = self.windows.check(layout.dims(), false)?;
+        let (b, c) = self.0.check(layout.dims(), false)?;
         let x = storage_slice(storage, layout, "window partition")?;
-        let (gh, gw) = self.windows.grid();
-        let ws = self.windows.ws;
-        if let Some(f) = &self.fill {
-            if f.len() != c {
-                candle_core::bail!(
-                    "window partition: fill has {} values, expected {c}",
-                    f.len()
-                );
-            }
-        }
-        let out = self.windows.partition(x, c, self.fill.as_deref());
-        Ok((CpuStorage::F32(out), Shape::from((b * gh * gw, ws, ws, c))))
+        let out = self.0.partition(x, c, None);
+        Ok((CpuStorage::F32(out), self.0.windowed_shape(b, c)))
     }
 
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let c = arg.dim(3)?;
-        let dx = with_slice(&grad.contiguous()?, |g| Ok(self.windows.unpartition(g, c)))?;
+        let dx = with_slice(&grad.contiguous()?, |g| Ok(self.0.unpartition(g, c)))?;
         Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+    }
+}
+
+impl CustomOp2 for FilledWindowPartition {
+    fn name(&self) -> &'static str {
+        "msa-filled-window-partition"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, c) = self.0.check(l1.dims(), false)?;
+        let x = storage_slice(s1, l1, "window partition")?;
+        let fill = storage_slice(s2, l2, "window partition fill")?;
+        if fill.len() != c {
+            candle_core::bail!(
+                "window partition: fill has {} values, expected {c}",
+                fill.len()
+            );
+        }
+        let out = self.0.partition(x, c, Some(fill));
+        Ok((CpuStorage::F32(out), self.0.windowed_shape(b, c)))
+    }
+
+    fn bwd(
+        &self,
+        x: &Tensor,
+        fill: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let c = x.dim(3)?;
+        let (dx, dfill) = with_slice(&grad.contiguous()?, |g| {
+            Ok((self.0.unpartition(g, c), self.0.padding_sum(g, c)))
+        })?;
+        Ok((
+            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
+            Some(Tensor::from_vec(dfill, fill.shape(), fill.device())?),
+        ))
     }
 }
 

@@ -60,16 +60,15 @@ impl Attention {
     }
 
     /// The qkv of an all-zero token (the window padding): the qkv bias, as LoRA maps zero to
-    /// zero. None when that bias trains, since padded tokens then feed its gradient.
-    pub fn padding_qkv(&self) -> Result<Option<Tensor>> {
+    /// zero. A trainable bias gets the padding's gradient through the fill.
+    pub fn padding_qkv(&self) -> Result<Tensor> {
         match &self.qkv.bias {
-            Some(b) if needs_grad(&[b]) => Ok(None),
-            Some(b) => Ok(Some(b.clone())),
-            None => Ok(Some(Tensor::zeros(
+            Some(b) => Ok(b.clone()),
+            None => Tensor::zeros(
                 self.qkv.out_dim(),
                 self.qkv.weight.dtype(),
                 self.qkv.weight.device(),
-            )?)),
+            ),
         }
     }
 
@@ -395,7 +394,7 @@ pub fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize)
     let (b, h, w, c) = x.dims4()?;
     let (ph, pw) = ((ws - h % ws) % ws, (ws - w % ws) % ws);
     if is_cpu_f32(x) {
-        let op = window_ops::WindowPartition::new(window_ops::Windows { hw: (h, w), ws });
+        let op = window_ops::WindowPartition(window_ops::Windows { hw: (h, w), ws });
         return Ok((x.contiguous()?.apply_op1(op)?, (h + ph, w + pw)));
     }
     let x = if ph > 0 || pw > 0 {
@@ -420,10 +419,9 @@ pub fn window_partition_filled(
 ) -> Result<(Tensor, (usize, usize))> {
     let (_, h, w, _) = x.dims4()?;
     let padded = (h.div_ceil(ws) * ws, w.div_ceil(ws) * ws);
-    if is_cpu_f32(x) && !needs_grad(&[fill]) {
-        let op = window_ops::WindowPartition::new(window_ops::Windows { hw: (h, w), ws })
-            .with_fill(fill.flatten_all()?.to_vec1::<f32>()?);
-        return Ok((x.contiguous()?.apply_op1(op)?, padded));
+    if is_cpu_f32(x) && fill.is_contiguous() {
+        let op = window_ops::FilledWindowPartition(window_ops::Windows { hw: (h, w), ws });
+        return Ok((x.contiguous()?.apply_op2(fill, op)?, padded));
     }
     let (windows, padded) = window_partition(x, ws)?;
     if padded == (h, w) {

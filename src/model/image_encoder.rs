@@ -1,7 +1,7 @@
 //! The ViT image encoder ("ViTDet" style): patch embedding, windowed and global blocks, neck.
 
 use super::adapter::{Adapter, AdapterConfig, Lora};
-use super::attention::{window_partition, window_partition_filled, window_unpartition, Attention};
+use super::attention::{window_partition_filled, window_unpartition, Attention};
 use super::config::SamConfig;
 use super::nn::{gelu, to_channels_first, to_channels_last, LayerNorm, Linear, PatchConv};
 use crate::weights::{Params, Resize};
@@ -89,21 +89,17 @@ impl Block {
     ///
     /// Windowed: SAM pads norm1(x) with zero tokens and projects every window. A zero
     /// token's qkv is the qkv bias, and only image tokens survive the crop, so qkv and proj
-    /// run on the image tokens alone and the padding gets the bias: the same values, a third
-    /// of the projection work at 256 px. (Trainable qkv bias: SAM's order, which its
-    /// gradient needs.)
+    /// run on the image tokens alone and the padding gets the bias: the same values and
+    /// gradients (a trainable bias also gets the padding's share through the fill), a third
+    /// of the projection work at 256 px.
     pub fn spatial_attention(&self, xn: &Tensor) -> Result<Tensor> {
         let ws = self.window_size;
         if ws == 0 {
             return self.attn.forward(xn);
         }
         let (_, h, w, _) = xn.dims4()?;
-        let Some(fill) = self.attn.padding_qkv()? else {
-            let (windows, padded) = window_partition(xn, ws)?;
-            let a = self.attn.forward(&windows)?;
-            return window_unpartition(&a, ws, padded, (h, w));
-        };
         let qkv = self.attn.qkv_forward(xn)?;
+        let fill = self.attn.padding_qkv()?;
         let (windows, padded) = window_partition_filled(&qkv, ws, &fill)?;
         let core = window_unpartition(&self.attn.core(&windows)?, ws, padded, (h, w))?;
         self.attn.proj.forward(&core)
