@@ -54,6 +54,31 @@ fn input_grad(out: &Tensor, weights: &Tensor, input: &Var) -> Tensor {
     grads.get(input.as_tensor()).unwrap().clone()
 }
 
+/// The gradients of `vars` for the output gradient `weights` agree between `ours` and
+/// `reference`.
+fn assert_same_grads<const N: usize>(
+    ours: &Tensor,
+    reference: &Tensor,
+    weights: &Tensor,
+    vars: [&Var; N],
+    names: [&str; N],
+    tol: f32,
+) {
+    let grads_of = |out: &Tensor| {
+        (out * weights)
+            .unwrap()
+            .sum_all()
+            .unwrap()
+            .backward()
+            .unwrap()
+    };
+    let (g_ours, g_ref) = (grads_of(ours), grads_of(reference));
+    for (var, name) in vars.iter().zip(names) {
+        let t = var.as_tensor();
+        assert_close(name, g_ours.get(t).unwrap(), g_ref.get(t).unwrap(), tol);
+    }
+}
+
 fn softmax(x: &Tensor) -> Tensor {
     let max = x.max_keepdim(D::Minus1).unwrap().detach();
     let e = x.broadcast_sub(&max).unwrap().exp().unwrap();
@@ -325,22 +350,8 @@ fn trainable_layer_norm_matches_composed_ops() {
     let reference = layer_norm_reference(x.as_tensor(), w.as_tensor(), b.as_tensor(), eps);
     assert_close("layer norm", &ours, &reference, 1e-5);
     let weights = rand(&[3, 50, c], 23);
-    let grads_of = |out: &Tensor| {
-        let grads = (out * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        [x.as_tensor(), w.as_tensor(), b.as_tensor()].map(|t| grads.get(t).unwrap().clone())
-    };
-    let (g_ours, g_ref) = (grads_of(&ours), grads_of(&reference));
-    for (name, (a, r)) in ["dx", "dweight", "dbias"]
-        .iter()
-        .zip(g_ours.iter().zip(&g_ref))
-    {
-        assert_close(name, a, r, 1e-4);
-    }
+    let names = ["dx", "dweight", "dbias"];
+    assert_same_grads(&ours, &reference, &weights, [&x, &w, &b], names, 1e-4);
 }
 
 #[test]
@@ -366,19 +377,8 @@ fn trainable_linear_matches_composed_ops() {
         .unwrap();
     assert_close("linear", &ours, &reference, 1e-6);
     let weights = rand(&[2, 3, 5, dout], 19);
-    let grads_of = |out: &Tensor| {
-        let grads = (out * &weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap();
-        [x.as_tensor(), w.as_tensor(), b.as_tensor()].map(|t| grads.get(t).unwrap().clone())
-    };
-    let (g_ours, g_ref) = (grads_of(&ours), grads_of(&reference));
-    for (name, (a, r)) in ["dx", "dW", "db"].iter().zip(g_ours.iter().zip(&g_ref)) {
-        assert_close(name, a, r, 1e-5);
-    }
+    let names = ["dx", "dW", "db"];
+    assert_same_grads(&ours, &reference, &weights, [&x, &w, &b], names, 1e-5);
 }
 
 /// The CPU op (float32) against the composed mask version (float64 takes it): values, and

@@ -9,7 +9,7 @@
 //! as inputs and returns their gradients too (full fine-tuning).
 
 use super::attention_cpu::{attention, finish_rows, RelTables, RowCtx, SharedOut, ROW_BLOCK};
-use super::{gemm_into, storage_slice, with_slice, Mat};
+use super::{gemm_into, grad_like, storage_slice, with_slice, Mat};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -72,7 +72,7 @@ impl CustomOp1 for FusedAttention {
                 Ok(attention_backward(qkv, dout, b, self, false).0)
             })
         })?;
-        Ok(Some(Tensor::from_vec(dqkv, arg.shape(), arg.device())?))
+        grad_like(dqkv, arg)
     }
 }
 
@@ -143,11 +143,10 @@ impl CustomOp3 for FusedAttentionTables {
             })
         })?;
         let (drh, drw) = tables.unwrap_or_default();
-        let dev = qkv.device();
         Ok((
-            Some(Tensor::from_vec(dqkv, qkv.shape(), dev)?),
-            Some(Tensor::from_vec(drh, rh.shape(), dev)?),
-            Some(Tensor::from_vec(drw, rw.shape(), dev)?),
+            grad_like(dqkv, qkv)?,
+            grad_like(drh, rh)?,
+            grad_like(drw, rw)?,
         ))
     }
 }

@@ -2,7 +2,7 @@
 //! makes eight passes over the input, with a scalar `erf`, per GELU.
 
 use super::simd::{gelu_grad_in_place, gelu_in_place};
-use super::{storage_slice, with_slice};
+use super::{grad_like, storage_slice, with_slice};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -29,6 +29,6 @@ impl CustomOp1 for Gelu {
                 .for_each(|(g, x)| gelu_grad_in_place(g, x));
             Ok(())
         })?;
-        Ok(Some(Tensor::from_vec(g, arg.shape(), arg.device())?))
+        grad_like(g, arg)
     }
 }

@@ -3,7 +3,7 @@
 //! these keep none beyond their input and output. `FrozenLayerNorm` returns the input's
 //! gradient alone; `TrainableLayerNorm` (full fine-tuning) those of weight and bias too.
 
-use super::{storage_slice, with_slice};
+use super::{grad_like, storage_slice, with_slice};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -76,7 +76,7 @@ impl CustomOp1 for FrozenLayerNorm {
                 .for_each(|(g, x)| input_grad_row(g, x, &self.weight, self.eps));
             Ok(())
         })?;
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+        grad_like(dx, arg)
     }
 }
 
@@ -134,12 +134,7 @@ impl CustomOp3 for TrainableLayerNorm {
                 Ok(sums)
             })
         })?;
-        let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dw, w.shape(), dev)?),
-            Some(Tensor::from_vec(db, b.shape(), dev)?),
-        ))
+        Ok((grad_like(dx, x)?, grad_like(dw, w)?, grad_like(db, b)?))
     }
 }
 

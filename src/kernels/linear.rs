@@ -9,7 +9,7 @@
 //! passes, where the composed version (reshape, matmul, broadcast add, reshape) adds four
 //! graph nodes, each with its own zero-filled gradient accumulator.
 
-use super::{gemm_into, storage_slice, with_slice, Mat};
+use super::{gemm_into, grad_like, storage_slice, with_slice, Mat};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -99,7 +99,7 @@ impl CustomOp1 for FrozenLinear {
         let dx = with_slice(&grad, |g| {
             with_slice(&self.weight, |w| Ok(input_grad(g, w, dims)))
         })?;
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+        grad_like(dx, arg)
     }
 }
 
@@ -158,12 +158,7 @@ impl CustomOp3 for TrainableLinear {
                 })
             })
         })?;
-        let dev = x.device();
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), dev)?),
-            Some(Tensor::from_vec(dw, w.shape(), dev)?),
-            Some(Tensor::from_vec(db, b.shape(), dev)?),
-        ))
+        Ok((grad_like(dx, x)?, grad_like(dw, w)?, grad_like(db, b)?))
     }
 }
 

@@ -42,6 +42,11 @@ pub(crate) fn storage_slice<'a>(
     Ok(&storage.as_slice::<f32>()?[o1..o2])
 }
 
+/// A gradient with the shape and device of `like`, as a custom op's backward returns it.
+pub(crate) fn grad_like(values: Vec<f32>, like: &Tensor) -> Result<Option<Tensor>> {
+    Ok(Some(Tensor::from_vec(values, like.shape(), like.device())?))
+}
+
 /// candle's thread count, asked once: candle reads /proc/cpuinfo every time it is asked.
 pub(crate) fn thread_count() -> usize {
     static COUNT: std::sync::OnceLock<usize> = std::sync::OnceLock::new();

@@ -4,7 +4,7 @@
 //! zero-filled tensor for every crop. `FilledWindowPartition` pads with a given token
 //! instead of zeros and returns that token's gradient too.
 
-use super::{storage_slice, with_slice};
+use super::{grad_like, storage_slice, with_slice};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -146,7 +146,7 @@ impl CustomOp1 for WindowPartition {
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let c = arg.dim(3)?;
         let dx = with_slice(&grad.contiguous()?, |g| Ok(self.0.unpartition(g, c)))?;
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+        grad_like(dx, arg)
     }
 }
 
@@ -186,10 +186,7 @@ impl CustomOp2 for FilledWindowPartition {
         let (dx, dfill) = with_slice(&grad.contiguous()?, |g| {
             Ok((self.0.unpartition(g, c), self.0.padding_sum(g, c)))
         })?;
-        Ok((
-            Some(Tensor::from_vec(dx, x.shape(), x.device())?),
-            Some(Tensor::from_vec(dfill, fill.shape(), fill.device())?),
-        ))
+        Ok((grad_like(dx, x)?, grad_like(dfill, fill)?))
     }
 }
 
@@ -209,6 +206,6 @@ impl CustomOp1 for WindowUnpartition {
     fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let c = arg.dim(3)?;
         let dx = with_slice(&grad.contiguous()?, |g| Ok(self.0.partition(g, c, None)))?;
-        Ok(Some(Tensor::from_vec(dx, arg.shape(), arg.device())?))
+        grad_like(dx, arg)
     }
 }
