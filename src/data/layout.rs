@@ -252,13 +252,13 @@ fn isic_csv(dir: &Path, csv: &Path) -> Result<Vec<Item>> {
         std::fs::read_to_string(csv).with_context(|| format!("cannot read {}", csv.display()))?;
     let mut items = vec![];
     for (n, line) in text.lines().enumerate() {
+        if line.trim().is_empty() {
+            continue;
+        }
         let fields: Vec<&str> = line
             .split(',')
             .map(|f| f.trim().trim_matches('"'))
             .collect();
-        if line.trim().is_empty() {
-            continue;
-        }
         let [.., image, mask] = fields.as_slice() else {
             bail!(
                 "{} line {}: expected `index,image,mask`, found `{line}`",

@@ -3,30 +3,11 @@
 //! tensor: under full fine-tuning that was a sixth of the step. The arithmetic is the
 //! composed update's, operation for operation, so both give the same numbers.
 
-use super::storage_slice;
-use candle_core::backend::BackendStorage;
+use super::{storage_slice, storage_slice_mut};
 use candle_core::{CpuStorage, InplaceOp2, InplaceOp3, Layout, Result};
 use rayon::prelude::*;
 
 const CHUNK: usize = 1 << 15;
-
-/// The contiguous f32 slice of a storage an in-place op writes.
-fn storage_slice_mut<'a>(
-    storage: &'a mut CpuStorage,
-    layout: &Layout,
-    op: &str,
-) -> Result<&'a mut [f32]> {
-    let Some((o1, o2)) = layout.contiguous_offsets() else {
-        candle_core::bail!(
-            "{op} needs a contiguous tensor, got shape {:?}",
-            layout.shape()
-        );
-    };
-    match storage {
-        CpuStorage::F32(v) => Ok(&mut v[o1..o2]),
-        other => candle_core::bail!("{op} needs f32, got {:?}", other.dtype()),
-    }
-}
 
 fn same_len(op: &str, a: usize, b: usize) -> Result<()> {
     if a != b {

@@ -3,7 +3,7 @@
 //! these keep none beyond their input and output. `FrozenLayerNorm` returns the input's
 //! gradient alone; `TrainableLayerNorm` (full fine-tuning) those of weight and bias too.
 
-use super::{grad_like, storage_slice, with_slice};
+use super::{affine_operands, grad_like, storage_slice, with_slice};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -99,17 +99,9 @@ impl CustomOp3 for TrainableLayerNorm {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = storage_slice(s1, l1, "layer norm")?;
-        let w = storage_slice(s2, l2, "layer norm")?;
-        let b = storage_slice(s3, l3, "layer norm")?;
-        if l1.dims().last() != Some(&w.len()) || b.len() != w.len() {
-            candle_core::bail!(
-                "layer norm: input {:?}, weight {:?}, bias {:?} do not fit",
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
-            );
-        }
+        let fits =
+            |x: &[usize], w: &[usize], b: &[usize]| w.len() == 1 && x.last() == w.first() && b == w;
+        let [x, w, b] = affine_operands("layer norm", [(s1, l1), (s2, l2), (s3, l3)], fits)?;
         let out = normalize(x, w, b, self.eps);
         Ok((CpuStorage::F32(out), l1.shape().clone()))
     }

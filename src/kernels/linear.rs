@@ -9,7 +9,7 @@
 //! passes, where the composed version (reshape, matmul, broadcast add, reshape) adds four
 //! graph nodes, each with its own zero-filled gradient accumulator.
 
-use super::{gemm_into, grad_like, storage_slice, with_slice, Mat};
+use super::{affine_operands, gemm_into, grad_like, storage_slice, with_slice, Mat};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -120,18 +120,11 @@ impl CustomOp3 for TrainableLinear {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let x = storage_slice(s1, l1, "linear")?;
-        let w = storage_slice(s2, l2, "linear")?;
-        let b = storage_slice(s3, l3, "linear")?;
+        let fits = |x: &[usize], w: &[usize], b: &[usize]| {
+            w.len() == 2 && x.last() == Some(&w[1]) && b == [w[0]]
+        };
+        let [x, w, b] = affine_operands("linear", [(s1, l1), (s2, l2), (s3, l3)], fits)?;
         let (out_dim, in_dim) = l2.shape().dims2()?;
-        if l1.dims().last() != Some(&in_dim) || b.len() != out_dim {
-            candle_core::bail!(
-                "linear: input {:?}, weight {:?}, bias {:?} do not fit",
-                l1.dims(),
-                l2.dims(),
-                l3.dims()
-            );
-        }
         let y = forward(x, w, Some(b), (out_dim, in_dim));
         Ok((CpuStorage::F32(y), out_shape(l1, out_dim)))
     }

@@ -8,8 +8,10 @@ pub mod gelu;
 pub mod layer_norm;
 pub mod linear;
 pub mod simd;
+pub mod softmax;
 pub mod windows;
 
+use candle_core::backend::BackendStorage;
 use candle_core::{Result, Tensor};
 
 /// Runs `f` on the f32 slice of a contiguous CPU tensor, without copying it.
@@ -40,6 +42,44 @@ pub(crate) fn storage_slice<'a>(
         );
     };
     Ok(&storage.as_slice::<f32>()?[o1..o2])
+}
+
+/// The contiguous f32 slice of a storage an in-place op writes.
+pub(crate) fn storage_slice_mut<'a>(
+    storage: &'a mut candle_core::CpuStorage,
+    layout: &candle_core::Layout,
+    op: &str,
+) -> Result<&'a mut [f32]> {
+    let Some((o1, o2)) = layout.contiguous_offsets() else {
+        candle_core::bail!(
+            "{op} needs a contiguous tensor, got shape {:?}",
+            layout.shape()
+        );
+    };
+    match storage {
+        candle_core::CpuStorage::F32(v) => Ok(&mut v[o1..o2]),
+        other => candle_core::bail!("{op} needs f32, got {:?}", other.dtype()),
+    }
+}
+
+/// The f32 slices of an (input, weight, bias) op's three storages, once `fits` accepts
+/// their dims (input, weight, bias); otherwise an error naming the three shapes.
+pub(crate) fn affine_operands<'a>(
+    op: &str,
+    operands: [(&'a candle_core::CpuStorage, &candle_core::Layout); 3],
+    fits: impl FnOnce(&[usize], &[usize], &[usize]) -> bool,
+) -> Result<[&'a [f32]; 3]> {
+    let [(_, l1), (_, l2), (_, l3)] = operands;
+    if !fits(l1.dims(), l2.dims(), l3.dims()) {
+        candle_core::bail!(
+            "{op}: input {:?}, weight {:?}, bias {:?} do not fit",
+            l1.dims(),
+            l2.dims(),
+            l3.dims()
+        );
+    }
+    let [a, b, c] = operands.map(|(s, l)| storage_slice(s, l, op));
+    Ok([a?, b?, c?])
 }
 
 /// A gradient with the shape and device of `like`, as a custom op's backward returns it.

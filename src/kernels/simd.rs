@@ -256,38 +256,3 @@ mod gelu_tests {
         sum * 2.0 / std::f64::consts::PI.sqrt()
     }
 }
-
-/// Softmax over the last dim as one op with its own backward, for training on CPU: the
-/// composed version keeps four logits-sized intermediates alive until the backward pass;
-/// this keeps only its output.
-pub struct SoftmaxLastDim;
-
-impl candle_core::CustomOp1 for SoftmaxLastDim {
-    fn name(&self) -> &'static str {
-        "msa-softmax-last-dim"
-    }
-
-    fn cpu_fwd(
-        &self,
-        storage: &candle_core::CpuStorage,
-        layout: &candle_core::Layout,
-    ) -> candle_core::Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        use rayon::prelude::*;
-        let dims = layout.shape().dims();
-        let n = dims[dims.len() - 1].max(1);
-        let mut out = super::storage_slice(storage, layout, "softmax")?.to_vec();
-        out.par_chunks_mut(n).for_each(softmax_row);
-        Ok((candle_core::CpuStorage::F32(out), layout.shape().clone()))
-    }
-
-    fn bwd(
-        &self,
-        _arg: &candle_core::Tensor,
-        res: &candle_core::Tensor,
-        grad: &candle_core::Tensor,
-    ) -> candle_core::Result<Option<candle_core::Tensor>> {
-        // dx = y * (g - sum(g * y))
-        let dot = (grad * res)?.sum_keepdim(candle_core::D::Minus1)?;
-        Ok(Some(res.mul(&grad.broadcast_sub(&dot)?)?))
-    }
-}

@@ -2,7 +2,7 @@
 //! and the window partition around it.
 
 use super::adapter::Lora;
-use super::nn::{needs_grad, softmax, Linear};
+use super::nn::{is_cpu_f32, needs_grad, softmax, Linear};
 use super::resize;
 use crate::kernels::attention_grad;
 use crate::kernels::windows as window_ops;
@@ -79,7 +79,9 @@ impl Attention {
 
     /// softmax(q kᵀ scale + bias) v for every head, before `proj`: (B, H, W, 3C) -> (B, H, W, C).
     pub fn core(&self, qkv: &Tensor) -> Result<Tensor> {
-        if self.can_fuse(qkv) {
+        // On CPU the fused kernel serves inference and training alike (its backward gives
+        // the qkv gradient, and the tables' when they train); GPUs take candle's ops.
+        if is_cpu_f32(qkv) {
             return self.core_fused(qkv);
         }
         if needs_grad(&[qkv]) && self.tables_frozen() {
@@ -88,10 +90,13 @@ impl Attention {
         self.core_ops(qkv)
     }
 
-    /// On CPU the fused kernel serves inference and training alike (its backward gives the
-    /// qkv gradient, and the tables' when they train); GPUs take candle's ops.
-    fn can_fuse(&self, x: &Tensor) -> bool {
-        x.device().is_cpu() && x.dtype() == DType::F32
+    /// The rel-pos tables gathered for every (query, key) pair of an (h, w) grid:
+    /// Rh (h, h, hd) and Rw (w, w, hd).
+    fn gathered_tables(&self, (h, w): (usize, usize)) -> Result<Option<(Tensor, Tensor)>> {
+        match &self.rel_pos {
+            Some((th, tw)) => Ok(Some((get_rel_pos(h, h, th)?, get_rel_pos(w, w, tw)?))),
+            None => Ok(None),
+        }
     }
 
     fn tables_frozen(&self) -> bool {
@@ -106,11 +111,7 @@ impl Attention {
         let (grid, heads, scale) = ((h, w), self.num_heads, self.scale as f32);
         let head_dim = c3 / 3 / heads;
         let qkv = qkv.contiguous()?;
-        let tables = match &self.rel_pos {
-            Some((th, tw)) => Some((get_rel_pos(h, h, th)?, get_rel_pos(w, w, tw)?)),
-            None => None,
-        };
-        match tables {
+        match self.gathered_tables((h, w))? {
             Some((rh, rw)) if !self.tables_frozen() => qkv.apply_op3(
                 &rh.contiguous()?,
                 &rw.contiguous()?,
@@ -167,15 +168,11 @@ impl Attention {
         let take = |i: usize| -> Result<Tensor> {
             parts.get(i)?.contiguous()?.reshape((b * nh, h * w, hd))
         };
-        let rel = match &self.rel_pos {
-            Some((th, tw)) => Some((get_rel_pos(h, h, th)?, get_rel_pos(w, w, tw)?)),
-            None => None,
-        };
         Ok(Heads {
             q: take(0)?,
             k: take(1)?,
             v: take(2)?,
-            rel,
+            rel: self.gathered_tables((h, w))?,
             grid: (h, w),
         })
     }
@@ -434,10 +431,6 @@ pub fn window_partition_filled(
     let b = x.dim(0)?;
     let mask = mask.repeat((b, 1, 1, 1))?;
     Ok(((windows + mask.broadcast_mul(fill)?)?, padded))
-}
-
-fn is_cpu_f32(x: &Tensor) -> bool {
-    x.device().is_cpu() && x.dtype() == DType::F32
 }
 
 /// Inverse of `window_partition`, cropping the padding away.

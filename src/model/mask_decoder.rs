@@ -3,7 +3,7 @@
 
 use super::adapter::{mean_prompt, Adapter, AdapterConfig, HyperAdapter};
 use super::config::SamConfig;
-use super::nn::{gelu, needs_grad, softmax, LayerNorm, Linear, Mlp, UpConv2x2};
+use super::nn::{gelu, is_cpu_f32, needs_grad, softmax, LayerNorm, Linear, Mlp, UpConv2x2};
 use crate::kernels::{attention_cpu, with_slice};
 use crate::weights::Params;
 use candle_core::{Result, Tensor};
@@ -49,7 +49,7 @@ impl DecoderAttention {
 
     /// The attention after the input projections, then `out_proj`.
     pub fn attend_projected(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let out = if q.device().is_cpu() && !needs_grad(&[q, k, v]) {
+        let out = if is_cpu_f32(q) && !needs_grad(&[q, k, v]) {
             self.attend_fused(q, k, v)?
         } else {
             self.attend_ops(q, k, v)?

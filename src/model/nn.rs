@@ -93,19 +93,21 @@ impl LayerNorm {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let frozen = !needs_grad(&[&self.weight, &self.bias]);
-        if frozen && needs_grad(&[x]) && x.device().is_cpu() && x.dtype() == DType::F32 {
-            let op = crate::kernels::layer_norm::FrozenLayerNorm {
-                weight: self.weight.to_vec1::<f32>()?,
-                bias: self.bias.to_vec1::<f32>()?,
-                eps: self.eps,
-            };
-            return x.contiguous()?.apply_op1(op);
-        }
-        let trainable = needs_grad(&[&self.weight, &self.bias]);
-        if trainable && is_cpu_f32(x) && self.weight.is_contiguous() && self.bias.is_contiguous() {
-            let op = crate::kernels::layer_norm::TrainableLayerNorm { eps: self.eps };
-            return x.contiguous()?.apply_op3(&self.weight, &self.bias, op);
+        if is_cpu_f32(x) {
+            use crate::kernels::layer_norm::{FrozenLayerNorm, TrainableLayerNorm};
+            let (w, b) = (&self.weight, &self.bias);
+            if !needs_grad(&[w, b]) && needs_grad(&[x]) {
+                let op = FrozenLayerNorm {
+                    weight: w.to_vec1::<f32>()?,
+                    bias: b.to_vec1::<f32>()?,
+                    eps: self.eps,
+                };
+                return x.contiguous()?.apply_op1(op);
+            }
+            if needs_grad(&[w, b]) && w.is_contiguous() && b.is_contiguous() {
+                let op = TrainableLayerNorm { eps: self.eps };
+                return x.contiguous()?.apply_op3(w, b, op);
+            }
         }
         if needs_grad(&[x, &self.weight, &self.bias]) {
             let mean = x.mean_keepdim(D::Minus1)?;
@@ -121,10 +123,10 @@ impl LayerNorm {
 
 /// Softmax over the last dim.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
-    if needs_grad(&[x]) && x.device().is_cpu() && x.dtype() == DType::F32 {
+    if needs_grad(&[x]) && is_cpu_f32(x) {
         return x
             .contiguous()?
-            .apply_op1(crate::kernels::simd::SoftmaxLastDim);
+            .apply_op1(crate::kernels::softmax::SoftmaxLastDim);
     }
     if needs_grad(&[x]) {
         let max = x.max_keepdim(D::Minus1)?.detach();
@@ -135,7 +137,8 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
     }
 }
 
-fn is_cpu_f32(x: &Tensor) -> bool {
+/// Where the hand-written CPU kernels apply.
+pub(crate) fn is_cpu_f32(x: &Tensor) -> bool {
     x.device().is_cpu() && x.dtype() == DType::F32
 }
 
@@ -146,7 +149,7 @@ pub fn needs_grad(ts: &[&Tensor]) -> bool {
 /// GELU (erf form). On CPU a vectorised kernel, with its own backward when autograd tracks
 /// the input; candle's per-element `erf` made the decoder's upscaling path a third of its time.
 pub fn gelu(x: &Tensor) -> Result<Tensor> {
-    if !x.device().is_cpu() || x.dtype() != DType::F32 {
+    if !is_cpu_f32(x) {
         return x.gelu_erf();
     }
     x.contiguous()?.apply_op1(crate::kernels::gelu::Gelu)

@@ -3,7 +3,7 @@
 use crate::kernels::adam;
 use anyhow::Result;
 use candle_core::backprop::GradStore;
-use candle_core::{DType, Tensor, Var};
+use candle_core::{Tensor, Var};
 use std::collections::BTreeMap;
 
 pub struct Adam {
@@ -40,7 +40,7 @@ impl Adam {
                 continue;
             };
             let p = var.as_tensor();
-            if p.device().is_cpu() && p.dtype() == DType::F32 {
+            if crate::model::nn::is_cpu_f32(p) {
                 self.update_in_place(key, p, g, lr, bc1, bc2)?;
             } else {
                 self.update_composed(key, var, g, lr, bc1, bc2)?;

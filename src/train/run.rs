@@ -74,6 +74,11 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
         &serde_json::to_string_pretty(&splits.ids())?,
     )?;
     let base_sha = adapter_file::sha256_file(&cfg.checkpoint)?;
+    // A fully fine-tuned file holds every SAM tensor, buffers included, to load on its own.
+    let buffers = match cfg.train {
+        TrainMode::All => loaded.params.buffers(),
+        _ => BTreeMap::new(),
+    };
     let mut adam = Adam::default();
     let mut state = RunState {
         epochs_done: 0,
@@ -141,9 +146,7 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
         state.adam_step = adam.step;
         let meta = adapter_meta(&loaded, cfg, &base_sha)?;
         let mut tensors = var_tensors(&vars);
-        if cfg.train == TrainMode::All {
-            tensors.extend(loaded.params.buffers());
-        }
+        tensors.extend(buffers.clone());
         adapter_file::save(&cfg.out.join("adapters_last.safetensors"), &tensors, &meta)?;
         if let Some(d) = val_dice {
             if state.best_dice.is_none_or(|b| d > b) {
