@@ -8,5 +8,7 @@ pub mod eval;
 pub mod infer;
 pub mod kernels;
 pub mod model;
+pub mod params;
+pub mod resize;
 pub mod train;
 pub mod weights;

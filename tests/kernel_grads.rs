@@ -491,7 +491,7 @@ fn recomputed_attention_matches_the_composed_path() {
 #[test]
 fn windowed_block_keeps_sam_gradients_when_every_weight_trains() {
     use msa::model::attention::{window_partition, window_unpartition};
-    use msa::model::image_encoder::Block;
+    use msa::model::vit::Block;
     use msa::model::SamConfig;
     use msa::weights::{Params, Source};
     let cfg = SamConfig::from_json_file(std::path::Path::new(concat!(
@@ -500,9 +500,10 @@ fn windowed_block_keeps_sam_gradients_when_every_weight_trains() {
     )))
     .unwrap();
     let params = Params::train_all(Source::Random { std: 0.2 }, &Device::Cpu, 0);
-    let block = Block::load(&params.pp("blocks.0"), &cfg, 0).unwrap();
+    let vit = cfg.vit().unwrap();
+    let block = Block::load(&params.pp("blocks.0"), vit, cfg.grid(), 0).unwrap();
     assert_eq!(block.window_size, 3);
-    let x = rand(&[2, 8, 8, cfg.embed_dim], 30);
+    let x = rand(&[2, 8, 8, vit.embed_dim], 30);
     let xn = block.norm1.forward(&x).unwrap();
     let ours = block.spatial_attention(&xn).unwrap();
     let (windows, padded) = window_partition(&xn, 3).unwrap();

@@ -5,15 +5,15 @@ mod common;
 
 use candle_core::Tensor;
 use common::{assert_close, device, fixture, load_cases};
-use msa::model::resize::bilinear;
 use msa::model::{AdapterConfig, MaskSelection, Prompts, Sam, SamConfig};
+use msa::resize::bilinear;
 use msa::train::loss::bce_with_logits;
 use msa::weights::{Checkpoint, Params, Source};
 
 fn adapted(train: bool) -> (Sam, Params) {
     let cfg = SamConfig::from_json_file(&fixture("msa_tiny.json")).unwrap();
     let ckpt = Checkpoint::read(&fixture("msa_tiny.safetensors")).unwrap();
-    let params = Params::with_options(Source::Checkpoint(ckpt), &device(), train, 0);
+    let params = Params::with_options(Source::from(ckpt), &device(), train, 0);
     let ad = AdapterConfig {
         depth: true,
         ..AdapterConfig::default()
@@ -81,7 +81,7 @@ fn adapted_forward_loss_and_adapter_gradients_match_reference() {
         "4 blocks x (Space, MLP) x (fc1, fc2) x (weight, bias)"
     );
     // Frozen SAM tensors get no gradient at all.
-    let qkv = &sam.image_encoder.blocks[0].attn.qkv.weight;
+    let qkv = &sam.image_encoder.vit().unwrap().blocks[0].attn.qkv.weight;
     assert!(grads.get(qkv).is_none());
     // Decoder adapters (zero up-projections) are in the graph and do get gradients.
     let up = &vars["mask_decoder.transformer.layers.0.Image_Adapter.D_fc2.weight"];
@@ -116,7 +116,7 @@ fn depth_branch_matches_reference_3d() {
 fn zero_initialised_adapters_compute_frozen_sam() {
     let cfg = SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap();
     let ckpt = Checkpoint::read(&fixture("sam_tiny.safetensors")).unwrap();
-    let params = Params::with_options(Source::Checkpoint(ckpt), &device(), false, 1);
+    let params = Params::with_options(Source::from(ckpt), &device(), false, 1);
     let ad = AdapterConfig {
         lora_rank: 4,
         ..AdapterConfig::default()

@@ -3,7 +3,7 @@
 mod common;
 
 use common::{assert_close, load_cases};
-use msa::model::resize;
+use msa::resize;
 
 #[test]
 fn pos_embed_bicubic_matches_torch() {

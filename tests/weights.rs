@@ -137,8 +137,11 @@ fn custom_architecture_without_config_asks_for_one() {
 #[test]
 fn wrong_config_reports_the_first_mismatch() {
     let mut cfg = tiny_config();
-    cfg.embed_dim = 96;
-    cfg.num_heads = 4;
+    let msa::model::EncoderConfig::Vit(vit) = &mut cfg.encoder else {
+        panic!("sam_tiny is a ViT");
+    };
+    vit.embed_dim = 96;
+    vit.num_heads = 4;
     let err = load_err(&fixture("sam_tiny.pth"), Some(&cfg));
     assert!(
         err.contains("sam_tiny.pth") && err.contains("expected shape"),

@@ -178,7 +178,7 @@ fn time_train_step(
         let emb = sam.encode(&x)?;
         let out = sam.decode(&emb, &prompts)?;
         let (low, _) = out.select(MaskSelection::Classes(1))?;
-        let logits = crate::model::resize::bilinear(&low, s, s)?;
+        let logits = crate::resize::bilinear(&low, s, s)?;
         let loss = crate::train::loss::bce_with_logits(&logits, &target, 2.0)?;
         let t1 = Instant::now();
         let g = loss.backward()?;

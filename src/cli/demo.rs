@@ -22,13 +22,13 @@ pub struct DemoArgs {
 /// The tiny SAM the repository ships (random weights, official layout).
 pub fn tiny_sam() -> Result<crate::model::Sam> {
     let value: serde_json::Value = serde_json::from_str(TINY_CONFIG)?;
-    let cfg: SamConfig = serde_json::from_value(value["config"].clone())?;
+    let cfg = SamConfig::from_json_value(value)?;
     let tensors = candle_core::safetensors::load_buffer(TINY_WEIGHTS, &candle_core::Device::Cpu)?;
     let ckpt = Checkpoint {
         path: PathBuf::from("<embedded sam_tiny.safetensors>"),
         tensors: tensors.into_iter().collect(),
     };
-    let params = Params::new(Source::Checkpoint(ckpt), &candle_core::Device::Cpu);
+    let params = Params::new(Source::from(ckpt), &candle_core::Device::Cpu);
     Ok(crate::model::Sam::load(&params, &cfg)?)
 }
 

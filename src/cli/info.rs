@@ -54,14 +54,23 @@ pub fn run(args: &InfoArgs) -> Result<()> {
     }
     println!("checkpoint    {}", args.checkpoint.display());
     println!("architecture  {}", loaded.preset);
+    let encoder = match &cfg.encoder {
+        crate::model::EncoderConfig::Vit(v) => format!(
+            "ViT: {} blocks of width {}, global {:?}",
+            v.depth, v.embed_dim, v.global_attn_indexes
+        ),
+        crate::model::EncoderConfig::TinyVit(t) => format!(
+            "TinyViT: depths {:?}, widths {:?}, windows {:?}",
+            t.depths, t.embed_dims, t.window_sizes
+        ),
+    };
     println!(
-        "image size    {} (embedding {}x{}, {} blocks, global {:?})",
+        "image size    {} (embedding {}x{}; {encoder})",
         cfg.img_size,
         cfg.grid(),
         cfg.grid(),
-        cfg.depth,
-        cfg.global_attn_indexes
     );
+    println!("preprocess    {:?}", cfg.preprocess);
     println!("parameters");
     for (part, n) in &loaded.part_params {
         println!("  {part:<16}{n:>14}");

@@ -2,7 +2,7 @@
 //! decoder layers, the prompt-conditioned Hyper-Prompting Adapter (HyP-Adpt), and LoRA.
 
 use super::nn::{gelu, LayerNorm, Linear};
-use crate::weights::{Init, Params};
+use crate::params::{Init, Params};
 use candle_core::{Result, Tensor, D};
 use serde::{Deserialize, Serialize};
 

@@ -3,10 +3,10 @@
 
 use super::adapter::Lora;
 use super::nn::{is_cpu_f32, needs_grad, softmax, Linear};
-use super::resize;
 use crate::kernels::attention_grad;
 use crate::kernels::windows as window_ops;
-use crate::weights::{Params, Resize};
+use crate::params::{Params, Resize};
+use crate::resize;
 use candle_core::backend::BackendStorage;
 use candle_core::{DType, Result, Storage, Tensor};
 

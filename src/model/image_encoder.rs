@@ -1,152 +1,54 @@
-//! The ViT image encoder ("ViTDet" style): patch embedding, windowed and global blocks, neck.
+//! The image encoder behind one interface: SAM's ViT or TinyViT (LiteMedSAM, MobileSAM).
+//! Whatever the backbone, a batch of preprocessed images becomes image embeddings
+//! (B, prompt_embed_dim, grid, grid); the rest of the model sees nothing else.
 
-use super::adapter::{Adapter, AdapterConfig, Lora};
-use super::attention::{window_partition_filled, window_unpartition, Attention};
-use super::config::SamConfig;
-use super::nn::{gelu, to_channels_first, to_channels_last, LayerNorm, Linear, PatchConv};
-use crate::weights::{Params, Resize};
+use super::adapter::AdapterConfig;
+use super::config::{EncoderConfig, SamConfig};
+use super::nn::{to_channels_first, to_channels_last, LayerNorm, Linear};
+use super::tiny_vit::TinyVitEncoder;
+use super::vit::VitEncoder;
+use crate::params::Params;
 use candle_core::{Module, Result, Tensor};
 
 #[derive(Debug, Clone)]
-pub struct EncoderMlp {
-    pub lin1: Linear,
-    pub lin2: Linear,
+pub enum ImageEncoder {
+    Vit(VitEncoder),
+    TinyVit(TinyVitEncoder),
 }
 
-impl EncoderMlp {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.lin2.forward(&gelu(&self.lin1.forward(x)?)?)
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct Block {
-    pub norm1: LayerNorm,
-    pub attn: Attention,
-    pub norm2: LayerNorm,
-    pub mlp: EncoderMlp,
-    /// 0 for global attention.
-    pub window_size: usize,
-    /// With skip, on the attention output.
-    pub space_adapter: Option<Adapter>,
-    /// Without skip, beside the MLP, scaled by `mlp_scale`.
-    pub mlp_adapter: Option<Adapter>,
-    /// Without skip, on the depth-attention output (3D).
-    pub depth_adapter: Option<Adapter>,
-    pub mlp_scale: f64,
-}
-
-impl Block {
-    pub fn load(p: &Params, cfg: &SamConfig, index: usize) -> Result<Self> {
-        Self::load_adapted(p, cfg, index, &AdapterConfig::none())
-    }
-
-    pub fn load_adapted(
-        p: &Params,
-        cfg: &SamConfig,
-        index: usize,
-        ad: &AdapterConfig,
-    ) -> Result<Self> {
-        let dim = cfg.embed_dim;
-        let window_size = if cfg.is_global(index) {
-            0
-        } else {
-            cfg.window_size
-        };
-        let eps = cfg.layer_norm_eps;
-        let mlp_dim = cfg.mlp_dim();
-        let adapter = |on: bool, name: &str, skip: bool| -> Result<Option<Adapter>> {
-            on.then(|| Adapter::load(&p.pp(name), dim, ad, skip))
-                .transpose()
-        };
-        let mut attn = Attention::load(
-            &p.pp("attn"),
-            dim,
-            cfg.num_heads,
-            cfg.use_rel_pos,
-            cfg.attn_size(index),
-        )?;
-        if ad.lora_rank > 0 {
-            attn.lora = Some(Lora::load(&p.pp("attn"), dim, 3 * dim, ad.lora_rank)?);
-        }
-        Ok(Self {
-            norm1: LayerNorm::load(&p.pp("norm1"), dim, eps)?,
-            attn,
-            norm2: LayerNorm::load(&p.pp("norm2"), dim, eps)?,
-            mlp: EncoderMlp {
-                lin1: Linear::load(&p.pp("mlp.lin1"), dim, mlp_dim, true)?,
-                lin2: Linear::load(&p.pp("mlp.lin2"), mlp_dim, dim, true)?,
-            },
-            window_size,
-            space_adapter: adapter(ad.encoder, "Space_Adapter", true)?,
-            mlp_adapter: adapter(ad.encoder, "MLP_Adapter", false)?,
-            depth_adapter: adapter(ad.depth, "Depth_Adapter", false)?,
-            mlp_scale: ad.mlp_scale,
+impl ImageEncoder {
+    pub fn load(p: &Params, cfg: &SamConfig, ad: &AdapterConfig) -> Result<Self> {
+        Ok(match &cfg.encoder {
+            EncoderConfig::Vit(v) => {
+                Self::Vit(VitEncoder::load(p, v, cfg.img_size, cfg.in_chans, ad)?)
+            }
+            EncoderConfig::TinyVit(t) => Self::TinyVit(TinyVitEncoder::load(p, cfg, t, ad)?),
         })
     }
 
-    /// Attention of norm1(x), on windows or the whole grid, back on the (B, H, W, C) grid.
-    ///
-    /// Windowed: SAM pads norm1(x) with zero tokens and projects every window. A zero
-    /// token's qkv is the qkv bias, and only image tokens survive the crop, so qkv and proj
-    /// run on the image tokens alone and the padding gets the bias: the same values and
-    /// gradients (a trainable bias also gets the padding's share through the fill), a third
-    /// of the projection work at 256 px.
-    pub fn spatial_attention(&self, xn: &Tensor) -> Result<Tensor> {
-        let ws = self.window_size;
-        if ws == 0 {
-            return self.attn.forward(xn);
-        }
-        let (_, h, w, _) = xn.dims4()?;
-        let qkv = self.attn.qkv_forward(xn)?;
-        let fill = self.attn.padding_qkv()?;
-        let (windows, padded) = window_partition_filled(&qkv, ws, &fill)?;
-        let core = window_unpartition(&self.attn.core(&windows)?, ws, padded, (h, w))?;
-        self.attn.proj.forward(&core)
+    /// (B, 3, S, S) preprocessed images -> (B, D, grid, grid).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_slices(x, None)
     }
 
-    /// x (N, H, W, C). With `depth` = Some(D), N is volumes x D consecutive slices and the
-    /// depth branch (MSA-SPEC 2.2) runs beside the spatial one.
-    pub fn forward(&self, x: &Tensor, depth: Option<usize>) -> Result<Tensor> {
-        let xn = self.norm1.forward(x)?;
-        let mut a = self.spatial_attention(&xn)?;
-        if let Some(sa) = &self.space_adapter {
-            a = sa.forward(&a)?;
-        }
-        if let (Some(d), Some(da)) = (depth, &self.depth_adapter) {
-            a = (a + da.forward(&self.depth_attention(&xn, d)?)?)?;
-        }
-        let x = (x + a)?;
-        let h = self.norm2.forward(&x)?;
-        let x = (&x + self.mlp.forward(&h)?)?;
-        match &self.mlp_adapter {
-            Some(ma) => x + (ma.forward(&h)? * self.mlp_scale)?,
-            None => Ok(x),
+    /// Like `forward`; with `depth` = Some(D) the batch is volumes of D consecutive slices
+    /// and every adapted block's depth branch runs.
+    pub fn forward_slices(&self, x: &Tensor, depth: Option<usize>) -> Result<Tensor> {
+        match self {
+            Self::Vit(e) => e.forward_slices(x, depth),
+            Self::TinyVit(e) => e.forward_slices(x, depth),
         }
     }
 
-    /// Attention across the D slices at each spatial position, the slices laid out on a
-    /// dh x dw grid so that the block's own attention and rel-pos tables apply.
-    fn depth_attention(&self, xn: &Tensor, d: usize) -> Result<Tensor> {
-        let (n, h, w, c) = xn.dims4()?;
-        if n % d != 0 {
-            candle_core::bail!("{n} slices are not a whole number of {d}-slice volumes");
+    pub fn vit(&self) -> Option<&VitEncoder> {
+        match self {
+            Self::Vit(e) => Some(e),
+            Self::TinyVit(_) => None,
         }
-        let v = n / d;
-        let (dh, dw) = closest_factors(d);
-        let xd = xn
-            .reshape((v, d, h, w, c))?
-            .permute((0, 2, 3, 1, 4))?
-            .contiguous()?
-            .reshape((v * h * w, dh, dw, c))?;
-        let xd = self.attn.forward(&xd)?;
-        xd.reshape((v, h, w, d, c))?
-            .permute((0, 3, 1, 2, 4))?
-            .contiguous()?
-            .reshape((n, h, w, c))
     }
 }
 
+/// Both backbones end in SAM's neck: 1x1 conv, LayerNorm2d, 3x3 conv, LayerNorm2d.
 #[derive(Debug, Clone)]
 pub struct Neck {
     pub conv1: Linear,
@@ -156,8 +58,8 @@ pub struct Neck {
 }
 
 impl Neck {
-    fn load(p: &Params, cfg: &SamConfig) -> Result<Self> {
-        let (c, o) = (cfg.embed_dim, cfg.out_chans);
+    /// From `c` encoder channels to `o` embedding channels.
+    pub fn load(p: &Params, c: usize, o: usize) -> Result<Self> {
         let w1 = p.get("0.weight", &[o, c, 1, 1])?.reshape((o, c))?;
         let w2 = p.get("2.weight", &[o, o, 3, 3])?;
         let conv_cfg = candle_nn::Conv2dConfig {
@@ -176,66 +78,11 @@ impl Neck {
     }
 
     /// (B, H, W, C) -> (B, out_chans, H, W).
-    fn forward(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.ln1.forward(&self.conv1.forward(x)?)?;
         let x = self.conv2.forward(&to_channels_first(&x)?.contiguous()?)?;
         let x = self.ln2.forward(&to_channels_last(&x)?.contiguous()?)?;
         to_channels_first(&x)?.contiguous()
-    }
-}
-
-#[derive(Debug, Clone)]
-pub struct ImageEncoder {
-    pub patch_embed: PatchConv,
-    pub pos_embed: Option<Tensor>,
-    pub blocks: Vec<Block>,
-    pub neck: Neck,
-}
-
-impl ImageEncoder {
-    pub fn load(p: &Params, cfg: &SamConfig, ad: &AdapterConfig) -> Result<Self> {
-        let g = cfg.grid();
-        let patch_embed = PatchConv::load(
-            &p.pp("patch_embed.proj"),
-            cfg.in_chans,
-            cfg.embed_dim,
-            cfg.patch_size,
-        )?;
-        let pos_embed =
-            Some(p.get_resized("pos_embed", &[1, g, g, cfg.embed_dim], Resize::PosEmbed)?);
-        let blocks = (0..cfg.depth)
-            .map(|i| Block::load_adapted(&p.pp(&format!("blocks.{i}")), cfg, i, ad))
-            .collect::<Result<_>>()?;
-        Ok(Self {
-            patch_embed,
-            pos_embed,
-            blocks,
-            neck: Neck::load(&p.pp("neck"), cfg)?,
-        })
-    }
-
-    /// Patch embedding plus position embedding: (B, 3, S, S) -> (B, S/16, S/16, C).
-    pub fn embed(&self, x: &Tensor) -> Result<Tensor> {
-        let x = self.patch_embed.forward_nchw(x)?;
-        match &self.pos_embed {
-            Some(pos) => x.broadcast_add(pos),
-            None => Ok(x),
-        }
-    }
-
-    /// (B, 3, S, S) preprocessed images -> (B, out_chans, S/16, S/16).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_slices(x, None)
-    }
-
-    /// Like `forward`; with `depth` = Some(D) the batch is volumes of D consecutive slices
-    /// and every block's depth branch runs.
-    pub fn forward_slices(&self, x: &Tensor, depth: Option<usize>) -> Result<Tensor> {
-        let mut x = self.embed(x)?;
-        for block in &self.blocks {
-            x = block.forward(&x, depth)?;
-        }
-        self.neck.forward(&x)
     }
 }
 

@@ -5,7 +5,7 @@ use super::adapter::{mean_prompt, Adapter, AdapterConfig, HyperAdapter};
 use super::config::SamConfig;
 use super::nn::{gelu, is_cpu_f32, needs_grad, softmax, LayerNorm, Linear, Mlp, UpConv2x2};
 use crate::kernels::{attention_cpu, with_slice};
-use crate::weights::Params;
+use crate::params::Params;
 use candle_core::{Result, Tensor};
 
 /// nn.LayerNorm's default, used throughout the decoder's transformer.

@@ -7,11 +7,12 @@ pub mod image_encoder;
 pub mod mask_decoder;
 pub mod nn;
 pub mod prompt_encoder;
-pub mod resize;
 pub mod sam;
+pub mod tiny_vit;
+pub mod vit;
 
 pub use adapter::{AdapterConfig, AdapterInit};
-pub use config::SamConfig;
+pub use config::{EncoderConfig, Preprocess, SamConfig, TinyVitConfig, VitConfig};
 pub use mask_decoder::{DecoderOutput, MaskSelection};
 pub use prompt_encoder::Prompts;
 pub use sam::Sam;

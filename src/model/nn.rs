@@ -4,7 +4,7 @@
 //! input, the same maths is written with differentiable primitive ops instead (candle's
 //! fused layer-norm and softmax have no backward).
 
-use crate::weights::Params;
+use crate::params::Params;
 use candle_core::{DType, Result, Tensor, D};
 
 /// y = x Wᵀ + b over the last dim, with all leading dims folded into one matmul.
@@ -155,6 +155,47 @@ pub fn gelu(x: &Tensor) -> Result<Tensor> {
     x.contiguous()?.apply_op1(crate::kernels::gelu::Gelu)
 }
 
+type DeriveFn = dyn Fn(&[Tensor]) -> Result<Tensor> + Send + Sync;
+
+/// A tensor computed from parameters at load time (a folded BatchNorm, a permuted layout).
+/// Frozen, it is computed once. When a parameter trains it is recomputed at every use, so
+/// that the forward pass follows the optimizer's in-place updates and gradients reach the
+/// parameters.
+#[derive(Clone)]
+pub struct Derived {
+    inputs: Vec<Tensor>,
+    f: std::sync::Arc<DeriveFn>,
+    cached: Tensor,
+}
+
+impl std::fmt::Debug for Derived {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Derived({:?})", self.cached.shape())
+    }
+}
+
+impl Derived {
+    pub fn new(
+        inputs: Vec<Tensor>,
+        f: impl Fn(&[Tensor]) -> Result<Tensor> + Send + Sync + 'static,
+    ) -> Result<Self> {
+        let cached = f(&inputs)?;
+        Ok(Self {
+            inputs,
+            f: std::sync::Arc::new(f),
+            cached,
+        })
+    }
+
+    pub fn get(&self) -> Result<Tensor> {
+        if needs_grad(&self.inputs.iter().collect::<Vec<_>>()) {
+            (self.f)(&self.inputs)
+        } else {
+            Ok(self.cached.clone())
+        }
+    }
+}
+
 /// A stack of Linear layers with ReLU between them (SAM's `MLP`).
 #[derive(Debug, Clone)]
 pub struct Mlp {
@@ -225,29 +266,37 @@ impl PatchConv {
 /// ordered (i, j, Cout) so that the shuffle moves contiguous runs of 2*Cout values.
 #[derive(Debug, Clone)]
 pub struct UpConv2x2 {
-    pub weight: Tensor,
-    pub bias: Tensor,
+    /// (Cin, 4*Cout) weight with the repeated bias as its last row: (Cin + 1, 4*Cout).
+    pub weight_bias: Derived,
     pub cout: usize,
 }
 
 impl UpConv2x2 {
     pub fn load(p: &Params, cin: usize, cout: usize) -> Result<Self> {
-        // PyTorch layout (Cin, Cout, 2, 2) -> (Cin, 2, 2, Cout) -> (Cin, 4*Cout).
-        let weight = p
-            .get("weight", &[cin, cout, 2, 2])?
-            .permute((0, 2, 3, 1))?
-            .contiguous()?
-            .reshape((cin, 4 * cout))?;
-        let bias = p.get("bias", &[cout])?.repeat(4)?;
-        Ok(Self { weight, bias, cout })
+        let weight = p.get("weight", &[cin, cout, 2, 2])?;
+        let bias = p.get("bias", &[cout])?;
+        let weight_bias = Derived::new(vec![weight, bias], |t| {
+            let [w, b] = t else {
+                candle_core::bail!("UpConv2x2 takes a weight and a bias");
+            };
+            let (cin, cout) = (w.dim(0)?, w.dim(1)?);
+            // PyTorch layout (Cin, Cout, 2, 2) -> (Cin, 2, 2, Cout) -> (Cin, 4*Cout).
+            let w = w
+                .permute((0, 2, 3, 1))?
+                .contiguous()?
+                .reshape((cin, 4 * cout))?;
+            Tensor::cat(&[w, b.repeat(4)?.unsqueeze(0)?], 0)
+        })?;
+        Ok(Self { weight_bias, cout })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let (b, h, w, cin) = x.dims4()?;
+        let wb = self.weight_bias.get()?;
         x.contiguous()?
             .reshape((b * h * w, cin))?
-            .matmul(&self.weight)?
-            .broadcast_add(&self.bias)?
+            .matmul(&wb.narrow(0, 0, cin)?)?
+            .broadcast_add(&wb.narrow(0, cin, 1)?)?
             .reshape((b, h, w, 2, 2 * self.cout))?
             .permute((0, 1, 3, 2, 4))?
             .contiguous()?

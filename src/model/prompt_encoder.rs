@@ -3,7 +3,7 @@
 
 use super::config::SamConfig;
 use super::nn::{gelu, LayerNorm, Linear, PatchConv};
-use crate::weights::Params;
+use crate::params::Params;
 use candle_core::{DType, Device, Result, Tensor, D};
 
 #[derive(Debug, Clone)]

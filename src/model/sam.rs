@@ -5,8 +5,8 @@ use super::config::SamConfig;
 use super::image_encoder::ImageEncoder;
 use super::mask_decoder::{DecoderOutput, ImageContext, MaskDecoder};
 use super::prompt_encoder::{PromptEncoder, Prompts};
-use super::resize::linear_matrix;
-use crate::weights::Params;
+use crate::params::Params;
+use crate::resize::linear_matrix;
 use candle_core::{Device, Result, Tensor};
 
 #[derive(Debug, Clone)]
@@ -116,7 +116,7 @@ impl Sam {
         let dev = low_res.device();
         let ry = Tensor::from_vec(ry, (original_size.0, lh), dev)?;
         let rx = Tensor::from_vec(rx, (original_size.1, lw), dev)?;
-        super::resize::apply_separable(low_res, &ry, &rx)
+        crate::resize::apply_separable(low_res, &ry, &rx)
     }
 }
 

@@ -80,6 +80,16 @@ impl Checkpoint {
     }
 }
 
+impl From<Checkpoint> for crate::params::Source {
+    fn from(ckpt: Checkpoint) -> Self {
+        let label = ckpt.display();
+        Self::Tensors(crate::params::NamedTensors {
+            label,
+            tensors: ckpt.tensors,
+        })
+    }
+}
+
 /// The PyTorch MSA code names the relative-position tables `attn.rel_h` / `attn.rel_w`;
 /// SAM names them `attn.rel_pos_h` / `attn.rel_pos_w`.
 fn canonical_key(key: &str) -> String {

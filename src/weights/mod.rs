@@ -4,10 +4,9 @@
 pub mod adapter_file;
 pub mod checkpoint;
 pub mod detect;
-pub mod params;
 
+pub use crate::params::{Init, Params, Resize, Source};
 pub use checkpoint::{convert, save_safetensors, Checkpoint};
-pub use params::{Init, Params, Resize, Source};
 
 use crate::model::{AdapterConfig, Sam, SamConfig};
 use anyhow::{bail, Context, Result};
@@ -104,9 +103,9 @@ pub fn load_model(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Lo
         (None, None) => adapters_in(&ckpt),
     };
     let params = if opts.train_all {
-        Params::train_all(Source::Checkpoint(ckpt), device, opts.seed)
+        Params::train_all(Source::from(ckpt), device, opts.seed)
     } else {
-        Params::with_options(Source::Checkpoint(ckpt), device, opts.train, opts.seed)
+        Params::with_options(Source::from(ckpt), device, opts.train, opts.seed)
     };
     let sam = Sam::load_adapted(&params, &cfg, &ad).map_err(|e| anyhow::anyhow!("{e}"))?;
     check_unused(&params, path, &preset)?;
@@ -134,9 +133,11 @@ fn adapters_in(ckpt: &Checkpoint) -> AdapterConfig {
     if let Some((_, t)) = ckpt.tensors.iter().find(|(k, _)| k.ends_with("lora_a")) {
         ad.lora_rank = t.dims()[0];
     }
-    if let Some((_, t)) = ckpt.tensors.iter().find(|(k, _)| {
-        k.starts_with("image_encoder.blocks.0.") && k.ends_with("_Adapter.D_fc1.weight")
-    }) {
+    if let Some((_, t)) = ckpt
+        .tensors
+        .iter()
+        .find(|(k, _)| k.starts_with("image_encoder.") && k.ends_with("_Adapter.D_fc1.weight"))
+    {
         let (hidden, dim) = (t.dims()[0], t.dims()[1]);
         ad.ratio = hidden as f64 / dim as f64;
     }
@@ -148,7 +149,7 @@ fn check_unused(params: &Params, path: &Path, preset: &str) -> Result<()> {
     if unexpected.is_empty() {
         return Ok(());
     }
-    let ckpt = params.checkpoint().context("checkpoint source")?;
+    let ckpt = params.source_tensors().context("checkpoint source")?;
     let shown: Vec<String> = unexpected
         .iter()
         .take(5)

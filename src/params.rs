@@ -1,16 +1,32 @@
-//! Where model parameters come from while a model is built: a checkpoint, zeros, or random
-//! values. Every request is checked against the expected shape and recorded, so that keys
+//! The parameter store: where model parameters come from while a model is built (named
+//! tensors read from a file, zeros, or random values). It sits below the model and knows
+//! nothing of checkpoint formats. Every request is checked against the expected shape and recorded, so that keys
 //! left over in a checkpoint can be reported and the key set of a preset can be listed.
 
-use super::checkpoint::Checkpoint;
-use crate::model::resize;
+use crate::resize;
 use candle_core::{DType, Device, Result, Tensor, Var};
 use std::cell::RefCell;
 use std::collections::BTreeMap;
 use std::rc::Rc;
 
+/// Named tensors and a label for messages (the file they came from).
+pub struct NamedTensors {
+    pub label: String,
+    pub tensors: BTreeMap<String, Tensor>,
+}
+
+impl NamedTensors {
+    /// The tensor under `key`, as f32 on `device`.
+    pub fn get_f32(&self, key: &str, device: &Device) -> Result<Option<Tensor>> {
+        match self.tensors.get(key) {
+            None => Ok(None),
+            Some(t) => Ok(Some(t.to_dtype(DType::F32)?.to_device(device)?)),
+        }
+    }
+}
+
 pub enum Source {
-    Checkpoint(Checkpoint),
+    Tensors(NamedTensors),
     /// Zeros without allocation (a broadcast scalar): for listing keys and shapes.
     Zeros,
     /// Normal(0, std) values from a seeded generator: for benchmarks and tests.
@@ -149,7 +165,7 @@ impl Params {
 
     pub fn has(&self, name: &str) -> bool {
         match &self.inner.source {
-            Source::Checkpoint(c) => c.tensors.contains_key(&self.key(name)),
+            Source::Tensors(c) => c.tensors.contains_key(&self.key(name)),
             _ => false,
         }
     }
@@ -210,14 +226,12 @@ impl Params {
                 let values = self.normal_values(n, *std);
                 Tensor::from_vec(values, shape, device)
             }
-            Source::Checkpoint(ckpt) => {
-                let t = ckpt
-                    .get_f32(&key, device)
-                    .map_err(candle_core::Error::wrap)?;
+            Source::Tensors(ckpt) => {
+                let t = ckpt.get_f32(&key, device)?;
                 let t = t.ok_or_else(|| {
                     candle_core::Error::Msg(format!(
                         "{}: missing key `{key}` (expected shape {shape:?})",
-                        ckpt.display()
+                        ckpt.label
                     ))
                 })?;
                 fit_shape(ckpt, &key, t, shape, how)
@@ -248,7 +262,7 @@ impl Params {
         let requested = self.inner.requested.borrow();
         let trainable = self.inner.trainable.borrow();
         match &self.inner.source {
-            Source::Checkpoint(c) => c
+            Source::Tensors(c) => c
                 .tensors
                 .keys()
                 .filter(|k| !requested.contains_key(*k) && !trainable.contains_key(*k))
@@ -258,9 +272,10 @@ impl Params {
         }
     }
 
-    pub fn checkpoint(&self) -> Option<&Checkpoint> {
+    /// The named tensors the parameters are read from, if that is the source.
+    pub fn source_tensors(&self) -> Option<&NamedTensors> {
         match &self.inner.source {
-            Source::Checkpoint(c) => Some(c),
+            Source::Tensors(c) => Some(c),
             _ => None,
         }
     }
@@ -276,7 +291,7 @@ fn splitmix_unit(state: &mut u64) -> f64 {
 }
 
 fn fit_shape(
-    ckpt: &Checkpoint,
+    ckpt: &NamedTensors,
     key: &str,
     t: Tensor,
     shape: &[usize],
@@ -289,7 +304,7 @@ fn fit_shape(
     let mismatch = || {
         candle_core::Error::Msg(format!(
             "{}: key `{key}`: expected shape {shape:?}, found {found:?}",
-            ckpt.display()
+            ckpt.label
         ))
     };
     match how {

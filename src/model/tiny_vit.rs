@@ -1,0 +1,473 @@
+//! The TinyViT image encoder of LiteMedSAM and MobileSAM (MSA-SPEC 1.6), with MSA adapters
+//! in its attention blocks (MSA-SPEC 2.6). Maps stay channels-last (B, H, W, C) throughout;
+//! every Conv2d_BN is folded into one convolution with bias.
+
+use super::adapter::{Adapter, AdapterConfig, Lora};
+use super::attention::{window_partition, window_unpartition};
+use super::config::{SamConfig, TinyVitConfig};
+use super::image_encoder::{closest_factors, Neck};
+use super::nn::{gelu, softmax, to_channels_last, Derived, LayerNorm, Linear};
+use crate::kernels::depthwise::{depthwise_conv_ops, DepthwiseConv, DepthwiseGeometry};
+use crate::params::Params;
+use candle_core::{Result, Tensor, D};
+
+const BN_EPS: f64 = 1e-5;
+const LN_EPS: f64 = 1e-5;
+
+/// Conv2d (no bias) + eval-mode BatchNorm2d as one conv: weight (Cout, Cin/groups, k, k)
+/// and bias (Cout). When the parameters train, the fold is redone at every use.
+fn conv_bn(p: &Params, cout: usize, cin_per_group: usize, k: usize) -> Result<Derived> {
+    let weight = p.get("c.weight", &[cout, cin_per_group, k, k])?;
+    let gamma = p.get("bn.weight", &[cout])?;
+    let beta = p.get("bn.bias", &[cout])?;
+    let mean = p.buffer("bn.running_mean", &[cout])?;
+    let var = p.buffer("bn.running_var", &[cout])?;
+    if p.has("bn.num_batches_tracked") {
+        p.buffer("bn.num_batches_tracked", &[])?;
+    }
+    Derived::new(vec![weight, gamma, beta, mean, var], |t| {
+        let [w, gamma, beta, mean, var] = t else {
+            candle_core::bail!("conv_bn takes five tensors");
+        };
+        let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
+        let cout = scale.dim(0)?;
+        let w = w.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
+        let b = (beta - (mean * &scale)?)?;
+        // Weight and bias side by side: (Cout, Cin/g * k * k + 1).
+        Tensor::cat(&[w.flatten_from(1)?, b.unsqueeze(1)?], 1)
+    })
+}
+
+/// The folded (weight, bias) of a `conv_bn`, the weight as (Cout, Cin/g * k * k).
+fn split_folded(folded: &Tensor) -> Result<(Tensor, Tensor)> {
+    let cols = folded.dim(1)?;
+    Ok((
+        folded.narrow(1, 0, cols - 1)?,
+        folded.narrow(1, cols - 1, 1)?.squeeze(1)?,
+    ))
+}
+
+/// A 1x1 Conv2d_BN: a Linear over the channels.
+#[derive(Debug, Clone)]
+pub struct PointwiseConvBn(Derived);
+
+impl PointwiseConvBn {
+    fn load(p: &Params, cin: usize, cout: usize) -> Result<Self> {
+        Ok(Self(conv_bn(p, cout, cin, 1)?))
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (weight, bias) = split_folded(&self.0.get()?)?;
+        Linear {
+            weight,
+            bias: Some(bias),
+        }
+        .forward(x)
+    }
+}
+
+/// A depthwise k x k Conv2d_BN (groups = channels) with padding k / 2.
+#[derive(Debug, Clone)]
+pub struct DepthwiseConvBn {
+    folded: Derived,
+    geometry: DepthwiseGeometry,
+}
+
+impl DepthwiseConvBn {
+    fn load(p: &Params, c: usize, kernel: usize, stride: usize) -> Result<Self> {
+        Ok(Self {
+            folded: conv_bn(p, c, 1, kernel)?,
+            geometry: DepthwiseGeometry {
+                kernel,
+                stride,
+                padding: kernel / 2,
+            },
+        })
+    }
+
+    /// (B, H, W, C) -> (B, Ho, Wo, C).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let (weight, bias) = split_folded(&self.folded.get()?)?;
+        let taps = weight.t()?.contiguous()?; // (k*k, C)
+        if super::nn::is_cpu_f32(x) {
+            let op = DepthwiseConv(self.geometry);
+            return x.contiguous()?.apply_op3(&taps, &bias.contiguous()?, op);
+        }
+        depthwise_conv_ops(x, &taps, &bias, self.geometry)
+    }
+}
+
+/// Two Conv2d_BN with a GELU between: (B, 3, S, S) -> (B, G, G, C0).
+#[derive(Debug, Clone)]
+pub struct PatchEmbed {
+    conv1: Derived,
+    conv2: Derived,
+    kernel: usize,
+    stride: usize,
+}
+
+impl PatchEmbed {
+    fn load(p: &Params, cin: usize, c0: usize, t: &TinyVitConfig) -> Result<Self> {
+        let k = t.patch_embed_kernel;
+        Ok(Self {
+            conv1: conv_bn(&p.pp("seq.0"), c0 / 2, cin, k)?,
+            conv2: conv_bn(&p.pp("seq.2"), c0, c0 / 2, k)?,
+            kernel: k,
+            stride: t.patch_embed_stride,
+        })
+    }
+
+    fn conv(&self, x: &Tensor, folded: &Derived) -> Result<Tensor> {
+        let (weight, bias) = split_folded(&folded.get()?)?;
+        let (cout, cin) = (weight.dim(0)?, x.dim(1)?);
+        let k = self.kernel;
+        let weight = weight.reshape((cout, cin, k, k))?;
+        let y = x.conv2d(&weight, k / 2, self.stride, 1, 1)?;
+        y.broadcast_add(&bias.reshape((1, cout, 1, 1))?)
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if self.kernel == 1 && self.stride == 1 {
+            let x = to_channels_last(x)?.contiguous()?;
+            let pw = |f: &Derived| -> Result<Linear> {
+                let (weight, bias) = split_folded(&f.get()?)?;
+                Ok(Linear {
+                    weight,
+                    bias: Some(bias),
+                })
+            };
+            let x = gelu(&pw(&self.conv1)?.forward(&x)?)?;
+            return pw(&self.conv2)?.forward(&x);
+        }
+        let x = gelu(&self.conv(x, &self.conv1)?)?;
+        to_channels_last(&self.conv(&x, &self.conv2)?)?.contiguous()
+    }
+}
+
+/// Stage 0's inverted residual: 1x1 expand, depthwise 3x3, 1x1 project, residual, GELU.
+#[derive(Debug, Clone)]
+pub struct MbConv {
+    conv1: PointwiseConvBn,
+    conv2: DepthwiseConvBn,
+    conv3: PointwiseConvBn,
+}
+
+impl MbConv {
+    fn load(p: &Params, c: usize, hidden: usize) -> Result<Self> {
+        Ok(Self {
+            conv1: PointwiseConvBn::load(&p.pp("conv1"), c, hidden)?,
+            conv2: DepthwiseConvBn::load(&p.pp("conv2"), hidden, 3, 1)?,
+            conv3: PointwiseConvBn::load(&p.pp("conv3"), hidden, c)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = gelu(&self.conv1.forward(x)?)?;
+        let h = gelu(&self.conv2.forward(&h)?)?;
+        gelu(&(self.conv3.forward(&h)? + x)?)
+    }
+}
+
+/// Between stages: 1x1, GELU, depthwise 3x3 (stride s), GELU, 1x1.
+#[derive(Debug, Clone)]
+pub struct PatchMerging {
+    conv1: PointwiseConvBn,
+    conv2: DepthwiseConvBn,
+    conv3: PointwiseConvBn,
+}
+
+impl PatchMerging {
+    fn load(p: &Params, cin: usize, cout: usize, stride: usize) -> Result<Self> {
+        Ok(Self {
+            conv1: PointwiseConvBn::load(&p.pp("conv1"), cin, cout)?,
+            conv2: DepthwiseConvBn::load(&p.pp("conv2"), cout, 3, stride)?,
+            conv3: PointwiseConvBn::load(&p.pp("conv3"), cout, cout)?,
+        })
+    }
+
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        let h = gelu(&self.conv1.forward(x)?)?;
+        let h = gelu(&self.conv2.forward(&h)?)?;
+        self.conv3.forward(&h)
+    }
+}
+
+/// TinyViT attention over a grid of tokens: its own LayerNorm first, qkv laid out per head
+/// as [q, k, v], and a learned bias per head and per offset (|dy|, |dx|) of the window.
+#[derive(Debug, Clone)]
+pub struct TinyVitAttention {
+    pub norm: LayerNorm,
+    pub qkv: Linear,
+    pub proj: Linear,
+    pub lora: Option<Lora>,
+    /// (heads, ws * ws): the bias of offset (dy, dx) is column dy * ws + dx.
+    pub biases: Tensor,
+    pub num_heads: usize,
+    pub window: usize,
+}
+
+impl TinyVitAttention {
+    fn load(p: &Params, dim: usize, heads: usize, window: usize) -> Result<Self> {
+        let biases = p.get("attention_biases", &[heads, window * window])?;
+        if p.has("attention_bias_idxs") {
+            let n = window * window;
+            p.buffer("attention_bias_idxs", &[n, n])?;
+        }
+        Ok(Self {
+            norm: LayerNorm::load(&p.pp("norm"), dim, LN_EPS)?,
+            qkv: Linear::load(&p.pp("qkv"), dim, 3 * dim, true)?,
+            proj: Linear::load(&p.pp("proj"), dim, dim, true)?,
+            lora: None,
+            biases,
+            num_heads: heads,
+            window,
+        })
+    }
+
+    /// (heads, N, N) biases of a gh x gw token grid (both at most the window).
+    pub fn grid_bias(&self, (gh, gw): (usize, usize)) -> Result<Tensor> {
+        let n = gh * gw;
+        let ws = self.window;
+        let mut idx = Vec::with_capacity(n * n);
+        for i in 0..n {
+            for j in 0..n {
+                let dy = (i / gw).abs_diff(j / gw);
+                let dx = (i % gw).abs_diff(j % gw);
+                idx.push((dy * ws + dx) as u32);
+            }
+        }
+        let idx = Tensor::from_vec(idx, n * n, self.biases.device())?;
+        self.biases
+            .index_select(&idx, 1)?
+            .reshape((self.num_heads, n, n))
+    }
+
+    /// x (B, N, C), the N tokens a gh x gw grid -> (B, N, C).
+    pub fn forward(&self, x: &Tensor, grid: (usize, usize)) -> Result<Tensor> {
+        let (b, n, c) = x.dims3()?;
+        let (heads, d) = (self.num_heads, c / self.num_heads);
+        let xn = self.norm.forward(x)?;
+        let mut qkv = self.qkv.forward(&xn)?;
+        if let Some(l) = &self.lora {
+            qkv = (qkv + l.forward(&xn)?)?;
+        }
+        let qkv = qkv.reshape((b, n, heads, 3 * d))?;
+        let part = |i: usize| -> Result<Tensor> {
+            qkv.narrow(D::Minus1, i * d, d)?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
+        let scale = (d as f64).powf(-0.5);
+        let logits =
+            (q.matmul(&k.t()?)? * scale)?.broadcast_add(&self.grid_bias(grid)?.unsqueeze(0)?)?;
+        let o = softmax(&logits)?.matmul(&v)?;
+        let o = o.transpose(1, 2)?.contiguous()?.reshape((b, n, c))?;
+        self.proj.forward(&o)
+    }
+}
+
+/// The MLP of a TinyViT block: LayerNorm, Linear, GELU, Linear.
+#[derive(Debug, Clone)]
+pub struct TinyVitMlp {
+    pub norm: LayerNorm,
+    pub fc1: Linear,
+    pub fc2: Linear,
+}
+
+impl TinyVitMlp {
+    /// The MLP of an already normalised input.
+    pub fn forward_normed(&self, h: &Tensor) -> Result<Tensor> {
+        self.fc2.forward(&gelu(&self.fc1.forward(h)?)?)
+    }
+}
+
+/// One TinyViT attention block, with the MSA adapters of MSA-SPEC 2.6:
+/// ```text
+/// a = SpaceAdapter(window attention of x) [+ DepthAdapter(depth attention of x)]
+/// x = local_conv(x + a)
+/// x = x + Mlp(x) + s * MLPAdapter(LayerNorm_mlp(x))
+/// ```
+#[derive(Debug, Clone)]
+pub struct TinyVitBlock {
+    pub attn: TinyVitAttention,
+    pub local_conv: DepthwiseConvBn,
+    pub mlp: TinyVitMlp,
+    pub window: usize,
+    pub space_adapter: Option<Adapter>,
+    pub mlp_adapter: Option<Adapter>,
+    pub depth_adapter: Option<Adapter>,
+    pub mlp_scale: f64,
+}
+
+impl TinyVitBlock {
+    fn load(p: &Params, t: &TinyVitConfig, stage: usize, ad: &AdapterConfig) -> Result<Self> {
+        let dim = t.embed_dims[stage];
+        let window = t.window_sizes[stage];
+        let mut attn = TinyVitAttention::load(&p.pp("attn"), dim, t.num_heads[stage], window)?;
+        if ad.lora_rank > 0 {
+            attn.lora = Some(Lora::load(&p.pp("attn"), dim, 3 * dim, ad.lora_rank)?);
+        }
+        let mlp_dim = t.mlp_dim(stage);
+        let adapter = |on: bool, name: &str, skip: bool| -> Result<Option<Adapter>> {
+            on.then(|| Adapter::load(&p.pp(name), dim, ad, skip))
+                .transpose()
+        };
+        Ok(Self {
+            attn,
+            local_conv: DepthwiseConvBn::load(&p.pp("local_conv"), dim, t.local_conv_size, 1)?,
+            mlp: TinyVitMlp {
+                norm: LayerNorm::load(&p.pp("mlp.norm"), dim, LN_EPS)?,
+                fc1: Linear::load(&p.pp("mlp.fc1"), dim, mlp_dim, true)?,
+                fc2: Linear::load(&p.pp("mlp.fc2"), mlp_dim, dim, true)?,
+            },
+            window,
+            space_adapter: adapter(ad.encoder, "Space_Adapter", true)?,
+            mlp_adapter: adapter(ad.encoder, "MLP_Adapter", false)?,
+            depth_adapter: adapter(ad.depth, "Depth_Adapter", false)?,
+            mlp_scale: ad.mlp_scale,
+        })
+    }
+
+    /// Attention inside ws x ws windows of x (B, H, W, C), the grid zero-padded bottom/right
+    /// before the attention's own LayerNorm, as TinyViT does.
+    pub fn window_attention(&self, x: &Tensor) -> Result<Tensor> {
+        let (_, h, w, c) = x.dims4()?;
+        let ws = self.window;
+        let (windows, padded) = window_partition(x, ws)?;
+        let nw = windows.dim(0)?;
+        let a = self
+            .attn
+            .forward(&windows.reshape((nw, ws * ws, c))?, (ws, ws))?
+            .reshape((nw, ws, ws, c))?;
+        window_unpartition(&a, ws, padded, (h, w))
+    }
+
+    /// Attention across the D slices at each spatial position, the slices a dh x dw grid
+    /// under the window's offset biases; x (volumes * D, H, W, C).
+    pub fn depth_attention(&self, x: &Tensor, d: usize) -> Result<Tensor> {
+        let (n, h, w, c) = x.dims4()?;
+        if n % d != 0 {
+            candle_core::bail!("{n} slices are not a whole number of {d}-slice volumes");
+        }
+        let (dh, dw) = closest_factors(d);
+        if dh > self.window || dw > self.window {
+            candle_core::bail!(
+                "a depth of {d} slices ({dh} x {dw}) does not fit the {0} x {0} attention window",
+                self.window
+            );
+        }
+        let v = n / d;
+        let xd = x
+            .reshape((v, d, h, w, c))?
+            .permute((0, 2, 3, 1, 4))?
+            .contiguous()?
+            .reshape((v * h * w, d, c))?;
+        let a = self.attn.forward(&xd, (dh, dw))?;
+        a.reshape((v, h, w, d, c))?
+            .permute((0, 3, 1, 2, 4))?
+            .contiguous()?
+            .reshape((n, h, w, c))
+    }
+
+    pub fn forward(&self, x: &Tensor, depth: Option<usize>) -> Result<Tensor> {
+        let mut a = self.window_attention(x)?;
+        if let Some(sa) = &self.space_adapter {
+            a = sa.forward(&a)?;
+        }
+        if let (Some(d), Some(da)) = (depth, &self.depth_adapter) {
+            a = (a + da.forward(&self.depth_attention(x, d)?)?)?;
+        }
+        let x = self.local_conv.forward(&(x + a)?)?;
+        let h = self.mlp.norm.forward(&x)?;
+        let x = (&x + self.mlp.forward_normed(&h)?)?;
+        match &self.mlp_adapter {
+            Some(ma) => x + (ma.forward(&h)? * self.mlp_scale)?,
+            None => Ok(x),
+        }
+    }
+}
+
+/// A stage: MBConv blocks (stage 0) or TinyViT blocks, then a merge unless it is the last.
+#[derive(Debug, Clone)]
+pub enum Stage {
+    Conv(Vec<MbConv>),
+    Attention(Vec<TinyVitBlock>),
+}
+
+#[derive(Debug, Clone)]
+pub struct TinyVitEncoder {
+    pub patch_embed: PatchEmbed,
+    pub stages: Vec<Stage>,
+    pub merges: Vec<PatchMerging>,
+    pub neck: Neck,
+}
+
+impl TinyVitEncoder {
+    pub fn load(
+        p: &Params,
+        cfg: &SamConfig,
+        t: &TinyVitConfig,
+        ad: &AdapterConfig,
+    ) -> Result<Self> {
+        let dims = &t.embed_dims;
+        let mut stages = vec![];
+        let mut merges = vec![];
+        for (i, &depth) in t.depths.iter().enumerate() {
+            let lp = p.pp(&format!("layers.{i}"));
+            stages.push(if i == 0 {
+                let hidden = t.mbconv_dim();
+                let blocks = (0..depth)
+                    .map(|j| MbConv::load(&lp.pp(&format!("blocks.{j}")), dims[0], hidden))
+                    .collect::<Result<_>>()?;
+                Stage::Conv(blocks)
+            } else {
+                let blocks = (0..depth)
+                    .map(|j| TinyVitBlock::load(&lp.pp(&format!("blocks.{j}")), t, i, ad))
+                    .collect::<Result<_>>()?;
+                Stage::Attention(blocks)
+            });
+            if i + 1 < dims.len() {
+                let merge = lp.pp("downsample");
+                merges.push(PatchMerging::load(
+                    &merge,
+                    dims[i],
+                    dims[i + 1],
+                    t.merge_strides[i],
+                )?);
+            }
+        }
+        let last = *dims.last().unwrap_or(&0);
+        Ok(Self {
+            patch_embed: PatchEmbed::load(&p.pp("patch_embed"), cfg.in_chans, dims[0], t)?,
+            stages,
+            merges,
+            neck: Neck::load(&p.pp("neck"), last, cfg.prompt_embed_dim)?,
+        })
+    }
+
+    /// (B, 3, S, S) -> (B, 256, G, G); with `depth` the adapted blocks' depth branch runs.
+    pub fn forward_slices(&self, x: &Tensor, depth: Option<usize>) -> Result<Tensor> {
+        let mut x = self.patch_embed.forward(x)?;
+        for (i, stage) in self.stages.iter().enumerate() {
+            x = match stage {
+                Stage::Conv(blocks) => blocks.iter().try_fold(x, |x, b| b.forward(&x))?,
+                Stage::Attention(blocks) => {
+                    blocks.iter().try_fold(x, |x, b| b.forward(&x, depth))?
+                }
+            };
+            if let Some(m) = self.merges.get(i) {
+                x = m.forward(&x)?;
+            }
+        }
+        self.neck.forward(&x)
+    }
+
+    /// Every TinyViT attention block, stage by stage.
+    pub fn blocks(&self) -> impl Iterator<Item = &TinyVitBlock> {
+        self.stages.iter().flat_map(|s| match s {
+            Stage::Attention(b) => b.as_slice(),
+            Stage::Conv(_) => &[],
+        })
+    }
+}
