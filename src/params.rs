@@ -186,6 +186,16 @@ impl Params {
         Ok(t)
     }
 
+    /// A buffer that published files carry but that the model does not need (BatchNorm's
+    /// `num_batches_tracked`): read when the source has it, listed among the expected keys,
+    /// not an error when absent.
+    pub fn optional_buffer(&self, name: &str, shape: &[usize]) -> Result<()> {
+        if matches!(self.inner.source, Source::Tensors(_)) && !self.has(name) {
+            return Ok(());
+        }
+        self.buffer(name, shape).map(|_| ())
+    }
+
     /// The module buffers read so far, by key: a fully fine-tuned model's file needs them
     /// beside its trained tensors to load on its own.
     pub fn buffers(&self) -> BTreeMap<String, Tensor> {

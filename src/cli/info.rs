@@ -7,7 +7,7 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct InfoArgs {
-    /// SAM checkpoint: official .pth or safetensors.
+    /// SAM checkpoint: official .pth or safetensors, or a named model (`lite_medsam`).
     pub checkpoint: PathBuf,
     #[arg(long)]
     pub config: Option<PathBuf>,

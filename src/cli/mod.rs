@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod demo;
 pub mod eval;
+pub mod fetch;
 pub mod info;
 pub mod predict;
 pub mod train;
@@ -30,6 +31,8 @@ pub enum Command {
     Predict(predict::PredictArgs),
     /// Rewrite a checkpoint (.pth or safetensors) as safetensors with the same keys.
     Convert { input: PathBuf, output: PathBuf },
+    /// Fetch a named model (lite_medsam) into the cache, or list them.
+    Fetch(fetch::FetchArgs),
     /// Time the image encoder or the prompt encoder + mask decoder on random weights.
     Bench(bench::BenchArgs),
     /// Run `predict` on the embedded tiny model and a generated image.
@@ -43,7 +46,7 @@ pub enum Command {
 /// Options shared by every command that loads a model.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ModelArgs {
-    /// SAM checkpoint: official .pth or safetensors.
+    /// SAM checkpoint: official .pth or safetensors, or a named model (`lite_medsam`).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// JSON architecture description for a custom model (fields of sam_tiny.json's `config`).
@@ -83,6 +86,7 @@ pub fn run(cli: Cli) -> Result<()> {
             println!("wrote {n} tensors to {}", output.display());
             Ok(())
         }
+        Command::Fetch(a) => fetch::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::Demo(a) => demo::run(&a),
         Command::Train(a) => train::run(&a),

@@ -22,9 +22,7 @@ fn conv_bn(p: &Params, cout: usize, cin_per_group: usize, k: usize) -> Result<De
     let beta = p.get("bn.bias", &[cout])?;
     let mean = p.buffer("bn.running_mean", &[cout])?;
     let var = p.buffer("bn.running_var", &[cout])?;
-    if p.has("bn.num_batches_tracked") {
-        p.buffer("bn.num_batches_tracked", &[])?;
-    }
+    p.optional_buffer("bn.num_batches_tracked", &[])?;
     Derived::new(vec![weight, gamma, beta, mean, var], |t| {
         let [w, gamma, beta, mean, var] = t else {
             candle_core::bail!("conv_bn takes five tensors");

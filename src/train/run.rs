@@ -60,7 +60,8 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
         seed: cfg.seed,
         ..Default::default()
     };
-    let loaded = load_model(&cfg.checkpoint, &opts, device)?;
+    let checkpoint = crate::weights::registry::resolve(&cfg.checkpoint)?;
+    let loaded = load_model(&checkpoint, &opts, device)?;
     let vars = loaded.params.trainables();
     if vars.is_empty() {
         bail!(
@@ -73,7 +74,7 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
         &cfg.out.join("split.json"),
         &serde_json::to_string_pretty(&splits.ids())?,
     )?;
-    let base_sha = adapter_file::sha256_file(&cfg.checkpoint)?;
+    let base_sha = adapter_file::sha256_file(&checkpoint)?;
     // A fully fine-tuned file holds every SAM tensor, buffers included, to load on its own.
     let buffers = match cfg.train {
         TrainMode::All => loaded.params.buffers(),

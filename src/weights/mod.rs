@@ -4,6 +4,7 @@
 pub mod adapter_file;
 pub mod checkpoint;
 pub mod detect;
+pub mod registry;
 
 pub use crate::params::{Init, Params, Resize, Source};
 pub use checkpoint::{convert, save_safetensors, Checkpoint};
@@ -73,7 +74,9 @@ pub fn load_sam(
 }
 
 /// Loads SAM and its adapters as `opts` says.
+/// `path` may name a model instead (`lite_medsam`): it is fetched into the cache first.
 pub fn load_model(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Loaded> {
+    let path = &registry::resolve(path)?;
     let mut ckpt = Checkpoint::read(path)?;
     let checkpoint_image_size = detect::checkpoint_image_size(&ckpt);
     let (preset, mut cfg) = match opts.config {
