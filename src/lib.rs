@@ -9,6 +9,7 @@ pub mod infer;
 pub mod kernels;
 pub mod model;
 pub mod params;
+pub mod preprocess;
 pub mod resize;
 pub mod train;
 pub mod weights;

@@ -4,7 +4,7 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::{assert_close, fixture, load_cases};
-use msa::infer::image_io::resize_longest_side;
+use msa::preprocess::resize_longest_side;
 use msa::infer::{Predictor, UserPrompt};
 use msa::model::SamConfig;
 use msa::weights::load_sam;

@@ -4,16 +4,16 @@
 use super::prompts::{from_mask, PromptKind};
 use super::sample::Sample;
 use super::synthetic::SplitMix;
-use crate::infer::image_io::{preprocess_shape, resize_bilinear_aa};
 use crate::infer::UserPrompt;
 use crate::model::SamConfig;
+use crate::preprocess::model_input;
 use image::RgbImage;
 
 /// Model-ready arrays for one sample, in the S x S input frame.
 #[derive(Debug, Clone)]
 pub struct Prepared {
     pub id: String,
-    /// (3, S, S): normalised with pixel_mean/std, zero-padded bottom/right.
+    /// (3, S, S): the backbone's preprocessing, zero-padded bottom/right.
     pub input: Vec<f32>,
     /// (K, S, S) targets in {0, 1}, zero in the padding.
     pub masks: Vec<f32>,
@@ -75,8 +75,8 @@ pub fn resize_mask_nearest(
         .collect()
 }
 
-/// Resize (longest side to S), normalise, pad; masks likewise; prompt from the union of
-/// the class masks. None when the resized target is empty.
+/// The backbone's preprocessing (longest side to S, normalise, pad); masks likewise; prompt
+/// from the union of the class masks. None when the resized target is empty.
 pub fn prepare(
     sample: &Sample,
     cfg: &SamConfig,
@@ -85,15 +85,8 @@ pub fn prepare(
 ) -> Option<Prepared> {
     let s = cfg.img_size;
     let (h, w) = sample.size();
-    let (nh, nw) = preprocess_shape(h, w, s);
-    let resized = resize_bilinear_aa(&sample.image, nw, nh);
-    let mut input = vec![0f32; 3 * s * s];
-    for (i, p) in resized.pixels().enumerate() {
-        let (y, x) = (i / nw, i % nw);
-        for c in 0..3 {
-            input[c * s * s + y * s + x] = (p.0[c] as f32 - cfg.pixel_mean[c]) / cfg.pixel_std[c];
-        }
-    }
+    let prepared = model_input(&sample.image, cfg);
+    let (nh, nw) = prepared.input_size;
     let small: Vec<Vec<bool>> = sample
         .masks
         .iter()
@@ -109,7 +102,7 @@ pub fn prepare(
     let prompt = from_mask(&union, nw, nh, kind, rng)?;
     Some(Prepared {
         id: sample.id.clone(),
-        input,
+        input: prepared.data,
         masks,
         prompt,
         input_size: (nh, nw),

@@ -1,6 +1,5 @@
 //! `Predictor`: encode an image once, then answer many prompts from the cached embedding.
 
-use super::image_io::resize_longest_side;
 use crate::model::mask_decoder::ImageContext;
 use crate::model::{MaskSelection, Prompts, Sam};
 use anyhow::{bail, Result};
@@ -55,25 +54,36 @@ impl<'a> Predictor<'a> {
         }
     }
 
-    /// Resizes (longest side to S), normalises, pads and encodes an RGB image.
+    /// Prepares an RGB image as the backbone expects (resize, normalise, pad) and encodes it.
     pub fn set_image(&mut self, img: &RgbImage) -> Result<()> {
         let original = (img.height() as usize, img.width() as usize);
         if original.0 == 0 || original.1 == 0 {
             bail!("empty image");
         }
-        let resized = resize_longest_side(img, self.sam.config.img_size);
-        let input = rgb_to_tensor(&resized, self.sam.device())?;
-        self.set_input(&input, original)
+        let input = crate::preprocess::model_input(img, &self.sam.config);
+        let s = self.sam.config.img_size;
+        let x = Tensor::from_vec(input.data, (1, 3, s, s), self.sam.device())?;
+        self.set_encoder_input(&x, input.input_size, original)
     }
 
     /// An image already resized so that its longer side is S: (1, 3, h, w) in 0..255.
     pub fn set_input(&mut self, input: &Tensor, original_size: (usize, usize)) -> Result<()> {
         let (_, _, h, w) = input.dims4()?;
         let x = self.sam.preprocess(input)?;
-        let features = self.sam.encode(&x)?;
+        self.set_encoder_input(&x, (h, w), original_size)
+    }
+
+    /// An encoder input (1, 3, S, S) already prepared; `input_size` is its unpadded part.
+    pub fn set_encoder_input(
+        &mut self,
+        x: &Tensor,
+        input_size: (usize, usize),
+        original_size: (usize, usize),
+    ) -> Result<()> {
+        let features = self.sam.encode(x)?;
         self.context = Some(self.sam.decoder_context(&features)?);
         self.features = Some(features);
-        self.input_size = (h, w);
+        self.input_size = input_size;
         self.original_size = original_size;
         Ok(())
     }
@@ -87,10 +97,7 @@ impl<'a> Predictor<'a> {
     }
 
     fn scale_xy(&self) -> (f32, f32) {
-        (
-            self.input_size.1 as f32 / self.original_size.1 as f32,
-            self.input_size.0 as f32 / self.original_size.0 as f32,
-        )
+        crate::preprocess::coords_scale(&self.sam.config, self.original_size, self.input_size)
     }
 
     /// Model prompts for N prompt sets given in original-image pixels.

@@ -1,7 +1,7 @@
 //! The whole Segment Anything model, with SAM's pre- and post-processing.
 
 use super::adapter::AdapterConfig;
-use super::config::SamConfig;
+use super::config::{Preprocess, SamConfig};
 use super::image_encoder::ImageEncoder;
 use super::mask_decoder::{DecoderOutput, ImageContext, MaskDecoder};
 use super::prompt_encoder::{PromptEncoder, Prompts};
@@ -48,7 +48,8 @@ impl Sam {
         self.dense_pe.device()
     }
 
-    /// (B, 3, h, w) RGB in 0..255, h and w at most S -> normalised and zero-padded (B, 3, S, S).
+    /// (B, 3, h, w) RGB in 0..255, already resized (h and w at most S) -> normalised as the
+    /// backbone expects (mean/std, or min-max per image) and zero-padded to (B, 3, S, S).
     pub fn preprocess(&self, x: &Tensor) -> Result<Tensor> {
         let (_, _, h, w) = x.dims4()?;
         let s = self.config.img_size;
@@ -57,9 +58,18 @@ impl Sam {
                 "image {h}x{w} is larger than the model input {s}x{s}; resize it first"
             );
         }
-        let x = x
-            .broadcast_sub(&self.pixel_mean)?
-            .broadcast_div(&self.pixel_std)?;
+        let x = match self.config.preprocess {
+            Preprocess::Sam => x
+                .broadcast_sub(&self.pixel_mean)?
+                .broadcast_div(&self.pixel_std)?,
+            Preprocess::MinMax => {
+                let flat = x.flatten_from(1)?;
+                let lo = flat.min_keepdim(1)?.unsqueeze(2)?.unsqueeze(3)?;
+                let span = (flat.max_keepdim(1)?.unsqueeze(2)?.unsqueeze(3)? - &lo)?
+                    .clamp(1e-8, f32::MAX)?;
+                x.broadcast_sub(&lo)?.broadcast_div(&span)?
+            }
+        };
         x.pad_with_zeros(2, 0, s - h)?.pad_with_zeros(3, 0, s - w)
     }
 
