@@ -244,12 +244,44 @@ fn bench_prints_json_with_timings() {
     }
 }
 
+/// The demo's whole path on a few cases and one epoch (the full demo runs for minutes):
+/// LiteMedSAM, the shipped MRI slices, both evaluations, training, the table, the picture
+/// and the JSON line.
 #[test]
-fn demo_runs_on_the_embedded_model() {
+fn demo_runs_end_to_end_on_a_few_real_slices() {
     let dir = tempfile::tempdir().unwrap();
-    let out = ok(&["demo", "--out", &s(dir.path())]);
-    assert!(out.contains("mask 0"), "{out}");
-    for f in ["image.png", "mask.png", "overlay.png", "logits.safetensors"] {
+    let out = ok(&[
+        "demo",
+        "--out",
+        &s(dir.path()),
+        "--epochs",
+        "1",
+        "--train-cases",
+        "4",
+        "--test-cases",
+        "2",
+    ]);
+    let last = out.lines().last().unwrap();
+    let v: serde_json::Value = serde_json::from_str(last).unwrap();
+    for key in [
+        "frozen_dice",
+        "adapted_dice",
+        "trainable_percent",
+        "seconds",
+    ] {
+        assert!(v[key].as_f64().is_some(), "{key} in {last}");
+    }
+    let pct = v["trainable_percent"].as_f64().unwrap();
+    assert!(pct > 0.5 && pct < 20.0, "{pct}");
+    assert!(
+        out.contains("frozen Dice") && out.contains("click") && out.contains("box"),
+        "{out}"
+    );
+    for f in [
+        "comparison.png",
+        "run/curves.png",
+        "run/adapters_last.safetensors",
+    ] {
         assert!(dir.path().join(f).exists(), "{f}");
     }
 }

@@ -31,12 +31,22 @@ fn predict_with_a_box_matches_the_official_pipeline() {
         let b = case.bbox.map(|v| v.to_string()).join(",");
         let run = Command::new(env!("CARGO_BIN_EXE_msa"))
             .current_dir(root)
-            .args(["predict", "--checkpoint", "lite_medsam", "--image", &case.image])
+            .args([
+                "predict",
+                "--checkpoint",
+                "lite_medsam",
+                "--image",
+                &case.image,
+            ])
             .args(["--box", &b, "--out"])
             .arg(&mask)
             .output()
             .unwrap();
-        assert!(run.status.success(), "{id}: {}", String::from_utf8_lossy(&run.stderr));
+        assert!(
+            run.status.success(),
+            "{id}: {}",
+            String::from_utf8_lossy(&run.stderr)
+        );
         let (ours, golden) = (gray(&mask), gray(&dir.join(format!("{id}_mask.png"))));
         assert_eq!(ours.len(), golden.len(), "{id}: mask size");
         let same = ours.iter().zip(&golden).filter(|(a, b)| a == b).count();

@@ -4,9 +4,9 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::{assert_close, fixture, load_cases};
-use msa::preprocess::resize_longest_side;
 use msa::infer::{Predictor, UserPrompt};
 use msa::model::SamConfig;
+use msa::preprocess::resize_longest_side;
 use msa::weights::load_sam;
 
 fn tiny() -> msa::model::Sam {

@@ -51,6 +51,7 @@ fn val_summary(
         &splits.classes,
         &source,
         None,
+        None,
         |_| {},
     )
     .unwrap();

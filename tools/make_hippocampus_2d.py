@@ -8,7 +8,8 @@ Per volume, three slices k of data[:, :, k] at 25/50/75% of the slices that hold
 hippocampus. The PNG's column is the first array axis (x) and its row the second (y).
 Intensities are scaled per volume by its 0.5/99.5 percentiles to 0..255 (MSA-SPEC 1.4);
 the mask is the whole hippocampus (labels 1 and 2) as 0/255. The first 20 volumes in sorted
-order train, the other 10 are the held-out test split (whole volumes, so no patient is in both).
+order train (the last 2 of them as the validation split), the other 10 are the held-out test
+split (whole volumes, so no patient is on two sides).
 """
 import json
 import sys
@@ -34,6 +35,6 @@ for n, case in enumerate(cases):
         sid = f"{case}_z{k:02d}"
         Image.fromarray(np.round(scaled[:, :, k].T).astype(np.uint8)).save(out / "images" / f"{sid}.png")
         Image.fromarray(((lab[:, :, k] > 0).T * 255).astype(np.uint8)).save(out / "masks" / f"{sid}.png")
-        split["train" if n < 20 else "test"].append(sid)
+        split["train" if n < 18 else "val" if n < 20 else "test"].append(sid)
 (out / "split.json").write_text(json.dumps(split, indent=1) + "\n")
-print(len(split["train"]), "train,", len(split["test"]), "test slices")
+print({k: len(v) for k, v in split.items()}, "slices")

@@ -96,6 +96,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         &splits.classes,
         &source,
         Some((&overlays, args.overlays)),
+        None,
         |n| bar.set_position(n as u64),
     )?;
     bar.finish_and_clear();

@@ -56,9 +56,13 @@ pub struct TrainArgs {
     pub adapter_init: Option<AdapterInit>,
     #[arg(long)]
     pub adapter_ratio: Option<f64>,
-    /// Turn off flips and intensity augmentation.
+    /// Turn off flips and intensity augmentation. With a frozen encoder (--train decoder)
+    /// the image embeddings are then computed once and reused every epoch.
     #[arg(long)]
     pub no_augment: bool,
+    /// Only the first N training and validation cases (a quick trial).
+    #[arg(long)]
+    pub limit: Option<usize>,
 }
 
 impl TrainArgs {
@@ -103,6 +107,9 @@ impl TrainArgs {
         }
         if self.image_size.is_some() {
             c.image_size = self.image_size;
+        }
+        if self.limit.is_some() {
+            c.limit = self.limit;
         }
         c.skip_bad |= self.skip_bad;
         if self.no_augment {

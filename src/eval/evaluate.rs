@@ -7,7 +7,7 @@ use crate::data::prompts::{from_mask, PromptKind};
 use crate::data::sample::{load_item, Sample};
 use crate::data::synthetic::SplitMix;
 use crate::infer::image_io::overlay;
-use crate::infer::{Predictor, UserPrompt};
+use crate::infer::{EmbeddingCache, Predictor, UserPrompt};
 use crate::model::Sam;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -57,12 +57,14 @@ pub fn prompt_for(sample: &Sample, source: &PromptSource) -> Result<Option<UserP
 }
 
 /// Evaluates `items`; writes overlays of the first `n_overlays` cases into `overlay_dir`.
+/// With a cache, image embeddings are taken from it (and added to it) by case id.
 pub fn evaluate(
     sam: &Sam,
     items: &[Item],
     classes: &[String],
     source: &PromptSource,
     overlay_dir: Option<(&Path, usize)>,
+    mut cache: Option<&mut EmbeddingCache>,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<CaseResult>> {
     let mut results = vec![];
@@ -76,7 +78,10 @@ pub fn evaluate(
             continue;
         };
         let mut predictor = Predictor::new(sam);
-        predictor.set_image(&sample.image)?;
+        match cache.as_deref_mut() {
+            Some(c) => predictor.set_image_cached(&sample.image, &item.id, c)?,
+            None => predictor.set_image(&sample.image)?,
+        }
         let pred = predictor.predict_classes(&prompt, classes.len())?;
         let prompt_json = serde_json::to_string(&prompt_record(&prompt))?;
         let (h, w) = sample.size();

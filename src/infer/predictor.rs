@@ -66,6 +66,40 @@ impl<'a> Predictor<'a> {
         self.set_encoder_input(&x, input.input_size, original)
     }
 
+    /// `set_image` with the embedding taken from `cache` under `key` when it holds one.
+    pub fn set_image_cached(
+        &mut self,
+        img: &RgbImage,
+        key: &str,
+        cache: &mut super::EmbeddingCache,
+    ) -> Result<()> {
+        let original = (img.height() as usize, img.width() as usize);
+        if original.0 == 0 || original.1 == 0 {
+            bail!("empty image");
+        }
+        let input = crate::preprocess::model_input(img, &self.sam.config);
+        let s = self.sam.config.img_size;
+        let sam = self.sam;
+        let features = cache.get_or_insert(key, || {
+            let x = Tensor::from_vec(input.data, (1, 3, s, s), sam.device())?;
+            Ok(sam.encode(&x)?)
+        })?;
+        self.set_features(features, input.input_size, original)
+    }
+
+    fn set_features(
+        &mut self,
+        features: Tensor,
+        input_size: (usize, usize),
+        original_size: (usize, usize),
+    ) -> Result<()> {
+        self.context = Some(self.sam.decoder_context(&features)?);
+        self.features = Some(features);
+        self.input_size = input_size;
+        self.original_size = original_size;
+        Ok(())
+    }
+
     /// An image already resized so that its longer side is S: (1, 3, h, w) in 0..255.
     pub fn set_input(&mut self, input: &Tensor, original_size: (usize, usize)) -> Result<()> {
         let (_, _, h, w) = input.dims4()?;
@@ -81,11 +115,7 @@ impl<'a> Predictor<'a> {
         original_size: (usize, usize),
     ) -> Result<()> {
         let features = self.sam.encode(x)?;
-        self.context = Some(self.sam.decoder_context(&features)?);
-        self.features = Some(features);
-        self.input_size = input_size;
-        self.original_size = original_size;
-        Ok(())
+        self.set_features(features, input_size, original_size)
     }
 
     pub fn features(&self) -> Option<&Tensor> {

@@ -7,8 +7,8 @@ pub mod area;
 pub mod pil_bilinear;
 
 use crate::model::{Preprocess, SamConfig};
-pub use pil_bilinear::resize_bilinear_aa;
 use image::RgbImage;
+pub use pil_bilinear::resize_bilinear_aa;
 
 /// The resized size: the longer side becomes `target`, the shorter is rounded half up.
 pub fn preprocess_shape(h: usize, w: usize, target: usize) -> (usize, usize) {
@@ -56,7 +56,11 @@ pub fn model_input(img: &RgbImage, cfg: &SamConfig) -> ModelInput {
 }
 
 /// Factors (x, y) from original-image pixels to the encoder's input frame.
-pub fn coords_scale(cfg: &SamConfig, original: (usize, usize), input: (usize, usize)) -> (f32, f32) {
+pub fn coords_scale(
+    cfg: &SamConfig,
+    original: (usize, usize),
+    input: (usize, usize),
+) -> (f32, f32) {
     match cfg.preprocess {
         Preprocess::Sam => (
             input.1 as f32 / original.1 as f32,
@@ -96,7 +100,9 @@ fn min_max_planes(img: &RgbImage, (nh, nw): (usize, usize)) -> Vec<f32> {
     let mut out = area::resample(&planes, 3, (h, w), &ty, &tx);
     let (lo, hi) = out
         .iter()
-        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| (lo.min(v), hi.max(v)));
+        .fold((f32::INFINITY, f32::NEG_INFINITY), |(lo, hi), &v| {
+            (lo.min(v), hi.max(v))
+        });
     let span = (hi - lo).max(1e-8);
     out.iter_mut().for_each(|v| *v = (*v - lo) / span);
     out

@@ -46,6 +46,9 @@ pub struct TrainConfig {
     pub augment: bool,
     /// Overlays written per validation.
     pub samples: usize,
+    /// Only the first N training and validation cases (a quick trial); None for all.
+    #[serde(default)]
+    pub limit: Option<usize>,
 }
 
 impl TrainConfig {
@@ -74,6 +77,7 @@ impl TrainConfig {
             lora_rank: 4,
             augment: true,
             samples: 4,
+            limit: None,
         }
     }
 

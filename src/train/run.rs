@@ -10,6 +10,7 @@ use crate::data::layout::{discover, Splits};
 use crate::data::sample::check_items;
 use crate::data::transform::Prepared;
 use crate::eval::evaluate::{evaluate, summarize, PromptSource};
+use crate::infer::EmbeddingCache;
 use crate::model::{MaskSelection, Prompts, Sam, SamConfig};
 use crate::resize::bilinear;
 use crate::weights::adapter_file::{self, AdapterMeta, FORMAT};
@@ -116,22 +117,25 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
         seed: cfg.seed,
         workers: cfg.workers,
     };
+    // A frozen encoder on unchanging images gives the same embeddings every epoch.
+    let encoder_frozen = !vars.keys().any(|k| k.starts_with("image_encoder."));
+    let mut cache = (encoder_frozen && !cfg.augment).then(|| EmbeddingCache::new(CACHE_BUDGET));
+    if cache.is_some() {
+        tracing::info!("encoder frozen and no augmentation: image embeddings are cached");
+    }
     for epoch in state.epochs_done..cfg.epochs {
         let lr = step_lr(cfg.lr, epoch, cfg.lr_step, cfg.lr_gamma);
-        let loss = train_epoch(
-            &loaded.sam,
-            &vars,
-            &mut adam,
-            &spec,
-            epoch,
+        let step = Step {
+            sam: &loaded.sam,
+            vars: &vars,
             lr,
-            cfg,
-            splits.classes.len(),
-        )?;
+            classes: splits.classes.len(),
+        };
+        let loss = train_epoch(&step, &mut adam, &spec, epoch, cfg, cache.as_mut())?;
         let validate = !splits.val.is_empty()
             && ((epoch + 1) % cfg.val_every.max(1) == 0 || epoch + 1 == cfg.epochs);
         let (val_dice, val_iou) = if validate {
-            let (d, i) = validation(&loaded.sam, &splits, cfg, epoch)?;
+            let (d, i) = validation(&loaded.sam, &splits, cfg, epoch, cache.as_mut())?;
             (Some(d), Some(i))
         } else {
             (None, None)
@@ -172,6 +176,10 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
 /// Splits with every train/val case loaded once; bad cases stop the run or are skipped.
 fn checked_splits(cfg: &TrainConfig) -> Result<Splits> {
     let mut splits = discover(cfg.dataset, &cfg.data, cfg.seed, cfg.val_fraction)?;
+    if let Some(n) = cfg.limit {
+        splits.train.truncate(n);
+        splits.val.truncate(n);
+    }
     if splits.train.is_empty() {
         bail!("{}: no training cases found", cfg.data.display());
     }
@@ -204,15 +212,24 @@ fn checked_splits(cfg: &TrainConfig) -> Result<Splits> {
 }
 
 #[allow(clippy::too_many_arguments)]
+/// What one optimisation step needs besides the batch.
+struct Step<'a> {
+    sam: &'a Sam,
+    vars: &'a BTreeMap<String, Var>,
+    lr: f64,
+    classes: usize,
+}
+
+/// Embeddings kept at most (bytes) when the encoder is frozen.
+const CACHE_BUDGET: usize = 4 << 30;
+
 fn train_epoch(
-    sam: &Sam,
-    vars: &BTreeMap<String, Var>,
+    step: &Step,
     adam: &mut Adam,
     spec: &BatchSpec,
     epoch: usize,
-    lr: f64,
     cfg: &TrainConfig,
-    classes: usize,
+    mut cache: Option<&mut EmbeddingCache>,
 ) -> Result<f64> {
     let n_batches = spec.items.len().div_ceil(spec.batch_size.max(1));
     let bar = ProgressBar::new(n_batches as u64);
@@ -230,7 +247,7 @@ fn train_epoch(
         if batch.is_empty() {
             continue;
         }
-        let loss = train_step(sam, vars, adam, &batch, lr, classes)?;
+        let loss = train_step(step, adam, &batch, cache.as_deref_mut())?;
         sum += loss;
         count += 1;
         images += batch.len();
@@ -248,22 +265,36 @@ fn train_epoch(
 
 /// Forward, loss, backward and one Adam update; returns the loss.
 fn train_step(
-    sam: &Sam,
-    vars: &BTreeMap<String, Var>,
+    step: &Step,
     adam: &mut Adam,
     batch: &[Prepared],
-    lr: f64,
-    classes: usize,
+    cache: Option<&mut EmbeddingCache>,
 ) -> Result<f64> {
+    let (sam, classes) = (step.sam, step.classes);
     let dev = sam.device();
     let s = sam.config.img_size;
     let b = batch.len();
-    let input: Vec<f32> = batch.iter().flat_map(|p| p.input.iter().copied()).collect();
-    let input = Tensor::from_vec(input, (b, 3, s, s), dev)?;
     let target: Vec<f32> = batch.iter().flat_map(|p| p.masks.iter().copied()).collect();
     let target = Tensor::from_vec(target, (b, classes, s, s), dev)?;
     let prompts = batch_prompts(batch, dev)?;
-    let emb = sam.encode(&input)?;
+    let emb = match cache {
+        Some(cache) => {
+            let embs = batch
+                .iter()
+                .map(|p| {
+                    cache.get_or_insert(&p.id, || {
+                        let x = Tensor::from_vec(p.input.clone(), (1, 3, s, s), dev)?;
+                        Ok(sam.encode(&x)?)
+                    })
+                })
+                .collect::<Result<Vec<_>>>()?;
+            Tensor::cat(&embs, 0)?
+        }
+        None => {
+            let input: Vec<f32> = batch.iter().flat_map(|p| p.input.iter().copied()).collect();
+            sam.encode(&Tensor::from_vec(input, (b, 3, s, s), dev)?)?
+        }
+    };
     let out = sam.decode(&emb, &prompts)?;
     let (low, _) = out.select(MaskSelection::Classes(classes))?;
     let logits = bilinear(&low, s, s)?;
@@ -273,7 +304,7 @@ fn train_step(
         dice_ce(&logits, &target)?
     };
     let grads = loss.backward()?;
-    adam.step(vars, &grads, lr)?;
+    adam.step(step.vars, &grads, step.lr)?;
     Ok(loss.to_scalar::<f32>()? as f64)
 }
 
@@ -283,7 +314,13 @@ fn batch_prompts(batch: &[Prepared], dev: &Device) -> Result<Prompts> {
     crate::infer::predictor::prompt_tensors(&sets, dev)
 }
 
-fn validation(sam: &Sam, splits: &Splits, cfg: &TrainConfig, epoch: usize) -> Result<(f64, f64)> {
+fn validation(
+    sam: &Sam,
+    splits: &Splits,
+    cfg: &TrainConfig,
+    epoch: usize,
+    cache: Option<&mut EmbeddingCache>,
+) -> Result<(f64, f64)> {
     let source = PromptSource::Drawn {
         kind: cfg.prompt,
         seed: cfg.seed,
@@ -298,6 +335,7 @@ fn validation(sam: &Sam, splits: &Splits, cfg: &TrainConfig, epoch: usize) -> Re
         &splits.classes,
         &source,
         Some((&dir, cfg.samples)),
+        cache,
         |_| {},
     )?;
     let s = summarize(&results);
