@@ -19,6 +19,8 @@ fn meta_for(base: &Path, ad: &AdapterConfig) -> AdapterMeta {
     AdapterMeta {
         format: FORMAT.into(),
         base_preset: "custom".into(),
+        base_backbone: "vit".into(),
+        preprocess: Some(msa::model::Preprocess::Sam),
         base_sha256: adapter_file::sha256_file(base).unwrap(),
         adapters: ad.clone(),
         image_size: 128,

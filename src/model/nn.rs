@@ -35,7 +35,7 @@ impl Linear {
         }
         if is_cpu_f32(x) && x.rank() >= 1 {
             let bias = match &self.bias {
-                Some(b) => b.clone(),
+                Some(b) => b.contiguous()?,
                 None => Tensor::zeros(self.out_dim(), DType::F32, x.device())?,
             };
             return x.contiguous()?.apply_op3(

@@ -352,6 +352,8 @@ fn adapter_meta(loaded: &Loaded, cfg: &TrainConfig, base_sha: &str) -> Result<Ad
     Ok(AdapterMeta {
         format: FORMAT.into(),
         base_preset: loaded.preset.clone(),
+        base_backbone: loaded.sam.config.backbone_name().into(),
+        preprocess: Some(loaded.sam.config.preprocess),
         base_sha256: base_sha.into(),
         adapters: loaded.sam.adapters.clone(),
         image_size: loaded.sam.config.img_size,

@@ -3,7 +3,7 @@
 
 use super::checkpoint::{save_safetensors, Checkpoint};
 use super::is_adapter_key;
-use crate::model::AdapterConfig;
+use crate::model::{AdapterConfig, Preprocess, SamConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use serde::{Deserialize, Serialize};
@@ -19,8 +19,14 @@ pub const FORMAT: &str = "msa-adapters/1";
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct AdapterMeta {
     pub format: String,
-    /// "vit_b", "vit_l", "vit_h" or "custom".
+    /// "vit_b", "vit_l", "vit_h", "lite_medsam", "mobile_sam" or "custom".
     pub base_preset: String,
+    /// "vit" or "tiny_vit" (empty in files written before the TinyViT backbone).
+    #[serde(default)]
+    pub base_backbone: String,
+    /// The base's preprocessing, which the adapters learned with.
+    #[serde(default)]
+    pub preprocess: Option<Preprocess>,
     /// SHA-256 of the base checkpoint file, hex.
     pub base_sha256: String,
     pub adapters: AdapterConfig,
@@ -99,14 +105,34 @@ fn read_meta(path: &Path) -> Result<Option<AdapterMeta>> {
     Ok(Some(meta))
 }
 
-/// Refuses adapters made for another base model or input size.
+/// Refuses adapters made for another base model, preprocessing or input size.
 pub fn check_base(
     adapters: &Path,
     meta: &AdapterMeta,
     base: &Path,
     base_preset: &str,
-    image_size: usize,
+    cfg: &SamConfig,
 ) -> Result<()> {
+    let image_size = cfg.img_size;
+    let backbone = cfg.backbone_name();
+    if !meta.base_backbone.is_empty() && meta.base_backbone != backbone {
+        bail!(
+            "{} were trained on a {} base ({}), but {} is a {backbone} ({base_preset})",
+            adapters.display(),
+            meta.base_backbone,
+            meta.base_preset,
+            base.display()
+        );
+    }
+    if meta.preprocess.is_some_and(|p| p != cfg.preprocess) {
+        bail!(
+            "{} were trained with {:?} preprocessing, but the model is set to {:?}; \
+             check `preprocess` in --config",
+            adapters.display(),
+            meta.preprocess.unwrap_or_default(),
+            cfg.preprocess
+        );
+    }
     if meta.base_preset != base_preset {
         bail!(
             "{} were trained on a {} base, but {} is {base_preset}",

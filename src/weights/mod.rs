@@ -91,7 +91,7 @@ pub fn load_model(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Lo
     if let Some(file) = opts.adapters_file {
         let (tensors, meta) = adapter_file::load(file)?;
         match &meta {
-            Some(m) => adapter_file::check_base(file, m, path, &preset, cfg.img_size)?,
+            Some(m) => adapter_file::check_base(file, m, path, &preset, &cfg)?,
             None => tracing::warn!(
                 "{} has no msa metadata (a PyTorch MSA checkpoint?): its base cannot be checked",
                 file.display()
