@@ -198,3 +198,28 @@ fn check_current_weights(file: &str, cfg: &SamConfig) {
     let d = max_abs_diff(&after, &expected);
     assert!(d < 1e-3, "{file}: the model kept stale weights: {d:e}");
 }
+
+/// MobileSAM has no package to fetch here: a random model built from its preset's key set
+/// is recognised by name from its shapes and runs at 1024 px with SAM's preprocessing.
+#[test]
+fn mobile_sam_preset_is_detected_and_runs() {
+    let cfg = SamConfig::preset("mobile_sam").unwrap();
+    let shapes = msa::weights::expected_keys(&cfg).unwrap();
+    let tensors: BTreeMap<String, Tensor> = shapes
+        .iter()
+        .map(|(k, s)| {
+            // Positive values keep BatchNorm's running variance valid.
+            (k.clone(), Tensor::rand(0.5f32, 1.5f32, s.as_slice(), &Device::Cpu).unwrap())
+        })
+        .collect();
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("mobile_sam.safetensors");
+    save_safetensors(&path, &tensors, None).unwrap();
+    let loaded = load_model(&path, &LoadOptions::default(), &Device::Cpu).unwrap();
+    assert_eq!(loaded.preset, "mobile_sam");
+    assert_eq!(loaded.sam.config.img_size, 1024);
+    assert_eq!(loaded.sam.config.preprocess, msa::model::Preprocess::Sam);
+    let x = Tensor::zeros((1, 3, 1024, 1024), candle_core::DType::F32, &Device::Cpu).unwrap();
+    let emb = loaded.sam.encode(&x).unwrap();
+    assert_eq!(emb.dims(), &[1, 256, 64, 64]);
+}
