@@ -209,7 +209,10 @@ fn mobile_sam_preset_is_detected_and_runs() {
         .iter()
         .map(|(k, s)| {
             // Positive values keep BatchNorm's running variance valid.
-            (k.clone(), Tensor::rand(0.5f32, 1.5f32, s.as_slice(), &Device::Cpu).unwrap())
+            (
+                k.clone(),
+                Tensor::rand(0.5f32, 1.5f32, s.as_slice(), &Device::Cpu).unwrap(),
+            )
         })
         .collect();
     let dir = tempfile::tempdir().unwrap();

@@ -255,7 +255,8 @@ fn comparison(
             .collect();
         rows.push(panels);
     }
-    tile(&rows)
+    let labels = ["image", "ground truth", "frozen", "adapted"];
+    tile(&rows, &labels)?
         .save(path)
         .with_context(|| format!("cannot write {}", path.display()))
 }
@@ -289,25 +290,37 @@ fn mark_click(img: &RgbImage, prompt: &UserPrompt, z: u32) -> RgbImage {
     out
 }
 
-/// Rows of panels on a dark background, 4 px apart.
-fn tile(rows: &[Vec<RgbImage>]) -> RgbImage {
+/// Rows of panels on a dark background, 4 px apart, under a row of column labels.
+fn tile(rows: &[Vec<RgbImage>], labels: &[&str]) -> Result<RgbImage> {
     const GAP: u32 = 4;
+    const HEADER: u32 = 22;
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0) as u32;
     let cell_w = rows.iter().flatten().map(|p| p.width()).max().unwrap_or(1);
     let cell_h = rows.iter().flatten().map(|p| p.height()).max().unwrap_or(1);
-    let (w, h) = (
-        cols * (cell_w + GAP) + GAP,
-        rows.len() as u32 * (cell_h + GAP) + GAP,
-    );
-    let mut out = RgbImage::from_pixel(w.max(1), h.max(1), Rgb([20, 20, 20]));
+    let w = (cols * (cell_w + GAP) + GAP).max(1);
+    let h = HEADER + rows.len() as u32 * (cell_h + GAP) + GAP;
+    let mut out = RgbImage::from_pixel(w, h, Rgb([20, 20, 20]));
     for (r, row) in rows.iter().enumerate() {
         for (c, p) in row.iter().enumerate() {
-            let (x0, y0) = (
-                GAP + c as u32 * (cell_w + GAP),
-                GAP + r as u32 * (cell_h + GAP),
-            );
+            let x0 = GAP + c as u32 * (cell_w + GAP);
+            let y0 = HEADER + GAP + r as u32 * (cell_h + GAP);
             image::imageops::replace(&mut out, p, x0 as i64, y0 as i64);
         }
     }
-    out
+    draw_labels(&mut out, labels, cell_w + GAP, GAP)?;
+    Ok(out)
+}
+
+fn draw_labels(img: &mut RgbImage, labels: &[&str], step: u32, x0: u32) -> Result<()> {
+    use plotters::prelude::*;
+    crate::train::curves::register_font();
+    let (w, h) = img.dimensions();
+    let root = BitMapBackend::with_buffer(img.as_mut(), (w, h)).into_drawing_area();
+    let style = TextStyle::from(("sans-serif", 15).into_font()).color(&WHITE);
+    for (i, label) in labels.iter().enumerate() {
+        let x = (x0 + i as u32 * step + 2) as i32;
+        root.draw_text(label, &style, (x, 4))
+            .map_err(|e| anyhow::anyhow!("{e}"))?;
+    }
+    root.present().map_err(|e| anyhow::anyhow!("{e}"))
 }

@@ -7,7 +7,8 @@ use std::sync::Once;
 
 const FONT: &[u8] = include_bytes!("../../assets/fonts/DejaVuSansMono.ttf");
 
-fn register_font() {
+/// Makes the embedded font available to plotters as "sans-serif".
+pub(crate) fn register_font() {
     static ONCE: Once = Once::new();
     ONCE.call_once(|| {
         // The embedded font always parses; a failure would only leave the text out.
