@@ -5,7 +5,7 @@
 mod common;
 
 use candle_core::Tensor;
-use common::{assert_close, device, fixture, load_cases};
+use common::{assert_close, check_golden_grads, device, fixture, load_cases};
 use msa::model::{AdapterConfig, MaskSelection, Prompts, Sam, SamConfig};
 use msa::resize::bilinear;
 use msa::train::loss::bce_with_logits;
@@ -146,18 +146,7 @@ fn adapted_tinyvit_loss_and_adapter_gradients_match_reference() {
 
     let grads = loss.backward().unwrap();
     let vars = params.trainables();
-    let mut checked = 0;
-    for (name, golden) in t.iter().filter(|(k, _)| k.starts_with("tiny.msa2d.grad.")) {
-        let key = name.trim_start_matches("tiny.msa2d.grad.");
-        let var = vars
-            .get(key)
-            .unwrap_or_else(|| panic!("no trainable {key}"));
-        let ours = grads
-            .get(var.as_tensor())
-            .unwrap_or_else(|| panic!("no gradient for {key}"));
-        check_grad(key, ours, golden);
-        checked += 1;
-    }
+    let checked = check_golden_grads(&t, "tiny.msa2d.grad.", &vars, &grads, check_grad);
     assert_eq!(
         checked, 32,
         "4 blocks x (Space, MLP) x (fc1, fc2) x (weight, bias)"

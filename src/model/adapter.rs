@@ -117,6 +117,59 @@ impl Adapter {
     }
 }
 
+/// The MSA adapters of one encoder block (MSA-SPEC 2.1, 2.2, 2.6), ViT or TinyViT alike.
+#[derive(Debug, Clone)]
+pub struct BlockAdapters {
+    /// With skip, on the attention output.
+    pub space: Option<Adapter>,
+    /// Without skip, beside the MLP, scaled by `mlp_scale`.
+    pub mlp: Option<Adapter>,
+    /// Without skip, on the depth-attention output (3D).
+    pub depth: Option<Adapter>,
+    pub mlp_scale: f64,
+}
+
+impl BlockAdapters {
+    pub fn load(p: &Params, dim: usize, cfg: &AdapterConfig) -> Result<Self> {
+        let adapter = |on: bool, name: &str, skip: bool| -> Result<Option<Adapter>> {
+            on.then(|| Adapter::load(&p.pp(name), dim, cfg, skip))
+                .transpose()
+        };
+        Ok(Self {
+            space: adapter(cfg.encoder, "Space_Adapter", true)?,
+            mlp: adapter(cfg.encoder, "MLP_Adapter", false)?,
+            depth: adapter(cfg.depth, "Depth_Adapter", false)?,
+            mlp_scale: cfg.mlp_scale,
+        })
+    }
+
+    /// The attention branch: `a` through the Space adapter, plus the Depth adapter of the
+    /// depth attention (computed by `depth_attention(D)`) when the batch is D-slice chunks.
+    pub fn attention_branch(
+        &self,
+        a: Tensor,
+        depth: Option<usize>,
+        depth_attention: impl FnOnce(usize) -> Result<Tensor>,
+    ) -> Result<Tensor> {
+        let a = match &self.space {
+            Some(sa) => sa.forward(&a)?,
+            None => a,
+        };
+        match (depth, &self.depth) {
+            (Some(d), Some(da)) => a + da.forward(&depth_attention(d)?)?,
+            _ => Ok(a),
+        }
+    }
+
+    /// `x` plus the MLP adapter of the normalised input `h`, scaled.
+    pub fn beside_mlp(&self, x: Tensor, h: &Tensor) -> Result<Tensor> {
+        match &self.mlp {
+            Some(ma) => x + (ma.forward(h)? * self.mlp_scale)?,
+            None => Ok(x),
+        }
+    }
+}
+
 /// HyP-Adpt: a bottleneck whose r x r middle weight is generated from the prompt.
 #[derive(Debug, Clone)]
 pub struct HyperAdapter {

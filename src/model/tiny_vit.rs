@@ -2,7 +2,7 @@
 //! in its attention blocks (MSA-SPEC 2.6). Maps stay channels-last (B, H, W, C) throughout;
 //! every Conv2d_BN is folded into one convolution with bias.
 
-use super::adapter::{Adapter, AdapterConfig, Lora};
+use super::adapter::{AdapterConfig, BlockAdapters, Lora};
 use super::attention::{window_partition, window_unpartition};
 use super::config::{SamConfig, TinyVitConfig};
 use super::image_encoder::{closest_factors, Neck};
@@ -292,10 +292,7 @@ pub struct TinyVitBlock {
     pub local_conv: DepthwiseConvBn,
     pub mlp: TinyVitMlp,
     pub window: usize,
-    pub space_adapter: Option<Adapter>,
-    pub mlp_adapter: Option<Adapter>,
-    pub depth_adapter: Option<Adapter>,
-    pub mlp_scale: f64,
+    pub adapters: BlockAdapters,
 }
 
 impl TinyVitBlock {
@@ -307,10 +304,6 @@ impl TinyVitBlock {
             attn.lora = Some(Lora::load(&p.pp("attn"), dim, 3 * dim, ad.lora_rank)?);
         }
         let mlp_dim = t.mlp_dim(stage);
-        let adapter = |on: bool, name: &str, skip: bool| -> Result<Option<Adapter>> {
-            on.then(|| Adapter::load(&p.pp(name), dim, ad, skip))
-                .transpose()
-        };
         Ok(Self {
             attn,
             local_conv: DepthwiseConvBn::load(&p.pp("local_conv"), dim, t.local_conv_size, 1)?,
@@ -320,10 +313,7 @@ impl TinyVitBlock {
                 fc2: Linear::load(&p.pp("mlp.fc2"), mlp_dim, dim, true)?,
             },
             window,
-            space_adapter: adapter(ad.encoder, "Space_Adapter", true)?,
-            mlp_adapter: adapter(ad.encoder, "MLP_Adapter", false)?,
-            depth_adapter: adapter(ad.depth, "Depth_Adapter", false)?,
-            mlp_scale: ad.mlp_scale,
+            adapters: BlockAdapters::load(p, dim, ad)?,
         })
     }
 
@@ -369,20 +359,14 @@ impl TinyVitBlock {
     }
 
     pub fn forward(&self, x: &Tensor, depth: Option<usize>) -> Result<Tensor> {
-        let mut a = self.window_attention(x)?;
-        if let Some(sa) = &self.space_adapter {
-            a = sa.forward(&a)?;
-        }
-        if let (Some(d), Some(da)) = (depth, &self.depth_adapter) {
-            a = (a + da.forward(&self.depth_attention(x, d)?)?)?;
-        }
+        let a = self.window_attention(x)?;
+        let a = self
+            .adapters
+            .attention_branch(a, depth, |d| self.depth_attention(x, d))?;
         let x = self.local_conv.forward(&(x + a)?)?;
         let h = self.mlp.norm.forward(&x)?;
         let x = (&x + self.mlp.forward_normed(&h)?)?;
-        match &self.mlp_adapter {
-            Some(ma) => x + (ma.forward(&h)? * self.mlp_scale)?,
-            None => Ok(x),
-        }
+        self.adapters.beside_mlp(x, &h)
     }
 }
 

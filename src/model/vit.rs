@@ -1,6 +1,6 @@
 //! The ViT image encoder ("ViTDet" style): patch embedding, windowed and global blocks, neck.
 
-use super::adapter::{Adapter, AdapterConfig, Lora};
+use super::adapter::{AdapterConfig, BlockAdapters, Lora};
 use super::attention::{window_partition_filled, window_unpartition, Attention};
 use super::config::VitConfig;
 use super::image_encoder::{closest_factors, Neck};
@@ -28,13 +28,7 @@ pub struct Block {
     pub mlp: EncoderMlp,
     /// 0 for global attention.
     pub window_size: usize,
-    /// With skip, on the attention output.
-    pub space_adapter: Option<Adapter>,
-    /// Without skip, beside the MLP, scaled by `mlp_scale`.
-    pub mlp_adapter: Option<Adapter>,
-    /// Without skip, on the depth-attention output (3D).
-    pub depth_adapter: Option<Adapter>,
-    pub mlp_scale: f64,
+    pub adapters: BlockAdapters,
 }
 
 impl Block {
@@ -58,10 +52,6 @@ impl Block {
         };
         let eps = cfg.layer_norm_eps;
         let mlp_dim = cfg.mlp_dim();
-        let adapter = |on: bool, name: &str, skip: bool| -> Result<Option<Adapter>> {
-            on.then(|| Adapter::load(&p.pp(name), dim, ad, skip))
-                .transpose()
-        };
         let mut attn = Attention::load(
             &p.pp("attn"),
             dim,
@@ -81,10 +71,7 @@ impl Block {
                 lin2: Linear::load(&p.pp("mlp.lin2"), mlp_dim, dim, true)?,
             },
             window_size,
-            space_adapter: adapter(ad.encoder, "Space_Adapter", true)?,
-            mlp_adapter: adapter(ad.encoder, "MLP_Adapter", false)?,
-            depth_adapter: adapter(ad.depth, "Depth_Adapter", false)?,
-            mlp_scale: ad.mlp_scale,
+            adapters: BlockAdapters::load(p, dim, ad)?,
         })
     }
 
@@ -112,20 +99,14 @@ impl Block {
     /// depth branch (MSA-SPEC 2.2) runs beside the spatial one.
     pub fn forward(&self, x: &Tensor, depth: Option<usize>) -> Result<Tensor> {
         let xn = self.norm1.forward(x)?;
-        let mut a = self.spatial_attention(&xn)?;
-        if let Some(sa) = &self.space_adapter {
-            a = sa.forward(&a)?;
-        }
-        if let (Some(d), Some(da)) = (depth, &self.depth_adapter) {
-            a = (a + da.forward(&self.depth_attention(&xn, d)?)?)?;
-        }
+        let a = self.spatial_attention(&xn)?;
+        let a = self
+            .adapters
+            .attention_branch(a, depth, |d| self.depth_attention(&xn, d))?;
         let x = (x + a)?;
         let h = self.norm2.forward(&x)?;
         let x = (&x + self.mlp.forward(&h)?)?;
-        match &self.mlp_adapter {
-            Some(ma) => x + (ma.forward(&h)? * self.mlp_scale)?,
-            None => Ok(x),
-        }
+        self.adapters.beside_mlp(x, &h)
     }
 
     /// Attention across the D slices at each spatial position, the slices laid out on a

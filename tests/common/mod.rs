@@ -68,3 +68,27 @@ pub fn assert_close(what: &str, ours: &Tensor, golden: &Tensor, tol: f32) {
     let d = max_abs_diff(ours, golden);
     assert!(d <= tol, "{what}: max |ours - golden| = {d:e} > {tol:e}");
 }
+
+/// Every golden gradient `<prefix><key>` against the gradient autograd gave the trainable
+/// tensor `key`, compared by `check`; returns how many were checked.
+pub fn check_golden_grads(
+    cases: &HashMap<String, Tensor>,
+    prefix: &str,
+    vars: &std::collections::BTreeMap<String, candle_core::Var>,
+    grads: &candle_core::backprop::GradStore,
+    check: impl Fn(&str, &Tensor, &Tensor),
+) -> usize {
+    let mut checked = 0;
+    for (name, golden) in cases.iter().filter(|(k, _)| k.starts_with(prefix)) {
+        let key = name.trim_start_matches(prefix);
+        let var = vars
+            .get(key)
+            .unwrap_or_else(|| panic!("no trainable {key}"));
+        let ours = grads
+            .get(var.as_tensor())
+            .unwrap_or_else(|| panic!("no gradient for {key}"));
+        check(key, ours, golden);
+        checked += 1;
+    }
+    checked
+}
