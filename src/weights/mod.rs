@@ -24,7 +24,8 @@ pub struct Loaded {
     pub checkpoint_image_size: Option<usize>,
     /// Adapter tensors the model carries, by key (taken from files or initialised).
     pub adapter_keys: Vec<String>,
-    /// Parameter count of each frozen SAM part (`image_encoder`, `prompt_encoder`, `mask_decoder`).
+    /// Parameter count of each frozen SAM part (`image_encoder`, `prompt_encoder`,
+    /// `mask_decoder`), buffers not included.
     pub part_params: BTreeMap<String, usize>,
     /// Parameter count of the adapters (the trainable part).
     pub adapter_params: usize,
@@ -113,10 +114,13 @@ pub fn load_model(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Lo
     let sam = Sam::load_adapted(&params, &cfg, &ad).map_err(|e| anyhow::anyhow!("{e}"))?;
     check_unused(&params, path, &preset)?;
     let trainables = params.trainables();
+    // Parameters only, as PyTorch counts them: buffers (BatchNorm statistics, the prompt
+    // encoder's Fourier matrix) are not.
+    let buffers = params.buffers();
     let requested: BTreeMap<String, Vec<usize>> = params
         .requested()
         .into_iter()
-        .filter(|(k, _)| !trainables.contains_key(k))
+        .filter(|(k, _)| !trainables.contains_key(k) && !buffers.contains_key(k))
         .collect();
     Ok(Loaded {
         sam,
