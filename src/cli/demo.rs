@@ -34,6 +34,10 @@ pub struct DemoArgs {
     pub epochs: usize,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
+    /// Adapter bottleneck as a fraction of the width. At 0.125 HyP-Adpt's generated r x r
+    /// matrix is 32 x 32 and 7% of LiteMedSAM trains; at 0.25 it is 64 x 64 and 20% does.
+    #[arg(long, default_value_t = 0.125)]
+    pub adapter_ratio: f64,
     /// Use only the first N training (and validation) cases; 0 for all.
     #[arg(long, default_value_t = 0)]
     pub train_cases: usize,
@@ -181,6 +185,7 @@ fn train_adapters(
     cfg.epochs = args.epochs;
     cfg.batch_size = 4;
     cfg.lr = args.lr;
+    cfg.adapter_ratio = args.adapter_ratio;
     cfg.lr_step = args.epochs.max(1);
     cfg.augment = false; // keeps the embeddings of the frozen encoder cacheable
     cfg.seed = SEED;
