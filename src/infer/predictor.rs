@@ -56,14 +56,7 @@ impl<'a> Predictor<'a> {
 
     /// Prepares an RGB image as the backbone expects (resize, normalise, pad) and encodes it.
     pub fn set_image(&mut self, img: &RgbImage) -> Result<()> {
-        let original = (img.height() as usize, img.width() as usize);
-        if original.0 == 0 || original.1 == 0 {
-            bail!("empty image");
-        }
-        let input = crate::preprocess::model_input(img, &self.sam.config);
-        let s = self.sam.config.img_size;
-        let x = Tensor::from_vec(input.data, (1, 3, s, s), self.sam.device())?;
-        self.set_encoder_input(&x, input.input_size, original)
+        self.set_image_with(img, |encode| encode())
     }
 
     /// `set_image` with the embedding taken from `cache` under `key` when it holds one.
@@ -73,17 +66,28 @@ impl<'a> Predictor<'a> {
         key: &str,
         cache: &mut super::EmbeddingCache,
     ) -> Result<()> {
+        self.set_image_with(img, |encode| cache.get_or_insert(key, encode))
+    }
+
+    /// Prepares `img` and gets its embedding through `fetch`, which is handed the encoder.
+    fn set_image_with(
+        &mut self,
+        img: &RgbImage,
+        fetch: impl FnOnce(&mut dyn FnMut() -> Result<Tensor>) -> Result<Tensor>,
+    ) -> Result<()> {
         let original = (img.height() as usize, img.width() as usize);
         if original.0 == 0 || original.1 == 0 {
             bail!("empty image");
         }
         let input = crate::preprocess::model_input(img, &self.sam.config);
-        let s = self.sam.config.img_size;
-        let sam = self.sam;
-        let features = cache.get_or_insert(key, || {
-            let x = Tensor::from_vec(input.data, (1, 3, s, s), sam.device())?;
+        let (sam, s) = (self.sam, self.sam.config.img_size);
+        let mut data = Some(input.data);
+        let mut encode = || -> Result<Tensor> {
+            let data = data.take().unwrap_or_default();
+            let x = Tensor::from_vec(data, (1, 3, s, s), sam.device())?;
             Ok(sam.encode(&x)?)
-        })?;
+        };
+        let features = fetch(&mut encode)?;
         self.set_features(features, input.input_size, original)
     }
 

@@ -5,7 +5,7 @@
 use super::adapter::{AdapterConfig, BlockAdapters, Lora};
 use super::attention::{window_partition, window_unpartition};
 use super::config::{SamConfig, TinyVitConfig};
-use super::image_encoder::{closest_factors, Neck};
+use super::image_encoder::{closest_factors, depth_tokens_to_slices, slices_to_depth_tokens, Neck};
 use super::nn::{gelu, softmax, to_channels_last, Derived, LayerNorm, Linear};
 use crate::kernels::depthwise::{depthwise_conv_ops, DepthwiseConv, DepthwiseGeometry};
 use crate::params::Params;
@@ -17,64 +17,106 @@ const LN_EPS: f64 = 1e-5;
 /// Conv2d (no bias) + eval-mode BatchNorm2d as one conv: weight (Cout, Cin/groups, k, k)
 /// and bias (Cout). When the parameters train, the fold is redone at every use.
 fn conv_bn(p: &Params, cout: usize, cin_per_group: usize, k: usize) -> Result<Derived> {
+    folded_conv_bn(p, cout, cin_per_group, k, false)
+}
+
+/// `conv_bn` with the weight laid out as the folded buffer holds it: (Cout, Cin/g, k, k),
+/// or tap-major (k * k, Cout) for a depthwise conv (`taps`).
+fn folded_conv_bn(
+    p: &Params,
+    cout: usize,
+    cin_per_group: usize,
+    k: usize,
+    taps: bool,
+) -> Result<Derived> {
     let weight = p.get("c.weight", &[cout, cin_per_group, k, k])?;
     let gamma = p.get("bn.weight", &[cout])?;
     let beta = p.get("bn.bias", &[cout])?;
     let mean = p.buffer("bn.running_mean", &[cout])?;
     let var = p.buffer("bn.running_var", &[cout])?;
     p.optional_buffer("bn.num_batches_tracked", &[])?;
-    Derived::new(vec![weight, gamma, beta, mean, var], |t| {
+    Derived::new(vec![weight, gamma, beta, mean, var], move |t| {
         let [w, gamma, beta, mean, var] = t else {
             candle_core::bail!("conv_bn takes five tensors");
         };
         let scale = (gamma / (var + BN_EPS)?.sqrt()?)?;
         let cout = scale.dim(0)?;
         let w = w.broadcast_mul(&scale.reshape((cout, 1, 1, 1))?)?;
+        let w = if taps {
+            w.flatten_from(1)?.t()?.contiguous()?
+        } else {
+            w
+        };
         let b = (beta - (mean * &scale)?)?;
-        // Weight and bias side by side: (Cout, Cin/g * k * k + 1).
-        Tensor::cat(&[w.flatten_from(1)?, b.unsqueeze(1)?], 1)
+        // One flat buffer, weight then bias, so that both come back as contiguous views.
+        Tensor::cat(&[w.flatten_all()?, b], 0)
     })
 }
 
-/// The folded (weight, bias) of a `conv_bn`, the weight as (Cout, Cin/g * k * k).
-fn split_folded(folded: &Tensor) -> Result<(Tensor, Tensor)> {
-    let cols = folded.dim(1)?;
+/// The folded (weight, bias) of a `conv_bn` with `cout` outputs, the weight as `rows` rows
+/// (Cout for a conv, k * k taps for a depthwise one); both contiguous views of the buffer.
+fn split_folded(folded: &Tensor, cout: usize, rows: usize) -> Result<(Tensor, Tensor)> {
+    let n = folded.dim(0)? - cout;
     Ok((
-        folded.narrow(1, 0, cols - 1)?,
-        folded.narrow(1, cols - 1, 1)?.squeeze(1)?,
+        folded.narrow(0, 0, n)?.reshape((rows, n / rows))?,
+        folded.narrow(0, n, cout)?,
     ))
 }
 
-/// A 1x1 Conv2d_BN: a Linear over the channels.
+/// A folded Conv2d_BN (groups = 1). A 1x1 one is a Linear over the channels.
 #[derive(Debug, Clone)]
-pub struct PointwiseConvBn(Derived);
+pub struct ConvBn {
+    folded: Derived,
+    cout: usize,
+    kernel: usize,
+}
 
-impl PointwiseConvBn {
-    fn load(p: &Params, cin: usize, cout: usize) -> Result<Self> {
-        Ok(Self(conv_bn(p, cout, cin, 1)?))
+impl ConvBn {
+    fn load(p: &Params, cin: usize, cout: usize, kernel: usize) -> Result<Self> {
+        Ok(Self {
+            folded: conv_bn(p, cout, cin, kernel)?,
+            cout,
+            kernel,
+        })
     }
 
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (weight, bias) = split_folded(&self.0.get()?)?;
-        Linear {
+    fn linear(&self) -> Result<Linear> {
+        let (weight, bias) = split_folded(&self.folded.get()?, self.cout, self.cout)?;
+        Ok(Linear {
             weight,
             bias: Some(bias),
-        }
-        .forward(x)
+        })
+    }
+
+    /// A 1x1 conv on a channels-last map (B, H, W, Cin) -> (B, H, W, Cout).
+    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.linear()?.forward(x)
+    }
+
+    /// The k x k conv (padding k / 2) on an NCHW map.
+    pub fn forward_nchw(&self, x: &Tensor, stride: usize) -> Result<Tensor> {
+        let (weight, bias) = split_folded(&self.folded.get()?, self.cout, self.cout)?;
+        let (k, cout) = (self.kernel, self.cout);
+        let weight = weight.reshape((cout, x.dim(1)?, k, k))?;
+        let y = x.conv2d(&weight, k / 2, stride, 1, 1)?;
+        y.broadcast_add(&bias.reshape((1, cout, 1, 1))?)
     }
 }
 
 /// A depthwise k x k Conv2d_BN (groups = channels) with padding k / 2.
 #[derive(Debug, Clone)]
 pub struct DepthwiseConvBn {
+    /// Tap-major: (k * k, C) weights, then C biases.
     folded: Derived,
+    channels: usize,
     geometry: DepthwiseGeometry,
 }
 
 impl DepthwiseConvBn {
     fn load(p: &Params, c: usize, kernel: usize, stride: usize) -> Result<Self> {
         Ok(Self {
-            folded: conv_bn(p, c, 1, kernel)?,
+            folded: folded_conv_bn(p, c, 1, kernel, true)?,
+            channels: c,
             geometry: DepthwiseGeometry {
                 kernel,
                 stride,
@@ -85,11 +127,11 @@ impl DepthwiseConvBn {
 
     /// (B, H, W, C) -> (B, Ho, Wo, C).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let (weight, bias) = split_folded(&self.folded.get()?)?;
-        let taps = weight.t()?.contiguous()?; // (k*k, C)
+        let k = self.geometry.kernel;
+        let (taps, bias) = split_folded(&self.folded.get()?, self.channels, k * k)?;
         if super::nn::is_cpu_f32(x) {
             let op = DepthwiseConv(self.geometry);
-            return x.contiguous()?.apply_op3(&taps, &bias.contiguous()?, op);
+            return x.contiguous()?.apply_op3(&taps, &bias, op);
         }
         depthwise_conv_ops(x, &taps, &bias, self.geometry)
     }
@@ -98,9 +140,8 @@ impl DepthwiseConvBn {
 /// Two Conv2d_BN with a GELU between: (B, 3, S, S) -> (B, G, G, C0).
 #[derive(Debug, Clone)]
 pub struct PatchEmbed {
-    conv1: Derived,
-    conv2: Derived,
-    kernel: usize,
+    conv1: ConvBn,
+    conv2: ConvBn,
     stride: usize,
 }
 
@@ -108,54 +149,36 @@ impl PatchEmbed {
     fn load(p: &Params, cin: usize, c0: usize, t: &TinyVitConfig) -> Result<Self> {
         let k = t.patch_embed_kernel;
         Ok(Self {
-            conv1: conv_bn(&p.pp("seq.0"), c0 / 2, cin, k)?,
-            conv2: conv_bn(&p.pp("seq.2"), c0, c0 / 2, k)?,
-            kernel: k,
+            conv1: ConvBn::load(&p.pp("seq.0"), cin, c0 / 2, k)?,
+            conv2: ConvBn::load(&p.pp("seq.2"), c0 / 2, c0, k)?,
             stride: t.patch_embed_stride,
         })
     }
 
-    fn conv(&self, x: &Tensor, folded: &Derived) -> Result<Tensor> {
-        let (weight, bias) = split_folded(&folded.get()?)?;
-        let (cout, cin) = (weight.dim(0)?, x.dim(1)?);
-        let k = self.kernel;
-        let weight = weight.reshape((cout, cin, k, k))?;
-        let y = x.conv2d(&weight, k / 2, self.stride, 1, 1)?;
-        y.broadcast_add(&bias.reshape((1, cout, 1, 1))?)
-    }
-
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if self.kernel == 1 && self.stride == 1 {
+        if self.conv1.kernel == 1 && self.stride == 1 {
             let x = to_channels_last(x)?.contiguous()?;
-            let pw = |f: &Derived| -> Result<Linear> {
-                let (weight, bias) = split_folded(&f.get()?)?;
-                Ok(Linear {
-                    weight,
-                    bias: Some(bias),
-                })
-            };
-            let x = gelu(&pw(&self.conv1)?.forward(&x)?)?;
-            return pw(&self.conv2)?.forward(&x);
+            return self.conv2.forward(&gelu(&self.conv1.forward(&x)?)?);
         }
-        let x = gelu(&self.conv(x, &self.conv1)?)?;
-        to_channels_last(&self.conv(&x, &self.conv2)?)?.contiguous()
+        let x = gelu(&self.conv1.forward_nchw(x, self.stride)?)?;
+        to_channels_last(&self.conv2.forward_nchw(&x, self.stride)?)?.contiguous()
     }
 }
 
 /// Stage 0's inverted residual: 1x1 expand, depthwise 3x3, 1x1 project, residual, GELU.
 #[derive(Debug, Clone)]
 pub struct MbConv {
-    conv1: PointwiseConvBn,
+    conv1: ConvBn,
     conv2: DepthwiseConvBn,
-    conv3: PointwiseConvBn,
+    conv3: ConvBn,
 }
 
 impl MbConv {
     fn load(p: &Params, c: usize, hidden: usize) -> Result<Self> {
         Ok(Self {
-            conv1: PointwiseConvBn::load(&p.pp("conv1"), c, hidden)?,
+            conv1: ConvBn::load(&p.pp("conv1"), c, hidden, 1)?,
             conv2: DepthwiseConvBn::load(&p.pp("conv2"), hidden, 3, 1)?,
-            conv3: PointwiseConvBn::load(&p.pp("conv3"), hidden, c)?,
+            conv3: ConvBn::load(&p.pp("conv3"), hidden, c, 1)?,
         })
     }
 
@@ -169,17 +192,17 @@ impl MbConv {
 /// Between stages: 1x1, GELU, depthwise 3x3 (stride s), GELU, 1x1.
 #[derive(Debug, Clone)]
 pub struct PatchMerging {
-    conv1: PointwiseConvBn,
+    conv1: ConvBn,
     conv2: DepthwiseConvBn,
-    conv3: PointwiseConvBn,
+    conv3: ConvBn,
 }
 
 impl PatchMerging {
     fn load(p: &Params, cin: usize, cout: usize, stride: usize) -> Result<Self> {
         Ok(Self {
-            conv1: PointwiseConvBn::load(&p.pp("conv1"), cin, cout)?,
+            conv1: ConvBn::load(&p.pp("conv1"), cin, cout, 1)?,
             conv2: DepthwiseConvBn::load(&p.pp("conv2"), cout, 3, stride)?,
-            conv3: PointwiseConvBn::load(&p.pp("conv3"), cout, cout)?,
+            conv3: ConvBn::load(&p.pp("conv3"), cout, cout, 1)?,
         })
     }
 
@@ -204,6 +227,23 @@ pub struct TinyVitAttention {
     pub window: usize,
 }
 
+/// The (heads, N, N) bias of a gh x gw token grid from a window's per-offset table.
+fn offset_bias(biases: &Tensor, ws: usize, (gh, gw): (usize, usize)) -> Result<Tensor> {
+    let n = gh * gw;
+    let mut idx = Vec::with_capacity(n * n);
+    for i in 0..n {
+        for j in 0..n {
+            let dy = (i / gw).abs_diff(j / gw);
+            let dx = (i % gw).abs_diff(j % gw);
+            idx.push((dy * ws + dx) as u32);
+        }
+    }
+    let idx = Tensor::from_vec(idx, n * n, biases.device())?;
+    biases
+        .index_select(&idx, 1)?
+        .reshape((biases.dim(0)?, n, n))
+}
+
 impl TinyVitAttention {
     fn load(p: &Params, dim: usize, heads: usize, window: usize) -> Result<Self> {
         let biases = p.get("attention_biases", &[heads, window * window])?;
@@ -223,21 +263,8 @@ impl TinyVitAttention {
     }
 
     /// (heads, N, N) biases of a gh x gw token grid (both at most the window).
-    pub fn grid_bias(&self, (gh, gw): (usize, usize)) -> Result<Tensor> {
-        let n = gh * gw;
-        let ws = self.window;
-        let mut idx = Vec::with_capacity(n * n);
-        for i in 0..n {
-            for j in 0..n {
-                let dy = (i / gw).abs_diff(j / gw);
-                let dx = (i % gw).abs_diff(j % gw);
-                idx.push((dy * ws + dx) as u32);
-            }
-        }
-        let idx = Tensor::from_vec(idx, n * n, self.biases.device())?;
-        self.biases
-            .index_select(&idx, 1)?
-            .reshape((self.num_heads, n, n))
+    pub fn grid_bias(&self, grid: (usize, usize)) -> Result<Tensor> {
+        offset_bias(&self.biases, self.window, grid)
     }
 
     /// x (B, N, C), the N tokens a gh x gw grid -> (B, N, C).
@@ -334,10 +361,6 @@ impl TinyVitBlock {
     /// Attention across the D slices at each spatial position, the slices a dh x dw grid
     /// under the window's offset biases; x (volumes * D, H, W, C).
     pub fn depth_attention(&self, x: &Tensor, d: usize) -> Result<Tensor> {
-        let (n, h, w, c) = x.dims4()?;
-        if n % d != 0 {
-            candle_core::bail!("{n} slices are not a whole number of {d}-slice volumes");
-        }
         let (dh, dw) = closest_factors(d);
         if dh > self.window || dw > self.window {
             candle_core::bail!(
@@ -345,17 +368,9 @@ impl TinyVitBlock {
                 self.window
             );
         }
-        let v = n / d;
-        let xd = x
-            .reshape((v, d, h, w, c))?
-            .permute((0, 2, 3, 1, 4))?
-            .contiguous()?
-            .reshape((v * h * w, d, c))?;
+        let xd = slices_to_depth_tokens(x, d)?;
         let a = self.attn.forward(&xd, (dh, dw))?;
-        a.reshape((v, h, w, d, c))?
-            .permute((0, 3, 1, 2, 4))?
-            .contiguous()?
-            .reshape((n, h, w, c))
+        depth_tokens_to_slices(&a, x.dims4()?)
     }
 
     pub fn forward(&self, x: &Tensor, depth: Option<usize>) -> Result<Tensor> {

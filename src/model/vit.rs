@@ -3,7 +3,7 @@
 use super::adapter::{AdapterConfig, BlockAdapters, Lora};
 use super::attention::{window_partition_filled, window_unpartition, Attention};
 use super::config::VitConfig;
-use super::image_encoder::{closest_factors, Neck};
+use super::image_encoder::{closest_factors, depth_tokens_to_slices, slices_to_depth_tokens, Neck};
 use super::nn::{gelu, LayerNorm, Linear, PatchConv};
 use crate::params::{Params, Resize};
 use candle_core::{Result, Tensor};
@@ -112,22 +112,11 @@ impl Block {
     /// Attention across the D slices at each spatial position, the slices laid out on a
     /// dh x dw grid so that the block's own attention and rel-pos tables apply.
     fn depth_attention(&self, xn: &Tensor, d: usize) -> Result<Tensor> {
-        let (n, h, w, c) = xn.dims4()?;
-        if n % d != 0 {
-            candle_core::bail!("{n} slices are not a whole number of {d}-slice volumes");
-        }
-        let v = n / d;
         let (dh, dw) = closest_factors(d);
-        let xd = xn
-            .reshape((v, d, h, w, c))?
-            .permute((0, 2, 3, 1, 4))?
-            .contiguous()?
-            .reshape((v * h * w, dh, dw, c))?;
-        let xd = self.attn.forward(&xd)?;
-        xd.reshape((v, h, w, d, c))?
-            .permute((0, 3, 1, 2, 4))?
-            .contiguous()?
-            .reshape((n, h, w, c))
+        let xd = slices_to_depth_tokens(xn, d)?;
+        let c = xd.dim(2)?;
+        let xd = self.attn.forward(&xd.reshape((xd.dim(0)?, dh, dw, c))?)?;
+        depth_tokens_to_slices(&xd.reshape((xd.dim(0)?, d, c))?, xn.dims4()?)
     }
 }
 
