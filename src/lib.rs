@@ -11,5 +11,6 @@ pub mod model;
 pub mod params;
 pub mod preprocess;
 pub mod resize;
+pub mod runtime;
 pub mod train;
 pub mod weights;

@@ -537,3 +537,100 @@ fn windowed_block_keeps_sam_gradients_when_every_weight_trains() {
     // qkv and proj weight and bias, two rel-pos tables, norm1 weight and bias.
     assert_eq!(checked, 8);
 }
+
+/// softmax(scale q kᵀ + table) v with primitive ops, q, k, v per head as TinyViT lays
+/// them out: qkv (B, N, heads * 3hd), table (heads, N, N).
+fn table_attention_reference(qkv: &Tensor, table: &Tensor, (heads, hd): (usize, usize)) -> Tensor {
+    let (b, n, _) = qkv.dims3().unwrap();
+    let qkv = qkv.reshape((b, n, heads, 3 * hd)).unwrap();
+    let part = |i: usize| {
+        qkv.narrow(3, i * hd, hd)
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let (q, k, v) = (part(0), part(1), part(2));
+    let logits = (q.matmul(&k.t().unwrap()).unwrap() * (hd as f64).powf(-0.5))
+        .unwrap()
+        .broadcast_add(&table.unsqueeze(0).unwrap())
+        .unwrap();
+    softmax(&logits)
+        .matmul(&v)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((b, n, heads * hd))
+        .unwrap()
+}
+
+#[test]
+fn table_attention_matches_composed_ops_with_several_row_blocks() {
+    use msa::kernels::attention_grad::TableAttention;
+    // 150 tokens: three query-row blocks per head, the last one short.
+    let (b, n, heads, hd) = (2, 150, 3, 8);
+    let qkv = Var::from_tensor(&rand(&[b, n, 3 * heads * hd], 31)).unwrap();
+    let table = Var::from_tensor(&rand(&[heads, n, n], 32)).unwrap();
+    let op = TableAttention {
+        heads,
+        head_dim: hd,
+        scale: (hd as f32).powf(-0.5),
+    };
+    let ours = qkv.as_tensor().apply_op2(table.as_tensor(), op).unwrap();
+    let reference = table_attention_reference(qkv.as_tensor(), table.as_tensor(), (heads, hd));
+    assert_close("table attention", &ours, &reference, 1e-5);
+    let weights = rand(&[b, n, heads * hd], 33);
+    let names = ["d qkv", "d table"];
+    assert_same_grads(&ours, &reference, &weights, [&qkv, &table], names, 1e-4);
+}
+
+#[test]
+fn fused_depthwise_conv_and_gelu_match_the_training_op() {
+    use msa::kernels::depthwise::{depthwise_forward, DepthwiseConv, DepthwiseGeometry};
+    let x = rand(&[2, 9, 7, 12], 41);
+    let taps = rand(&[9, 12], 42);
+    let bias = rand(&[12], 43);
+    for stride in [1, 2] {
+        let g = DepthwiseGeometry {
+            kernel: 3,
+            stride,
+            padding: 1,
+        };
+        let reference = x.apply_op3(&taps, &bias, DepthwiseConv(g)).unwrap();
+        let plain = depthwise_forward(&x, &taps, &bias, g, false).unwrap();
+        assert_close("depthwise conv", &plain, &reference, 1e-6);
+        let fused = depthwise_forward(&x, &taps, &bias, g, true).unwrap();
+        assert_close(
+            "depthwise conv + GELU",
+            &fused,
+            &reference.gelu_erf().unwrap(),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn fused_linear_with_residual_and_gelu_matches_composed_ops() {
+    use msa::kernels::linear::Epilogue;
+    use msa::model::nn::Linear;
+    // 3000 rows: several row tiles, the last one short.
+    let x = rand(&[3, 1000, 24], 51);
+    let linear = Linear {
+        weight: rand(&[40, 24], 52),
+        bias: Some(rand(&[40], 53)),
+    };
+    let residual = rand(&[3, 1000, 40], 54);
+    let affine = x
+        .broadcast_matmul(&linear.weight.t().unwrap())
+        .unwrap()
+        .broadcast_add(linear.bias.as_ref().unwrap())
+        .unwrap();
+    let plain = linear.forward_act(&x, None, Epilogue::None).unwrap();
+    assert_close("linear", &plain, &affine, 1e-5);
+    let fused = linear
+        .forward_act(&x, Some(&residual), Epilogue::Gelu)
+        .unwrap();
+    let reference = (affine + &residual).unwrap().gelu_erf().unwrap();
+    assert_close("linear + residual + GELU", &fused, &reference, 1e-5);
+}

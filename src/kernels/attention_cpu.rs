@@ -27,13 +27,24 @@ pub(crate) struct SharedOut(pub(crate) *mut f32);
 unsafe impl Send for SharedOut {}
 unsafe impl Sync for SharedOut {}
 
-/// A (B, N, heads*hd) operand inside a larger buffer: token t of batch b starts at
-/// `b * batch_stride + t * row_stride`.
+/// A (B, N, heads, hd) operand inside a larger buffer: head h of token t of batch b starts
+/// at `b * batch_stride + t * row_stride + h * head_stride`.
 #[derive(Clone, Copy)]
 pub struct Operand<'a> {
     pub data: &'a [f32],
     pub row_stride: usize,
     pub batch_stride: usize,
+    pub head_stride: usize,
+}
+
+/// What is added to the scaled logits before the softmax.
+#[derive(Clone, Copy)]
+pub enum Bias<'a> {
+    None,
+    /// SAM's decomposed relative-position bias.
+    Rel(&'a RelTables<'a>),
+    /// A full (heads, nq, nk) table, the same for every batch item (TinyViT).
+    Table(&'a [f32]),
 }
 
 /// `qkv`: B x (H*W) x 3C values; returns B x (H*W) x C.
@@ -54,6 +65,7 @@ pub fn attention(
         data: &qkv[offset..],
         row_stride: 3 * c,
         batch_stride: n * 3 * c,
+        head_stride: head_dim,
     };
     let dims = Dims {
         b,
@@ -63,7 +75,11 @@ pub fn attention(
         head_dim,
         grid: (h, w),
     };
-    attention_general(op(0), op(c), op(2 * c), dims, scale, rel)
+    let bias = match &rel {
+        Some(t) => Bias::Rel(t),
+        None => Bias::None,
+    };
+    attention_general(op(0), op(c), op(2 * c), dims, scale, bias)
 }
 
 /// Sizes of one attention call.
@@ -85,7 +101,7 @@ pub fn attention_general(
     v: Operand,
     d: Dims,
     scale: f32,
-    rel: Option<RelTables>,
+    bias: Bias,
 ) -> Vec<f32> {
     let (n, nk, heads, head_dim) = (d.nq, d.nk, d.heads, d.head_dim);
     let c = heads * head_dim;
@@ -97,12 +113,12 @@ pub fn attention_general(
     let (h, w) = d.grid;
     (0..tasks).into_par_iter().for_each_init(
         || (vec![0f32; block * nk], vec![0f32; h + w]),
-        |(logits, bias), task| {
+        |(logits, rel_bias), task| {
             let bi = task / (heads * blocks_per_head);
             let head = (task / blocks_per_head) % heads;
             let r0 = (task % blocks_per_head) * block;
             let rows = block.min(n - r0);
-            let at = |o: &Operand<'_>| bi * o.batch_stride + head * head_dim;
+            let at = |o: &Operand<'_>| bi * o.batch_stride + head * o.head_stride;
             let (qh, kh, vh) = (&q.data[at(&q)..], &k.data[at(&k)..], &v.data[at(&v)..]);
             let logits = &mut logits[..rows * nk];
             // SAFETY: the strides walk rows inside the operands, and `logits` holds
@@ -136,9 +152,9 @@ pub fn attention_general(
                 head_dim,
                 hw: d.grid,
                 nk,
-                rel: rel.as_ref(),
+                bias: bias.for_head(head, n, nk),
             };
-            finish_rows(logits, r0, &ctx, bias);
+            finish_rows(logits, r0, &ctx, rel_bias);
             let dst = shared;
             // SAFETY: this task alone writes rows r0..r0+rows, columns of `head`.
             unsafe {
@@ -169,6 +185,16 @@ pub fn attention_general(
     out
 }
 
+impl<'a> Bias<'a> {
+    /// The bias one head sees: a table is cut to that head's (nq, nk) block.
+    pub(crate) fn for_head(self, head: usize, nq: usize, nk: usize) -> Bias<'a> {
+        match self {
+            Bias::Table(t) => Bias::Table(&t[head * nq * nk..(head + 1) * nq * nk]),
+            other => other,
+        }
+    }
+}
+
 pub(crate) struct RowCtx<'a> {
     /// This head's q at token 0; token t starts at t * stride.
     pub q: &'a [f32],
@@ -176,7 +202,8 @@ pub(crate) struct RowCtx<'a> {
     pub head_dim: usize,
     pub hw: (usize, usize),
     pub nk: usize,
-    pub rel: Option<&'a RelTables<'a>>,
+    /// This head's bias (a table already cut by `Bias::for_head`).
+    pub bias: Bias<'a>,
 }
 
 /// Relative-position bias and softmax for every row of a logits block.
@@ -195,7 +222,13 @@ fn finish_rows_body(logits: &mut [f32], r0: usize, ctx: &RowCtx, bias: &mut [f32
     let (h, w) = ctx.hw;
     let hd = ctx.head_dim;
     for (r, row) in logits.chunks_exact_mut(ctx.nk).enumerate() {
-        if let Some(t) = ctx.rel {
+        if let Bias::Table(t) = ctx.bias {
+            let at = (r0 + r) * ctx.nk;
+            for (v, &b) in row.iter_mut().zip(&t[at..at + ctx.nk]) {
+                *v += b;
+            }
+        }
+        if let Bias::Rel(t) = ctx.bias {
             let token = r0 + r;
             let q = &ctx.q[token * ctx.stride..token * ctx.stride + hd];
             let (qy, qx) = (token / w, token % w);

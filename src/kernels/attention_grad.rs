@@ -8,7 +8,10 @@
 //! `FusedAttention` takes frozen relative-position tables; `FusedAttentionTables` takes them
 //! as inputs and returns their gradients too (full fine-tuning).
 
-use super::attention_cpu::{attention, finish_rows, RelTables, RowCtx, SharedOut, ROW_BLOCK};
+use super::attention_cpu::{
+    attention, attention_general, finish_rows, Bias, Dims, Operand, RelTables, RowCtx, SharedOut,
+    ROW_BLOCK,
+};
 use super::{gemm_into, grad_like, storage_slice, with_slice, Mat};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
@@ -27,6 +30,20 @@ pub struct FusedAttention {
 impl FusedAttention {
     fn tables(&self) -> Option<RelTables<'_>> {
         self.rel.as_ref().map(|(rh, rw)| RelTables { rh, rw })
+    }
+
+    fn spec(&self, rel_grads: bool) -> Spec<'_> {
+        Spec {
+            grid: self.grid,
+            heads: self.heads,
+            head_dim: self.head_dim,
+            scale: self.scale,
+            rel: self.tables(),
+            table: None,
+            layout: QkvLayout::Grouped,
+            rel_grads,
+            table_grads: false,
+        }
     }
 
     fn batch(&self, elems: usize) -> Result<usize> {
@@ -69,7 +86,7 @@ impl CustomOp1 for FusedAttention {
         let dqkv = with_slice(arg, |qkv| {
             with_slice(&grad, |dout| {
                 let b = self.batch(qkv.len())?;
-                Ok(attention_backward(qkv, dout, b, self, false).0)
+                Ok(attention_backward(qkv, dout, b, &self.spec(false)).dqkv)
             })
         })?;
         grad_like(dqkv, arg)
@@ -136,13 +153,13 @@ impl CustomOp3 for FusedAttentionTables {
     ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
         let grad = grad.contiguous()?;
         let op = with_slice(rh, |a| with_slice(rw, |b| self.with_tables(a, b)))?;
-        let (dqkv, tables) = with_slice(qkv, |x| {
+        let grads = with_slice(qkv, |x| {
             with_slice(&grad, |dout| {
                 let b = op.batch(x.len())?;
-                Ok(attention_backward(x, dout, b, &op, true))
+                Ok(attention_backward(x, dout, b, &op.spec(true)))
             })
         })?;
-        let (drh, drw) = tables.unwrap_or_default();
+        let (dqkv, (drh, drw)) = (grads.dqkv, grads.rel.unwrap_or_default());
         Ok((
             grad_like(dqkv, qkv)?,
             grad_like(drh, rh)?,
@@ -151,15 +168,60 @@ impl CustomOp3 for FusedAttentionTables {
     }
 }
 
-/// Gradient of `attention` with respect to its qkv input, (B, N, 3C), and with
-/// `table_grads` those of the gathered tables Rh and Rw.
-fn attention_backward(
-    qkv: &[f32],
-    dout: &[f32],
-    b: usize,
-    op: &FusedAttention,
-    table_grads: bool,
-) -> (Vec<f32>, Option<TableGrads>) {
+/// How one head's q, k and v sit among a token's 3C qkv values.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum QkvLayout {
+    /// q of every head, then k of every head, then v (SAM's ViT).
+    Grouped,
+    /// q, k, v of head 0, then of head 1, ... (TinyViT).
+    PerHead,
+}
+
+impl QkvLayout {
+    /// (where the head's q starts, k's offset from q, v's offset from q).
+    pub(crate) fn offsets(self, head: usize, hd: usize, c: usize) -> (usize, usize, usize) {
+        match self {
+            QkvLayout::Grouped => (head * hd, c, 2 * c),
+            QkvLayout::PerHead => (head * 3 * hd, hd, 2 * hd),
+        }
+    }
+}
+
+/// One attention call's shape, bias and which bias gradients to compute.
+pub(crate) struct Spec<'a> {
+    /// The token grid (H, W); N = H * W.
+    pub grid: (usize, usize),
+    pub heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+    pub rel: Option<RelTables<'a>>,
+    /// A (heads, N, N) bias table.
+    pub table: Option<&'a [f32]>,
+    pub layout: QkvLayout,
+    pub rel_grads: bool,
+    pub table_grads: bool,
+}
+
+impl Spec<'_> {
+    fn bias(&self) -> Bias<'_> {
+        match (&self.rel, self.table) {
+            (Some(t), _) => Bias::Rel(t),
+            (None, Some(t)) => Bias::Table(t),
+            (None, None) => Bias::None,
+        }
+    }
+}
+
+/// What `attention_backward` returns.
+pub(crate) struct AttentionGrads {
+    pub dqkv: Vec<f32>,
+    pub rel: Option<TableGrads>,
+    pub table: Option<Vec<f32>>,
+}
+
+/// Gradient of attention with respect to its qkv input, (B, N, 3C), and, as the spec
+/// asks, those of the gathered tables Rh and Rw and of the bias table.
+pub(crate) fn attention_backward(qkv: &[f32], dout: &[f32], b: usize, op: &Spec) -> AttentionGrads {
     let (h, w) = op.grid;
     let (n, heads, hd) = (h * w, op.heads, op.head_dim);
     let (c, c3) = (heads * hd, 3 * heads * hd);
@@ -168,21 +230,34 @@ fn attention_backward(
     let mut dqkv = vec![0f32; b * n * c3];
     let shared = SharedOut(dqkv.as_mut_ptr());
     let block = if n > 2 * ROW_BLOCK { ROW_BLOCK } else { n };
-    let tables = op.tables();
-    let table_grads = table_grads && tables.is_some();
+    let rel_grads = op.rel_grads && op.rel.is_some();
+    let table_grads = op.table_grads && op.table.is_some();
+    let bias = op.bias();
     let sums = (0..b * heads)
         .into_par_iter()
         .fold(
-            || Scratch::new(block, n, hd, op.grid, table_grads),
+            || {
+                Scratch::new(
+                    block,
+                    n,
+                    hd,
+                    op.grid,
+                    rel_grads,
+                    table_grads.then_some(heads),
+                )
+            },
             |mut s, task| {
                 let (bi, head) = (task / heads, task % heads);
-                let base = bi * n * c3 + head * hd;
+                let (q_at, k_off, v_off) = op.layout.offsets(head, hd, c);
+                let base = bi * n * c3 + q_at;
                 let head_in = HeadInput {
                     q: &qkv[base..],
-                    k: &qkv[base + c..],
-                    v: &qkv[base + 2 * c..],
+                    k: &qkv[base + k_off..],
+                    v: &qkv[base + v_off..],
+                    kv_offsets: (k_off, v_off),
                     dout: &dout[bi * n * c + head * hd..],
                     out_stride: c,
+                    head,
                 };
                 let ctx = RowCtx {
                     q: head_in.q,
@@ -190,7 +265,7 @@ fn attention_backward(
                     head_dim: hd,
                     hw: op.grid,
                     nk: n,
-                    rel: tables.as_ref(),
+                    bias: bias.for_head(head, n, n),
                 };
                 let out = shared;
                 // SAFETY: task (bi, head) alone writes this head's q, k and v columns of item bi.
@@ -202,9 +277,27 @@ fn attention_backward(
                 s
             },
         )
-        .map(|s| (s.drh, s.drw))
-        .reduce(|| (vec![], vec![]), add_table_grads);
-    (dqkv, table_grads.then_some(sums))
+        .map(|s| ((s.drh, s.drw), s.dtable))
+        .reduce(
+            || ((vec![], vec![]), vec![]),
+            |(ra, ta), (rb, tb)| (add_table_grads(ra, rb), add_grads(ta, tb)),
+        );
+    AttentionGrads {
+        dqkv,
+        rel: rel_grads.then_some(sums.0),
+        table: table_grads.then_some(sums.1),
+    }
+}
+
+/// The sum of two threads' gradients (an empty one is zero).
+fn add_grads(mut x: Vec<f32>, y: Vec<f32>) -> Vec<f32> {
+    if x.is_empty() {
+        return y;
+    }
+    for (x, y) in x.iter_mut().zip(&y) {
+        *x += y;
+    }
+    x
 }
 
 /// Gradients of the gathered tables Rh and Rw.
@@ -212,16 +305,7 @@ type TableGrads = (Vec<f32>, Vec<f32>);
 
 /// Sum of two threads' table gradients (an empty pair is zero).
 fn add_table_grads(a: TableGrads, b: TableGrads) -> TableGrads {
-    let add = |mut x: Vec<f32>, y: Vec<f32>| {
-        if x.is_empty() {
-            return y;
-        }
-        for (x, y) in x.iter_mut().zip(&y) {
-            *x += y;
-        }
-        x
-    };
-    (add(a.0, b.0), add(a.1, b.1))
+    (add_grads(a.0, b.0), add_grads(a.1, b.1))
 }
 
 /// One head's inputs: q, k, v rows (stride 3C) and the output gradient rows (stride C).
@@ -229,8 +313,11 @@ struct HeadInput<'a> {
     q: &'a [f32],
     k: &'a [f32],
     v: &'a [f32],
+    /// Where k and v sit after q in a token's 3C values.
+    kv_offsets: (usize, usize),
     dout: &'a [f32],
     out_stride: usize,
+    head: usize,
 }
 
 /// Per-thread buffers: probabilities and their gradient for a row block, the query
@@ -244,12 +331,22 @@ struct Scratch {
     col_sums: Vec<f32>,
     drh: Vec<f32>,
     drw: Vec<f32>,
+    /// The thread's share of the (heads, N, N) bias table's gradient, when it trains.
+    dtable: Vec<f32>,
 }
 
 impl Scratch {
-    fn new(block: usize, n: usize, hd: usize, (h, w): (usize, usize), tables: bool) -> Self {
+    fn new(
+        block: usize,
+        n: usize,
+        hd: usize,
+        (h, w): (usize, usize),
+        tables: bool,
+        table_heads: Option<usize>,
+    ) -> Self {
         let table = |side: usize| vec![0f32; if tables { side * side * hd } else { 0 }];
         Self {
+            dtable: vec![0f32; table_heads.map_or(0, |heads| heads * n * n)],
             p: vec![0f32; block * n],
             ds: vec![0f32; block * n],
             dq: vec![0f32; block * hd],
@@ -308,6 +405,11 @@ unsafe fn head_block_backward(
         false,
     );
     let dq = &mut s.dq[..rows * hd];
+    let dtable = if s.dtable.is_empty() {
+        &mut s.dtable[..]
+    } else {
+        &mut s.dtable[x.head * n * n..(x.head + 1) * n * n]
+    };
     let rows_in = GradRows {
         p,
         ds,
@@ -315,6 +417,7 @@ unsafe fn head_block_backward(
         col_sums: &mut s.col_sums,
         drh: &mut s.drh,
         drw: &mut s.drw,
+        dtable,
         r0,
     };
     softmax_grad_rows(rows_in, ctx);
@@ -335,8 +438,8 @@ unsafe fn head_block_backward(
     }
     // dk += scale dSᵀ q ; dv += Pᵀ dO.
     let first = r0 == 0;
-    let dk = dst.add(c3 / 3);
-    let dv = dst.add(2 * c3 / 3);
+    let dk = dst.add(x.kv_offsets.0);
+    let dv = dst.add(x.kv_offsets.1);
     gemm_into((n, hd, rows), dk, c3, !first, ds_m.t(), q_blk, scale, false);
     let p_m = Mat::rows(p.as_ptr(), n);
     gemm_into((n, hd, rows), dv, c3, !first, p_m.t(), dout_blk, 1.0, false);
@@ -351,6 +454,8 @@ struct GradRows<'a> {
     /// Table gradients to add into; empty when the tables are frozen.
     drh: &'a mut [f32],
     drw: &'a mut [f32],
+    /// This head's (N, N) bias-table gradient to add into; empty when the table is frozen.
+    dtable: &'a mut [f32],
     /// Token of the block's first row.
     r0: usize,
 }
@@ -378,6 +483,7 @@ fn softmax_grad_rows_body(rows: GradRows, ctx: &RowCtx) {
         col_sums,
         drh,
         drw,
+        dtable,
         r0,
     } = rows;
     let (n, hd) = (ctx.nk, ctx.head_dim);
@@ -389,7 +495,13 @@ fn softmax_grad_rows_body(rows: GradRows, ctx: &RowCtx) {
             *d = pv * (*d - dot);
         }
         dq_row.fill(0.0);
-        let Some(t) = ctx.rel else { continue };
+        if !dtable.is_empty() {
+            let at = (r0 + r) * n;
+            for (t, &d) in dtable[at..at + n].iter_mut().zip(drow.iter()) {
+                *t += d;
+            }
+        }
+        let Bias::Rel(t) = ctx.bias else { continue };
         let token = r0 + r;
         let (qy, qx) = (token / w, token % w);
         let q = &ctx.q[token * ctx.stride..token * ctx.stride + hd];
@@ -420,5 +532,116 @@ fn softmax_grad_rows_body(rows: GradRows, ctx: &RowCtx) {
 fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
     for (y, &x) in y.iter_mut().zip(x) {
         *y += a * x;
+    }
+}
+
+/// TinyViT's attention as one differentiable CPU op: softmax(scale q kᵀ + bias) v over the
+/// N tokens of every item, with q, k, v laid out per head as TinyViT's qkv Linear gives
+/// them. Inputs: qkv (B, N, 3C) and the gathered bias table (heads, N, N); output
+/// (B, N, C). The backward pass recomputes the probabilities, as `FusedAttention` does.
+pub struct TableAttention {
+    pub heads: usize,
+    pub head_dim: usize,
+    pub scale: f32,
+}
+
+impl TableAttention {
+    /// (B, N) of a qkv input, once it and the table fit the op.
+    fn dims(&self, qkv: &[usize], table: &[usize]) -> Result<(usize, usize)> {
+        let c3 = 3 * self.heads * self.head_dim;
+        let &[b, n, last] = qkv else {
+            candle_core::bail!("table attention: qkv must be (B, N, 3C), got {qkv:?}");
+        };
+        if last != c3 || table != [self.heads, n, n] {
+            candle_core::bail!(
+                "table attention: qkv {qkv:?} and bias {table:?}, expected (B, N, {c3}) and ({}, N, N)",
+                self.heads
+            );
+        }
+        Ok((b, n))
+    }
+
+    fn spec<'a>(&self, n: usize, table: &'a [f32], table_grads: bool) -> Spec<'a> {
+        Spec {
+            grid: (1, n),
+            heads: self.heads,
+            head_dim: self.head_dim,
+            scale: self.scale,
+            rel: None,
+            table: Some(table),
+            layout: QkvLayout::PerHead,
+            rel_grads: false,
+            table_grads,
+        }
+    }
+}
+
+impl candle_core::CustomOp2 for TableAttention {
+    fn name(&self) -> &'static str {
+        "msa-table-attention"
+    }
+
+    fn cpu_fwd(
+        &self,
+        s1: &CpuStorage,
+        l1: &Layout,
+        s2: &CpuStorage,
+        l2: &Layout,
+    ) -> Result<(CpuStorage, Shape)> {
+        let (b, n) = self.dims(l1.dims(), l2.dims())?;
+        let qkv = storage_slice(s1, l1, "table attention")?;
+        let table = storage_slice(s2, l2, "table attention")?;
+        let (hd, c) = (self.head_dim, self.heads * self.head_dim);
+        let op = |offset: usize| Operand {
+            data: &qkv[offset..],
+            row_stride: 3 * c,
+            batch_stride: n * 3 * c,
+            head_stride: 3 * hd,
+        };
+        let dims = Dims {
+            b,
+            nq: n,
+            nk: n,
+            heads: self.heads,
+            head_dim: hd,
+            grid: (1, n),
+        };
+        let out = attention_general(
+            op(0),
+            op(hd),
+            op(2 * hd),
+            dims,
+            self.scale,
+            Bias::Table(table),
+        );
+        Ok((CpuStorage::F32(out), Shape::from((b, n, c))))
+    }
+
+    fn bwd(
+        &self,
+        qkv: &Tensor,
+        table: &Tensor,
+        _res: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>)> {
+        let (b, n) = self.dims(qkv.dims(), table.dims())?;
+        let grad = grad.contiguous()?;
+        let grads = with_slice(qkv, |x| {
+            with_slice(&grad, |dout| {
+                with_slice(table, |t| {
+                    Ok(attention_backward(
+                        x,
+                        dout,
+                        b,
+                        &self.spec(n, t, table.track_op()),
+                    ))
+                })
+            })
+        })?;
+        let dtable = match grads.table {
+            Some(g) => grad_like(g, table)?,
+            None => None,
+        };
+        Ok((grad_like(grads.dqkv, qkv)?, dtable))
     }
 }

@@ -2,7 +2,8 @@
 //! candle runs a grouped convolution as one convolution per group, which for TinyViT's
 //! depthwise layers means hundreds of tiny convolutions per call.
 
-use super::{grad_like, storage_slice, with_slice};
+use super::simd::{gelu_in_place, with_avx2};
+use super::{grad_like, par_filled, storage_slice, with_slice};
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -61,34 +62,14 @@ impl DepthwiseConv {
         })
     }
 
-    fn forward(&self, x: &[f32], taps: &[f32], bias: &[f32], d: &Dims) -> Vec<f32> {
-        let g = self.0;
-        let k = g.kernel;
-        let mut out = vec![0f32; d.b * d.ho * d.wo * d.c];
-        out.par_chunks_mut(d.wo * d.c)
-            .enumerate()
-            .for_each(|(row, dst)| {
-                let (bi, oy) = (row / d.ho, row % d.ho);
-                for (ox, o) in dst.chunks_exact_mut(d.c).enumerate() {
-                    o.copy_from_slice(bias);
-                    for ky in 0..k {
-                        let Some(iy) = g.input_index(oy, ky, d.h) else {
-                            continue;
-                        };
-                        for kx in 0..k {
-                            let Some(ix) = g.input_index(ox, kx, d.w) else {
-                                continue;
-                            };
-                            let src = &x[((bi * d.h + iy) * d.w + ix) * d.c..][..d.c];
-                            let wt = &taps[(ky * k + kx) * d.c..][..d.c];
-                            for ((o, &s), &w) in o.iter_mut().zip(src).zip(wt) {
-                                *o += s * w;
-                            }
-                        }
-                    }
-                }
-            });
-        out
+    fn forward(&self, x: &[f32], taps: &[f32], bias: &[f32], d: &Dims, gelu: bool) -> Vec<f32> {
+        par_filled(d.b * d.ho * d.wo * d.c, d.wo * d.c, |row, dst| {
+            let at = OutputRow { g: self.0, d, row };
+            output_row(&at, x, taps, bias, dst);
+            if gelu {
+                gelu_in_place(dst);
+            }
+        })
     }
 
     /// d loss / d x: every input pixel gathers from the outputs that read it.
@@ -191,7 +172,7 @@ impl CustomOp3 for DepthwiseConv {
         let x = storage_slice(s1, l1, "depthwise conv")?;
         let taps = storage_slice(s2, l2, "depthwise conv")?;
         let bias = storage_slice(s3, l3, "depthwise conv")?;
-        let out = self.forward(x, taps, bias, &d);
+        let out = self.forward(x, taps, bias, &d, false);
         Ok((CpuStorage::F32(out), Shape::from((d.b, d.ho, d.wo, d.c))))
     }
 
@@ -217,6 +198,78 @@ impl CustomOp3 for DepthwiseConv {
         })?;
         Ok((gx, grad_like(gw, taps)?, grad_like(gb, bias)?))
     }
+}
+
+/// One output row (image `row / ho`, line `row % ho`) of a depthwise convolution.
+struct OutputRow<'a> {
+    g: DepthwiseGeometry,
+    d: &'a Dims,
+    row: usize,
+}
+
+fn output_row(at: &OutputRow, x: &[f32], taps: &[f32], bias: &[f32], dst: &mut [f32]) {
+    with_avx2!(output_row_avx2, output_row_body, at, x, taps, bias, dst)
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn output_row_avx2(at: &OutputRow, x: &[f32], taps: &[f32], bias: &[f32], dst: &mut [f32]) {
+    output_row_body(at, x, taps, bias, dst)
+}
+
+#[inline(always)]
+fn output_row_body(at: &OutputRow, x: &[f32], taps: &[f32], bias: &[f32], dst: &mut [f32]) {
+    let (g, d) = (at.g, at.d);
+    let k = g.kernel;
+    let (bi, oy) = (at.row / d.ho, at.row % d.ho);
+    for (ox, o) in dst.chunks_exact_mut(d.c).enumerate() {
+        o.copy_from_slice(bias);
+        for ky in 0..k {
+            let Some(iy) = g.input_index(oy, ky, d.h) else {
+                continue;
+            };
+            for kx in 0..k {
+                let Some(ix) = g.input_index(ox, kx, d.w) else {
+                    continue;
+                };
+                let src = &x[((bi * d.h + iy) * d.w + ix) * d.c..][..d.c];
+                let wt = &taps[(ky * k + kx) * d.c..][..d.c];
+                for ((o, &s), &w) in o.iter_mut().zip(src).zip(wt) {
+                    *o += s * w;
+                }
+            }
+        }
+    }
+}
+
+/// Inference: the convolution, with GELU applied to its output when `gelu`, for a
+/// contiguous (B, H, W, C) map and tap-major (k*k, C) taps.
+pub fn depthwise_forward(
+    x: &Tensor,
+    taps: &Tensor,
+    bias: &Tensor,
+    g: DepthwiseGeometry,
+    gelu: bool,
+) -> Result<Tensor> {
+    let op = DepthwiseConv(g);
+    let d = op.dims(x.dims())?;
+    if taps.dims() != [g.kernel * g.kernel, d.c] || bias.dims() != [d.c] {
+        candle_core::bail!(
+            "depthwise conv: input {:?} needs taps [{}, {}] and bias [{}], got {:?} and {:?}",
+            x.dims(),
+            g.kernel * g.kernel,
+            d.c,
+            d.c,
+            taps.dims(),
+            bias.dims()
+        );
+    }
+    let out = with_slice(x, |xs| {
+        with_slice(taps, |t| {
+            with_slice(bias, |b| Ok(op.forward(xs, t, b, &d, gelu)))
+        })
+    })?;
+    Tensor::from_vec(out, (d.b, d.ho, d.wo, d.c), x.device())
 }
 
 /// The same convolution from candle's ops (any device, any float type): per tap, a strided

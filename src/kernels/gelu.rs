@@ -2,7 +2,7 @@
 //! makes eight passes over the input, with a scalar `erf`, per GELU.
 
 use super::simd::{gelu_grad_in_place, gelu_in_place};
-use super::{grad_like, storage_slice, with_slice};
+use super::{grad_like, par_filled, storage_slice, with_slice};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -16,8 +16,11 @@ impl CustomOp1 for Gelu {
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let mut out = storage_slice(storage, layout, "gelu")?.to_vec();
-        out.par_chunks_mut(CHUNK).for_each(gelu_in_place);
+        let x = storage_slice(storage, layout, "gelu")?;
+        let out = par_filled(x.len(), CHUNK, |i, o| {
+            o.copy_from_slice(&x[i * CHUNK..i * CHUNK + o.len()]);
+            gelu_in_place(o);
+        });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 

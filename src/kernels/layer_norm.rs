@@ -3,7 +3,7 @@
 //! these keep none beyond their input and output. `FrozenLayerNorm` returns the input's
 //! gradient alone; `TrainableLayerNorm` (full fine-tuning) those of weight and bias too.
 
-use super::{affine_operands, grad_like, storage_slice, with_slice};
+use super::{affine_operands, grad_like, par_filled, storage_slice, with_slice};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -20,16 +20,16 @@ fn row_stats(x: &[f32], eps: f64) -> (f64, f64) {
 
 fn normalize(x: &[f32], weight: &[f32], bias: &[f32], eps: f64) -> Vec<f32> {
     let c = weight.len();
-    let mut out = vec![0f32; x.len()];
-    out.par_chunks_mut(c)
-        .zip(x.par_chunks(c))
-        .for_each(|(y, x)| {
+    let rows_per_chunk = (4096 / c.max(1)).max(1);
+    par_filled(x.len(), rows_per_chunk * c, |t, out| {
+        let x = &x[t * rows_per_chunk * c..];
+        for (y, x) in out.chunks_exact_mut(c).zip(x.chunks_exact(c)) {
             let (mean, inv) = row_stats(x, eps);
             for i in 0..c {
                 y[i] = ((x[i] as f64 - mean) * inv) as f32 * weight[i] + bias[i];
             }
-        });
-    out
+        }
+    })
 }
 
 /// dx = (dy - mean(dy) - x̂ mean(dy x̂)) / σ with dy = g w, in place of g.

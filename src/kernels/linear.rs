@@ -9,37 +9,75 @@
 //! passes, where the composed version (reshape, matmul, broadcast add, reshape) adds four
 //! graph nodes, each with its own zero-filled gradient accumulator.
 
-use super::{affine_operands, gemm_into, grad_like, storage_slice, with_slice, Mat};
+use super::simd::gelu_in_place;
+use super::{affine_operands, gemm_into, grad_like, par_filled, storage_slice, with_slice, Mat};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// y = x Wᵀ + b for `rows` rows.
-fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, (out_dim, in_dim): (usize, usize)) -> Vec<f32> {
+/// What a fused layer applies to each output after the affine map (and the residual).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Epilogue {
+    None,
+    Gelu,
+}
+
+/// Output values per row tile: small enough for the tile to stay in L2 between the gemm
+/// and the epilogue, large enough that packing the weight is a small share of the work.
+const TILE_VALUES: usize = 1 << 16;
+
+/// y = act(x Wᵀ + b [+ residual]) for every row of x, W (out, in). Row tiles run in
+/// parallel, each with a single-threaded gemm, and the epilogue runs on a tile while it
+/// is still in cache.
+pub fn affine_rows(
+    x: &[f32],
+    w: &[f32],
+    b: Option<&[f32]>,
+    residual: Option<&[f32]>,
+    (out_dim, in_dim): (usize, usize),
+    act: Epilogue,
+) -> Vec<f32> {
     let rows = x.len() / in_dim.max(1);
-    let mut y = match b {
-        Some(b) => {
-            let mut y = Vec::with_capacity(rows * out_dim);
-            for _ in 0..rows {
-                y.extend_from_slice(b);
-            }
-            y
-        }
-        None => vec![0f32; rows * out_dim],
-    };
-    // SAFETY: y is rows x out, x is rows x in, w is out x in (read as its transpose).
-    unsafe {
-        gemm_into(
-            (rows, out_dim, in_dim),
-            y.as_mut_ptr(),
-            out_dim,
-            b.is_some(),
-            Mat::rows(x.as_ptr(), in_dim),
-            Mat::rows(w.as_ptr(), in_dim).t(),
-            1.0,
-            true,
-        );
+    if out_dim == 0 {
+        return vec![];
     }
-    y
+    let tile_rows = (TILE_VALUES / out_dim).clamp(16, 1024);
+    par_filled(rows * out_dim, tile_rows * out_dim, |t, dst| {
+        let r0 = t * tile_rows;
+        let n = dst.len() / out_dim;
+        if let Some(res) = residual {
+            dst.copy_from_slice(&res[r0 * out_dim..(r0 + n) * out_dim]);
+        }
+        if let Some(b) = b {
+            for row in dst.chunks_exact_mut(out_dim) {
+                for (v, &bv) in row.iter_mut().zip(b) {
+                    *v += bv;
+                }
+            }
+        }
+        let accumulate = residual.is_some() || b.is_some();
+        // SAFETY: dst is n x out, the x rows r0.. are n x in, w is out x in (read as
+        // its transpose).
+        unsafe {
+            gemm_into(
+                (n, out_dim, in_dim),
+                dst.as_mut_ptr(),
+                out_dim,
+                accumulate,
+                Mat::rows(x.as_ptr().add(r0 * in_dim), in_dim),
+                Mat::rows(w.as_ptr(), in_dim).t(),
+                1.0,
+                false,
+            );
+        }
+        if act == Epilogue::Gelu {
+            gelu_in_place(dst);
+        }
+    })
+}
+
+/// y = x Wᵀ + b for `rows` rows.
+fn forward(x: &[f32], w: &[f32], b: Option<&[f32]>, dims: (usize, usize)) -> Vec<f32> {
+    affine_rows(x, w, b, None, dims, Epilogue::None)
 }
 
 /// The input's shape with the last dim replaced.

@@ -16,7 +16,7 @@ use candle_core::backend::BackendStorage;
 use candle_core::{Result, Tensor};
 
 /// Runs `f` on the f32 slice of a contiguous CPU tensor, without copying it.
-pub(crate) fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
+pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<R> {
     let (storage, layout) = t.storage_and_layout();
     let candle_core::Storage::Cpu(cpu) = &*storage else {
         candle_core::bail!(
@@ -161,4 +161,31 @@ pub(crate) unsafe fn gemm_into(
         false,
         par,
     )
+}
+
+/// A new buffer of `len` values, filled in parallel: chunk `i` (of `chunk` values, the
+/// last one shorter) is zeroed and handed to `fill(i, chunk)`. Unlike `vec![0.0; len]`
+/// followed by a parallel pass, no thread zeroes the whole buffer first: on a reused heap
+/// block that single-threaded memset costs as much as a cheap kernel itself.
+pub(crate) fn par_filled(
+    len: usize,
+    chunk: usize,
+    fill: impl Fn(usize, &mut [f32]) + Sync + Send,
+) -> Vec<f32> {
+    use rayon::prelude::*;
+    let mut v: Vec<f32> = Vec::with_capacity(len);
+    v.spare_capacity_mut()[..len]
+        .par_chunks_mut(chunk.max(1))
+        .enumerate()
+        .for_each(|(i, c)| {
+            for x in c.iter_mut() {
+                x.write(0.0);
+            }
+            // SAFETY: every element of `c` was initialised just above.
+            let c = unsafe { &mut *(c as *mut [std::mem::MaybeUninit<f32>] as *mut [f32]) };
+            fill(i, c)
+        });
+    // SAFETY: the chunks cover 0..len and each was initialised in the loop above.
+    unsafe { v.set_len(len) };
+    v
 }

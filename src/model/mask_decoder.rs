@@ -62,11 +62,12 @@ impl DecoderAttention {
         let (b, nq, c) = q.dims3()?;
         let nk = k.dim(1)?;
         let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-        fn op(data: &[f32], n: usize, c: usize) -> attention_cpu::Operand<'_> {
+        fn op(data: &[f32], n: usize, c: usize, heads: usize) -> attention_cpu::Operand<'_> {
             attention_cpu::Operand {
                 data,
                 row_stride: c,
                 batch_stride: n * c,
+                head_stride: c / heads,
             }
         }
         let hd = c / self.num_heads;
@@ -82,12 +83,12 @@ impl DecoderAttention {
             with_slice(&k, |ks| {
                 with_slice(&v, |vs| {
                     Ok(attention_cpu::attention_general(
-                        op(qs, nq, c),
-                        op(ks, nk, c),
-                        op(vs, nk, c),
+                        op(qs, nq, c, self.num_heads),
+                        op(ks, nk, c, self.num_heads),
+                        op(vs, nk, c, self.num_heads),
                         dims,
                         (hd as f32).powf(-0.5),
-                        None,
+                        attention_cpu::Bias::None,
                     ))
                 })
             })

@@ -4,6 +4,7 @@
 //! input, the same maths is written with differentiable primitive ops instead (candle's
 //! fused layer-norm and softmax have no backward).
 
+use crate::kernels::with_slice;
 use crate::params::Params;
 use candle_core::{DType, Result, Tensor, D};
 
@@ -59,6 +60,68 @@ impl Linear {
         let last = out.len() - 1;
         out[last] = self.weight.dim(0)?;
         y.reshape(out)
+    }
+
+    /// act(x Wᵀ + b [+ residual]). When nothing needs a gradient on the CPU it is one
+    /// pass; otherwise the same maths as graph ops.
+    pub fn forward_act(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        act: crate::kernels::linear::Epilogue,
+    ) -> Result<Tensor> {
+        use crate::kernels::linear::{affine_rows, Epilogue};
+        let mut ts = vec![x, &self.weight];
+        ts.extend(self.bias.iter());
+        ts.extend(residual);
+        if is_cpu_f32(x) && x.rank() >= 1 && !needs_grad(&ts) {
+            let (out_dim, in_dim) = self.weight.dims2()?;
+            if x.dims().last() != Some(&in_dim) {
+                candle_core::bail!("linear: input {:?} does not end in {in_dim}", x.dims());
+            }
+            let x = x.contiguous()?;
+            let (w, b) = (
+                self.weight.contiguous()?,
+                self.bias.as_ref().map(|b| b.contiguous()).transpose()?,
+            );
+            let r = residual.map(|r| r.contiguous()).transpose()?;
+            if let Some(r) = &r {
+                if r.elem_count() != x.elem_count() / in_dim.max(1) * out_dim {
+                    candle_core::bail!(
+                        "residual {:?} does not fit output of {:?} x {out_dim}",
+                        r.dims(),
+                        x.dims()
+                    );
+                }
+            }
+            let y = with_slice(&x, |xs| {
+                with_slice(&w, |ws| {
+                    let run = |b: Option<&[f32]>, r: Option<&[f32]>| {
+                        Ok(affine_rows(xs, ws, b, r, (out_dim, in_dim), act))
+                    };
+                    match (&b, &r) {
+                        (Some(b), Some(r)) => {
+                            with_slice(b, |b| with_slice(r, |r| run(Some(b), Some(r))))
+                        }
+                        (Some(b), None) => with_slice(b, |b| run(Some(b), None)),
+                        (None, Some(r)) => with_slice(r, |r| run(None, Some(r))),
+                        (None, None) => run(None, None),
+                    }
+                })
+            })?;
+            let mut dims = x.dims().to_vec();
+            let last = dims.len() - 1;
+            dims[last] = out_dim;
+            return Tensor::from_vec(y, dims, x.device());
+        }
+        let mut y = self.forward(x)?;
+        if let Some(r) = residual {
+            y = (y + r)?;
+        }
+        match act {
+            Epilogue::Gelu => gelu(&y),
+            Epilogue::None => Ok(y),
+        }
     }
 
     /// Frozen weights on the CPU take the custom op: no weight gradient is ever computed.

@@ -3,11 +3,17 @@
 //! every Conv2d_BN is folded into one convolution with bias.
 
 use super::adapter::{AdapterConfig, BlockAdapters, Lora};
-use super::attention::{window_partition, window_unpartition};
+use super::attention::{window_partition_filled, window_unpartition};
 use super::config::{SamConfig, TinyVitConfig};
 use super::image_encoder::{closest_factors, depth_tokens_to_slices, slices_to_depth_tokens, Neck};
-use super::nn::{gelu, softmax, to_channels_last, Derived, LayerNorm, Linear};
-use crate::kernels::depthwise::{depthwise_conv_ops, DepthwiseConv, DepthwiseGeometry};
+use super::nn::{
+    gelu, is_cpu_f32, needs_grad, softmax, to_channels_last, Derived, LayerNorm, Linear,
+};
+use crate::kernels::attention_grad::TableAttention;
+use crate::kernels::depthwise::{
+    depthwise_conv_ops, depthwise_forward, DepthwiseConv, DepthwiseGeometry,
+};
+use crate::kernels::linear::Epilogue;
 use crate::params::Params;
 use candle_core::{Result, Tensor, D};
 
@@ -93,6 +99,16 @@ impl ConvBn {
         self.linear()?.forward(x)
     }
 
+    /// act(1x1 conv of x [+ residual]), fused into one pass when nothing needs a gradient.
+    pub fn forward_act(
+        &self,
+        x: &Tensor,
+        residual: Option<&Tensor>,
+        act: Epilogue,
+    ) -> Result<Tensor> {
+        self.linear()?.forward_act(x, residual, act)
+    }
+
     /// The k x k conv (padding k / 2) on an NCHW map.
     pub fn forward_nchw(&self, x: &Tensor, stride: usize) -> Result<Tensor> {
         let (weight, bias) = split_folded(&self.folded.get()?, self.cout, self.cout)?;
@@ -127,13 +143,31 @@ impl DepthwiseConvBn {
 
     /// (B, H, W, C) -> (B, Ho, Wo, C).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, Epilogue::None)
+    }
+
+    /// The convolution followed by `act`; one pass over the output when nothing needs a
+    /// gradient.
+    pub fn forward_act(&self, x: &Tensor, act: Epilogue) -> Result<Tensor> {
         let k = self.geometry.kernel;
         let (taps, bias) = split_folded(&self.folded.get()?, self.channels, k * k)?;
-        if super::nn::is_cpu_f32(x) {
-            let op = DepthwiseConv(self.geometry);
-            return x.contiguous()?.apply_op3(&taps, &bias, op);
+        if is_cpu_f32(x) && !needs_grad(&[x, &taps, &bias]) {
+            let gelu = act == Epilogue::Gelu;
+            return depthwise_forward(&x.contiguous()?, &taps, &bias, self.geometry, gelu);
         }
-        depthwise_conv_ops(x, &taps, &bias, self.geometry)
+        let y = self.forward_graph(x, &taps, &bias)?;
+        match act {
+            Epilogue::Gelu => gelu(&y),
+            Epilogue::None => Ok(y),
+        }
+    }
+
+    fn forward_graph(&self, x: &Tensor, taps: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        if is_cpu_f32(x) {
+            let op = DepthwiseConv(self.geometry);
+            return x.contiguous()?.apply_op3(taps, bias, op);
+        }
+        depthwise_conv_ops(x, taps, bias, self.geometry)
     }
 }
 
@@ -158,7 +192,8 @@ impl PatchEmbed {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         if self.conv1.kernel == 1 && self.stride == 1 {
             let x = to_channels_last(x)?.contiguous()?;
-            return self.conv2.forward(&gelu(&self.conv1.forward(&x)?)?);
+            let h = self.conv1.forward_act(&x, None, Epilogue::Gelu)?;
+            return self.conv2.forward(&h);
         }
         let x = gelu(&self.conv1.forward_nchw(x, self.stride)?)?;
         to_channels_last(&self.conv2.forward_nchw(&x, self.stride)?)?.contiguous()
@@ -183,9 +218,9 @@ impl MbConv {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = gelu(&self.conv1.forward(x)?)?;
-        let h = gelu(&self.conv2.forward(&h)?)?;
-        gelu(&(self.conv3.forward(&h)? + x)?)
+        let h = self.conv1.forward_act(x, None, Epilogue::Gelu)?;
+        let h = self.conv2.forward_act(&h, Epilogue::Gelu)?;
+        self.conv3.forward_act(&h, Some(x), Epilogue::Gelu)
     }
 }
 
@@ -207,8 +242,8 @@ impl PatchMerging {
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let h = gelu(&self.conv1.forward(x)?)?;
-        let h = gelu(&self.conv2.forward(&h)?)?;
+        let h = self.conv1.forward_act(x, None, Epilogue::Gelu)?;
+        let h = self.conv2.forward_act(&h, Epilogue::Gelu)?;
         self.conv3.forward(&h)
     }
 }
@@ -267,14 +302,29 @@ impl TinyVitAttention {
         offset_bias(&self.biases, self.window, grid)
     }
 
-    /// x (B, N, C), the N tokens a gh x gw grid -> (B, N, C).
-    pub fn forward(&self, x: &Tensor, grid: (usize, usize)) -> Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        let (heads, d) = (self.num_heads, c / self.num_heads);
-        let xn = self.norm.forward(x)?;
-        let mut qkv = self.qkv.forward(&xn)?;
-        if let Some(l) = &self.lora {
-            qkv = (qkv + l.forward(&xn)?)?;
+    /// The qkv projection (with LoRA) of normalised tokens (.., C) -> (.., 3C).
+    pub fn qkv_of(&self, xn: &Tensor) -> Result<Tensor> {
+        let qkv = self.qkv.forward(xn)?;
+        match &self.lora {
+            Some(l) => qkv + l.forward(xn)?,
+            None => Ok(qkv),
+        }
+    }
+
+    /// softmax(scale q kᵀ + bias) v per head: qkv (B, N, 3C) of N tokens that form a
+    /// gh x gw grid -> (B, N, C), before the output projection.
+    pub fn attend(&self, qkv: &Tensor, grid: (usize, usize)) -> Result<Tensor> {
+        let (b, n, c3) = qkv.dims3()?;
+        let (heads, d) = (self.num_heads, c3 / 3 / self.num_heads);
+        let scale = (d as f64).powf(-0.5);
+        let bias = self.grid_bias(grid)?;
+        if is_cpu_f32(qkv) {
+            let op = TableAttention {
+                heads,
+                head_dim: d,
+                scale: scale as f32,
+            };
+            return qkv.contiguous()?.apply_op2(&bias.contiguous()?, op);
         }
         let qkv = qkv.reshape((b, n, heads, 3 * d))?;
         let part = |i: usize| -> Result<Tensor> {
@@ -283,12 +333,15 @@ impl TinyVitAttention {
                 .contiguous()
         };
         let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let scale = (d as f64).powf(-0.5);
-        let logits =
-            (q.matmul(&k.t()?)? * scale)?.broadcast_add(&self.grid_bias(grid)?.unsqueeze(0)?)?;
+        let logits = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias.unsqueeze(0)?)?;
         let o = softmax(&logits)?.matmul(&v)?;
-        let o = o.transpose(1, 2)?.contiguous()?.reshape((b, n, c))?;
-        self.proj.forward(&o)
+        o.transpose(1, 2)?.contiguous()?.reshape((b, n, c3 / 3))
+    }
+
+    /// x (B, N, C), the N tokens a gh x gw grid -> (B, N, C).
+    pub fn forward(&self, x: &Tensor, grid: (usize, usize)) -> Result<Tensor> {
+        let qkv = self.qkv_of(&self.norm.forward(x)?)?;
+        self.proj.forward(&self.attend(&qkv, grid)?)
     }
 }
 
@@ -303,7 +356,8 @@ pub struct TinyVitMlp {
 impl TinyVitMlp {
     /// The MLP of an already normalised input.
     pub fn forward_normed(&self, h: &Tensor) -> Result<Tensor> {
-        self.fc2.forward(&gelu(&self.fc1.forward(h)?)?)
+        self.fc2
+            .forward(&self.fc1.forward_act(h, None, Epilogue::Gelu)?)
     }
 }
 
@@ -345,17 +399,24 @@ impl TinyVitBlock {
     }
 
     /// Attention inside ws x ws windows of x (B, H, W, C), the grid zero-padded bottom/right
-    /// before the attention's own LayerNorm, as TinyViT does.
+    /// before the attention's own LayerNorm, as TinyViT does. A padding token normalises to
+    /// the LayerNorm's bias, so the norm and the projections run on image tokens only and
+    /// the windows are padded with that token's qkv.
     pub fn window_attention(&self, x: &Tensor) -> Result<Tensor> {
         let (_, h, w, c) = x.dims4()?;
         let ws = self.window;
-        let (windows, padded) = window_partition(x, ws)?;
+        let attn = &self.attn;
+        let qkv = attn.qkv_of(&attn.norm.forward(x)?)?;
+        let pad_qkv = attn
+            .qkv_of(&attn.norm.bias.reshape((1, c))?)?
+            .reshape(3 * c)?;
+        let (windows, padded) = window_partition_filled(&qkv, ws, &pad_qkv)?;
         let nw = windows.dim(0)?;
-        let a = self
-            .attn
-            .forward(&windows.reshape((nw, ws * ws, c))?, (ws, ws))?
+        let o = attn
+            .attend(&windows.reshape((nw, ws * ws, 3 * c))?, (ws, ws))?
             .reshape((nw, ws, ws, c))?;
-        window_unpartition(&a, ws, padded, (h, w))
+        attn.proj
+            .forward(&window_unpartition(&o, ws, padded, (h, w))?)
     }
 
     /// Attention across the D slices at each spatial position, the slices a dh x dw grid

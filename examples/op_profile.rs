@@ -1,0 +1,48 @@
+//! Times single ops at the shapes of LiteMedSAM's stage 0.
+use candle_core::{Device, Tensor};
+use msa::kernels::depthwise::{DepthwiseConv, DepthwiseGeometry};
+use msa::model::nn::{gelu, Linear};
+use std::time::Instant;
+
+fn time<T>(label: &str, f: impl Fn() -> candle_core::Result<T>) -> candle_core::Result<T> {
+    let _ = f()?;
+    let n = 5;
+    let t0 = Instant::now();
+    for _ in 0..n - 1 {
+        f()?;
+    }
+    let r = f()?;
+    println!(
+        "{label:<24} {:8.1} ms",
+        t0.elapsed().as_secs_f64() * 1e3 / n as f64
+    );
+    Ok(r)
+}
+
+fn main() -> anyhow::Result<()> {
+    msa::runtime::init();
+    let d = Device::Cpu;
+    let x = Tensor::randn(0f32, 1f32, (1, 256, 256, 64), &d)?;
+    let l1 = Linear {
+        weight: Tensor::randn(0f32, 0.1, (256, 64), &d)?,
+        bias: Some(Tensor::zeros(256, candle_core::DType::F32, &d)?),
+    };
+    let l3 = Linear {
+        weight: Tensor::randn(0f32, 0.1, (64, 256), &d)?,
+        bias: Some(Tensor::zeros(64, candle_core::DType::F32, &d)?),
+    };
+    let h = time("conv1 64->256 gemm", || l1.forward(&x))?;
+    let h = time("gelu 16.7M", || gelu(&h))?;
+    let taps = Tensor::randn(0f32, 0.1, (9, 256), &d)?;
+    let b = Tensor::zeros(256, candle_core::DType::F32, &d)?;
+    let g = DepthwiseGeometry {
+        kernel: 3,
+        stride: 1,
+        padding: 1,
+    };
+    let h2 = time("dw3x3 256ch", || h.apply_op3(&taps, &b, DepthwiseConv(g)))?;
+    let y = time("conv3 256->64 gemm", || l3.forward(&h2))?;
+    let y = time("add residual", || &y + &x)?;
+    time("gelu 4M", || gelu(&y))?;
+    Ok(())
+}
