@@ -44,5 +44,35 @@ fn main() -> anyhow::Result<()> {
     let y = time("conv3 256->64 gemm", || l3.forward(&h2))?;
     let y = time("add residual", || &y + &x)?;
     time("gelu 4M", || gelu(&y))?;
+    neck_parts()?;
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn neck_parts() -> anyhow::Result<()> {
+    let d = Device::Cpu;
+    let x = Tensor::randn(0f32, 1f32, (1, 64, 64, 256), &d)?;
+    let taps = Tensor::randn(0f32, 0.05, (9, 256, 256), &d)?;
+    let xs = x.flatten_all()?.to_vec1::<f32>()?;
+    let t = taps.flatten_all()?.to_vec1::<f32>()?;
+    time("conv3x3 kernel", || {
+        Ok(msa::kernels::conv3x3::conv3x3(
+            &xs,
+            (1, 64, 64, 256),
+            &t,
+            None,
+        ))
+    })?;
+    let w = Tensor::randn(0f32, 0.05, (256, 256, 3, 3), &d)?;
+    let xc = x.permute((0, 3, 1, 2))?.contiguous()?;
+    time("candle conv2d", || xc.conv2d(&w, 1, 1, 1, 1))?;
+    let lnw = Tensor::ones(256, candle_core::DType::F32, &d)?;
+    let lnb = Tensor::zeros(256, candle_core::DType::F32, &d)?;
+    time("candle layer_norm", || {
+        candle_nn::ops::layer_norm(&x, &lnw, &lnb, 1e-6)
+    })?;
+    time("to channels first", || {
+        x.permute((0, 3, 1, 2))?.contiguous()
+    })?;
     Ok(())
 }

@@ -4,6 +4,7 @@
 pub mod adam;
 pub mod attention_cpu;
 pub mod attention_grad;
+pub mod conv3x3;
 pub mod depthwise;
 pub mod gelu;
 pub mod layer_norm;

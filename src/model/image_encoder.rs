@@ -4,9 +4,13 @@
 
 use super::adapter::AdapterConfig;
 use super::config::{EncoderConfig, SamConfig};
-use super::nn::{to_channels_first, to_channels_last, LayerNorm, Linear};
+use super::nn::{
+    is_cpu_f32, needs_grad, to_channels_first, to_channels_last, Derived, LayerNorm, Linear,
+};
 use super::tiny_vit::TinyVitEncoder;
 use super::vit::VitEncoder;
+use crate::kernels::conv3x3::conv3x3;
+use crate::kernels::with_slice;
 use crate::params::Params;
 use candle_core::{Module, Result, Tensor};
 
@@ -54,6 +58,8 @@ pub struct Neck {
     pub conv1: Linear,
     pub ln1: LayerNorm,
     pub conv2: candle_nn::Conv2d,
+    /// conv2's weight as (9, O, C) taps for the CPU kernel.
+    pub conv2_taps: Derived,
     pub ln2: LayerNorm,
 }
 
@@ -66,6 +72,13 @@ impl Neck {
             padding: 1,
             ..Default::default()
         };
+        let conv2_taps = Derived::new(vec![w2.clone()], |t| {
+            let [w] = t else {
+                candle_core::bail!("the neck's taps come from one weight");
+            };
+            let (o, c, _, _) = w.dims4()?;
+            w.permute((2, 3, 0, 1))?.contiguous()?.reshape((9, o, c))
+        })?;
         Ok(Self {
             conv1: Linear {
                 weight: w1,
@@ -73,6 +86,7 @@ impl Neck {
             },
             ln1: LayerNorm::load(&p.pp("1"), o, 1e-6)?,
             conv2: candle_nn::Conv2d::new(w2, None, conv_cfg),
+            conv2_taps,
             ln2: LayerNorm::load(&p.pp("3"), o, 1e-6)?,
         })
     }
@@ -80,9 +94,24 @@ impl Neck {
     /// (B, H, W, C) -> (B, out_chans, H, W).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.ln1.forward(&self.conv1.forward(x)?)?;
-        let x = self.conv2.forward(&to_channels_first(&x)?.contiguous()?)?;
-        let x = self.ln2.forward(&to_channels_last(&x)?.contiguous()?)?;
+        let x = self.conv3x3(&x)?;
+        let x = self.ln2.forward(&x)?;
         to_channels_first(&x)?.contiguous()
+    }
+
+    /// conv2 on a channels-last map, by the CPU kernel when nothing needs a gradient.
+    fn conv3x3(&self, x: &Tensor) -> Result<Tensor> {
+        let taps = self.conv2_taps.get()?;
+        if !is_cpu_f32(x) || needs_grad(&[x, &taps]) {
+            let y = self.conv2.forward(&to_channels_first(x)?.contiguous()?)?;
+            return to_channels_last(&y)?.contiguous();
+        }
+        let (b, h, w, c) = x.dims4()?;
+        let o = taps.dim(1)?;
+        let y = with_slice(&x.contiguous()?, |xs| {
+            with_slice(&taps, |t| Ok(conv3x3(xs, (b, h, w, c), t, None)))
+        })?;
+        Tensor::from_vec(y, (b, h, w, o), x.device())
     }
 }
 
