@@ -45,6 +45,7 @@ fn main() -> anyhow::Result<()> {
     let y = time("add residual", || &y + &x)?;
     time("gelu 4M", || gelu(&y))?;
     neck_parts()?;
+    mlp_shapes()?;
     Ok(())
 }
 
@@ -74,5 +75,35 @@ fn neck_parts() -> anyhow::Result<()> {
     time("to channels first", || {
         x.permute((0, 3, 1, 2))?.contiguous()
     })?;
+    Ok(())
+}
+
+#[allow(dead_code)]
+fn mlp_shapes() -> anyhow::Result<()> {
+    use msa::kernels::linear::Epilogue;
+    let d = Device::Cpu;
+    for (rows, cin, cout) in [
+        (4096, 320, 1280),
+        (4096, 1280, 320),
+        (16384, 128, 512),
+        (16384, 512, 128),
+        (4096, 160, 480),
+    ] {
+        let x = Tensor::randn(0f32, 1f32, (1, rows, cin), &d)?;
+        let l = Linear {
+            weight: Tensor::randn(0f32, 0.1, (cout, cin), &d)?,
+            bias: Some(Tensor::zeros(cout, candle_core::DType::F32, &d)?),
+        };
+        let gmac = (rows * cin * cout) as f64 / 1e9;
+        let t0 = Instant::now();
+        for _ in 0..5 {
+            l.forward_act(&x, None, Epilogue::Gelu)?;
+        }
+        let ms = t0.elapsed().as_secs_f64() * 1e3 / 5.0;
+        println!(
+            "{rows}x{cin}->{cout} +gelu {ms:.1} ms, {:.1} GMAC/s",
+            gmac / ms * 1e3
+        );
+    }
     Ok(())
 }

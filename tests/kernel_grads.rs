@@ -634,3 +634,33 @@ fn fused_linear_with_residual_and_gelu_matches_composed_ops() {
     let reference = (affine + &residual).unwrap().gelu_erf().unwrap();
     assert_close("linear + residual + GELU", &fused, &reference, 1e-5);
 }
+
+#[test]
+fn frozen_mlp_matches_composed_ops_and_their_input_gradient() {
+    use msa::kernels::linear::FrozenMlp;
+    // 600 rows: three backward tiles, the last one short.
+    let x = Var::from_tensor(&rand(&[2, 300, 12], 61)).unwrap();
+    let (w1, b1) = (rand(&[40, 12], 62), rand(&[40], 63));
+    let (w2, b2) = (rand(&[10, 40], 64), rand(&[10], 65));
+    let op = FrozenMlp {
+        fc1: (w1.clone(), b1.clone()),
+        fc2: (w2.clone(), b2.clone()),
+    };
+    let ours = x.as_tensor().apply_op1(op).unwrap();
+    let hidden = x
+        .as_tensor()
+        .broadcast_matmul(&w1.t().unwrap())
+        .unwrap()
+        .broadcast_add(&b1)
+        .unwrap()
+        .gelu_erf()
+        .unwrap();
+    let reference = hidden
+        .broadcast_matmul(&w2.t().unwrap())
+        .unwrap()
+        .broadcast_add(&b2)
+        .unwrap();
+    assert_close("frozen MLP", &ours, &reference, 1e-5);
+    let weights = rand(&[2, 300, 10], 66);
+    assert_same_grads(&ours, &reference, &weights, [&x], ["d x"], 1e-4);
+}

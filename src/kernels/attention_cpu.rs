@@ -105,6 +105,9 @@ pub fn attention_general(
 ) -> Vec<f32> {
     let (n, nk, heads, head_dim) = (d.nq, d.nk, d.heads, d.head_dim);
     let c = heads * head_dim;
+    if nk <= FEW_KEYS {
+        return attention_few_keys(q, k, v, d, scale, bias);
+    }
     let mut out = vec![0f32; d.b * n * c];
     let shared = SharedOut(out.as_mut_ptr());
     let block = if n > 2 * ROW_BLOCK { ROW_BLOCK } else { n };
@@ -193,6 +196,66 @@ impl<'a> Bias<'a> {
             other => other,
         }
     }
+}
+
+/// Up to this many keys, `attention_few_keys` runs instead of two gemm calls per block:
+/// the decoder's image->token attention has 4096 queries and 5-10 keys, where the gemm
+/// calls' fixed cost outweighs their work.
+const FEW_KEYS: usize = 16;
+
+/// `attention_general` for at most `FEW_KEYS` keys, one query row at a time with plain
+/// dot products.
+fn attention_few_keys(
+    q: Operand,
+    k: Operand,
+    v: Operand,
+    d: Dims,
+    scale: f32,
+    bias: Bias,
+) -> Vec<f32> {
+    let (n, nk, heads, hd) = (d.nq, d.nk, d.heads, d.head_dim);
+    let c = heads * hd;
+    let rows_per_chunk = 64;
+    super::par_filled(d.b * n * c, rows_per_chunk * c, |t, out| {
+        let mut logits = [0f32; FEW_KEYS];
+        let mut rel_scratch = vec![0f32; d.grid.0 + d.grid.1];
+        for (r, out_row) in out.chunks_exact_mut(c).enumerate() {
+            let token = t * rows_per_chunk + r;
+            let (bi, qi) = (token / n, token % n);
+            for head in 0..heads {
+                fn at<'a>(
+                    o: &Operand<'a>,
+                    bi: usize,
+                    t: usize,
+                    head: usize,
+                    hd: usize,
+                ) -> &'a [f32] {
+                    let s = bi * o.batch_stride + t * o.row_stride + head * o.head_stride;
+                    &o.data[s..s + hd]
+                }
+                let qv = at(&q, bi, qi, head, hd);
+                let logits = &mut logits[..nk];
+                for (j, l) in logits.iter_mut().enumerate() {
+                    *l = scale * super::simd::dot_body(qv, at(&k, bi, j, head, hd));
+                }
+                let ctx = RowCtx {
+                    q: qv,
+                    stride: 0,
+                    head_dim: hd,
+                    hw: d.grid,
+                    nk,
+                    bias: bias.for_head(head, n, nk),
+                };
+                finish_rows(logits, qi, &ctx, &mut rel_scratch);
+                let o = &mut out_row[head * hd..(head + 1) * hd];
+                for (j, &p) in logits.iter().enumerate() {
+                    for (o, &vv) in o.iter_mut().zip(at(&v, bi, j, head, hd)) {
+                        *o += p * vv;
+                    }
+                }
+            }
+        }
+    })
 }
 
 pub(crate) struct RowCtx<'a> {

@@ -473,7 +473,7 @@ impl MaskDecoder {
         })
     }
 
-    fn upscale(&self, x: &Tensor) -> Result<Tensor> {
+    pub fn upscale(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.upscale1.forward(x)?;
         let x = gelu(&self.upscale_norm.forward(&x)?)?;
         gelu(&self.upscale2.forward(&x)?)

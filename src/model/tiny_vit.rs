@@ -13,7 +13,7 @@ use crate::kernels::attention_grad::TableAttention;
 use crate::kernels::depthwise::{
     depthwise_conv_ops, depthwise_forward, DepthwiseConv, DepthwiseGeometry,
 };
-use crate::kernels::linear::Epilogue;
+use crate::kernels::linear::{Epilogue, FrozenMlp};
 use crate::params::Params;
 use candle_core::{Result, Tensor, D};
 
@@ -354,10 +354,29 @@ pub struct TinyVitMlp {
 }
 
 impl TinyVitMlp {
-    /// The MLP of an already normalised input.
-    pub fn forward_normed(&self, h: &Tensor) -> Result<Tensor> {
-        self.fc2
-            .forward(&self.fc1.forward_act(h, None, Epilogue::Gelu)?)
+    /// The one-op MLP, for a CPU input that needs a gradient through frozen layers.
+    fn frozen_op(&self, h: &Tensor) -> Result<Option<FrozenMlp>> {
+        let (fc1, fc2) = (&self.fc1, &self.fc2);
+        let (Some(b1), Some(b2)) = (&fc1.bias, &fc2.bias) else {
+            return Ok(None);
+        };
+        let params = [&fc1.weight, b1, &fc2.weight, b2];
+        if !is_cpu_f32(h) || !needs_grad(&[h]) || needs_grad(&params) {
+            return Ok(None);
+        }
+        Ok(Some(FrozenMlp {
+            fc1: (fc1.weight.contiguous()?, b1.contiguous()?),
+            fc2: (fc2.weight.contiguous()?, b2.contiguous()?),
+        }))
+    }
+
+    /// x + MLP(h), h the normalised x.
+    pub fn residual(&self, x: &Tensor, h: &Tensor) -> Result<Tensor> {
+        if let Some(op) = self.frozen_op(h)? {
+            return h.contiguous()?.apply_op1(op)? + x;
+        }
+        let hidden = self.fc1.forward_act(h, None, Epilogue::Gelu)?;
+        self.fc2.forward_act(&hidden, Some(x), Epilogue::None)
     }
 }
 
@@ -441,7 +460,7 @@ impl TinyVitBlock {
             .attention_branch(a, depth, |d| self.depth_attention(x, d))?;
         let x = self.local_conv.forward(&(x + a)?)?;
         let h = self.mlp.norm.forward(&x)?;
-        let x = (&x + self.mlp.forward_normed(&h)?)?;
+        let x = self.mlp.residual(&x, &h)?;
         self.adapters.beside_mlp(x, &h)
     }
 }
