@@ -664,3 +664,61 @@ fn frozen_mlp_matches_composed_ops_and_their_input_gradient() {
     let weights = rand(&[2, 300, 10], 66);
     assert_same_grads(&ours, &reference, &weights, [&x], ["d x"], 1e-4);
 }
+
+#[test]
+fn attention_with_few_keys_matches_composed_ops_for_several_items() {
+    use msa::kernels::attention_cpu::{attention_general, Bias, Dims, Operand};
+    // Two items of 300 queries (a partial 256-row chunk each) against 7 keys.
+    let (b, nq, nk, heads, hd) = (2, 300, 7, 2, 8);
+    let c = heads * hd;
+    let (q, k, v) = (
+        rand(&[b, nq, c], 71),
+        rand(&[b, nk, c], 72),
+        rand(&[b, nk, c], 73),
+    );
+    let scale = (hd as f32).powf(-0.5);
+    let [qs, ks, vs] = [&q, &k, &v].map(|t| t.flatten_all().unwrap().to_vec1::<f32>().unwrap());
+    fn operand(data: &[f32], n: usize, c: usize, hd: usize) -> Operand<'_> {
+        Operand {
+            data,
+            row_stride: c,
+            batch_stride: n * c,
+            head_stride: hd,
+        }
+    }
+    let dims = Dims {
+        b,
+        nq,
+        nk,
+        heads,
+        head_dim: hd,
+        grid: (1, nk),
+    };
+    let out = attention_general(
+        operand(&qs, nq, c, hd),
+        operand(&ks, nk, c, hd),
+        operand(&vs, nk, c, hd),
+        dims,
+        scale,
+        Bias::None,
+    );
+    let ours = Tensor::from_vec(out, (b, nq, c), &Device::Cpu).unwrap();
+    let split = |t: &Tensor, n: usize| {
+        t.reshape((b, n, heads, hd))
+            .unwrap()
+            .transpose(1, 2)
+            .unwrap()
+            .contiguous()
+            .unwrap()
+    };
+    let (qh, kh, vh) = (split(&q, nq), split(&k, nk), split(&v, nk));
+    let logits = (qh.matmul(&kh.t().unwrap()).unwrap() * scale as f64).unwrap();
+    let reference = softmax(&logits)
+        .matmul(&vh)
+        .unwrap()
+        .transpose(1, 2)
+        .unwrap()
+        .reshape((b, nq, c))
+        .unwrap();
+    assert_close("attention with few keys", &ours, &reference, 1e-5);
+}

@@ -105,8 +105,8 @@ pub fn attention_general(
 ) -> Vec<f32> {
     let (n, nk, heads, head_dim) = (d.nq, d.nk, d.heads, d.head_dim);
     let c = heads * head_dim;
-    if nk <= FEW_KEYS {
-        return attention_few_keys(q, k, v, d, scale, bias);
+    if nk <= FEW_KEYS && matches!(bias, Bias::None) {
+        return attention_few_keys(q, k, v, d, scale);
     }
     let mut out = vec![0f32; d.b * n * c];
     let shared = SharedOut(out.as_mut_ptr());
@@ -198,64 +198,110 @@ impl<'a> Bias<'a> {
     }
 }
 
-/// Up to this many keys, `attention_few_keys` runs instead of two gemm calls per block:
-/// the decoder's image->token attention has 4096 queries and 5-10 keys, where the gemm
-/// calls' fixed cost outweighs their work.
+/// Up to this many keys (and without a bias), `attention_few_keys` runs instead of two
+/// gemm calls per block: the decoder's image->token attention has 4096 queries and 5-10
+/// keys, where the calls' fixed cost outweighs their work.
 const FEW_KEYS: usize = 16;
 
-/// `attention_general` for at most `FEW_KEYS` keys, one query row at a time with plain
-/// dot products.
-fn attention_few_keys(
-    q: Operand,
-    k: Operand,
-    v: Operand,
+/// `attention_general` for at most `FEW_KEYS` keys and no bias: each task gathers its
+/// batch item's keys transposed, (head, hd, FEW_KEYS), so that one query's logits against
+/// every key are `hd` vector multiply-adds.
+fn attention_few_keys(q: Operand, k: Operand, v: Operand, d: Dims, scale: f32) -> Vec<f32> {
+    let (n, heads, hd) = (d.nq, d.heads, d.head_dim);
+    let c = heads * hd;
+    let rows_per_chunk = 256;
+    let mut out = vec![0f32; d.b * n * c];
+    out.par_chunks_mut(n * c)
+        .enumerate()
+        .for_each(|(bi, item)| {
+            item.par_chunks_mut(rows_per_chunk * c)
+                .enumerate()
+                .for_each(|(t, out)| {
+                    let task = FewKeys {
+                        q,
+                        k,
+                        v,
+                        d,
+                        scale,
+                        bi,
+                        r0: t * rows_per_chunk,
+                    };
+                    super::simd::with_avx2!(few_keys_rows_avx2, few_keys_rows, &task, out)
+                })
+        });
+    out
+}
+
+/// One task of `attention_few_keys`: rows r0.. of batch item bi.
+struct FewKeys<'a> {
+    q: Operand<'a>,
+    k: Operand<'a>,
+    v: Operand<'a>,
     d: Dims,
     scale: f32,
-    bias: Bias,
-) -> Vec<f32> {
-    let (n, nk, heads, hd) = (d.nq, d.nk, d.heads, d.head_dim);
+    bi: usize,
+    r0: usize,
+}
+
+impl FewKeys<'_> {
+    fn at<'b>(&self, o: &Operand<'b>, token: usize, head: usize) -> &'b [f32] {
+        let s = self.bi * o.batch_stride + token * o.row_stride + head * o.head_stride;
+        &o.data[s..s + self.d.head_dim]
+    }
+}
+
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2,fma")]
+unsafe fn few_keys_rows_avx2(task: &FewKeys, out: &mut [f32]) {
+    few_keys_rows(task, out)
+}
+
+#[inline(always)]
+fn few_keys_rows(task: &FewKeys, out: &mut [f32]) {
+    let (nk, heads, hd) = (task.d.nk, task.d.heads, task.d.head_dim);
     let c = heads * hd;
-    let rows_per_chunk = 64;
-    super::par_filled(d.b * n * c, rows_per_chunk * c, |t, out| {
-        let mut logits = [0f32; FEW_KEYS];
-        let mut rel_scratch = vec![0f32; d.grid.0 + d.grid.1];
-        for (r, out_row) in out.chunks_exact_mut(c).enumerate() {
-            let token = t * rows_per_chunk + r;
-            let (bi, qi) = (token / n, token % n);
-            for head in 0..heads {
-                fn at<'a>(
-                    o: &Operand<'a>,
-                    bi: usize,
-                    t: usize,
-                    head: usize,
-                    hd: usize,
-                ) -> &'a [f32] {
-                    let s = bi * o.batch_stride + t * o.row_stride + head * o.head_stride;
-                    &o.data[s..s + hd]
+    // kt[(head * hd + e) * FEW_KEYS + j] = k[j][head][e]; absent keys stay 0.
+    let mut kt = vec![0f32; heads * hd * FEW_KEYS];
+    for head in 0..heads {
+        for j in 0..nk {
+            for (e, &kv) in task.at(&task.k, j, head).iter().enumerate() {
+                kt[(head * hd + e) * FEW_KEYS + j] = kv;
+            }
+        }
+    }
+    for (r, out_row) in out.chunks_exact_mut(c).enumerate() {
+        let token = task.r0 + r;
+        for head in 0..heads {
+            let qv = task.at(&task.q, token, head);
+            let mut l = [0f32; FEW_KEYS];
+            for (e, &qe) in qv.iter().enumerate() {
+                let col = &kt[(head * hd + e) * FEW_KEYS..][..FEW_KEYS];
+                for (l, &kv) in l.iter_mut().zip(col) {
+                    *l += qe * kv;
                 }
-                let qv = at(&q, bi, qi, head, hd);
-                let logits = &mut logits[..nk];
-                for (j, l) in logits.iter_mut().enumerate() {
-                    *l = scale * super::simd::dot_body(qv, at(&k, bi, j, head, hd));
-                }
-                let ctx = RowCtx {
-                    q: qv,
-                    stride: 0,
-                    head_dim: hd,
-                    hw: d.grid,
-                    nk,
-                    bias: bias.for_head(head, n, nk),
+            }
+            let mut max = f32::NEG_INFINITY;
+            for &v in &l[..nk] {
+                max = max.max(v * task.scale);
+            }
+            let mut sum = 0.0;
+            for (j, l) in l.iter_mut().enumerate() {
+                *l = if j < nk {
+                    super::simd::exp_approx(*l * task.scale - max)
+                } else {
+                    0.0
                 };
-                finish_rows(logits, qi, &ctx, &mut rel_scratch);
-                let o = &mut out_row[head * hd..(head + 1) * hd];
-                for (j, &p) in logits.iter().enumerate() {
-                    for (o, &vv) in o.iter_mut().zip(at(&v, bi, j, head, hd)) {
-                        *o += p * vv;
-                    }
+                sum += *l;
+            }
+            let o = &mut out_row[head * hd..(head + 1) * hd];
+            for (j, &p) in l[..nk].iter().enumerate() {
+                let p = p / sum;
+                for (o, &vv) in o.iter_mut().zip(task.at(&task.v, j, head)) {
+                    *o += p * vv;
                 }
             }
         }
-    })
+    }
 }
 
 pub(crate) struct RowCtx<'a> {

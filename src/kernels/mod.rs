@@ -168,7 +168,7 @@ pub(crate) unsafe fn gemm_into(
 /// last one shorter) is zeroed and handed to `fill(i, chunk)`. Unlike `vec![0.0; len]`
 /// followed by a parallel pass, no thread zeroes the whole buffer first: on a reused heap
 /// block that single-threaded memset costs as much as a cheap kernel itself.
-pub(crate) fn par_filled(
+pub fn par_filled(
     len: usize,
     chunk: usize,
     fill: impl Fn(usize, &mut [f32]) + Sync + Send,

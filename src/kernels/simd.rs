@@ -3,7 +3,7 @@
 
 /// exp(x) for x <= 88 (Cephes' polynomial, about 1 ulp), branch-free so that it vectorises.
 #[inline(always)]
-fn exp_approx(x: f32) -> f32 {
+pub(crate) fn exp_approx(x: f32) -> f32 {
     const LOG2E: f32 = std::f32::consts::LOG2_E;
     const C1: f32 = 0.693_359_4;
     const C2: f32 = -2.121_944_4e-4;

@@ -4,6 +4,7 @@
 use super::adapter::{mean_prompt, Adapter, AdapterConfig, HyperAdapter};
 use super::config::SamConfig;
 use super::nn::{gelu, is_cpu_f32, needs_grad, softmax, LayerNorm, Linear, Mlp, UpConv2x2};
+use crate::kernels::linear::Epilogue;
 use crate::kernels::{attention_cpu, with_slice};
 use crate::params::Params;
 use candle_core::{Result, Tensor};
@@ -476,7 +477,7 @@ impl MaskDecoder {
     pub fn upscale(&self, x: &Tensor) -> Result<Tensor> {
         let x = self.upscale1.forward(x)?;
         let x = gelu(&self.upscale_norm.forward(&x)?)?;
-        gelu(&self.upscale2.forward(&x)?)
+        self.upscale2.forward_act(&x, Epilogue::Gelu)
     }
 }
 

@@ -331,6 +331,8 @@ impl PatchConv {
 pub struct UpConv2x2 {
     /// (Cin, 4*Cout) weight with the repeated bias as its last row: (Cin + 1, 4*Cout).
     pub weight_bias: Derived,
+    /// The same weight as (4*Cout, Cin) rows, then the 4*Cout biases, for the fused path.
+    pub rows_bias: Derived,
     pub cout: usize,
 }
 
@@ -338,7 +340,7 @@ impl UpConv2x2 {
     pub fn load(p: &Params, cin: usize, cout: usize) -> Result<Self> {
         let weight = p.get("weight", &[cin, cout, 2, 2])?;
         let bias = p.get("bias", &[cout])?;
-        let weight_bias = Derived::new(vec![weight, bias], |t| {
+        let weight_bias = Derived::new(vec![weight.clone(), bias.clone()], |t| {
             let [w, b] = t else {
                 candle_core::bail!("UpConv2x2 takes a weight and a bias");
             };
@@ -350,21 +352,76 @@ impl UpConv2x2 {
                 .reshape((cin, 4 * cout))?;
             Tensor::cat(&[w, b.repeat(4)?.unsqueeze(0)?], 0)
         })?;
-        Ok(Self { weight_bias, cout })
+        let rows_bias = Derived::new(vec![weight, bias], |t| {
+            let [w, b] = t else {
+                candle_core::bail!("UpConv2x2 takes a weight and a bias");
+            };
+            // (Cin, Cout, 2, 2) -> (2, 2, Cout, Cin), flat, then the biases.
+            let w = w.permute((2, 3, 1, 0))?.contiguous()?.flatten_all()?;
+            Tensor::cat(&[w, b.repeat(4)?], 0)
+        })?;
+        Ok(Self {
+            weight_bias,
+            rows_bias,
+            cout,
+        })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_act(x, crate::kernels::linear::Epilogue::None)
+    }
+
+    /// The transposed conv followed by `act`, in one matmul pass and one shuffle copy when
+    /// nothing needs a gradient.
+    pub fn forward_act(&self, x: &Tensor, act: crate::kernels::linear::Epilogue) -> Result<Tensor> {
+        use crate::kernels::linear::Epilogue;
         let (b, h, w, cin) = x.dims4()?;
+        let rb = self.rows_bias.get()?;
+        if is_cpu_f32(x) && !needs_grad(&[x, &rb]) {
+            let out4 = 4 * self.cout;
+            let weight = rb.narrow(0, 0, out4 * cin)?.reshape((out4, cin))?;
+            let linear = Linear {
+                weight,
+                bias: Some(rb.narrow(0, out4 * cin, out4)?),
+            };
+            let y = linear.forward_act(x, None, act)?;
+            return pixel_shuffle(&y, self.cout);
+        }
         let wb = self.weight_bias.get()?;
-        x.contiguous()?
+        let y = x
+            .contiguous()?
             .reshape((b * h * w, cin))?
             .matmul(&wb.narrow(0, 0, cin)?)?
             .broadcast_add(&wb.narrow(0, cin, 1)?)?
             .reshape((b, h, w, 2, 2 * self.cout))?
             .permute((0, 1, 3, 2, 4))?
             .contiguous()?
-            .reshape((b, 2 * h, 2 * w, self.cout))
+            .reshape((b, 2 * h, 2 * w, self.cout))?;
+        match act {
+            Epilogue::Gelu => gelu(&y),
+            Epilogue::None => Ok(y),
+        }
     }
+}
+
+/// (B, H, W, 4*C) with channels ordered (i, j, C) -> (B, 2H, 2W, C), pixel (2y+i, 2x+j).
+fn pixel_shuffle(y: &Tensor, c: usize) -> Result<Tensor> {
+    let (b, h, w, _) = y.dims4()?;
+    let out = with_slice(y, |src| {
+        Ok(crate::kernels::par_filled(
+            b * 4 * h * w * c,
+            2 * w * c,
+            |r, dst| {
+                let (bi, oy) = (r / (2 * h), r % (2 * h));
+                let (iy, i) = (oy / 2, oy % 2);
+                for x in 0..w {
+                    let s = ((bi * h + iy) * w + x) * 4 * c + i * 2 * c;
+                    dst[2 * x * c..2 * (x + 1) * c].copy_from_slice(&src[s..s + 2 * c]);
+                }
+            },
+        ))
+    })?;
+    Tensor::from_vec(out, (b, 2 * h, 2 * w, c), y.device())
 }
 
 /// NCHW -> NHWC and back.
