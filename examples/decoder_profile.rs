@@ -33,6 +33,13 @@ fn main() -> anyhow::Result<()> {
         ..Default::default()
     };
     let ctx = sam.decoder_context(&emb)?;
+    if let Ok(n) = std::env::var("DECODE_ONLY") {
+        // For a profiler: nothing but per-prompt decoding.
+        for _ in 0..n.parse::<usize>()? {
+            sam.decode_cached(&emb, &ctx, &prompts)?;
+        }
+        return Ok(());
+    }
     time("decode_cached", || sam.decode_cached(&emb, &ctx, &prompts))?;
     let md = &sam.mask_decoder;
     let tokens = Tensor::randn(0f32, 1f32, (1, 7, 256), &device)?;
