@@ -58,6 +58,141 @@ impl DecoderAttention {
         self.out_proj.forward(&out)
     }
 
+    /// Token->image attention: projected token queries `q` (B, Nq, inner) over image
+    /// tokens given unprojected, keys `k_in` and values `v_in` (B, N, D); then `out_proj`.
+    pub fn attend_to_image(&self, q: &Tensor, k_in: &Tensor, v_in: &Tensor) -> Result<Tensor> {
+        let (_, nq, inner) = q.dims3()?;
+        if self.frozen(&[q, k_in, v_in]) && self.num_heads * nq < inner {
+            return self.attend_to_image_folded(q, k_in, v_in);
+        }
+        let k = self.k_proj.forward(k_in)?;
+        let v = self.v_proj.forward(v_in)?;
+        self.attend_projected(q, &k, &v)
+    }
+
+    /// Image->token attention: image queries (projected, or not yet) over token keys and
+    /// values given unprojected (B, T, D); then `out_proj`.
+    pub fn attend_from_image(
+        &self,
+        queries: ImageQueries,
+        kt_in: &Tensor,
+        vt_in: &Tensor,
+    ) -> Result<Tensor> {
+        let (_, t, _) = kt_in.dims3()?;
+        let inner = self.k_proj.out_dim();
+        let q = match &queries {
+            ImageQueries::Raw(x) | ImageQueries::Projected(x) => x,
+        };
+        if self.frozen(&[q, kt_in, vt_in]) && self.num_heads * t < inner {
+            return self.attend_from_image_folded(queries, kt_in, vt_in);
+        }
+        let qp = match queries {
+            ImageQueries::Projected(qp) => qp,
+            ImageQueries::Raw(x) => self.q_proj.forward(&x)?,
+        };
+        let k = self.k_proj.forward(kt_in)?;
+        let v = self.v_proj.forward(vt_in)?;
+        self.attend_projected(&qp, &k, &v)
+    }
+
+    /// Nothing here needs a gradient: the folded forms below are for inference.
+    fn frozen(&self, inputs: &[&Tensor]) -> bool {
+        let mut ts = inputs.to_vec();
+        for l in [&self.q_proj, &self.k_proj, &self.v_proj, &self.out_proj] {
+            ts.push(&l.weight);
+            ts.extend(l.bias.iter());
+        }
+        !needs_grad(&ts)
+    }
+
+    /// A projection's (inner, D) weight as (heads, hd, D).
+    fn per_head(&self, w: &Tensor) -> Result<Tensor> {
+        let (inner, d) = w.dims2()?;
+        w.reshape((self.num_heads, inner / self.num_heads, d))
+    }
+
+    fn scale(&self) -> f64 {
+        let hd = self.k_proj.out_dim() / self.num_heads;
+        (hd as f64).powf(-0.5)
+    }
+
+    /// `attend_to_image` without projecting the N image tokens, for few queries:
+    /// q·(Wk x + bk) = (Wkᵀ q)·x + q·bk, where q·bk is the same for every key and drops
+    /// out of the softmax, and Σ p (Wv x + bv) = Wv (Σ p x) + bv since Σ p = 1. The image
+    /// side costs 2 N D (heads Nq) multiply-adds instead of 2 N D inner.
+    fn attend_to_image_folded(&self, q: &Tensor, k_in: &Tensor, v_in: &Tensor) -> Result<Tensor> {
+        let (b, nq, inner) = q.dims3()?;
+        let (h, d) = (self.num_heads, k_in.dim(2)?);
+        let hd = inner / h;
+        let qh = q.reshape((b, nq, h, hd))?.transpose(1, 2)?.contiguous()?;
+        let qk = qh.broadcast_matmul(&self.per_head(&self.k_proj.weight)?)?; // (B, H, Nq, D)
+        let logits = (qk.reshape((b, h * nq, d))?.matmul(&k_in.t()?)? * self.scale())?;
+        let p = softmax(&logits)?; // (B, H*Nq, N)
+        let px = p.matmul(&v_in.contiguous()?)?.reshape((b, h, nq, d))?;
+        let wv = self.per_head(&self.v_proj.weight)?.transpose(1, 2)?; // (H, D, hd)
+        let o = px
+            .broadcast_matmul(&wv)?
+            .transpose(1, 2)?
+            .contiguous()?
+            .reshape((b, nq, inner))?;
+        let o = match &self.v_proj.bias {
+            Some(bv) => o.broadcast_add(bv)?,
+            None => o,
+        };
+        self.out_proj.forward(&o)
+    }
+
+    /// `attend_from_image` for few tokens, with the output projection folded into the T
+    /// token values (Wo v_j per head), so that the N image tokens are never projected out;
+    /// unprojected image queries also meet keys mapped into their space: (Wq x + bq)·k =
+    /// x·(Wqᵀ k) + bq·k.
+    fn attend_from_image_folded(
+        &self,
+        queries: ImageQueries,
+        kt_in: &Tensor,
+        vt_in: &Tensor,
+    ) -> Result<Tensor> {
+        let (h, inner) = (self.num_heads, self.k_proj.out_dim());
+        let hd = inner / h;
+        let heads = |x: &Tensor| -> Result<Tensor> {
+            let (b, n, _) = x.dims3()?;
+            x.reshape((b, n, h, hd))?.transpose(1, 2)?.contiguous()
+        };
+        let kt = heads(&self.k_proj.forward(kt_in)?)?; // (B, H, T, hd)
+        let (b, _, t, _) = kt.dims4()?;
+        let logits = match queries {
+            ImageQueries::Raw(x) => {
+                let (n, d) = (x.dim(1)?, x.dim(2)?);
+                let kq = kt.broadcast_matmul(&self.per_head(&self.q_proj.weight)?)?; // (B, H, T, D)
+                let l = x.contiguous()?.matmul(&kq.reshape((b, h * t, d))?.t()?)?;
+                match &self.q_proj.bias {
+                    Some(bq) => {
+                        let c = kt.broadcast_mul(&bq.reshape((1, h, 1, hd))?)?.sum(3)?;
+                        l.broadcast_add(&c.reshape((b, 1, h * t))?)?
+                    }
+                    None => l,
+                }
+                .reshape((b, n, h, t))?
+            }
+            ImageQueries::Projected(qp) => {
+                let l = heads(&qp)?.matmul(&kt.t()?)?; // (B, H, N, T)
+                l.transpose(1, 2)?.contiguous()?
+            }
+        };
+        let n = logits.dim(1)?;
+        let p = softmax(&(logits * self.scale())?)?.reshape((b, n, h * t))?;
+        let vt = heads(&self.v_proj.forward(vt_in)?)?; // (B, H, T, hd)
+        let wo = &self.out_proj.weight; // (D, inner)
+        let d = wo.dim(0)?;
+        let wo = wo.reshape((d, h, hd))?.permute((1, 2, 0))?; // (H, hd, D)
+        let v_out = vt.broadcast_matmul(&wo)?.reshape((b, h * t, d))?;
+        let out = p.matmul(&v_out)?;
+        match &self.out_proj.bias {
+            Some(bo) => out.broadcast_add(bo),
+            None => Ok(out),
+        }
+    }
+
     /// The CPU kernel reads heads in place (no head transposes, no logits tensor).
     fn attend_fused(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
         let (b, nq, c) = q.dims3()?;
@@ -106,6 +241,13 @@ impl DecoderAttention {
         let out = softmax(&attn)?.matmul(&v)?;
         out.transpose(1, 2)?.contiguous()?.reshape((b, n, h * c))
     }
+}
+
+/// The image side of an image->token attention: the image tokens (+ PE) as they are, or
+/// already through `q_proj` (cached per image).
+pub enum ImageQueries {
+    Raw(Tensor),
+    Projected(Tensor),
 }
 
 #[derive(Debug, Clone)]
@@ -206,18 +348,18 @@ impl TwoWayBlock {
         let t2i = &self.cross_token_to_image;
         let i2t = &self.cross_image_to_token;
         // The image side of both cross-attentions: cached per image for the first layer.
-        let (kp, vp, qp) = match cached {
-            Some(c) => (c.k_t2i.clone(), c.v_t2i.clone(), c.q_i2t.clone()),
+        let q_tokens = t2i.q_proj.forward(&q)?;
+        let (mut a, image_queries) = match cached {
+            Some(c) => (
+                t2i.attend_projected(&q_tokens, &c.k_t2i, &c.v_t2i)?,
+                ImageQueries::Projected(c.q_i2t.clone()),
+            ),
             None => {
                 let k = (keys + key_pe)?;
-                (
-                    t2i.k_proj.forward(&k)?,
-                    t2i.v_proj.forward(keys)?,
-                    i2t.q_proj.forward(&k)?,
-                )
+                let a = t2i.attend_to_image(&q_tokens, &k, keys)?;
+                (a, ImageQueries::Raw(k))
             }
         };
-        let mut a = t2i.attend_projected(&t2i.q_proj.forward(&q)?, &kp, &vp)?;
         if let Some(hyp) = &self.hyper_adapter {
             a = hyp.forward(&a, prompt)?;
         }
@@ -230,11 +372,7 @@ impl TwoWayBlock {
         let queries = self.norm3.forward(&(queries + m)?)?;
 
         let q = (&queries + query_pe)?;
-        let a = i2t.attend_projected(
-            &qp,
-            &i2t.k_proj.forward(&q)?,
-            &i2t.v_proj.forward(&queries)?,
-        )?;
+        let a = i2t.attend_from_image(image_queries, &q, &queries)?;
         let mut keys = (keys + a)?;
         if let Some(ia) = &self.image_adapter {
             keys = ia.forward(&keys)?;
@@ -286,7 +424,8 @@ impl TwoWayTransformer {
         }
         let q = (&queries + tokens)?;
         let k = (&keys + image_pe)?;
-        let a = self.final_attn.forward(&q, &k, &keys)?;
+        let fa = &self.final_attn;
+        let a = fa.attend_to_image(&fa.q_proj.forward(&q)?, &k, &keys)?;
         let queries = self.norm_final.forward(&(queries + a)?)?;
         Ok((queries, keys))
     }
