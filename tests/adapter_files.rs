@@ -192,3 +192,19 @@ fn pytorch_msa_rel_table_names_are_read() {
     let emb = loaded.sam.encode(&t["model.preprocessed"]).unwrap();
     assert_close("embeddings", &emb, &t["model.image_embeddings"], 1e-4);
 }
+
+#[cfg(unix)]
+#[test]
+fn written_safetensors_are_ordinary_readable_files() {
+    use std::os::unix::fs::PermissionsExt;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("t.safetensors");
+    let mut tensors = BTreeMap::new();
+    tensors.insert(
+        "x".to_string(),
+        Tensor::new(&[0f32, 1., 2.], &Device::Cpu).unwrap(),
+    );
+    save_safetensors(&path, &tensors, None).unwrap();
+    let mode = std::fs::metadata(&path).unwrap().permissions().mode() & 0o777;
+    assert_eq!(mode, 0o644, "mode {mode:o}");
+}

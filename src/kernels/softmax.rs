@@ -1,11 +1,10 @@
-//! Softmax over the last dim as one op with its own backward, for training on CPU: the
-//! composed version keeps four logits-sized intermediates alive until the backward pass;
-//! this keeps only its output.
+//! Softmax over the last dim as one op with its own backward, on CPU: the composed version
+//! keeps four logits-sized intermediates alive until the backward pass; this keeps only its
+//! output. Its vectorised exp also makes it faster than candle's softmax at inference.
 
 use super::simd::softmax_row;
-use super::storage_slice;
+use super::{par_filled, storage_slice};
 use candle_core::{CpuStorage, CustomOp1, Layout, Result, Shape, Tensor, D};
-use rayon::prelude::*;
 
 pub struct SoftmaxLastDim;
 
@@ -16,8 +15,13 @@ impl CustomOp1 for SoftmaxLastDim {
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let n = layout.dims().last().copied().unwrap_or(1).max(1);
-        let mut out = storage_slice(storage, layout, "softmax")?.to_vec();
-        out.par_chunks_mut(n).for_each(softmax_row);
+        let x = storage_slice(storage, layout, "softmax")?;
+        let rows_per_chunk = (4096 / n).max(1);
+        let chunk = rows_per_chunk * n;
+        let out = par_filled(x.len(), chunk, |i, out| {
+            out.copy_from_slice(&x[i * chunk..i * chunk + out.len()]);
+            out.chunks_exact_mut(n).for_each(softmax_row);
+        });
         Ok((CpuStorage::F32(out), layout.shape().clone()))
     }
 

@@ -186,7 +186,7 @@ impl LayerNorm {
 
 /// Softmax over the last dim.
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
-    if needs_grad(&[x]) && is_cpu_f32(x) {
+    if is_cpu_f32(x) {
         return x
             .contiguous()?
             .apply_op1(crate::kernels::softmax::SoftmaxLastDim);

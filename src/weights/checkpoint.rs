@@ -178,6 +178,14 @@ pub fn save_safetensors(
         .collect::<Result<_>>()?;
     safetensors::tensor::serialize_to_file(contiguous, metadata, &tmp)
         .with_context(|| format!("cannot write {}", tmp.display()))?;
+    // safetensors writes through a private (0600) temporary file; our outputs are ordinary
+    // files like the run folder's others.
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
+            .with_context(|| format!("cannot set the permissions of {}", tmp.display()))?;
+    }
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
     Ok(())
