@@ -1,8 +1,8 @@
 //! `msa predict`: masks from a user's clicks and box, no ground truth anywhere.
 
 use super::ModelArgs;
-use crate::infer::image_io::{load_rgb, overlay, save_mask};
 use crate::infer::{Prediction, Predictor, UserPrompt};
+use crate::io::image::{load_rgb, overlay, save_mask};
 use crate::model::MaskSelection;
 use crate::weights::save_safetensors;
 use anyhow::{bail, Context, Result};

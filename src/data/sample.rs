@@ -1,7 +1,7 @@
 //! Reading one case from disk, with the checks that stop a run before it starts.
 
 use super::layout::Item;
-use crate::infer::image_io::load_rgb;
+use crate::io::image::load_rgb;
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use rayon::prelude::*;

@@ -1,7 +1,6 @@
-//! Inference: image files in, masks and overlays out.
+//! Inference: a Predictor over image embeddings, and the embedding cache.
 
 pub mod embedding_cache;
-pub mod image_io;
 pub mod predictor;
 
 pub use embedding_cache::EmbeddingCache;

@@ -1,0 +1,11 @@
+//! Files in and out, for `data/` and `infer/` alike: 2D images (PNG, JPEG, TIFF, BMP) and
+//! 3D volumes (NIfTI-1), with the intensity scaling that turns a CT or MRI slice into the
+//! 8-bit image SAM expects.
+
+pub mod image;
+pub mod intensity;
+pub mod nifti;
+pub mod volume;
+
+pub use intensity::Intensity;
+pub use volume::Volume;

@@ -1,0 +1,191 @@
+//! NIfTI-1 volumes (`.nii`, `.nii.gz`) through the `nifti` crate: read with the file's
+//! scaling, spacing and affine; label volumes written back on the input's grid.
+
+use super::volume::Volume;
+use anyhow::{bail, Context, Result};
+use ndarray::ShapeBuilder;
+use nifti::{IntoNdArray, NiftiHeader, NiftiObject, NiftiType, ReaderOptions};
+use std::path::{Path, PathBuf};
+
+/// The data types a volume may have; others are refused by name.
+const READABLE: &[(NiftiType, &str)] = &[
+    (NiftiType::Uint8, "uint8"),
+    (NiftiType::Int8, "int8"),
+    (NiftiType::Uint16, "uint16"),
+    (NiftiType::Int16, "int16"),
+    (NiftiType::Uint32, "uint32"),
+    (NiftiType::Int32, "int32"),
+    (NiftiType::Float32, "float32"),
+    (NiftiType::Float64, "float64"),
+];
+
+/// A volume read from a NIfTI file, with its header (kept so that outputs share the
+/// input's geometry and orientation).
+#[derive(Debug, Clone)]
+pub struct NiftiVolume {
+    pub volume: Volume,
+    pub header: NiftiHeader,
+}
+
+/// Reads a 3D NIfTI-1 volume (a 2D image is one slice; a 4D one must have one frame).
+pub fn read(path: &Path) -> Result<NiftiVolume> {
+    let obj = ReaderOptions::new().read_file(path).with_context(|| {
+        format!(
+            "{}: cannot read as NIfTI-1 (missing, truncated, or not a .nii/.nii.gz file?)",
+            path.display()
+        )
+    })?;
+    let header = obj.header().clone();
+    let dtype = header.data_type().with_context(|| {
+        format!(
+            "{}: unknown NIfTI datatype code {}",
+            path.display(),
+            header.datatype
+        )
+    })?;
+    if !READABLE.iter().any(|(t, _)| *t == dtype) {
+        let names: Vec<&str> = READABLE.iter().map(|(_, n)| *n).collect();
+        bail!(
+            "{}: voxel type {dtype:?} is not supported; expected one of {}",
+            path.display(),
+            names.join(", ")
+        );
+    }
+    let dims = volume_dims(path, &header)?;
+    let array = obj
+        .into_volume()
+        .into_ndarray::<f32>()
+        .with_context(|| format!("{}: cannot decode the voxel data", path.display()))?;
+    // The crate builds the array in Fortran order: memory order is x fastest.
+    let data = match array.as_slice_memory_order() {
+        Some(values) if array.t().is_standard_layout() => values.to_vec(),
+        _ => array.t().iter().copied().collect(),
+    };
+    let expected: usize = dims.iter().product();
+    if data.len() != expected {
+        bail!(
+            "{}: {} voxels decoded, expected {expected} for dims {dims:?}",
+            path.display(),
+            data.len()
+        );
+    }
+    let spacing = [1, 2, 3].map(|i| match header.pixdim[i].abs() {
+        s if s > 0.0 && s.is_finite() => s,
+        _ => 1.0,
+    });
+    let affine = affine(&header);
+    Ok(NiftiVolume {
+        volume: Volume {
+            dims,
+            data,
+            spacing,
+            affine,
+        },
+        header,
+    })
+}
+
+/// Voxel to world: the sform when its code is set, else the qform, else the voxel sizes
+/// alone (NIfTI-1's three methods, in its order of preference).
+fn affine(h: &NiftiHeader) -> [[f32; 4]; 4] {
+    if h.sform_code > 0 {
+        return [h.srow_x, h.srow_y, h.srow_z, [0.0, 0.0, 0.0, 1.0]];
+    }
+    let (dx, dy, dz) = (h.pixdim[1], h.pixdim[2], h.pixdim[3]);
+    if h.qform_code <= 0 {
+        return [
+            [dx, 0.0, 0.0, 0.0],
+            [0.0, dy, 0.0, 0.0],
+            [0.0, 0.0, dz, 0.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ];
+    }
+    let (b, c, d) = (h.quatern_b as f64, h.quatern_c as f64, h.quatern_d as f64);
+    let a = (1.0 - b * b - c * c - d * d).max(0.0).sqrt();
+    let r = [
+        [
+            a * a + b * b - c * c - d * d,
+            2.0 * (b * c - a * d),
+            2.0 * (b * d + a * c),
+        ],
+        [
+            2.0 * (b * c + a * d),
+            a * a + c * c - b * b - d * d,
+            2.0 * (c * d - a * b),
+        ],
+        [
+            2.0 * (b * d - a * c),
+            2.0 * (c * d + a * b),
+            a * a + d * d - b * b - c * c,
+        ],
+    ];
+    let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
+    let zoom = [dx as f64, dy as f64, qfac * dz as f64];
+    let offset = [h.quatern_x, h.quatern_y, h.quatern_z];
+    let mut m = [[0f32; 4]; 4];
+    for i in 0..3 {
+        for j in 0..3 {
+            m[i][j] = (r[i][j] * zoom[j]) as f32;
+        }
+        m[i][3] = offset[i];
+    }
+    m[3][3] = 1.0;
+    m
+}
+
+/// (nx, ny, nz) of a 2D, 3D or single-frame 4D volume.
+fn volume_dims(path: &Path, header: &NiftiHeader) -> Result<[usize; 3]> {
+    let dim = header
+        .dim()
+        .with_context(|| format!("{}: invalid dim field {:?}", path.display(), header.dim))?;
+    let d = |i: usize| dim.get(i).map_or(1, |&v| v as usize);
+    if dim.len() > 3 && dim[3..].iter().any(|&v| v > 1) {
+        bail!(
+            "{}: dims {dim:?}: expected a 3D volume (a 4D one with a single frame at most)",
+            path.display()
+        );
+    }
+    Ok([d(0), d(1), d(2)])
+}
+
+/// Writes a uint8 label volume on the grid of `like` (shape, affine, orientation and
+/// spacing from its header), through a temporary file and a rename. `labels` is x-fastest
+/// like `Volume::data`.
+pub fn write_labels(path: &Path, labels: &[u8], like: &NiftiVolume) -> Result<()> {
+    let [nx, ny, nz] = like.volume.dims;
+    if labels.len() != nx * ny * nz {
+        bail!(
+            "{}: {} labels for a {nx} x {ny} x {nz} volume",
+            path.display(),
+            labels.len()
+        );
+    }
+    let array = ndarray::Array::from_shape_vec((nx, ny, nz).f(), labels.to_vec())
+        .context("label volume shape")?;
+    let mut header = like.header.clone();
+    header.cal_min = 0.0;
+    header.cal_max = 0.0;
+    let tmp = partial_path(path);
+    nifti::writer::WriterOptions::new(&tmp)
+        .reference_header(&header)
+        .write_nifti(&array)
+        .with_context(|| format!("cannot write {}", tmp.display()))?;
+    std::fs::rename(&tmp, path)
+        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
+}
+
+/// `seg.nii.gz` -> `seg.partial.nii.gz`: the writer picks compression from the ending.
+fn partial_path(path: &Path) -> PathBuf {
+    let name = path
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    let partial = match name.strip_suffix(".nii.gz") {
+        Some(stem) => format!("{stem}.partial.nii.gz"),
+        None => match name.strip_suffix(".nii") {
+            Some(stem) => format!("{stem}.partial.nii"),
+            None => format!("{name}.partial.nii"),
+        },
+    };
+    path.with_file_name(partial)
+}
