@@ -210,3 +210,79 @@ fn without_an_sform_the_qform_places_the_volume() {
     assert_eq!(a[1], [0.0, -0.8, 0.0, -120.5]);
     assert_eq!(a[2], [0.0, 0.0, 2.5, -60.0]);
 }
+
+/// A Decathlon folder of `n` cases (4 x 4 x 2 volumes); case `bad` gets a 4 x 4 x 3 label.
+fn decathlon(dir: &Path, n: usize, bad: Option<usize>) {
+    std::fs::create_dir_all(dir.join("imagesTr")).unwrap();
+    std::fs::create_dir_all(dir.join("labelsTr")).unwrap();
+    let mut training = vec![];
+    for i in 0..n {
+        let img = Array3::from_shape_fn((4, 4, 2).f(), |(x, y, z)| (x + y + z) as f32);
+        let nz = if bad == Some(i) { 3 } else { 2 };
+        let lab = Array3::from_shape_fn((4, 4, nz).f(), |(x, _, _)| (x % 3) as u8);
+        let name = format!("case_{i:03}.nii.gz");
+        write(&dir.join("imagesTr").join(&name), &img, &header());
+        write(&dir.join("labelsTr").join(&name), &lab, &header());
+        training.push(serde_json::json!({
+            "image": format!("./imagesTr/{name}"),
+            "label": format!("./labelsTr/{name}"),
+        }));
+    }
+    let json = serde_json::json!({
+        "modality": {"0": "CT"},
+        "labels": {"0": "background", "1": "liver", "2": "tumour"},
+        "training": training,
+    });
+    std::fs::write(dir.join("dataset.json"), json.to_string()).unwrap();
+}
+
+#[test]
+fn decathlon_datasets_list_their_cases_and_hold_out_the_last() {
+    use msa::data::decathlon::{load_case, Decathlon};
+    let dir = tempfile::tempdir().unwrap();
+    decathlon(dir.path(), 5, Some(4));
+    let ds = Decathlon::open(dir.path()).unwrap();
+    assert_eq!(ds.modality.as_deref(), Some("CT"));
+    assert_eq!(ds.labels.len(), 2);
+    assert_eq!(ds.labels[&2], "tumour");
+    let (train, test) = ds.holdout(2);
+    let ids =
+        |v: &[msa::data::decathlon::VolumeCase]| v.iter().map(|c| c.id.clone()).collect::<Vec<_>>();
+    assert_eq!(ids(&train), ["case_000", "case_001", "case_002"]);
+    assert_eq!(ids(&test), ["case_003", "case_004"]);
+    let (img, lab) = load_case(&train[0]).unwrap();
+    assert_eq!(img.volume.dims, lab.volume.dims);
+    let err = format!("{:#}", load_case(&test[1]).unwrap_err());
+    assert!(
+        err.contains("case_004") && err.contains("[4, 4, 2]") && err.contains("[4, 4, 3]"),
+        "{err}"
+    );
+    // A listed file that is missing is named.
+    std::fs::remove_file(dir.path().join("labelsTr/case_001.nii.gz")).unwrap();
+    let err = format!("{:#}", Decathlon::open(dir.path()).unwrap_err());
+    assert!(
+        err.contains("labelsTr/case_001.nii.gz") && err.contains("does not exist"),
+        "{err}"
+    );
+}
+
+#[test]
+fn label_maps_select_and_merge_label_values() {
+    use msa::data::decathlon::LabelMap;
+    let raw = [0.0, 1.0, 2.0, 6.0, 7.0, 6.9999];
+    let m = LabelMap::parse("1,2,6").unwrap();
+    assert_eq!(m.classes(), 3);
+    assert_eq!(m.apply(&raw), vec![0, 1, 2, 3, 0, 0]);
+    let merged = LabelMap::parse(r#"{"6": 1, "7": 1}"#).unwrap();
+    assert_eq!(merged.classes(), 1);
+    assert_eq!(merged.apply(&raw), vec![0, 0, 0, 1, 1, 1]);
+    for (bad, says) in [
+        ("1,x", "`x`"),
+        ("0,1", "background"),
+        ("2,2", "twice"),
+        (r#"{"3": 0}"#, "1..=255"),
+    ] {
+        let err = format!("{:#}", LabelMap::parse(bad).unwrap_err());
+        assert!(err.contains(says), "{bad}: {err}");
+    }
+}

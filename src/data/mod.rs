@@ -1,5 +1,6 @@
 //! Data: dataset layouts, samples, prompts, transforms and the batch loader.
 
+pub mod decathlon;
 pub mod layout;
 pub mod prompts;
 pub mod sample;
