@@ -2,6 +2,7 @@
 //! 3D volumes (NIfTI-1), with the intensity scaling that turns a CT or MRI slice into the
 //! 8-bit image SAM expects.
 
+pub mod dicom;
 pub mod image;
 pub mod intensity;
 pub mod nifti;
