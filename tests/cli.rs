@@ -482,3 +482,133 @@ fn classes_write_one_mask_per_class() {
     args.extend(["--classes", "5"]);
     assert!(err(&tiny("predict", "sam_tiny.pth", &args)).contains("1 to 4 classes"));
 }
+
+/// A 40 x 30 x 6 float32 NIfTI with a bright block in slices 1..=4, and a prompt file:
+/// class 1 as a 3D box over slices 1..=3 (slice 2 with its own box), class 2 as a click on
+/// slice 4.
+fn write_volume_case(dir: &Path) -> (std::path::PathBuf, std::path::PathBuf) {
+    use ndarray::ShapeBuilder;
+    let vol = ndarray::Array3::from_shape_fn((40, 30, 6).f(), |(x, y, k)| {
+        let inside = (10..30).contains(&x) && (8..22).contains(&y) && (1..=4).contains(&k);
+        if inside {
+            300.0f32 + x as f32
+        } else {
+            20.0 + y as f32
+        }
+    });
+    let header = nifti::NiftiHeader {
+        sform_code: 1,
+        srow_x: [0.9, 0.0, 0.0, -10.0],
+        srow_y: [0.0, 0.9, 0.0, 5.0],
+        srow_z: [0.0, 0.0, 3.0, 0.0],
+        ..Default::default()
+    };
+    let image = dir.join("vol.nii.gz");
+    nifti::writer::WriterOptions::new(&image)
+        .reference_header(&header)
+        .write_nifti(&vol)
+        .unwrap();
+    let prompts = dir.join("prompts.json");
+    let json = serde_json::json!({"classes": {
+        "1": {"box3d": [8, 6, 1, 32, 24, 3], "boxes": {"2": [10, 8, 30, 22]}},
+        "2": {"points": {"4": [[20, 15, 1], [2, 2, 0]]}},
+    }});
+    std::fs::write(&prompts, json.to_string()).unwrap();
+    (image, prompts)
+}
+
+#[test]
+fn predict_volume_writes_labels_on_the_input_grid() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, prompts) = write_volume_case(dir.path());
+    let out = dir.path().join("out/seg.nii.gz");
+    let overlays = dir.path().join("overlays");
+    let printed = ok(&tiny(
+        "predict-volume",
+        "sam_tiny.pth",
+        &[
+            "--image",
+            &s(&image),
+            "--prompts",
+            &s(&prompts),
+            "--out",
+            &s(&out),
+            "--overlay-dir",
+            &s(&overlays),
+        ],
+    ));
+    assert!(
+        printed.contains("MRI percentile scaling") && printed.contains("4 prompted slices"),
+        "{printed}"
+    );
+    let input = msa::io::nifti::read(&image).unwrap();
+    let seg = msa::io::nifti::read(&out).unwrap();
+    assert_eq!(seg.volume.dims, [40, 30, 6]);
+    assert_eq!(seg.volume.affine, input.volume.affine);
+    let n = 40 * 30;
+    for k in [0, 5] {
+        assert!(
+            seg.volume.slice(k).iter().all(|&v| v == 0.0),
+            "slice {k} was not prompted"
+        );
+    }
+    // Slice 4 equals what the library's Predictor gives for the same click pair.
+    let cfg = msa::model::SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap();
+    let sam = msa::weights::load_sam(&fixture("sam_tiny.pth"), Some(&cfg), None, &Device::Cpu)
+        .unwrap()
+        .sam;
+    let range = msa::io::Intensity::MRI.range(&input.volume);
+    let mut p = msa::infer::Predictor::new(&sam);
+    p.set_image(&msa::infer::volume::slice_image(&input.volume, 4, range))
+        .unwrap();
+    let prompt = msa::infer::UserPrompt {
+        points: vec![(20.0, 15.0, 1), (2.0, 2.0, 0)],
+        bbox: None,
+    };
+    let mask = p.predict(&prompt, false).unwrap().binary_mask(0).unwrap();
+    let got: Vec<bool> = seg.volume.data[4 * n..5 * n]
+        .iter()
+        .map(|&v| v == 2.0)
+        .collect();
+    assert_eq!(got, mask);
+    for k in 1..=4 {
+        assert!(
+            overlays.join(format!("slice_{k:04}.png")).is_file(),
+            "overlay {k}"
+        );
+    }
+    assert!(!overlays.join("slice_0000.png").exists());
+}
+
+#[test]
+fn predict_volume_names_bad_prompts() {
+    let dir = tempfile::tempdir().unwrap();
+    let (image, _) = write_volume_case(dir.path());
+    let run = |json: serde_json::Value| {
+        let prompts = dir.path().join("bad.json");
+        std::fs::write(&prompts, json.to_string()).unwrap();
+        err(&tiny(
+            "predict-volume",
+            "sam_tiny.pth",
+            &[
+                "--image",
+                &s(&image),
+                "--prompts",
+                &s(&prompts),
+                "--out",
+                &s(&dir.path().join("x.nii")),
+            ],
+        ))
+    };
+    let e = run(serde_json::json!({"classes": {"1": {"boxes": {"9": [1, 1, 5, 5]}}}}));
+    assert!(e.contains("slice 9") && e.contains("6 slices"), "{e}");
+    let e = run(serde_json::json!({"classes": {"1": {"points": {"2": [[35, 45, 1]]}}}}));
+    assert!(
+        e.contains("slice 2") && e.contains("outside the 40x30 image"),
+        "{e}"
+    );
+    let e = run(serde_json::json!({"classes": {"0": {"points": {"2": [[5, 5, 1]]}}}}));
+    assert!(e.contains("class `0`"), "{e}");
+    let e = run(serde_json::json!({"labels": {}}));
+    assert!(e.contains("bad.json") && e.contains("\"classes\""), "{e}");
+}

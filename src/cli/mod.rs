@@ -6,6 +6,7 @@ pub mod eval;
 pub mod fetch;
 pub mod info;
 pub mod predict;
+pub mod predict_volume;
 pub mod train;
 
 use anyhow::Result;
@@ -29,6 +30,9 @@ pub enum Command {
     Info(info::InfoArgs),
     /// Segment an image from clicks and/or a box.
     Predict(predict::PredictArgs),
+    /// Segment a NIfTI volume or DICOM series from per-slice or 3D-box prompts into a
+    /// label volume.
+    PredictVolume(predict_volume::PredictVolumeArgs),
     /// Rewrite a checkpoint (.pth or safetensors) as safetensors with the same keys.
     Convert { input: PathBuf, output: PathBuf },
     /// Fetch a named model (lite_medsam) into the cache, or list them.
@@ -81,6 +85,7 @@ pub fn run(cli: Cli) -> Result<()> {
     match cli.command {
         Command::Info(a) => info::run(&a),
         Command::Predict(a) => predict::run(&a),
+        Command::PredictVolume(a) => predict_volume::run(&a),
         Command::Convert { input, output } => {
             let n = crate::weights::convert(&input, &output)?;
             println!("wrote {n} tensors to {}", output.display());

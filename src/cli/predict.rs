@@ -80,20 +80,9 @@ pub fn parse_box(s: &str) -> Result<[f32; 4], String> {
     }
 }
 
-/// Points and boxes must lie on the image: an outside click is almost always swapped x/y.
+/// Points and boxes must lie on the image (see `UserPrompt::check_inside`).
 pub fn check_prompt(prompt: &UserPrompt, w: usize, h: usize) -> Result<()> {
-    let inside = |x: f32, y: f32| x >= 0.0 && y >= 0.0 && x <= w as f32 && y <= h as f32;
-    for &(x, y, _) in &prompt.points {
-        if !inside(x, y) {
-            bail!("point ({x}, {y}) lies outside the {w}x{h} image (points are x,y: column, row)");
-        }
-    }
-    if let Some([x0, y0, x1, y1]) = prompt.bbox {
-        if !inside(x0, y0) || !inside(x1, y1) {
-            bail!("box ({x0}, {y0}, {x1}, {y1}) reaches outside the {w}x{h} image");
-        }
-    }
-    Ok(())
+    prompt.check_inside(w, h)
 }
 
 pub fn run(args: &PredictArgs) -> Result<()> {

@@ -2,6 +2,7 @@
 
 pub mod embedding_cache;
 pub mod predictor;
+pub mod volume;
 
 pub use embedding_cache::EmbeddingCache;
 pub use predictor::{Prediction, Predictor, UserPrompt};

@@ -15,6 +15,27 @@ pub struct UserPrompt {
     pub bbox: Option<[f32; 4]>,
 }
 
+impl UserPrompt {
+    /// Points and boxes must lie on the w x h image: an outside click is almost always
+    /// swapped x/y.
+    pub fn check_inside(&self, w: usize, h: usize) -> Result<()> {
+        let inside = |x: f32, y: f32| x >= 0.0 && y >= 0.0 && x <= w as f32 && y <= h as f32;
+        for &(x, y, _) in &self.points {
+            if !inside(x, y) {
+                bail!(
+                    "point ({x}, {y}) lies outside the {w}x{h} image (points are x,y: column, row)"
+                );
+            }
+        }
+        if let Some([x0, y0, x1, y1]) = self.bbox {
+            if !inside(x0, y0) || !inside(x1, y1) {
+                bail!("box ({x0}, {y0}, {x1}, {y1}) reaches outside the {w}x{h} image");
+            }
+        }
+        Ok(())
+    }
+}
+
 /// Masks for one prompt set: `masks_logits` (M, H, W) at the original size,
 /// `low_res_logits` (M, 4S/16, 4S/16) and `iou` (M).
 pub struct Prediction {

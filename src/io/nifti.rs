@@ -27,6 +27,28 @@ pub struct NiftiVolume {
     pub header: NiftiHeader,
 }
 
+impl NiftiVolume {
+    /// A volume from elsewhere (a DICOM series) with a header that places it in world
+    /// space: the sform holds its affine, voxel sizes in mm.
+    pub fn from_volume(volume: Volume) -> Self {
+        let [nx, ny, nz] = volume.dims;
+        let [sx, sy, sz] = volume.spacing;
+        let mut header = NiftiHeader {
+            sform_code: 1,
+            qform_code: 0,
+            srow_x: volume.affine[0],
+            srow_y: volume.affine[1],
+            srow_z: volume.affine[2],
+            xyzt_units: 2,
+            ..NiftiHeader::default()
+        };
+        let d = |v: usize| v.min(u16::MAX as usize) as u16;
+        header.dim = [3, d(nx), d(ny), d(nz), 1, 1, 1, 1];
+        header.pixdim = [1.0, sx, sy, sz, 0.0, 0.0, 0.0, 0.0];
+        Self { volume, header }
+    }
+}
+
 /// Reads a 3D NIfTI-1 volume (a 2D image is one slice; a 4D one must have one frame).
 pub fn read(path: &Path) -> Result<NiftiVolume> {
     let obj = ReaderOptions::new().read_file(path).with_context(|| {

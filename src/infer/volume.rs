@@ -1,0 +1,179 @@
+//! Segmenting a volume slice by slice from a user's prompts (no ground truth): the prompt
+//! file of `msa predict-volume`, and the loop that runs the 2D model on each prompted slice.
+
+use super::predictor::{Predictor, UserPrompt};
+use crate::io::{Intensity, Volume};
+use crate::model::Sam;
+use anyhow::{bail, Context, Result};
+use image::RgbImage;
+use serde::Deserialize;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// `{"classes": {"<label>": {"points": {"<k>": [[x, y, l], ...]}, "boxes": {"<k>": [x0, y0,
+/// x1, y1]}, "box3d": [x0, y0, k0, x1, y1, k1]}}}`. Slice k is `data[:, :, k]`; x indexes
+/// the first axis and y the second.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct VolumePrompts {
+    pub classes: BTreeMap<String, ClassPrompts>,
+}
+
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClassPrompts {
+    #[serde(default)]
+    pub points: BTreeMap<String, Vec<[f32; 3]>>,
+    #[serde(default)]
+    pub boxes: BTreeMap<String, [f32; 4]>,
+    #[serde(default)]
+    pub box3d: Option<[f32; 6]>,
+}
+
+/// The prompts of one slice: (label value, prompt) in label order.
+pub type SlicePrompts = Vec<(u8, UserPrompt)>;
+
+impl VolumePrompts {
+    pub fn load(path: &Path) -> Result<Self> {
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read prompts {}", path.display()))?;
+        serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: expected {{\"classes\": {{\"<label>\": {{\"points\": {{\"<k>\": [[x, y, l]]}}, \"boxes\": {{\"<k>\": [x0, y0, x1, y1]}}, \"box3d\": [x0, y0, k0, x1, y1, k1]}}}}}}",
+                path.display()
+            )
+        })
+    }
+
+    /// Prompts per slice for a volume of `nz` slices. A 3D box gives every slice from k0
+    /// to k1 its (x0, y0, x1, y1) box, unless that slice has its own box for the class.
+    pub fn per_slice(&self, nz: usize) -> Result<BTreeMap<usize, SlicePrompts>> {
+        let mut out: BTreeMap<usize, BTreeMap<u8, UserPrompt>> = BTreeMap::new();
+        let slice = |key: &str, class: &str| -> Result<usize> {
+            let k: usize = key
+                .trim()
+                .parse()
+                .with_context(|| format!("class {class}: slice `{key}` is not an index"))?;
+            if k >= nz {
+                bail!("class {class}: slice {k} is outside the volume's {nz} slices");
+            }
+            Ok(k)
+        };
+        for (class, p) in &self.classes {
+            let label = class
+                .trim()
+                .parse::<u8>()
+                .ok()
+                .filter(|l| *l > 0)
+                .with_context(|| format!("class `{class}`: labels are integers 1..=255"))?;
+            if let Some([x0, y0, k0, x1, y1, k1]) = p.box3d {
+                let (k0, k1) = (k0.round().max(0.0) as usize, k1.round().max(0.0) as usize);
+                if k0 > k1 || k1 >= nz {
+                    bail!("class {class}: box3d slices {k0}..={k1} do not fit the volume's {nz} slices");
+                }
+                for k in k0..=k1 {
+                    out.entry(k).or_default().entry(label).or_default().bbox =
+                        Some([x0, y0, x1, y1]);
+                }
+            }
+            for (key, b) in &p.boxes {
+                let k = slice(key, class)?;
+                out.entry(k).or_default().entry(label).or_default().bbox = Some(*b);
+            }
+            for (key, pts) in &p.points {
+                let k = slice(key, class)?;
+                let prompt = out.entry(k).or_default().entry(label).or_default();
+                for &[x, y, l] in pts {
+                    if l != 0.0 && l != 1.0 {
+                        bail!("class {class}, slice {k}: point label {l} must be 1 or 0");
+                    }
+                    prompt.points.push((x, y, l as i64));
+                }
+            }
+        }
+        Ok(out
+            .into_iter()
+            .map(|(k, by_label)| (k, by_label.into_iter().collect()))
+            .collect())
+    }
+}
+
+/// Slice k as an 8-bit RGB image (gray repeated), width nx and height ny.
+pub fn slice_image(vol: &Volume, k: usize, range: (f32, f32)) -> RgbImage {
+    let gray = Intensity::to_gray(vol.slice(k), range);
+    let rgb: Vec<u8> = gray.iter().flat_map(|&g| [g, g, g]).collect();
+    // The buffer holds exactly nx * ny pixels.
+    RgbImage::from_raw(vol.dims[0] as u32, vol.dims[1] as u32, rgb).unwrap_or_default()
+}
+
+/// Labels for every voxel (x-fastest, 0 where nothing was prompted or found). Each
+/// prompted slice is encoded once; classes are decoded in label order, a later class
+/// taking the voxels its mask shares with an earlier one. `done(n)` reports progress.
+pub fn segment_volume(
+    sam: &Sam,
+    vol: &Volume,
+    range: (f32, f32),
+    prompts: &BTreeMap<usize, SlicePrompts>,
+    mut done: impl FnMut(usize),
+) -> Result<Vec<u8>> {
+    let [nx, ny, _] = vol.dims;
+    let mut labels = vec![0u8; vol.data.len()];
+    let mut predictor = Predictor::new(sam);
+    for (n, (&k, slice_prompts)) in prompts.iter().enumerate() {
+        predictor.set_image(&slice_image(vol, k, range))?;
+        let out = &mut labels[k * nx * ny..(k + 1) * nx * ny];
+        for (label, prompt) in slice_prompts {
+            prompt
+                .check_inside(nx, ny)
+                .with_context(|| format!("slice {k}, class {label}"))?;
+            let mask = predictor.predict(prompt, false)?.binary_mask(0)?;
+            for (o, m) in out.iter_mut().zip(mask) {
+                if m {
+                    *o = *label;
+                }
+            }
+        }
+        done(n + 1);
+    }
+    Ok(labels)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_3d_box_reaches_its_slices_and_slice_boxes_win() {
+        let json = r#"{"classes": {
+            "2": {"box3d": [1, 2, 3, 11, 12, 5], "boxes": {"4": [0, 0, 9, 9]}},
+            "1": {"points": {"4": [[5, 6, 1]]}}
+        }}"#;
+        let p: VolumePrompts = serde_json::from_str(json).unwrap();
+        let s = p.per_slice(8).unwrap();
+        assert_eq!(s.keys().copied().collect::<Vec<_>>(), [3, 4, 5]);
+        assert_eq!(
+            s[&3],
+            vec![(
+                2,
+                UserPrompt {
+                    points: vec![],
+                    bbox: Some([1.0, 2.0, 11.0, 12.0])
+                }
+            )]
+        );
+        let four = &s[&4];
+        assert_eq!(
+            four[0],
+            (
+                1,
+                UserPrompt {
+                    points: vec![(5.0, 6.0, 1)],
+                    bbox: None
+                }
+            )
+        );
+        assert_eq!(four[1].1.bbox, Some([0.0, 0.0, 9.0, 9.0]));
+        let err = p.per_slice(5).unwrap_err().to_string();
+        assert!(err.contains("3..=5") && err.contains("5 slices"), "{err}");
+    }
+}
