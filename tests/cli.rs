@@ -612,3 +612,128 @@ fn predict_volume_names_bad_prompts() {
     let e = run(serde_json::json!({"labels": {}}));
     assert!(e.contains("bad.json") && e.contains("\"classes\""), "{e}");
 }
+
+/// A Decathlon folder of two 32 x 24 x 4 volumes with two labelled blocks each.
+fn write_decathlon(dir: &Path) {
+    use ndarray::ShapeBuilder;
+    std::fs::create_dir_all(dir.join("imagesTr")).unwrap();
+    std::fs::create_dir_all(dir.join("labelsTr")).unwrap();
+    let header = nifti::NiftiHeader {
+        pixdim: [1.0, 0.7, 0.7, 2.0, 0.0, 0.0, 0.0, 0.0],
+        ..Default::default()
+    };
+    let mut training = vec![];
+    for i in 0..2 {
+        let label = |x: usize, y: usize, k: usize| -> u8 {
+            if (1..=2).contains(&k) && (4..14).contains(&x) && (5..15).contains(&y) {
+                1
+            } else if (1..=3).contains(&k) && (18..28).contains(&x) && (6..18).contains(&(y + i)) {
+                2
+            } else {
+                0
+            }
+        };
+        let img = ndarray::Array3::from_shape_fn((32, 24, 4).f(), |(x, y, k)| {
+            -900.0f32 + 600.0 * label(x, y, k) as f32 + y as f32
+        });
+        let lab = ndarray::Array3::from_shape_fn((32, 24, 4).f(), |(x, y, k)| label(x, y, k));
+        let name = format!("vol_{i}.nii.gz");
+        for (sub, write) in [("imagesTr", true), ("labelsTr", false)] {
+            let w = nifti::writer::WriterOptions::new(dir.join(sub).join(&name))
+                .reference_header(&header);
+            if write {
+                w.write_nifti(&img).unwrap();
+            } else {
+                w.write_nifti(&lab).unwrap();
+            }
+        }
+        training.push(serde_json::json!({"image": format!("./imagesTr/{name}"), "label": format!("./labelsTr/{name}")}));
+    }
+    let json = serde_json::json!({
+        "modality": {"0": "CT"},
+        "labels": {"0": "background", "1": "liver", "2": "spleen"},
+        "training": training,
+    });
+    std::fs::write(dir.join("dataset.json"), json.to_string()).unwrap();
+}
+
+#[test]
+fn eval_on_volumes_reports_per_organ_dice_and_hd95_in_mm() {
+    let dir = tempfile::tempdir().unwrap();
+    write_decathlon(dir.path());
+    let out = dir.path().join("eval");
+    let printed = ok(&tiny(
+        "eval",
+        "sam_tiny.pth",
+        &[
+            "--dataset",
+            "decathlon",
+            "--data",
+            &s(dir.path()),
+            "--prompt",
+            "box",
+            "--out",
+            &s(&out),
+        ],
+    ));
+    assert!(
+        printed.contains("liver")
+            && printed.contains("spleen")
+            && printed.contains("mean over organs"),
+        "{printed}"
+    );
+    assert!(printed.contains("modality `CT`"), "{printed}");
+    let csv = std::fs::read_to_string(out.join("per_case.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 1 + 2 * 2, "{csv}");
+    assert!(
+        csv.contains("vol_0,liver") && csv.contains("vol_1,spleen"),
+        "{csv}"
+    );
+    let summary: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).unwrap()).unwrap();
+    assert_eq!(summary["n_cases"], 2);
+    assert_eq!(summary["per_class"]["liver"]["n"], 2);
+    assert!(out.join("montage/vol_0.png").is_file());
+    // One held out, label 2 alone (renamed: remapped labels have no dataset.json names).
+    let out2 = dir.path().join("eval2");
+    let printed = ok(&tiny(
+        "eval",
+        "sam_tiny.pth",
+        &[
+            "--dataset",
+            "decathlon",
+            "--data",
+            &s(dir.path()),
+            "--prompt",
+            "click",
+            "--holdout",
+            "1",
+            "--labels",
+            "2",
+            "--out",
+            &s(&out2),
+        ],
+    ));
+    let csv = std::fs::read_to_string(out2.join("per_case.csv")).unwrap();
+    assert_eq!(csv.lines().count(), 2, "{csv}\n{printed}");
+    assert!(
+        csv.starts_with("case,class") && csv.contains("vol_1,class 1"),
+        "{csv}"
+    );
+}
+
+#[test]
+fn volume_prompts_come_one_per_class_and_labelled_slice() {
+    use msa::data::prompts::PromptKind;
+    // Prompts from labels: one per class on each slice that holds it, none elsewhere.
+    let mut classes = vec![0u8; 4 * 3 * 3];
+    classes[0] = 1; // slice 0
+    classes[12 + 5] = 2; // slice 1
+    classes[12 + 6] = 1;
+    let p =
+        msa::eval::volume::prompts_from_labels(&classes, [4, 3, 3], 2, PromptKind::Click, 0, "c");
+    assert_eq!(p.keys().copied().collect::<Vec<_>>(), [0, 1]);
+    assert_eq!(p[&1].iter().map(|(c, _)| *c).collect::<Vec<_>>(), [1, 2]);
+    // The only voxel of class 2 on slice 1 is x = 5 % 4, y = 5 / 4.
+    assert_eq!(p[&1][1].1.points, vec![(1.0, 1.0, 1)]);
+}

@@ -28,6 +28,18 @@ pub struct EvalArgs {
     /// Overlays written (first N cases).
     #[arg(long, default_value_t = 16)]
     pub overlays: usize,
+    /// Volumes: evaluate the last N training cases of dataset.json (sorted by id), or its
+    /// `validation` list when N is not given and the list is there, else every case.
+    #[arg(long)]
+    pub holdout: Option<usize>,
+    /// Volumes: which label values are classes, `1,2,6` or a JSON map like {"6": 1, "7": 1}
+    /// (default: every label dataset.json names).
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// Volumes: a CT window `LO,HI` in HU or its name, or `mri` (default: from the
+    /// dataset.json modality, else from the values).
+    #[arg(long)]
+    pub window: Option<String>,
 }
 
 #[derive(serde::Deserialize)]
@@ -76,6 +88,9 @@ fn prompt_source(arg: &str, seed: u64) -> Result<PromptSource> {
 }
 
 pub fn run(args: &EvalArgs) -> Result<()> {
+    if args.dataset == DatasetKind::Decathlon {
+        return super::eval_volume::run(args);
+    }
     let device = super::default_device()?;
     let loaded = args.model.load(&device)?;
     let splits = discover(args.dataset, &args.data, args.seed, 0.2)?;

@@ -3,6 +3,7 @@
 pub mod bench;
 pub mod demo;
 pub mod eval;
+pub mod eval_volume;
 pub mod fetch;
 pub mod info;
 pub mod predict;

@@ -1,8 +1,7 @@
 //! `msa predict-volume`: a label volume from a user's per-slice or 3D-box prompts.
 
 use super::ModelArgs;
-use crate::infer::volume::{segment_volume, slice_image, VolumePrompts};
-use crate::io::image::overlay;
+use crate::infer::volume::{class_overlay, segment_volume, VolumePrompts};
 use crate::io::nifti::{self, NiftiVolume};
 use crate::io::{dicom, Intensity};
 use anyhow::{Context, Result};
@@ -29,16 +28,6 @@ pub struct PredictVolumeArgs {
     #[arg(long)]
     pub window: Option<String>,
 }
-
-/// Colours for labels 1, 2, ... (cycled).
-const COLOURS: [[u8; 3]; 6] = [
-    [255, 40, 40],
-    [40, 200, 255],
-    [60, 220, 60],
-    [255, 200, 0],
-    [200, 80, 255],
-    [255, 120, 180],
-];
 
 pub fn run(args: &PredictVolumeArgs) -> Result<()> {
     let device = super::default_device()?;
@@ -107,19 +96,10 @@ fn write_overlays(
     slices: impl Iterator<Item = usize>,
 ) -> Result<()> {
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
-    let n = vol.slice_len();
     for k in slices {
-        let mut img = slice_image(vol, k, range);
-        let slice = &labels[k * n..(k + 1) * n];
-        let mut present: Vec<u8> = slice.iter().copied().filter(|&l| l > 0).collect();
-        present.sort_unstable();
-        present.dedup();
-        for l in present {
-            let mask: Vec<bool> = slice.iter().map(|&v| v == l).collect();
-            img = overlay(&img, &mask, COLOURS[(l as usize - 1) % COLOURS.len()]);
-        }
         let path = dir.join(format!("slice_{k:04}.png"));
-        img.save(&path)
+        class_overlay(vol, k, range, labels)
+            .save(&path)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }
     Ok(())

@@ -16,6 +16,9 @@ pub enum DatasetKind {
     Isic,
     /// REFUGE fundus images with several raters' disc and cup masks.
     Refuge,
+    /// Volumes in the Medical Segmentation Decathlon layout (BTCV too): `dataset.json`,
+    /// `imagesTr/`, `labelsTr/` (NIfTI). `msa eval` only, so far.
+    Decathlon,
 }
 
 /// One case: an image and, per class, the mask files of its raters (one for most data).
@@ -68,6 +71,10 @@ pub fn discover(kind: DatasetKind, dir: &Path, seed: u64, val_fraction: f64) -> 
         DatasetKind::Folder => folder(dir, seed, val_fraction),
         DatasetKind::Isic => isic(dir, seed, val_fraction),
         DatasetKind::Refuge => refuge(dir, seed, val_fraction),
+        DatasetKind::Decathlon => bail!(
+            "{}: Decathlon volumes work with `msa eval --dataset decathlon`; training on volumes is not there yet",
+            dir.display()
+        ),
     }
 }
 

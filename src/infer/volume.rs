@@ -2,6 +2,7 @@
 //! file of `msa predict-volume`, and the loop that runs the 2D model on each prompted slice.
 
 use super::predictor::{Predictor, UserPrompt};
+use crate::io::image::overlay;
 use crate::io::{Intensity, Volume};
 use crate::model::Sam;
 use anyhow::{bail, Context, Result};
@@ -104,6 +105,35 @@ pub fn slice_image(vol: &Volume, k: usize, range: (f32, f32)) -> RgbImage {
     let rgb: Vec<u8> = gray.iter().flat_map(|&g| [g, g, g]).collect();
     // The buffer holds exactly nx * ny pixels.
     RgbImage::from_raw(vol.dims[0] as u32, vol.dims[1] as u32, rgb).unwrap_or_default()
+}
+
+/// Colours for classes 1, 2, ... (cycled).
+pub const CLASS_COLOURS: [[u8; 3]; 6] = [
+    [255, 40, 40],
+    [40, 200, 255],
+    [60, 220, 60],
+    [255, 200, 0],
+    [200, 80, 255],
+    [255, 120, 180],
+];
+
+/// Slice k with every class of `classes` drawn in its colour.
+pub fn class_overlay(vol: &Volume, k: usize, range: (f32, f32), classes: &[u8]) -> RgbImage {
+    let n = vol.slice_len();
+    let slice = &classes[k * n..(k + 1) * n];
+    let mut img = slice_image(vol, k, range);
+    let mut present: Vec<u8> = slice.iter().copied().filter(|&l| l > 0).collect();
+    present.sort_unstable();
+    present.dedup();
+    for l in present {
+        let mask: Vec<bool> = slice.iter().map(|&v| v == l).collect();
+        img = overlay(
+            &img,
+            &mask,
+            CLASS_COLOURS[(l as usize - 1) % CLASS_COLOURS.len()],
+        );
+    }
+    img
 }
 
 /// Labels for every voxel (x-fastest, 0 where nothing was prompted or found). Each
