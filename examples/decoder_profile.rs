@@ -2,21 +2,13 @@
 use candle_core::{DType, Device, Tensor};
 use msa::model::{config::SamConfig, sam::Sam, Prompts};
 use msa::params::{Params, Source};
-use std::time::Instant;
 
+#[path = "shared/timing.rs"]
+mod timing;
+
+/// This example's timer: 10 runs after a warm-up.
 fn time<T>(label: &str, f: impl Fn() -> candle_core::Result<T>) -> candle_core::Result<T> {
-    let _ = f()?;
-    let n = 10;
-    let t0 = Instant::now();
-    for _ in 0..n - 1 {
-        f()?;
-    }
-    let r = f()?;
-    println!(
-        "{label:<24} {:8.2} ms",
-        t0.elapsed().as_secs_f64() * 1e3 / n as f64
-    );
-    Ok(r)
+    timing::time(label, 10, f)
 }
 
 fn main() -> anyhow::Result<()> {

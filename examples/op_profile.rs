@@ -4,19 +4,12 @@ use msa::kernels::depthwise::{DepthwiseConv, DepthwiseGeometry};
 use msa::model::nn::{gelu, Linear};
 use std::time::Instant;
 
+#[path = "shared/timing.rs"]
+mod timing;
+
+/// This example's timer: 5 runs after a warm-up.
 fn time<T>(label: &str, f: impl Fn() -> candle_core::Result<T>) -> candle_core::Result<T> {
-    let _ = f()?;
-    let n = 5;
-    let t0 = Instant::now();
-    for _ in 0..n - 1 {
-        f()?;
-    }
-    let r = f()?;
-    println!(
-        "{label:<24} {:8.1} ms",
-        t0.elapsed().as_secs_f64() * 1e3 / n as f64
-    );
-    Ok(r)
+    timing::time(label, 5, f)
 }
 
 fn main() -> anyhow::Result<()> {

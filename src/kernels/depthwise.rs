@@ -62,6 +62,21 @@ impl DepthwiseConv {
         })
     }
 
+    /// `dims` of the input, once the taps are (k*k, C) and the bias (C).
+    fn checked_dims(&self, x: &[usize], taps: &[usize], bias: &[usize]) -> Result<Dims> {
+        let d = self.dims(x)?;
+        let k = self.0.kernel;
+        if taps != [k * k, d.c] || bias != [d.c] {
+            candle_core::bail!(
+                "depthwise conv: input {x:?} needs taps [{}, {}] and bias [{}], got {taps:?} and {bias:?}",
+                k * k,
+                d.c,
+                d.c
+            );
+        }
+        Ok(d)
+    }
+
     fn forward(&self, x: &[f32], taps: &[f32], bias: &[f32], d: &Dims, gelu: bool) -> Vec<f32> {
         par_filled(d.b * d.ho * d.wo * d.c, d.wo * d.c, |row, dst| {
             let at = OutputRow { g: self.0, d, row };
@@ -156,19 +171,7 @@ impl CustomOp3 for DepthwiseConv {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let d = self.dims(l1.dims())?;
-        let k = self.0.kernel;
-        if l2.dims() != [k * k, d.c] || l3.dims() != [d.c] {
-            candle_core::bail!(
-                "depthwise conv: input {:?} needs taps [{}, {}] and bias [{}], got {:?} and {:?}",
-                l1.dims(),
-                k * k,
-                d.c,
-                d.c,
-                l2.dims(),
-                l3.dims()
-            );
-        }
+        let d = self.checked_dims(l1.dims(), l2.dims(), l3.dims())?;
         let x = storage_slice(s1, l1, "depthwise conv")?;
         let taps = storage_slice(s2, l2, "depthwise conv")?;
         let bias = storage_slice(s3, l3, "depthwise conv")?;
@@ -252,18 +255,7 @@ pub fn depthwise_forward(
     gelu: bool,
 ) -> Result<Tensor> {
     let op = DepthwiseConv(g);
-    let d = op.dims(x.dims())?;
-    if taps.dims() != [g.kernel * g.kernel, d.c] || bias.dims() != [d.c] {
-        candle_core::bail!(
-            "depthwise conv: input {:?} needs taps [{}, {}] and bias [{}], got {:?} and {:?}",
-            x.dims(),
-            g.kernel * g.kernel,
-            d.c,
-            d.c,
-            taps.dims(),
-            bias.dims()
-        );
-    }
+    let d = op.checked_dims(x.dims(), taps.dims(), bias.dims())?;
     let out = with_slice(x, |xs| {
         with_slice(taps, |t| {
             with_slice(bias, |b| Ok(op.forward(xs, t, b, &d, gelu)))
