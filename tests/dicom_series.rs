@@ -139,3 +139,25 @@ fn a_folder_with_two_series_is_refused() {
     let err = format!("{:#}", read_series(empty.path()).unwrap_err());
     assert!(err.contains("no DICOM image files"), "{err}");
 }
+
+#[test]
+fn labels_for_a_dicom_series_are_written_on_its_grid() {
+    use msa::io::nifti::{read, write_labels, NiftiVolume};
+    let dir = tempfile::tempdir().unwrap();
+    for (k, z) in [(0, 5.0), (1, 7.5), (2, 10.0)] {
+        write_slice(&dir.path().join(format!("{k}.dcm")), "1.2.3.4", k, z);
+    }
+    let series = NiftiVolume::from_volume(read_series(dir.path()).unwrap());
+    let labels: Vec<u8> = (0..COLUMNS * ROWS * 3).map(|i| (i % 2) as u8).collect();
+    let out = tempfile::tempdir().unwrap();
+    let path = out.path().join("seg.nii.gz");
+    write_labels(&path, &labels, &series).unwrap();
+    let back = read(&path).unwrap();
+    assert_eq!(back.volume.dims, [COLUMNS, ROWS, 3]);
+    assert_eq!(back.volume.spacing, [0.75, 0.5, 2.5]);
+    assert_eq!(back.volume.affine, series.volume.affine);
+    assert_eq!(
+        back.volume.data,
+        labels.iter().map(|&l| l as f32).collect::<Vec<_>>()
+    );
+}
