@@ -38,7 +38,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         (Some(i), _) => format!("{i:?} (--window)"),
         (None, Some(m)) => format!(
             "{:?} (modality `{m}` in dataset.json)",
-            Intensity::choose(Some(m), &empty()).0
+            Intensity::for_modality(m).0
         ),
         (None, None) => "chosen per volume from its values".to_string(),
     };
@@ -103,14 +103,4 @@ fn class_names(ds: &Decathlon, labels: &LabelMap, remapped: bool) -> Vec<String>
             from_json.unwrap_or_else(|| format!("class {c}"))
         })
         .collect()
-}
-
-/// A volume with no voxels, for naming the modality's default intensity.
-fn empty() -> crate::io::Volume {
-    crate::io::Volume {
-        dims: [0, 0, 0],
-        data: vec![],
-        spacing: [1.0; 3],
-        affine: [[0.0; 4]; 4],
-    }
 }

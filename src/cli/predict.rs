@@ -80,11 +80,6 @@ pub fn parse_box(s: &str) -> Result<[f32; 4], String> {
     }
 }
 
-/// Points and boxes must lie on the image (see `UserPrompt::check_inside`).
-pub fn check_prompt(prompt: &UserPrompt, w: usize, h: usize) -> Result<()> {
-    prompt.check_inside(w, h)
-}
-
 pub fn run(args: &PredictArgs) -> Result<()> {
     let device = super::default_device()?;
     let loaded = args.model.load(&device)?;
@@ -127,7 +122,7 @@ pub fn predict_and_write(
     files: &Outputs,
 ) -> Result<Prediction> {
     let (w, h) = (img.width() as usize, img.height() as usize);
-    check_prompt(prompt, w, h)?;
+    prompt.check_inside(w, h)?;
     let mut predictor = Predictor::new(sam);
     predictor.set_image(img)?;
     let mut preds = predictor.predict_selected(std::slice::from_ref(prompt), selection)?;

@@ -69,17 +69,7 @@ impl Intensity {
     /// choice and why, to print and record.
     pub fn choose(modality: Option<&str>, vol: &Volume) -> (Self, String) {
         if let Some(m) = modality {
-            return if m.trim().eq_ignore_ascii_case("ct") {
-                (
-                    Self::CT,
-                    format!("modality `{m}` in dataset.json: CT abdomen window"),
-                )
-            } else {
-                (
-                    Self::MRI,
-                    format!("modality `{m}` in dataset.json: MRI percentile scaling"),
-                )
-            };
+            return Self::for_modality(m);
         }
         let (min, _) = vol.min_max();
         if min < CT_MINIMUM {
@@ -91,6 +81,21 @@ impl Intensity {
                 "no modality given and minimum {min} >= {CT_MINIMUM}: MRI percentile scaling"
             );
             (Self::MRI, why)
+        }
+    }
+
+    /// The default for a modality named in dataset.json (`CT`, else MRI scaling), and why.
+    pub fn for_modality(m: &str) -> (Self, String) {
+        if m.trim().eq_ignore_ascii_case("ct") {
+            (
+                Self::CT,
+                format!("modality `{m}` in dataset.json: CT abdomen window"),
+            )
+        } else {
+            (
+                Self::MRI,
+                format!("modality `{m}` in dataset.json: MRI percentile scaling"),
+            )
         }
     }
 

@@ -10,7 +10,10 @@
 //! graph nodes, each with its own zero-filled gradient accumulator.
 
 use super::simd::gelu_in_place;
-use super::{affine_operands, gemm_into, grad_like, par_filled, storage_slice, with_slice, Mat};
+use super::{
+    affine_operands, gemm_into, grad_like, par_filled, storage_slice, with_opt_slice, with_slice,
+    Mat,
+};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
@@ -126,9 +129,8 @@ impl CustomOp1 for FrozenLinear {
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
         let x = storage_slice(storage, layout, "frozen-linear")?;
         let dims = self.weight.dims2()?;
-        let y = with_slice(&self.weight, |w| match &self.bias {
-            Some(b) => with_slice(b, |b| Ok(forward(x, w, Some(b), dims))),
-            None => Ok(forward(x, w, None, dims)),
+        let y = with_slice(&self.weight, |w| {
+            with_opt_slice(self.bias.as_ref(), |b| Ok(forward(x, w, b, dims)))
         })?;
         Ok((CpuStorage::F32(y), out_shape(layout, dims.0)))
     }

@@ -31,6 +31,17 @@ pub fn with_slice<R>(t: &Tensor, f: impl FnOnce(&[f32]) -> Result<R>) -> Result<
     f(&cpu.as_slice::<f32>()?[o1..o2])
 }
 
+/// `with_slice` for an optional tensor.
+pub fn with_opt_slice<R>(
+    t: Option<&Tensor>,
+    f: impl FnOnce(Option<&[f32]>) -> Result<R>,
+) -> Result<R> {
+    match t {
+        Some(t) => with_slice(t, |s| f(Some(s))),
+        None => f(None),
+    }
+}
+
 /// The f32 slice of a contiguous CPU storage, as custom ops receive their inputs.
 pub(crate) fn storage_slice<'a>(
     storage: &'a candle_core::CpuStorage,

@@ -4,7 +4,7 @@
 //! input, the same maths is written with differentiable primitive ops instead (candle's
 //! fused layer-norm and softmax have no backward).
 
-use crate::kernels::with_slice;
+use crate::kernels::{with_opt_slice, with_slice};
 use crate::params::Params;
 use candle_core::{DType, Result, Tensor, D};
 
@@ -96,17 +96,11 @@ impl Linear {
             }
             let y = with_slice(&x, |xs| {
                 with_slice(&w, |ws| {
-                    let run = |b: Option<&[f32]>, r: Option<&[f32]>| {
-                        Ok(affine_rows(xs, ws, b, r, (out_dim, in_dim), act))
-                    };
-                    match (&b, &r) {
-                        (Some(b), Some(r)) => {
-                            with_slice(b, |b| with_slice(r, |r| run(Some(b), Some(r))))
-                        }
-                        (Some(b), None) => with_slice(b, |b| run(Some(b), None)),
-                        (None, Some(r)) => with_slice(r, |r| run(None, Some(r))),
-                        (None, None) => run(None, None),
-                    }
+                    with_opt_slice(b.as_ref(), |b| {
+                        with_opt_slice(r.as_ref(), |r| {
+                            Ok(affine_rows(xs, ws, b, r, (out_dim, in_dim), act))
+                        })
+                    })
                 })
             })?;
             let mut dims = x.dims().to_vec();
@@ -325,13 +319,11 @@ impl PatchConv {
 }
 
 /// ConvTranspose2d with kernel 2 and stride 2 on channels-last maps: each input pixel
-/// becomes a 2x2 block, so it is one matmul and a pixel shuffle. The weight columns are
-/// ordered (i, j, Cout) so that the shuffle moves contiguous runs of 2*Cout values.
+/// becomes a 2x2 block, so it is one Linear to 4*Cout values ordered (i, j, Cout) and a
+/// pixel shuffle that moves contiguous runs of 2*Cout values.
 #[derive(Debug, Clone)]
 pub struct UpConv2x2 {
-    /// (Cin, 4*Cout) weight with the repeated bias as its last row: (Cin + 1, 4*Cout).
-    pub weight_bias: Derived,
-    /// The same weight as (4*Cout, Cin) rows, then the 4*Cout biases, for the fused path.
+    /// The weight as (4*Cout, Cin) rows, ordered (i, j, Cout), then the 4*Cout biases.
     pub rows_bias: Derived,
     pub cout: usize,
 }
@@ -340,67 +332,39 @@ impl UpConv2x2 {
     pub fn load(p: &Params, cin: usize, cout: usize) -> Result<Self> {
         let weight = p.get("weight", &[cin, cout, 2, 2])?;
         let bias = p.get("bias", &[cout])?;
-        let weight_bias = Derived::new(vec![weight.clone(), bias.clone()], |t| {
-            let [w, b] = t else {
-                candle_core::bail!("UpConv2x2 takes a weight and a bias");
-            };
-            let (cin, cout) = (w.dim(0)?, w.dim(1)?);
-            // PyTorch layout (Cin, Cout, 2, 2) -> (Cin, 2, 2, Cout) -> (Cin, 4*Cout).
-            let w = w
-                .permute((0, 2, 3, 1))?
-                .contiguous()?
-                .reshape((cin, 4 * cout))?;
-            Tensor::cat(&[w, b.repeat(4)?.unsqueeze(0)?], 0)
-        })?;
         let rows_bias = Derived::new(vec![weight, bias], |t| {
             let [w, b] = t else {
                 candle_core::bail!("UpConv2x2 takes a weight and a bias");
             };
-            // (Cin, Cout, 2, 2) -> (2, 2, Cout, Cin), flat, then the biases.
+            // PyTorch layout (Cin, Cout, 2, 2) -> (2, 2, Cout, Cin), flat, then the biases.
             let w = w.permute((2, 3, 1, 0))?.contiguous()?.flatten_all()?;
             Tensor::cat(&[w, b.repeat(4)?], 0)
         })?;
-        Ok(Self {
-            weight_bias,
-            rows_bias,
-            cout,
-        })
+        Ok(Self { rows_bias, cout })
     }
 
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
         self.forward_act(x, crate::kernels::linear::Epilogue::None)
     }
 
-    /// The transposed conv followed by `act`, in one matmul pass and one shuffle copy when
-    /// nothing needs a gradient.
+    /// The transposed conv followed by `act`: one fused matmul pass and one shuffle copy
+    /// when nothing needs a gradient, graph ops otherwise.
     pub fn forward_act(&self, x: &Tensor, act: crate::kernels::linear::Epilogue) -> Result<Tensor> {
-        use crate::kernels::linear::Epilogue;
         let (b, h, w, cin) = x.dims4()?;
         let rb = self.rows_bias.get()?;
-        if is_cpu_f32(x) && !needs_grad(&[x, &rb]) {
-            let out4 = 4 * self.cout;
-            let weight = rb.narrow(0, 0, out4 * cin)?.reshape((out4, cin))?;
-            let linear = Linear {
-                weight,
-                bias: Some(rb.narrow(0, out4 * cin, out4)?),
-            };
-            let y = linear.forward_act(x, None, act)?;
+        let out4 = 4 * self.cout;
+        let linear = Linear {
+            weight: rb.narrow(0, 0, out4 * cin)?.reshape((out4, cin))?,
+            bias: Some(rb.narrow(0, out4 * cin, out4)?),
+        };
+        let y = linear.forward_act(x, None, act)?;
+        if is_cpu_f32(x) && !needs_grad(&[&y]) {
             return pixel_shuffle(&y, self.cout);
         }
-        let wb = self.weight_bias.get()?;
-        let y = x
-            .contiguous()?
-            .reshape((b * h * w, cin))?
-            .matmul(&wb.narrow(0, 0, cin)?)?
-            .broadcast_add(&wb.narrow(0, cin, 1)?)?
-            .reshape((b, h, w, 2, 2 * self.cout))?
+        y.reshape((b, h, w, 2, 2 * self.cout))?
             .permute((0, 1, 3, 2, 4))?
             .contiguous()?
-            .reshape((b, 2 * h, 2 * w, self.cout))?;
-        match act {
-            Epilogue::Gelu => gelu(&y),
-            Epilogue::None => Ok(y),
-        }
+            .reshape((b, 2 * h, 2 * w, self.cout))
     }
 }
 
