@@ -5,7 +5,11 @@
 /// to the kernel and maps fresh zeroed pages for the next one; a profile of a training step
 /// showed a quarter of the time in page clearing and TLB shootdowns. Keeping freed memory in
 /// the heap lets the next tensor reuse it.
+/// glibc's own MALLOC_MMAP_THRESHOLD_ variable, when set, wins.
 fn keep_freed_memory() {
+    if std::env::var_os("MALLOC_MMAP_THRESHOLD_").is_some() {
+        return;
+    }
     #[cfg(all(target_os = "linux", target_env = "gnu"))]
     // SAFETY: mallopt only changes allocator tuning; called before any threads start.
     unsafe {

@@ -41,6 +41,10 @@ pub struct BenchArgs {
     /// `msa train --train all`.
     #[arg(long)]
     pub full: bool,
+    /// Slices per volume chunk: depth adapters in every block and the encoder's depth
+    /// branch on (encoder: one chunk of D slices; train-step: --batch must be a multiple).
+    #[arg(long)]
+    pub depth: Option<usize>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -64,7 +68,10 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return report(args, &cfg, &timings, &device);
     }
     let params = Params::new(Source::Random { std: 0.02 }, &device);
-    let sam = Sam::load(&params, &cfg)?;
+    let sam = match args.depth {
+        Some(d) => Sam::load_adapted(&params, &cfg, &depth_adapters(d, false))?,
+        None => Sam::load(&params, &cfg)?,
+    };
     let times = match args.part {
         Part::Encoder => time_encoder(&sam, args.runs, &device)?,
         Part::Decoder => time_decoder(&sam, args.runs, &device, true)?,
@@ -100,11 +107,28 @@ fn time_runs(runs: usize, device: &Device, mut f: impl FnMut() -> Result<()>) ->
         .collect()
 }
 
+/// Space, MLP and Depth adapters in every encoder block (PyTorch init, so that every
+/// branch computes), for chunks of d slices.
+fn depth_adapters(d: usize, decoder: bool) -> crate::model::AdapterConfig {
+    crate::model::AdapterConfig {
+        depth: true,
+        depth_chunk: d,
+        decoder,
+        init: crate::model::AdapterInit::Torch,
+        ..Default::default()
+    }
+}
+
+/// One image, or with depth adapters one chunk of D slices.
 fn time_encoder(sam: &Sam, runs: usize, device: &Device) -> Result<Vec<f64>> {
     let s = sam.config.img_size;
-    let x = Tensor::randn(0f32, 1f32, (1, 3, s, s), device)?;
+    let n = sam.depth_chunk().unwrap_or(1);
+    let x = Tensor::randn(0f32, 1f32, (n, 3, s, s), device)?;
     time_runs(runs, device, || {
-        sam.encode(&x)?;
+        match sam.depth_chunk() {
+            Some(d) => sam.encode_chunks(&x, d)?,
+            None => sam.encode(&x)?,
+        };
         Ok(())
     })
 }
@@ -150,6 +174,15 @@ fn time_train_step(
     let random = Source::Random { std: 0.02 };
     let (params, ad) = if args.full {
         (Params::train_all(random, device, 0), AdapterConfig::none())
+    } else if let Some(d) = args.depth {
+        if d == 0 || !args.batch.is_multiple_of(d) {
+            anyhow::bail!(
+                "--batch {} is not a whole number of --depth {d} chunks",
+                args.batch
+            );
+        }
+        let ad = depth_adapters(d, args.decoder_adapters);
+        (Params::with_options(random, device, true, 0), ad)
     } else {
         let ad = AdapterConfig {
             decoder: args.decoder_adapters,
@@ -175,7 +208,10 @@ fn time_train_step(
     let mut adam = crate::train::optim::Adam::default();
     let times = time_runs(args.runs, device, || {
         let t0 = Instant::now();
-        let emb = sam.encode(&x)?;
+        let emb = match args.depth {
+            Some(d) => sam.encode_chunks(&x, d)?,
+            None => sam.encode(&x)?,
+        };
         let out = sam.decode(&emb, &prompts)?;
         let (low, _) = out.select(MaskSelection::Classes(1))?;
         let logits = crate::resize::bilinear(&low, s, s)?;
@@ -244,6 +280,7 @@ fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Re
             "device": device_name,
             "threads": rayon::current_num_threads(),
             "batch": args.batch,
+            "depth": args.depth,
             "full": args.full,
             "trainable": t.trainable,
             "uncached_median_ms": uncached.map(|u| u.0),

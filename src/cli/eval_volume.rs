@@ -32,7 +32,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         Some(s) => LabelMap::parse(s)?,
         None => LabelMap::identity(&ds.labels)?,
     };
-    let class_names = class_names(&ds, &labels, args.labels.is_some());
+    let class_names = ds.class_names(&labels, args.labels.is_some());
     let intensity = args.window.as_deref().map(Intensity::parse).transpose()?;
     let how = match (&intensity, &ds.modality) {
         (Some(i), _) => format!("{i:?} (--window)"),
@@ -91,16 +91,4 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         args.out.display()
     );
     Ok(())
-}
-
-/// Names for classes 1..: dataset.json's for an identity map, else the label values.
-fn class_names(ds: &Decathlon, labels: &LabelMap, remapped: bool) -> Vec<String> {
-    (1..=labels.classes())
-        .map(|c| {
-            let from_json = (!remapped)
-                .then(|| ds.labels.values().nth(c - 1).cloned())
-                .flatten();
-            from_json.unwrap_or_else(|| format!("class {c}"))
-        })
-        .collect()
 }

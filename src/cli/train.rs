@@ -4,7 +4,7 @@ use crate::data::layout::DatasetKind;
 use crate::data::prompts::PromptKind;
 use crate::model::AdapterInit;
 use crate::train::config::{TrainConfig, TrainMode};
-use anyhow::{Context, Result};
+use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -63,6 +63,26 @@ pub struct TrainArgs {
     /// Only the first N training and validation cases (a quick trial).
     #[arg(long)]
     pub limit: Option<usize>,
+    /// Volumes (--dataset decathlon): train depth adapters on chunks of --chunk slices.
+    #[arg(long = "3d")]
+    pub three_d: bool,
+    /// Consecutive slices per chunk that the depth adapters attend across.
+    #[arg(long)]
+    pub chunk: Option<usize>,
+    /// Volumes: chunks drawn per volume and epoch (default: enough to cover its labelled
+    /// slices once on average).
+    #[arg(long)]
+    pub chunks_per_case: Option<usize>,
+    /// Volumes: label values that become classes, `1,2,6` or a JSON map `{"6": 1, "7": 1}`.
+    #[arg(long)]
+    pub labels: Option<String>,
+    /// Volumes: intensity scaling, `LO,HI` (CT window), a preset (`abdomen`, `lung`, ...)
+    /// or `percentiles`; default from dataset.json's modality, else from the values.
+    #[arg(long)]
+    pub window: Option<String>,
+    /// Volumes: hold the last N cases (sorted by id) out of training and validation.
+    #[arg(long)]
+    pub holdout: Option<usize>,
 }
 
 impl TrainArgs {
@@ -100,8 +120,24 @@ impl TrainArgs {
             seed,
             workers,
             adapter_init,
-            adapter_ratio
+            adapter_ratio,
+            chunk,
+            chunks_per_case,
+            holdout
         );
+        if self.labels.is_some() {
+            c.labels = self.labels.clone();
+        }
+        if self.window.is_some() {
+            c.window = self.window.clone();
+        }
+        if self.three_d && !c.three_d && self.batch_size.is_none() {
+            c.batch_size = 1; // a chunk of D slices is already a batch of D images
+        }
+        c.three_d |= self.three_d;
+        if c.three_d && c.dataset != DatasetKind::Decathlon {
+            bail!("--3d trains on volumes: pass --dataset decathlon");
+        }
         if self.config.is_some() {
             c.config = self.config.clone();
         }

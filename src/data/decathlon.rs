@@ -86,6 +86,19 @@ impl Decathlon {
         })
     }
 
+    /// Names of the classes `labels` makes: dataset.json's names, unless the labels were
+    /// remapped (then `class N`).
+    pub fn class_names(&self, labels: &LabelMap, remapped: bool) -> Vec<String> {
+        (1..=labels.classes())
+            .map(|c| {
+                let from_json = (!remapped)
+                    .then(|| self.labels.values().nth(c - 1).cloned())
+                    .flatten();
+                from_json.unwrap_or_else(|| format!("class {c}"))
+            })
+            .collect()
+    }
+
     /// The training cases without the last `holdout`, and those last ones (sorted by id).
     pub fn holdout(&self, holdout: usize) -> (Vec<VolumeCase>, Vec<VolumeCase>) {
         let mut all = self.training.clone();

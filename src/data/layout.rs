@@ -17,7 +17,7 @@ pub enum DatasetKind {
     /// REFUGE fundus images with several raters' disc and cup masks.
     Refuge,
     /// Volumes in the Medical Segmentation Decathlon layout (BTCV too): `dataset.json`,
-    /// `imagesTr/`, `labelsTr/` (NIfTI). `msa eval` only, so far.
+    /// `imagesTr/`, `labelsTr/` (NIfTI); `msa train --3d`, `msa eval`.
     Decathlon,
 }
 
@@ -72,7 +72,7 @@ pub fn discover(kind: DatasetKind, dir: &Path, seed: u64, val_fraction: f64) -> 
         DatasetKind::Isic => isic(dir, seed, val_fraction),
         DatasetKind::Refuge => refuge(dir, seed, val_fraction),
         DatasetKind::Decathlon => bail!(
-            "{}: Decathlon volumes work with `msa eval --dataset decathlon`; training on volumes is not there yet",
+            "{}: Decathlon volumes train with `msa train --dataset decathlon --3d` and evaluate with `msa eval --dataset decathlon`",
             dir.display()
         ),
     }

@@ -1,5 +1,6 @@
 //! Data: dataset layouts, samples, prompts, transforms and the batch loader.
 
+pub mod chunks;
 pub mod decathlon;
 pub mod layout;
 pub mod prompts;

@@ -216,3 +216,101 @@ pub fn write_refuge_dataset(
         })
         .collect()
 }
+
+/// A generated volume case: a bright ellipsoid (class 1) and a dimmer ball (class 2) in a
+/// speckled background, MRI-like values; (image values x-fastest, classes per voxel).
+pub fn blob_volume(dims: [usize; 3], seed: u64) -> (Vec<f32>, Vec<u8>) {
+    let [nx, ny, nz] = dims;
+    let mut rng = SplitMix(seed);
+    let f = |n: usize, lo: f64, span: f64, r: &mut SplitMix| n as f64 * (lo + span * r.uniform());
+    let c1 = [
+        f(nx, 0.25, 0.1, &mut rng),
+        f(ny, 0.35, 0.3, &mut rng),
+        f(nz, 0.4, 0.2, &mut rng),
+    ];
+    let r1 = [
+        f(nx, 0.16, 0.06, &mut rng),
+        f(ny, 0.2, 0.08, &mut rng),
+        f(nz, 0.25, 0.1, &mut rng),
+    ];
+    let c2 = [
+        f(nx, 0.7, 0.08, &mut rng),
+        f(ny, 0.35, 0.3, &mut rng),
+        f(nz, 0.4, 0.2, &mut rng),
+    ];
+    let r2 = nx.min(ny) as f64 * (0.15 + 0.05 * rng.uniform());
+    let mut values = Vec::with_capacity(nx * ny * nz);
+    let mut classes = Vec::with_capacity(nx * ny * nz);
+    for k in 0..nz {
+        for y in 0..ny {
+            for x in 0..nx {
+                let p = [x as f64 + 0.5, y as f64 + 0.5, k as f64 + 0.5];
+                let e: f64 = (0..3).map(|i| ((p[i] - c1[i]) / r1[i]).powi(2)).sum();
+                let b: f64 = (0..2).map(|i| ((p[i] - c2[i]) / r2).powi(2)).sum::<f64>()
+                    + ((p[2] - c2[2]) / (nz as f64 * 0.3)).powi(2);
+                let noise = rng.uniform() as f32 * 60.0;
+                let (class, v) = if e <= 1.0 {
+                    (1, 700.0 + noise)
+                } else if b <= 1.0 {
+                    (2, 420.0 + noise)
+                } else {
+                    (0, 80.0 + 2.0 * noise)
+                };
+                classes.push(class);
+                values.push(v);
+            }
+        }
+    }
+    (values, classes)
+}
+
+/// Writes `n` generated volume cases in the Decathlon layout (`imagesTr/`, `labelsTr/`,
+/// `dataset.json` with modality MRI and labels 1 `bright`, 2 `dim`); returns the ids.
+pub fn write_decathlon_dataset(
+    dir: &std::path::Path,
+    n: usize,
+    dims: [usize; 3],
+    spacing: [f32; 3],
+    seed: u64,
+) -> anyhow::Result<Vec<String>> {
+    use crate::io::nifti::{write_image, write_labels, NiftiVolume};
+    use crate::io::Volume;
+    std::fs::create_dir_all(dir.join("imagesTr"))?;
+    std::fs::create_dir_all(dir.join("labelsTr"))?;
+    let mut affine = [[0f32; 4]; 4];
+    for i in 0..3 {
+        affine[i][i] = spacing[i];
+    }
+    affine[3][3] = 1.0;
+    let mut training = vec![];
+    let mut ids = vec![];
+    for i in 0..n {
+        let id = format!("blob_{i:03}");
+        let (data, classes) = blob_volume(dims, seed.wrapping_add(i as u64 * 7919));
+        let image = NiftiVolume::from_volume(Volume {
+            dims,
+            data,
+            spacing,
+            affine,
+        });
+        write_image(&dir.join(format!("imagesTr/{id}.nii.gz")), &image)?;
+        write_labels(&dir.join(format!("labelsTr/{id}.nii.gz")), &classes, &image)?;
+        training.push(serde_json::json!({
+            "image": format!("./imagesTr/{id}.nii.gz"),
+            "label": format!("./labelsTr/{id}.nii.gz"),
+        }));
+        ids.push(id);
+    }
+    let json = serde_json::json!({
+        "name": "generated blobs",
+        "modality": {"0": "MRI"},
+        "labels": {"0": "background", "1": "bright", "2": "dim"},
+        "numTraining": n,
+        "training": training,
+    });
+    std::fs::write(
+        dir.join("dataset.json"),
+        serde_json::to_string_pretty(&json)?,
+    )?;
+    Ok(ids)
+}

@@ -75,6 +75,22 @@ pub fn resize_mask_nearest(
         .collect()
 }
 
+/// A mask (h x w) resized as its image was, to the unpadded `input_size` (nh, nw), and
+/// placed top-left in an S x S frame of {0, 1}.
+pub fn mask_in_frame(
+    mask: &[bool],
+    (h, w): (usize, usize),
+    (nh, nw): (usize, usize),
+    s: usize,
+) -> (Vec<bool>, Vec<f32>) {
+    let small = resize_mask_nearest(mask, (h, w), (nh, nw));
+    let mut frame = vec![0f32; s * s];
+    for (i, &v) in small.iter().enumerate() {
+        frame[(i / nw) * s + i % nw] = v as u8 as f32;
+    }
+    (small, frame)
+}
+
 /// The backbone's preprocessing (longest side to S, normalise, pad); masks likewise; prompt
 /// from the union of the class masks. None when the resized target is empty.
 pub fn prepare(
@@ -84,21 +100,17 @@ pub fn prepare(
     rng: &mut SplitMix,
 ) -> Option<Prepared> {
     let s = cfg.img_size;
-    let (h, w) = sample.size();
     let prepared = model_input(&sample.image, cfg);
     let (nh, nw) = prepared.input_size;
-    let small: Vec<Vec<bool>> = sample
-        .masks
-        .iter()
-        .map(|m| resize_mask_nearest(m, (h, w), (nh, nw)))
-        .collect();
-    let mut masks = vec![0f32; small.len() * s * s];
-    for (k, m) in small.iter().enumerate() {
-        for (i, &v) in m.iter().enumerate() {
-            masks[k * s * s + (i / nw) * s + i % nw] = v as u8 as f32;
+    let mut masks = Vec::with_capacity(sample.masks.len() * s * s);
+    let mut union = vec![false; nh * nw];
+    for m in &sample.masks {
+        let (small, frame) = mask_in_frame(m, sample.size(), (nh, nw), s);
+        masks.extend(frame);
+        for (u, v) in union.iter_mut().zip(small) {
+            *u |= v;
         }
     }
-    let union: Vec<bool> = (0..nh * nw).map(|i| small.iter().any(|m| m[i])).collect();
     let prompt = from_mask(&union, nw, nh, kind, rng)?;
     Some(Prepared {
         id: sample.id.clone(),

@@ -109,10 +109,12 @@ impl<'a> Predictor<'a> {
             Ok(sam.encode(&x)?)
         };
         let features = fetch(&mut encode)?;
-        self.set_features(features, input.input_size, original)
+        self.set_embedding(features, input.input_size, original)
     }
 
-    fn set_features(
+    /// An image embedding (1, C, G, G) computed elsewhere (a volume's chunk, a cache), for
+    /// an input whose unpadded part is `input_size` of an `original_size` image.
+    pub fn set_embedding(
         &mut self,
         features: Tensor,
         input_size: (usize, usize),
@@ -140,7 +142,7 @@ impl<'a> Predictor<'a> {
         original_size: (usize, usize),
     ) -> Result<()> {
         let features = self.sam.encode(x)?;
-        self.set_features(features, input_size, original_size)
+        self.set_embedding(features, input_size, original_size)
     }
 
     pub fn features(&self) -> Option<&Tensor> {

@@ -5,7 +5,9 @@ use super::predictor::{Predictor, UserPrompt};
 use crate::io::image::overlay;
 use crate::io::{Intensity, Volume};
 use crate::model::Sam;
+use crate::preprocess::model_input;
 use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
 use image::RgbImage;
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -137,8 +139,9 @@ pub fn class_overlay(vol: &Volume, k: usize, range: (f32, f32), classes: &[u8]) 
 }
 
 /// Labels for every voxel (x-fastest, 0 where nothing was prompted or found). Each
-/// prompted slice is encoded once; classes are decoded in label order, a later class
-/// taking the voxels its mask shares with an earlier one. `done(n)` reports progress.
+/// prompted slice is encoded once, alone, or within its chunk of consecutive slices when
+/// the model has depth adapters; classes are decoded in label order, a later class taking
+/// the voxels its mask shares with an earlier one. `done(n)` reports prompted slices done.
 pub fn segment_volume(
     sam: &Sam,
     vol: &Volume,
@@ -146,31 +149,143 @@ pub fn segment_volume(
     prompts: &BTreeMap<usize, SlicePrompts>,
     mut done: impl FnMut(usize),
 ) -> Result<Vec<u8>> {
-    let [nx, ny, _] = vol.dims;
+    let [nx, ny, nz] = vol.dims;
+    if let Some(&k) = prompts.keys().find(|&&k| k >= nz) {
+        bail!("prompts for slice {k}, but the volume has {nz} slices");
+    }
     let mut labels = vec![0u8; vol.data.len()];
     let mut predictor = Predictor::new(sam);
-    for (n, (&k, slice_prompts)) in prompts.iter().enumerate() {
-        predictor.set_image(&slice_image(vol, k, range))?;
-        let out = &mut labels[k * nx * ny..(k + 1) * nx * ny];
-        for (label, prompt) in slice_prompts {
-            prompt
-                .check_inside(nx, ny)
-                .with_context(|| format!("slice {k}, class {label}"))?;
-            let mask = predictor.predict(prompt, false)?.binary_mask(0)?;
-            for (o, m) in out.iter_mut().zip(mask) {
-                if m {
-                    *o = *label;
+    let mut n = 0;
+    let d = sam.depth_chunk().unwrap_or(1);
+    for chunk in chunk_plan(nz, d) {
+        let wanted: Vec<usize> = chunk
+            .owned
+            .clone()
+            .filter(|k| prompts.contains_key(k))
+            .collect();
+        if wanted.is_empty() {
+            continue;
+        }
+        let embeddings = encode_chunk(sam, vol, range, &chunk.slices)?;
+        for k in wanted {
+            let i = k - chunk.start;
+            predictor.set_embedding(
+                embeddings.features.narrow(0, i, 1)?,
+                embeddings.input_size,
+                (ny, nx),
+            )?;
+            let out = &mut labels[k * nx * ny..(k + 1) * nx * ny];
+            for (label, prompt) in &prompts[&k] {
+                prompt
+                    .check_inside(nx, ny)
+                    .with_context(|| format!("slice {k}, class {label}"))?;
+                let mask = predictor.predict(prompt, false)?.binary_mask(0)?;
+                for (o, m) in out.iter_mut().zip(mask) {
+                    if m {
+                        *o = *label;
+                    }
                 }
             }
+            n += 1;
+            done(n);
         }
-        done(n + 1);
     }
     Ok(labels)
+}
+
+/// d consecutive slices that are encoded together.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Chunk {
+    pub start: usize,
+    /// The d slice indices (a volume shorter than d repeats its last slice).
+    pub slices: Vec<usize>,
+    /// The slices this chunk is used for: those no earlier chunk covers.
+    pub owned: std::ops::Range<usize>,
+}
+
+/// Chunks of d consecutive slices covering 0..nz. The last chunk ends at the last slice,
+/// overlapping the one before it.
+pub fn chunk_plan(nz: usize, d: usize) -> Vec<Chunk> {
+    let d = d.max(1);
+    let mut plan: Vec<Chunk> = vec![];
+    let mut covered = 0;
+    while covered < nz {
+        let start = covered.min(nz.saturating_sub(d));
+        let end = (start + d).min(nz);
+        plan.push(Chunk {
+            start,
+            slices: chunk_slices(start, d, nz),
+            owned: covered..end,
+        });
+        covered = end;
+    }
+    plan
+}
+
+/// The d slice indices of a chunk starting at `start`, clamped to the volume.
+pub fn chunk_slices(start: usize, d: usize, nz: usize) -> Vec<usize> {
+    (start..start + d)
+        .map(|k| k.min(nz.saturating_sub(1)))
+        .collect()
+}
+
+/// Embeddings of some slices of a volume, with the input size they share.
+pub struct SliceEmbeddings {
+    pub features: Tensor,
+    pub input_size: (usize, usize),
+}
+
+/// Encodes `slices` of `vol` together: as one depth chunk when the model has depth
+/// adapters (slices.len() must then be its chunk), else each slice alone.
+pub fn encode_chunk(
+    sam: &Sam,
+    vol: &Volume,
+    range: (f32, f32),
+    slices: &[usize],
+) -> Result<SliceEmbeddings> {
+    let s = sam.config.img_size;
+    let mut data = Vec::with_capacity(slices.len() * 3 * s * s);
+    let mut input_size = (0, 0);
+    for &k in slices {
+        let input = model_input(&slice_image(vol, k, range), &sam.config);
+        input_size = input.input_size;
+        data.extend(input.data);
+    }
+    let x = Tensor::from_vec(data, (slices.len(), 3, s, s), sam.device())?;
+    let features = match sam.depth_chunk() {
+        Some(d) => sam.encode_chunks(&x, d)?,
+        None => {
+            let each = (0..slices.len())
+                .map(|i| sam.encode(&x.narrow(0, i, 1)?))
+                .collect::<candle_core::Result<Vec<_>>>()?;
+            Tensor::cat(&each, 0)?
+        }
+    };
+    Ok(SliceEmbeddings {
+        features,
+        input_size,
+    })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn chunk_plans_cover_every_slice_once() {
+        let plan = chunk_plan(10, 4);
+        let starts: Vec<usize> = plan.iter().map(|c| c.start).collect();
+        assert_eq!(starts, [0, 4, 6]);
+        assert_eq!(plan[2].slices, [6, 7, 8, 9]);
+        assert_eq!(plan[2].owned, 8..10);
+        let owned: Vec<usize> = plan.iter().flat_map(|c| c.owned.clone()).collect();
+        assert_eq!(owned, (0..10).collect::<Vec<_>>());
+        let short = chunk_plan(3, 4);
+        assert_eq!(short.len(), 1);
+        assert_eq!(short[0].slices, [0, 1, 2, 2]);
+        assert_eq!(short[0].owned, 0..3);
+        assert_eq!(chunk_plan(8, 1).len(), 8);
+    }
 
     #[test]
     fn a_3d_box_reaches_its_slices_and_slice_boxes_win() {

@@ -174,19 +174,32 @@ fn volume_dims(path: &Path, header: &NiftiHeader) -> Result<[usize; 3]> {
 /// spacing from its header), through a temporary file and a rename. `labels` is x-fastest
 /// like `Volume::data`.
 pub fn write_labels(path: &Path, labels: &[u8], like: &NiftiVolume) -> Result<()> {
+    write_on_grid(path, labels.to_vec(), like)
+}
+
+/// Writes a volume's values as float32 with its header's geometry (temporary file, rename).
+pub fn write_image(path: &Path, image: &NiftiVolume) -> Result<()> {
+    write_on_grid(path, image.volume.data.clone(), image)
+}
+
+fn write_on_grid<T>(path: &Path, values: Vec<T>, like: &NiftiVolume) -> Result<()>
+where
+    T: nifti::DataElement + bytemuck::Pod,
+{
     let [nx, ny, nz] = like.volume.dims;
-    if labels.len() != nx * ny * nz {
+    if values.len() != nx * ny * nz {
         bail!(
-            "{}: {} labels for a {nx} x {ny} x {nz} volume",
+            "{}: {} values for a {nx} x {ny} x {nz} volume",
             path.display(),
-            labels.len()
+            values.len()
         );
     }
-    let array = ndarray::Array::from_shape_vec((nx, ny, nz).f(), labels.to_vec())
-        .context("label volume shape")?;
+    let array = ndarray::Array::from_shape_vec((nx, ny, nz).f(), values).context("volume shape")?;
     let mut header = like.header.clone();
     header.cal_min = 0.0;
     header.cal_max = 0.0;
+    header.scl_slope = 1.0;
+    header.scl_inter = 0.0;
     let tmp = partial_path(path);
     nifti::writer::WriterOptions::new(&tmp)
         .reference_header(&header)

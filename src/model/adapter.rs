@@ -25,6 +25,9 @@ pub struct AdapterConfig {
     pub encoder: bool,
     /// Depth adapters (3D branch) in every encoder block.
     pub depth: bool,
+    /// Slices per chunk that the depth branch attends across (MSA-SPEC 2.2); volumes are
+    /// encoded this many consecutive slices at a time when `depth` is on.
+    pub depth_chunk: usize,
     /// HyP-Adpt, MLP and image adapters in every two-way transformer layer.
     pub decoder: bool,
     /// LoRA rank on every encoder block's qkv; 0 for none.
@@ -41,6 +44,7 @@ impl Default for AdapterConfig {
         Self {
             encoder: true,
             depth: false,
+            depth_chunk: 8,
             decoder: true,
             lora_rank: 0,
             ratio: 0.25,

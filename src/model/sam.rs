@@ -78,6 +78,19 @@ impl Sam {
         self.image_encoder.forward(x)
     }
 
+    /// (V * D, 3, S, S), V volumes of D consecutive slices -> embeddings per slice, the
+    /// encoder's depth branch attending across each volume's D slices (MSA-SPEC 2.2).
+    pub fn encode_chunks(&self, x: &Tensor, d: usize) -> Result<Tensor> {
+        self.image_encoder.forward_slices(x, Some(d))
+    }
+
+    /// The chunk length volumes are encoded with: Some(D) when depth adapters are present.
+    pub fn depth_chunk(&self) -> Option<usize> {
+        self.adapters
+            .depth
+            .then_some(self.adapters.depth_chunk.max(1))
+    }
+
     /// Prompt encoder and mask decoder against image embeddings (1 or B images).
     pub fn decode(&self, image_embeddings: &Tensor, prompts: &Prompts) -> Result<DecoderOutput> {
         let (sparse, dense) = self.prompt_encoder.forward(prompts)?;

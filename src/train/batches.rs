@@ -1,12 +1,16 @@
 //! Batches for an epoch, made on worker threads while the model computes.
 
+use crate::data::chunks::{
+    chunks_per_case, draw_start, prepare_chunk, ChunkSpec, PreparedChunk, VolumeItem,
+};
+use crate::data::decathlon::load_case;
 use crate::data::layout::Item;
 use crate::data::prompts::PromptKind;
 use crate::data::sample::load_item;
 use crate::data::synthetic::SplitMix;
 use crate::data::transform::{augment, prepare, Prepared};
 use crate::model::SamConfig;
-use anyhow::Result;
+use anyhow::{Context, Result};
 use rayon::prelude::*;
 use std::sync::mpsc::{sync_channel, Receiver};
 
@@ -61,6 +65,58 @@ pub fn epoch_batches(spec: BatchSpec, epoch: usize) -> Result<Receiver<Result<Ve
             let batch = made.map(|v| v.into_iter().flatten().collect::<Vec<_>>());
             if tx.send(batch).is_err() {
                 return; // the trainer stopped listening
+            }
+        }
+    });
+    Ok(rx)
+}
+
+/// The chunks of one epoch: cases in a seeded order, `chunks_per_case` chunks each, made on
+/// a pool of `workers` threads while the model computes, at most two waiting.
+pub fn epoch_chunks(
+    spec: ChunkSpec,
+    items: Vec<VolumeItem>,
+    epoch: usize,
+    workers: usize,
+) -> Result<Receiver<Result<PreparedChunk>>> {
+    let (tx, rx) = sync_channel(2);
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(workers.max(1))
+        .build()?;
+    std::thread::spawn(move || {
+        let order = epoch_order(items.len(), spec.seed, epoch);
+        for i in order {
+            let item = &items[i];
+            let loaded = load_case(&item.case).with_context(|| format!("case {}", item.case.id));
+            let (image, label) = match loaded {
+                Ok(v) => v,
+                Err(e) => {
+                    let _ = tx.send(Err(e));
+                    return;
+                }
+            };
+            let classes = spec.labels.apply(&label.volume.data);
+            for j in 0..chunks_per_case(item, spec.chunk, spec.chunks_per_case) {
+                let mut rng = SplitMix(
+                    spec.seed
+                        ^ ((epoch as u64) << 40)
+                        ^ ((i as u64) << 16)
+                        ^ (j as u64).wrapping_mul(0xD134_2543_DE82_EF95),
+                );
+                let start = draw_start(item, spec.chunk, spec.target_bias, &mut rng);
+                let chunk = pool.install(|| {
+                    prepare_chunk(
+                        &item.case.id,
+                        &image.volume,
+                        &classes,
+                        start,
+                        &spec,
+                        &mut rng,
+                    )
+                });
+                if tx.send(Ok(chunk)).is_err() {
+                    return; // the trainer stopped listening
+                }
             }
         }
     });

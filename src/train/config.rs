@@ -49,6 +49,28 @@ pub struct TrainConfig {
     /// Only the first N training and validation cases (a quick trial); None for all.
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Volumes (Decathlon layout) in chunks of `chunk` slices, with depth adapters.
+    #[serde(default)]
+    pub three_d: bool,
+    #[serde(default = "default_chunk")]
+    pub chunk: usize,
+    /// Chunks drawn per volume and epoch; 0: enough to cover its labelled slices.
+    #[serde(default)]
+    pub chunks_per_case: usize,
+    /// Label values that become classes (`1,2,6` or a JSON map); None: all in dataset.json.
+    #[serde(default)]
+    pub labels: Option<String>,
+    /// Intensity scaling of volumes (`-160,240`, a CT preset, `percentiles`); None: chosen
+    /// from dataset.json's modality or the values.
+    #[serde(default)]
+    pub window: Option<String>,
+    /// The last N cases (sorted by id) are held out of training and validation.
+    #[serde(default)]
+    pub holdout: usize,
+}
+
+fn default_chunk() -> usize {
+    8
 }
 
 impl TrainConfig {
@@ -78,6 +100,12 @@ impl TrainConfig {
             augment: true,
             samples: 4,
             limit: None,
+            three_d: false,
+            chunk: default_chunk(),
+            chunks_per_case: 0,
+            labels: None,
+            window: None,
+            holdout: 0,
         }
     }
 
@@ -86,6 +114,8 @@ impl TrainConfig {
         let base = AdapterConfig {
             ratio: self.adapter_ratio,
             init: self.adapter_init,
+            depth: self.three_d,
+            depth_chunk: self.chunk,
             ..AdapterConfig::none()
         };
         match self.train {

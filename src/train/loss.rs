@@ -30,3 +30,27 @@ pub fn dice_loss(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
 pub fn dice_ce(logits: &Tensor, target: &Tensor) -> Result<Tensor> {
     dice_loss(logits, target)? + bce_with_logits(logits, target, 1.0)?
 }
+
+/// DiceCE for outputs that each belong to one class (one prompt per class and slice):
+/// logits and target (N, 1, H, W), `classes[i]` the class of row i. Dice is taken per
+/// class over all of its rows, then averaged over the classes present; cross-entropy over
+/// every pixel.
+pub fn dice_ce_by_class(logits: &Tensor, target: &Tensor, classes: &[u8]) -> Result<Tensor> {
+    let mut present: Vec<u8> = classes.to_vec();
+    present.sort_unstable();
+    present.dedup();
+    let dev = logits.device();
+    let mut dice_terms = Vec::with_capacity(present.len());
+    for c in present {
+        let rows: Vec<u32> = (0..classes.len() as u32)
+            .filter(|&i| classes[i as usize] == c)
+            .collect();
+        let idx = Tensor::new(rows.as_slice(), dev)?;
+        dice_terms.push(dice_loss(
+            &logits.index_select(&idx, 0)?,
+            &target.index_select(&idx, 0)?,
+        )?);
+    }
+    let dice = Tensor::stack(&dice_terms, 0)?.mean_all()?;
+    dice + bce_with_logits(logits, target, 1.0)?
+}

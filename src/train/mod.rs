@@ -1,8 +1,11 @@
-//! Training: losses (the loop, schedule and checkpoints come next).
+//! Training: the loop with its run folder, on 2D images or on volumes; losses, optimiser,
+//! batches and curves.
 
 pub mod batches;
 pub mod config;
 pub mod curves;
+mod images;
 pub mod loss;
 pub mod optim;
 pub mod run;
+mod volume;

@@ -1,18 +1,10 @@
 //! The training loop: frozen SAM plus trainable adapters, validation, resumable state,
 //! and everything a run folder holds.
 
-use super::batches::{epoch_batches, BatchSpec};
 use super::config::{TrainConfig, TrainMode};
 use super::curves::{plot, EpochMetrics};
-use super::loss::{bce_with_logits, dice_ce};
 use super::optim::{step_lr, Adam};
-use crate::data::layout::{discover, Splits};
-use crate::data::sample::check_items;
-use crate::data::transform::Prepared;
-use crate::eval::evaluate::{evaluate, summarize, PromptSource};
-use crate::infer::EmbeddingCache;
-use crate::model::{MaskSelection, Prompts, Sam, SamConfig};
-use crate::resize::bilinear;
+use crate::model::{Sam, SamConfig};
 use crate::weights::adapter_file::{self, AdapterMeta, FORMAT};
 use crate::weights::{load_model, save_safetensors, Checkpoint, LoadOptions, Loaded};
 use anyhow::{bail, Context, Result};
@@ -41,12 +33,29 @@ struct RunState {
     train: TrainMode,
 }
 
+/// What a run trains and validates on: 2D images or chunks of volumes.
+pub(crate) trait TrainData {
+    /// Case ids per split, written to split.json.
+    fn split_ids(&self) -> BTreeMap<&'static str, Vec<String>>;
+    /// Counts for the log's start line.
+    fn describe(&self) -> serde_json::Value;
+    fn has_validation(&self) -> bool;
+    /// One epoch of optimisation steps; returns the mean loss.
+    fn train_epoch(&mut self, step: &Step, adam: &mut Adam, epoch: usize) -> Result<f64>;
+    /// Mean Dice and IoU on the validation cases, with sample pictures under `dir`.
+    fn validate(&mut self, sam: &Sam, dir: &Path) -> Result<(f64, f64)>;
+}
+
 /// Trains as `cfg` says. With `resume`, a run folder holding `state_last.safetensors`
 /// continues after its last finished epoch; without it, such a folder is refused.
 pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult> {
     std::fs::create_dir_all(&cfg.out)
         .with_context(|| format!("cannot create {}", cfg.out.display()))?;
-    let splits = checked_splits(cfg)?;
+    let mut data: Box<dyn TrainData> = if cfg.three_d {
+        Box::new(super::volume::VolumeData::open(cfg)?)
+    } else {
+        Box::new(super::images::ImageData::open(cfg)?)
+    };
     let model_cfg = cfg
         .config
         .as_deref()
@@ -73,7 +82,7 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
     write_text(&cfg.out.join("config.toml"), &toml::to_string_pretty(cfg)?)?;
     write_text(
         &cfg.out.join("split.json"),
-        &serde_json::to_string_pretty(&splits.ids())?,
+        &serde_json::to_string_pretty(&data.split_ids())?,
     )?;
     let base_sha = adapter_file::sha256_file(&checkpoint)?;
     // A fully fine-tuned file holds every SAM tensor, buffers included, to load on its own.
@@ -103,39 +112,27 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
         tracing::info!("resuming after epoch {}", state.epochs_done);
     }
     let total = loaded.part_params.values().sum::<usize>() + loaded.adapter_params;
-    log_line(
-        cfg,
-        json!({"event": "start", "trainable": loaded.adapter_params, "total": total,
-        "train": splits.train.len(), "val": splits.val.len(), "split": splits.how}),
-    )?;
-    let spec = BatchSpec {
-        items: splits.train.clone(),
-        cfg: loaded.sam.config.clone(),
-        batch_size: cfg.batch_size,
-        prompt: cfg.prompt,
-        augment: cfg.augment,
-        seed: cfg.seed,
-        workers: cfg.workers,
-    };
-    // A frozen encoder on unchanging images gives the same embeddings every epoch.
-    let encoder_frozen = !vars.keys().any(|k| k.starts_with("image_encoder."));
-    let mut cache = (encoder_frozen && !cfg.augment).then(|| EmbeddingCache::new(CACHE_BUDGET));
-    if cache.is_some() {
-        tracing::info!("encoder frozen and no augmentation: image embeddings are cached");
+    let mut start = json!({"event": "start", "trainable": loaded.adapter_params, "total": total});
+    if let (Some(o), serde_json::Value::Object(d)) = (start.as_object_mut(), data.describe()) {
+        o.extend(d);
     }
+    log_line(cfg, start)?;
     for epoch in state.epochs_done..cfg.epochs {
         let lr = step_lr(cfg.lr, epoch, cfg.lr_step, cfg.lr_gamma);
         let step = Step {
             sam: &loaded.sam,
             vars: &vars,
             lr,
-            classes: splits.classes.len(),
         };
-        let loss = train_epoch(&step, &mut adam, &spec, epoch, cfg, cache.as_mut())?;
-        let validate = !splits.val.is_empty()
+        let loss = data.train_epoch(&step, &mut adam, epoch)?;
+        let validate = data.has_validation()
             && ((epoch + 1) % cfg.val_every.max(1) == 0 || epoch + 1 == cfg.epochs);
         let (val_dice, val_iou) = if validate {
-            let (d, i) = validation(&loaded.sam, &splits, cfg, epoch, cache.as_mut())?;
+            let dir = cfg
+                .out
+                .join("samples")
+                .join(format!("epoch_{:03}", epoch + 1));
+            let (d, i) = data.validate(&loaded.sam, &dir)?;
             (Some(d), Some(i))
         } else {
             (None, None)
@@ -173,66 +170,16 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
     })
 }
 
-/// Splits with every train/val case loaded once; bad cases stop the run or are skipped.
-fn checked_splits(cfg: &TrainConfig) -> Result<Splits> {
-    let mut splits = discover(cfg.dataset, &cfg.data, cfg.seed, cfg.val_fraction)?;
-    if let Some(n) = cfg.limit {
-        splits.train.truncate(n);
-        splits.val.truncate(n);
-    }
-    if splits.train.is_empty() {
-        bail!("{}: no training cases found", cfg.data.display());
-    }
-    let (train, mut bad) = check_items(&splits.train);
-    let (val, bad_val) = check_items(&splits.val);
-    bad.extend(bad_val);
-    if !bad.is_empty() {
-        let list: Vec<String> = bad
-            .iter()
-            .map(|(id, why)| format!("  {id}: {why}"))
-            .collect();
-        if !cfg.skip_bad {
-            bail!(
-                "{} bad case(s); fix them or pass --skip-bad:\n{}",
-                bad.len(),
-                list.join("\n")
-            );
-        }
-        for l in &list {
-            tracing::warn!("skipping{l}");
-            eprintln!("warning: skipping{l}");
-        }
-    }
-    splits.train = train;
-    splits.val = val;
-    if splits.train.is_empty() {
-        bail!("no usable training cases left");
-    }
-    Ok(splits)
-}
-
-#[allow(clippy::too_many_arguments)]
 /// What one optimisation step needs besides the batch.
-struct Step<'a> {
-    sam: &'a Sam,
-    vars: &'a BTreeMap<String, Var>,
-    lr: f64,
-    classes: usize,
+pub(crate) struct Step<'a> {
+    pub sam: &'a Sam,
+    pub vars: &'a BTreeMap<String, Var>,
+    pub lr: f64,
 }
 
-/// Embeddings kept at most (bytes) when the encoder is frozen.
-const CACHE_BUDGET: usize = 4 << 30;
-
-fn train_epoch(
-    step: &Step,
-    adam: &mut Adam,
-    spec: &BatchSpec,
-    epoch: usize,
-    cfg: &TrainConfig,
-    mut cache: Option<&mut EmbeddingCache>,
-) -> Result<f64> {
-    let n_batches = spec.items.len().div_ceil(spec.batch_size.max(1));
-    let bar = ProgressBar::new(n_batches as u64);
+/// A progress bar for one epoch of `n` steps.
+pub(crate) fn epoch_bar(n: usize, epoch: usize, cfg: &TrainConfig) -> Result<ProgressBar> {
+    let bar = ProgressBar::new(n as u64);
     bar.set_style(
         ProgressStyle::with_template(
             "epoch {prefix} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}",
@@ -240,106 +187,14 @@ fn train_epoch(
         .progress_chars("=> "),
     );
     bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
-    let start = std::time::Instant::now();
-    let (mut sum, mut count, mut images) = (0.0, 0usize, 0usize);
-    for batch in epoch_batches(spec.clone(), epoch)? {
-        let batch = batch?;
-        if batch.is_empty() {
-            continue;
-        }
-        let loss = train_step(step, adam, &batch, cache.as_deref_mut())?;
-        sum += loss;
-        count += 1;
-        images += batch.len();
-        let rate = images as f64 / start.elapsed().as_secs_f64().max(1e-9);
-        bar.set_message(format!("loss {:.4} ({rate:.2} img/s)", sum / count as f64));
-        bar.inc(1);
-    }
-    bar.finish_and_clear();
-    Ok(if count > 0 {
-        sum / count as f64
-    } else {
-        f64::NAN
-    })
+    Ok(bar)
 }
 
-/// Forward, loss, backward and one Adam update; returns the loss.
-fn train_step(
-    step: &Step,
-    adam: &mut Adam,
-    batch: &[Prepared],
-    cache: Option<&mut EmbeddingCache>,
-) -> Result<f64> {
-    let (sam, classes) = (step.sam, step.classes);
-    let dev = sam.device();
-    let s = sam.config.img_size;
-    let b = batch.len();
-    let target: Vec<f32> = batch.iter().flat_map(|p| p.masks.iter().copied()).collect();
-    let target = Tensor::from_vec(target, (b, classes, s, s), dev)?;
-    let prompts = batch_prompts(batch, dev)?;
-    let emb = match cache {
-        Some(cache) => {
-            let embs = batch
-                .iter()
-                .map(|p| {
-                    cache.get_or_insert(&p.id, || {
-                        let x = Tensor::from_vec(p.input.clone(), (1, 3, s, s), dev)?;
-                        Ok(sam.encode(&x)?)
-                    })
-                })
-                .collect::<Result<Vec<_>>>()?;
-            Tensor::cat(&embs, 0)?
-        }
-        None => {
-            let input: Vec<f32> = batch.iter().flat_map(|p| p.input.iter().copied()).collect();
-            sam.encode(&Tensor::from_vec(input, (b, 3, s, s), dev)?)?
-        }
-    };
-    let out = sam.decode(&emb, &prompts)?;
-    let (low, _) = out.select(MaskSelection::Classes(classes))?;
-    let logits = bilinear(&low, s, s)?;
-    let loss = if classes == 1 {
-        bce_with_logits(&logits, &target, 2.0)?
-    } else {
-        dice_ce(&logits, &target)?
-    };
+/// Backward pass and one Adam update; returns the loss.
+pub(crate) fn apply_loss(step: &Step, adam: &mut Adam, loss: &Tensor) -> Result<f64> {
     let grads = loss.backward()?;
     adam.step(step.vars, &grads, step.lr)?;
     Ok(loss.to_scalar::<f32>()? as f64)
-}
-
-/// The batch's prompts as tensors; every sample of a batch has the same prompt kind.
-fn batch_prompts(batch: &[Prepared], dev: &Device) -> Result<Prompts> {
-    let sets: Vec<_> = batch.iter().map(|p| p.prompt.clone()).collect();
-    crate::infer::predictor::prompt_tensors(&sets, dev)
-}
-
-fn validation(
-    sam: &Sam,
-    splits: &Splits,
-    cfg: &TrainConfig,
-    epoch: usize,
-    cache: Option<&mut EmbeddingCache>,
-) -> Result<(f64, f64)> {
-    let source = PromptSource::Drawn {
-        kind: cfg.prompt,
-        seed: cfg.seed,
-    };
-    let dir = cfg
-        .out
-        .join("samples")
-        .join(format!("epoch_{:03}", epoch + 1));
-    let results = evaluate(
-        sam,
-        &splits.val,
-        &splits.classes,
-        &source,
-        Some((&dir, cfg.samples)),
-        cache,
-        |_| {},
-    )?;
-    let s = summarize(&results);
-    Ok((s.dice.mean, s.iou.mean))
 }
 
 fn var_tensors(vars: &BTreeMap<String, Var>) -> BTreeMap<String, Tensor> {

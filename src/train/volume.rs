@@ -1,0 +1,300 @@
+//! Training on volumes (Decathlon layout): chunks of D consecutive slices through the
+//! encoder with its depth branch, one prompt per class on each labelled slice, multi-organ
+//! DiceCE; validation segments whole held-out volumes as `msa eval` does.
+
+use super::batches::epoch_chunks;
+use super::config::TrainConfig;
+use super::loss::dice_ce_by_class;
+use super::optim::Adam;
+use super::run::{apply_loss, epoch_bar, Step, TrainData};
+use crate::data::chunks::{epoch_len, scan, ChunkSpec, PreparedChunk, VolumeItem};
+use crate::data::decathlon::{Decathlon, LabelMap, VolumeCase};
+use crate::data::synthetic::SplitMix;
+use crate::eval::evaluate::summarize;
+use crate::eval::volume::{evaluate_case, write_montage, VolumeEvalSpec};
+use crate::io::Intensity;
+use crate::model::{MaskSelection, Sam};
+use crate::resize::bilinear;
+use anyhow::{bail, Context, Result};
+use candle_core::Tensor;
+use serde_json::json;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+/// Probability that a training chunk is placed around a labelled slice.
+const TARGET_BIAS: f64 = 0.9;
+
+pub(crate) struct VolumeData {
+    cfg: TrainConfig,
+    train: Vec<VolumeItem>,
+    val: Vec<VolumeCase>,
+    test: Vec<VolumeCase>,
+    labels: LabelMap,
+    class_names: Vec<String>,
+    modality: Option<String>,
+    intensity: Option<Intensity>,
+    how: String,
+}
+
+impl VolumeData {
+    /// The dataset's cases split into train, validation and held-out test, every training
+    /// case read once to check it; bad cases stop the run or are skipped (`--skip-bad`).
+    pub fn open(cfg: &TrainConfig) -> Result<Self> {
+        if cfg.chunk == 0 {
+            bail!("--chunk must be at least 1 slice");
+        }
+        let ds = Decathlon::open(&cfg.data)?;
+        let labels = match &cfg.labels {
+            Some(s) => LabelMap::parse(s)?,
+            None => LabelMap::identity(&ds.labels)?,
+        };
+        if labels.classes() == 0 {
+            bail!(
+                "{}: dataset.json names no labels besides the background; pass --labels",
+                cfg.data.display()
+            );
+        }
+        let intensity = cfg.window.as_deref().map(Intensity::parse).transpose()?;
+        let (rest, test) = ds.holdout(cfg.holdout);
+        let (mut train, mut val, how) = if ds.validation.is_empty() {
+            let (t, v) = split_off_validation(rest, cfg.val_fraction, cfg.seed);
+            (
+                t,
+                v,
+                format!(
+                    "validation: {:.0}% of the training list, seeded",
+                    100.0 * cfg.val_fraction
+                ),
+            )
+        } else {
+            (
+                rest,
+                ds.validation.clone(),
+                "validation: dataset.json's list".to_string(),
+            )
+        };
+        if let Some(n) = cfg.limit {
+            train.truncate(n);
+            val.truncate(n);
+        }
+        let (items, bad) = scan(&train, &labels);
+        report_bad(&bad, cfg.skip_bad)?;
+        if items.is_empty() {
+            bail!("{}: no usable training volumes", cfg.data.display());
+        }
+        let intensity_how = match (&intensity, &ds.modality) {
+            (Some(i), _) => format!("{i:?} (--window)"),
+            (None, Some(m)) => format!(
+                "{:?} (modality `{m}` in dataset.json)",
+                Intensity::for_modality(m).0
+            ),
+            (None, None) => "chosen per volume from its values".to_string(),
+        };
+        std::fs::write(cfg.out.join("intensity.txt"), format!("{intensity_how}\n"))
+            .with_context(|| format!("cannot write into {}", cfg.out.display()))?;
+        println!("volumes: intensity {intensity_how}");
+        Ok(Self {
+            class_names: ds.class_names(&labels, cfg.labels.is_some()),
+            cfg: cfg.clone(),
+            train: items,
+            val,
+            test,
+            labels,
+            modality: ds.modality,
+            intensity,
+            how,
+        })
+    }
+
+    fn chunk_spec(&self, sam: &Sam) -> ChunkSpec {
+        ChunkSpec {
+            cfg: sam.config.clone(),
+            chunk: self.cfg.chunk,
+            kind: self.cfg.prompt,
+            seed: self.cfg.seed,
+            labels: self.labels.clone(),
+            intensity: self.intensity,
+            modality: self.modality.clone(),
+            augment: self.cfg.augment,
+            target_bias: TARGET_BIAS,
+            chunks_per_case: self.cfg.chunks_per_case,
+        }
+    }
+}
+
+/// A seeded share of the cases for validation (at least one when the share is positive
+/// and two or more cases remain).
+fn split_off_validation(
+    mut cases: Vec<VolumeCase>,
+    fraction: f64,
+    seed: u64,
+) -> (Vec<VolumeCase>, Vec<VolumeCase>) {
+    let n = cases.len();
+    let n_val = if fraction > 0.0 && n >= 2 {
+        ((n as f64 * fraction).round() as usize).clamp(1, n - 1)
+    } else {
+        0
+    };
+    let mut rng = SplitMix(seed ^ 0x5EED_0F5A_11);
+    for i in (1..n).rev() {
+        cases.swap(i, rng.below(i + 1));
+    }
+    let val = cases.split_off(n - n_val);
+    cases.sort_by(|a, b| a.id.cmp(&b.id));
+    let mut val = val;
+    val.sort_by(|a, b| a.id.cmp(&b.id));
+    (cases, val)
+}
+
+fn report_bad(bad: &[(String, String)], skip: bool) -> Result<()> {
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = bad
+        .iter()
+        .map(|(id, why)| format!("  {id}: {why}"))
+        .collect();
+    if !skip {
+        bail!(
+            "{} bad volume(s); fix them or pass --skip-bad:\n{}",
+            bad.len(),
+            list.join("\n")
+        );
+    }
+    for l in &list {
+        tracing::warn!("skipping{l}");
+        eprintln!("warning: skipping{l}");
+    }
+    Ok(())
+}
+
+impl TrainData for VolumeData {
+    fn split_ids(&self) -> BTreeMap<&'static str, Vec<String>> {
+        let ids = |v: &mut dyn Iterator<Item = &VolumeCase>| v.map(|c| c.id.clone()).collect();
+        BTreeMap::from([
+            ("train", ids(&mut self.train.iter().map(|i| &i.case))),
+            ("val", ids(&mut self.val.iter())),
+            ("test", ids(&mut self.test.iter())),
+        ])
+    }
+
+    fn describe(&self) -> serde_json::Value {
+        json!({"train": self.train.len(), "val": self.val.len(), "test": self.test.len(),
+            "split": self.how, "chunk": self.cfg.chunk, "classes": self.class_names,
+            "chunks_per_epoch": epoch_len(&self.train, self.cfg.chunk, self.cfg.chunks_per_case)})
+    }
+
+    fn has_validation(&self) -> bool {
+        !self.val.is_empty()
+    }
+
+    fn train_epoch(&mut self, step: &Step, adam: &mut Adam, epoch: usize) -> Result<f64> {
+        let d = self.cfg.chunk;
+        let per_step = self.cfg.batch_size.max(1);
+        let n = epoch_len(&self.train, d, self.cfg.chunks_per_case);
+        let bar = epoch_bar(n.div_ceil(per_step), epoch, &self.cfg)?;
+        let start = std::time::Instant::now();
+        let (mut sum, mut count, mut slices) = (0.0, 0usize, 0usize);
+        let chunks = epoch_chunks(
+            self.chunk_spec(step.sam),
+            self.train.clone(),
+            epoch,
+            self.cfg.workers,
+        )?;
+        let mut batch: Vec<PreparedChunk> = Vec::with_capacity(per_step);
+        let mut flush = |batch: &mut Vec<PreparedChunk>| -> Result<()> {
+            if let Some(loss) = chunk_step(step, adam, batch, d)? {
+                sum += loss;
+                count += 1;
+            }
+            slices += batch.len() * d;
+            batch.clear();
+            let rate = slices as f64 / start.elapsed().as_secs_f64().max(1e-9);
+            bar.set_message(format!(
+                "loss {:.4} ({rate:.2} slices/s)",
+                sum / count.max(1) as f64
+            ));
+            bar.inc(1);
+            Ok(())
+        };
+        for chunk in chunks {
+            batch.push(chunk?);
+            if batch.len() == per_step {
+                flush(&mut batch)?;
+            }
+        }
+        if !batch.is_empty() {
+            flush(&mut batch)?;
+        }
+        bar.finish_and_clear();
+        Ok(if count > 0 {
+            sum / count as f64
+        } else {
+            f64::NAN
+        })
+    }
+
+    fn validate(&mut self, sam: &Sam, dir: &Path) -> Result<(f64, f64)> {
+        std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
+        let spec = VolumeEvalSpec {
+            labels: &self.labels,
+            class_names: self.class_names.clone(),
+            kind: self.cfg.prompt,
+            seed: self.cfg.seed,
+            intensity: self.intensity,
+            modality: self.modality.clone(),
+        };
+        let mut results = vec![];
+        for (i, case) in self.val.iter().enumerate() {
+            let outcome = evaluate_case(sam, case, &spec)?;
+            if i < self.cfg.samples {
+                write_montage(&dir.join(format!("{}.png", case.id)), &outcome, 4)?;
+            }
+            results.extend(outcome.results);
+        }
+        let s = summarize(&results);
+        Ok((s.dice.mean, s.iou.mean))
+    }
+}
+
+/// Forward, loss, backward and one Adam update over a batch of chunks; None when no slice
+/// of the batch holds a target (nothing to learn from).
+fn chunk_step(
+    step: &Step,
+    adam: &mut Adam,
+    chunks: &[PreparedChunk],
+    d: usize,
+) -> Result<Option<f64>> {
+    let sam = step.sam;
+    let dev = sam.device();
+    let s = sam.config.img_size;
+    let mut rows = vec![];
+    let mut classes = vec![];
+    let mut masks = vec![];
+    let mut prompts = vec![];
+    for (c, chunk) in chunks.iter().enumerate() {
+        for t in &chunk.targets {
+            rows.push((c * d + t.slice) as u32);
+            classes.push(t.class);
+            masks.extend_from_slice(&t.mask);
+            prompts.push(t.prompt.clone());
+        }
+    }
+    if rows.is_empty() {
+        return Ok(None);
+    }
+    let input: Vec<f32> = chunks
+        .iter()
+        .flat_map(|c| c.input.iter().copied())
+        .collect();
+    let x = Tensor::from_vec(input, (chunks.len() * d, 3, s, s), dev)?;
+    let emb = sam.encode_chunks(&x, d)?;
+    let emb = emb.index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?;
+    let prompts = crate::infer::predictor::prompt_tensors(&prompts, dev)?;
+    let out = sam.decode(&emb, &prompts)?;
+    let (low, _) = out.select(MaskSelection::Classes(1))?;
+    let logits = bilinear(&low, s, s)?;
+    let target = Tensor::from_vec(masks, (rows.len(), 1, s, s), dev)?;
+    let loss = dice_ce_by_class(&logits, &target, &classes)?;
+    apply_loss(step, adam, &loss).map(Some)
+}
