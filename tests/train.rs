@@ -208,7 +208,7 @@ fn volume_dice(
     };
     let results: Vec<_> = cases
         .iter()
-        .flat_map(|c| evaluate_case(&loaded.sam, c, &spec).unwrap().results)
+        .flat_map(|c| evaluate_case(&loaded.sam, c, &spec, None).unwrap().results)
         .collect();
     (summarize(&results).dice.mean, results)
 }

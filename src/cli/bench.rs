@@ -281,6 +281,7 @@ fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Re
             "threads": rayon::current_num_threads(),
             "batch": args.batch,
             "depth": args.depth,
+            "slices_per_s": args.depth.map(|d| d as f64 / (median / 1e3)),
             "full": args.full,
             "trainable": t.trainable,
             "uncached_median_ms": uncached.map(|u| u.0),

@@ -30,8 +30,9 @@ pub struct DemoArgs {
     /// Base checkpoint: a named model or a file.
     #[arg(long, default_value = "lite_medsam")]
     pub checkpoint: PathBuf,
-    #[arg(long, default_value_t = 12)]
-    pub epochs: usize,
+    /// Training epochs; default 12, or with --3d 2.
+    #[arg(long)]
+    pub epochs: Option<usize>,
     #[arg(long, default_value_t = 1e-3)]
     pub lr: f64,
     /// Adapter bottleneck as a fraction of the width. At 0.125 HyP-Adpt's generated r x r
@@ -44,9 +45,25 @@ pub struct DemoArgs {
     /// Use only the first N test cases; 0 for all.
     #[arg(long, default_value_t = 0)]
     pub test_cases: usize,
+    /// The same story on volumes: the hippocampus MRI volumes shipped in the repository,
+    /// MSA adapters with depth adapters trained on chunks of slices.
+    #[arg(long = "3d")]
+    pub three_d: bool,
+    /// With --3d: consecutive slices per chunk.
+    #[arg(long, default_value_t = 4)]
+    pub chunk: usize,
+    /// With --3d: chunks drawn per training volume and epoch.
+    #[arg(long, default_value_t = 1)]
+    pub chunks_per_case: usize,
 }
 
-const SEED: u64 = 0;
+impl DemoArgs {
+    pub fn epochs(&self) -> usize {
+        self.epochs.unwrap_or(if self.three_d { 2 } else { 12 })
+    }
+}
+
+pub(super) const SEED: u64 = 0;
 
 fn default_data() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/hippocampus2d")
@@ -59,6 +76,9 @@ struct Score {
 }
 
 pub fn run(args: &DemoArgs) -> Result<()> {
+    if args.three_d {
+        return super::demo_volume::run(args);
+    }
     let start = Instant::now();
     let data = args.data.clone().unwrap_or_else(default_data);
     let splits = demo_splits(&data, args)?;
@@ -182,11 +202,11 @@ fn train_adapters(
     );
     cfg.train = TrainMode::Decoder;
     cfg.prompt = PromptKind::Click;
-    cfg.epochs = args.epochs;
+    cfg.epochs = args.epochs();
     cfg.batch_size = 4;
     cfg.lr = args.lr;
     cfg.adapter_ratio = args.adapter_ratio;
-    cfg.lr_step = args.epochs.max(1);
+    cfg.lr_step = args.epochs().max(1);
     cfg.augment = false; // keeps the embeddings of the frozen encoder cacheable
     cfg.seed = SEED;
     cfg.samples = 2;
@@ -266,7 +286,7 @@ fn comparison(
         .with_context(|| format!("cannot write {}", path.display()))
 }
 
-fn zoom(img: &RgbImage, z: u32) -> RgbImage {
+pub(super) fn zoom(img: &RgbImage, z: u32) -> RgbImage {
     image::imageops::resize(
         img,
         img.width() * z,
@@ -296,7 +316,7 @@ fn mark_click(img: &RgbImage, prompt: &UserPrompt, z: u32) -> RgbImage {
 }
 
 /// Rows of panels on a dark background, 4 px apart, under a row of column labels.
-fn tile(rows: &[Vec<RgbImage>], labels: &[&str]) -> Result<RgbImage> {
+pub(super) fn tile(rows: &[Vec<RgbImage>], labels: &[&str]) -> Result<RgbImage> {
     const GAP: u32 = 4;
     const HEADER: u32 = 22;
     let cols = rows.iter().map(|r| r.len()).max().unwrap_or(0) as u32;

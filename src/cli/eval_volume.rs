@@ -62,7 +62,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
     )?);
     let mut results = vec![];
     for (i, case) in cases.iter().enumerate() {
-        let outcome = evaluate_case(&loaded.sam, case, &spec)?;
+        let outcome = evaluate_case(&loaded.sam, case, &spec, None)?;
         if i < args.overlays {
             write_montage(&montage_dir.join(format!("{}.png", case.id)), &outcome, 6)?;
         }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 pub mod demo;
+mod demo_volume;
 pub mod eval;
 pub mod eval_volume;
 pub mod fetch;

@@ -7,7 +7,8 @@ use super::metrics::{dice, hd95, iou};
 use crate::data::decathlon::{load_case, LabelMap, VolumeCase};
 use crate::data::prompts::{from_mask, PromptKind};
 use crate::data::synthetic::SplitMix;
-use crate::infer::volume::{class_overlay, segment_volume, SlicePrompts};
+use crate::infer::volume::{class_overlay, segment_volume_cached, SlicePrompts};
+use crate::infer::EmbeddingCache;
 use crate::io::{Intensity, Volume};
 use crate::model::Sam;
 use anyhow::{Context, Result};
@@ -68,8 +69,14 @@ pub struct VolumeOutcome {
     pub range: (f32, f32),
 }
 
-/// Segments one case from prompts drawn from its labels and scores every class.
-pub fn evaluate_case(sam: &Sam, case: &VolumeCase, spec: &VolumeEvalSpec) -> Result<VolumeOutcome> {
+/// Segments one case from prompts drawn from its labels and scores every class. With a
+/// cache, the case's slice embeddings are kept for later prompt kinds on the same model.
+pub fn evaluate_case(
+    sam: &Sam,
+    case: &VolumeCase,
+    spec: &VolumeEvalSpec,
+    cache: Option<&mut EmbeddingCache>,
+) -> Result<VolumeOutcome> {
     let (img, lab) = load_case(case)?;
     let truth = spec.labels.apply(&lab.volume.data);
     let intensity = spec
@@ -78,7 +85,8 @@ pub fn evaluate_case(sam: &Sam, case: &VolumeCase, spec: &VolumeEvalSpec) -> Res
     let range = intensity.range(&img.volume);
     let n = spec.labels.classes();
     let prompts = prompts_from_labels(&truth, img.volume.dims, n, spec.kind, spec.seed, &case.id);
-    let predicted = segment_volume(sam, &img.volume, range, &prompts, |_| ())
+    let cache = cache.map(|c| (c, case.id.as_str()));
+    let predicted = segment_volume_cached(sam, &img.volume, range, &prompts, cache, |_| ())
         .with_context(|| format!("case {}", case.id))?;
     let [nx, ny, nz] = img.volume.dims;
     let [sx, sy, sz] = img.volume.spacing;

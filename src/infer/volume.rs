@@ -2,10 +2,11 @@
 //! file of `msa predict-volume`, and the loop that runs the 2D model on each prompted slice.
 
 use super::predictor::{Predictor, UserPrompt};
+use super::EmbeddingCache;
 use crate::io::image::overlay;
 use crate::io::{Intensity, Volume};
 use crate::model::Sam;
-use crate::preprocess::model_input;
+use crate::preprocess::{model_input, preprocess_shape};
 use anyhow::{bail, Context, Result};
 use candle_core::Tensor;
 use image::RgbImage;
@@ -147,6 +148,19 @@ pub fn segment_volume(
     vol: &Volume,
     range: (f32, f32),
     prompts: &BTreeMap<usize, SlicePrompts>,
+    done: impl FnMut(usize),
+) -> Result<Vec<u8>> {
+    segment_volume_cached(sam, vol, range, prompts, None, done)
+}
+
+/// `segment_volume`, with each chunk's embeddings kept in `cache` under `<key>:<start>`
+/// (for several prompt sets on one volume and one model).
+pub fn segment_volume_cached(
+    sam: &Sam,
+    vol: &Volume,
+    range: (f32, f32),
+    prompts: &BTreeMap<usize, SlicePrompts>,
+    mut cache: Option<(&mut EmbeddingCache, &str)>,
     mut done: impl FnMut(usize),
 ) -> Result<Vec<u8>> {
     let [nx, ny, nz] = vol.dims;
@@ -166,7 +180,16 @@ pub fn segment_volume(
         if wanted.is_empty() {
             continue;
         }
-        let embeddings = encode_chunk(sam, vol, range, &chunk.slices)?;
+        let embeddings = match cache.as_mut() {
+            Some((cache, key)) => SliceEmbeddings {
+                features: cache.get_or_insert(&format!("{key}:{}", chunk.start), || {
+                    Ok(encode_chunk(sam, vol, range, &chunk.slices)?.features)
+                })?,
+                // Every slice of a volume has the volume's in-plane size.
+                input_size: preprocess_shape(ny, nx, sam.config.img_size),
+            },
+            None => encode_chunk(sam, vol, range, &chunk.slices)?,
+        };
         for k in wanted {
             let i = k - chunk.start;
             predictor.set_embedding(

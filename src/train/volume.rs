@@ -135,7 +135,7 @@ fn split_off_validation(
     } else {
         0
     };
-    let mut rng = SplitMix(seed ^ 0x5EED_0F5A_11);
+    let mut rng = SplitMix(seed ^ 0x005E_ED0F_5A11);
     for i in (1..n).rev() {
         cases.swap(i, rng.below(i + 1));
     }
@@ -246,7 +246,7 @@ impl TrainData for VolumeData {
         };
         let mut results = vec![];
         for (i, case) in self.val.iter().enumerate() {
-            let outcome = evaluate_case(sam, case, &spec)?;
+            let outcome = evaluate_case(sam, case, &spec, None)?;
             if i < self.cfg.samples {
                 write_montage(&dir.join(format!("{}.png", case.id)), &outcome, 4)?;
             }
