@@ -30,7 +30,7 @@ pub struct DemoArgs {
     /// Base checkpoint: a named model or a file.
     #[arg(long, default_value = "lite_medsam")]
     pub checkpoint: PathBuf,
-    /// Training epochs; default 12, or with --3d 2.
+    /// Training epochs; default 12, or with --3d 1.
     #[arg(long)]
     pub epochs: Option<usize>,
     #[arg(long, default_value_t = 1e-3)]
@@ -59,7 +59,7 @@ pub struct DemoArgs {
 
 impl DemoArgs {
     pub fn epochs(&self) -> usize {
-        self.epochs.unwrap_or(if self.three_d { 2 } else { 12 })
+        self.epochs.unwrap_or(if self.three_d { 1 } else { 12 })
     }
 }
 
@@ -190,6 +190,28 @@ fn train_adapters(
     run_dir: &Path,
     device: &candle_core::Device,
 ) -> Result<Loaded> {
+    let mut cfg = demo_train_config(args, data, run_dir)?;
+    cfg.train = TrainMode::Decoder;
+    cfg.batch_size = 4;
+    cfg.augment = false; // keeps the embeddings of the frozen encoder cacheable
+    cfg.samples = 2;
+    crate::train::run::run(&cfg, device, false)?;
+    let best = run_dir.join("adapters_best.safetensors");
+    let file = if best.exists() {
+        best
+    } else {
+        run_dir.join("adapters_last.safetensors")
+    };
+    load_adapted(args, &file, device)
+}
+
+/// The demo's training settings (click prompts, its epochs, rate, ratio and seed) for a
+/// fresh run folder.
+pub(super) fn demo_train_config(
+    args: &DemoArgs,
+    data: &Path,
+    run_dir: &Path,
+) -> Result<TrainConfig> {
     if run_dir.exists() {
         std::fs::remove_dir_all(run_dir).with_context(|| {
             format!("cannot clear the demo's previous run {}", run_dir.display())
@@ -200,28 +222,26 @@ fn train_adapters(
         data.to_path_buf(),
         run_dir.to_path_buf(),
     );
-    cfg.train = TrainMode::Decoder;
     cfg.prompt = PromptKind::Click;
     cfg.epochs = args.epochs();
-    cfg.batch_size = 4;
     cfg.lr = args.lr;
-    cfg.adapter_ratio = args.adapter_ratio;
     cfg.lr_step = args.epochs().max(1);
-    cfg.augment = false; // keeps the embeddings of the frozen encoder cacheable
+    cfg.adapter_ratio = args.adapter_ratio;
     cfg.seed = SEED;
-    cfg.samples = 2;
     if args.train_cases > 0 {
         cfg.limit = Some(args.train_cases);
     }
-    crate::train::run::run(&cfg, device, false)?;
-    let best = run_dir.join("adapters_best.safetensors");
-    let file = if best.exists() {
-        best
-    } else {
-        run_dir.join("adapters_last.safetensors")
-    };
+    Ok(cfg)
+}
+
+/// The base checkpoint with an adapter file over it.
+pub(super) fn load_adapted(
+    args: &DemoArgs,
+    file: &Path,
+    device: &candle_core::Device,
+) -> Result<Loaded> {
     let opts = LoadOptions {
-        adapters_file: Some(&file),
+        adapters_file: Some(file),
         ..Default::default()
     };
     load_model(&args.checkpoint, &opts, device)

@@ -10,7 +10,7 @@ use crate::eval::volume::{evaluate_case, VolumeEvalSpec, VolumeOutcome};
 use crate::infer::volume::class_overlay;
 use crate::infer::EmbeddingCache;
 use crate::model::Sam;
-use crate::train::config::{TrainConfig, TrainMode};
+use crate::train::config::TrainMode;
 use crate::weights::{load_model, LoadOptions, Loaded};
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
@@ -141,16 +141,7 @@ fn train_adapters(
     run_dir: &Path,
     device: &candle_core::Device,
 ) -> Result<Loaded> {
-    if run_dir.exists() {
-        std::fs::remove_dir_all(run_dir).with_context(|| {
-            format!("cannot clear the demo's previous run {}", run_dir.display())
-        })?;
-    }
-    let mut cfg = TrainConfig::new(
-        args.checkpoint.clone(),
-        data.to_path_buf(),
-        run_dir.to_path_buf(),
-    );
+    let mut cfg = super::demo::demo_train_config(args, data, run_dir)?;
     cfg.dataset = crate::data::layout::DatasetKind::Decathlon;
     cfg.three_d = true;
     cfg.chunk = args.chunk;
@@ -158,23 +149,9 @@ fn train_adapters(
     cfg.holdout = HOLDOUT;
     cfg.val_fraction = 0.0;
     cfg.train = TrainMode::Adapters;
-    cfg.prompt = PromptKind::Click;
-    cfg.epochs = args.epochs();
     cfg.batch_size = 1;
-    cfg.lr = args.lr;
-    cfg.lr_step = args.epochs().max(1);
-    cfg.adapter_ratio = args.adapter_ratio;
-    cfg.seed = SEED;
-    if args.train_cases > 0 {
-        cfg.limit = Some(args.train_cases);
-    }
     crate::train::run::run(&cfg, device, false)?;
-    let file = run_dir.join("adapters_last.safetensors");
-    let opts = LoadOptions {
-        adapters_file: Some(&file),
-        ..Default::default()
-    };
-    load_model(&args.checkpoint, &opts, device)
+    super::demo::load_adapted(args, &run_dir.join("adapters_last.safetensors"), device)
 }
 
 fn print_table(kinds: &[PromptKind], before: &[Score], after: &[Score], pct: f64, train_s: f64) {

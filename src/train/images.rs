@@ -5,7 +5,7 @@ use super::batches::{epoch_batches, BatchSpec};
 use super::config::TrainConfig;
 use super::loss::{bce_with_logits, dice_ce};
 use super::optim::Adam;
-use super::run::{apply_loss, epoch_bar, Step, TrainData};
+use super::run::{apply_loss, epoch_bar, mean_loss, Step, TrainData};
 use crate::data::layout::{discover, Splits};
 use crate::data::sample::check_items;
 use crate::data::transform::Prepared;
@@ -99,11 +99,7 @@ impl TrainData for ImageData {
             bar.inc(1);
         }
         bar.finish_and_clear();
-        Ok(if count > 0 {
-            sum / count as f64
-        } else {
-            f64::NAN
-        })
+        Ok(mean_loss(sum, count))
     }
 
     fn validate(&mut self, sam: &Sam, dir: &Path) -> Result<(f64, f64)> {

@@ -190,6 +190,15 @@ pub(crate) fn epoch_bar(n: usize, epoch: usize, cfg: &TrainConfig) -> Result<Pro
     Ok(bar)
 }
 
+/// The mean of `count` losses summing to `sum`; NaN for none.
+pub(crate) fn mean_loss(sum: f64, count: usize) -> f64 {
+    if count > 0 {
+        sum / count as f64
+    } else {
+        f64::NAN
+    }
+}
+
 /// Backward pass and one Adam update; returns the loss.
 pub(crate) fn apply_loss(step: &Step, adam: &mut Adam, loss: &Tensor) -> Result<f64> {
     let grads = loss.backward()?;

@@ -6,7 +6,7 @@ use super::batches::epoch_chunks;
 use super::config::TrainConfig;
 use super::loss::dice_ce_by_class;
 use super::optim::Adam;
-use super::run::{apply_loss, epoch_bar, Step, TrainData};
+use super::run::{apply_loss, epoch_bar, mean_loss, Step, TrainData};
 use crate::data::chunks::{epoch_len, scan, ChunkSpec, PreparedChunk, VolumeItem};
 use crate::data::decathlon::{Decathlon, LabelMap, VolumeCase};
 use crate::data::synthetic::SplitMix;
@@ -227,11 +227,7 @@ impl TrainData for VolumeData {
             flush(&mut batch)?;
         }
         bar.finish_and_clear();
-        Ok(if count > 0 {
-            sum / count as f64
-        } else {
-            f64::NAN
-        })
+        Ok(mean_loss(sum, count))
     }
 
     fn validate(&mut self, sam: &Sam, dir: &Path) -> Result<(f64, f64)> {
