@@ -282,3 +282,42 @@ fn depth_adapters_learn_on_generated_volumes() {
     let resumed = msa::train::run::run(&cfg, &Device::Cpu, true).unwrap();
     assert_eq!(resumed.history.len(), 17);
 }
+
+/// A training volume whose label does not match its image stops a volume run before it
+/// starts, naming the case; `--skip-bad` trains on the others.
+#[test]
+fn bad_training_volumes_are_named_or_skipped() {
+    let tmp = tempfile::tempdir().unwrap();
+    let data = tmp.path().join("volumes");
+    msa::data::synthetic::write_decathlon_dataset(&data, 4, [32, 24, 6], [1.0; 3], 5).unwrap();
+    let other = tmp.path().join("other");
+    msa::data::synthetic::write_decathlon_dataset(&other, 1, [30, 24, 6], [1.0; 3], 6).unwrap();
+    std::fs::copy(
+        other.join("labelsTr/blob_000.nii.gz"),
+        data.join("labelsTr/blob_001.nii.gz"),
+    )
+    .unwrap();
+    let out = tmp.path().join("run");
+    let mut cfg = config(&fixture("sam_tiny.safetensors"), &data, &out, 1);
+    cfg.dataset = DatasetKind::Decathlon;
+    cfg.three_d = true;
+    cfg.chunk = 2;
+    cfg.batch_size = 1;
+    cfg.val_fraction = 0.0;
+    let err = format!(
+        "{:#}",
+        msa::train::run::run(&cfg, &Device::Cpu, false).unwrap_err()
+    );
+    assert!(
+        err.contains("blob_001") && err.contains("--skip-bad") && err.contains("[30, 24, 6]"),
+        "{err}"
+    );
+    cfg.skip_bad = true;
+    cfg.out = tmp.path().join("run_skip");
+    msa::train::run::run(&cfg, &Device::Cpu, false).unwrap();
+    let split = std::fs::read_to_string(cfg.out.join("split.json")).unwrap();
+    assert!(
+        !split.contains("blob_001") && split.contains("blob_002"),
+        "{split}"
+    );
+}

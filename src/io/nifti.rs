@@ -174,22 +174,22 @@ fn volume_dims(path: &Path, header: &NiftiHeader) -> Result<[usize; 3]> {
 /// spacing from its header), through a temporary file and a rename. `labels` is x-fastest
 /// like `Volume::data`.
 pub fn write_labels(path: &Path, labels: &[u8], like: &NiftiVolume) -> Result<()> {
-    write_on_grid(path, labels.to_vec(), like)
+    write_on_grid(path, labels.to_vec(), like, "labels")
 }
 
 /// Writes a volume's values as float32 with its header's geometry (temporary file, rename).
 pub fn write_image(path: &Path, image: &NiftiVolume) -> Result<()> {
-    write_on_grid(path, image.volume.data.clone(), image)
+    write_on_grid(path, image.volume.data.clone(), image, "values")
 }
 
-fn write_on_grid<T>(path: &Path, values: Vec<T>, like: &NiftiVolume) -> Result<()>
+fn write_on_grid<T>(path: &Path, values: Vec<T>, like: &NiftiVolume, what: &str) -> Result<()>
 where
     T: nifti::DataElement + bytemuck::Pod,
 {
     let [nx, ny, nz] = like.volume.dims;
     if values.len() != nx * ny * nz {
         bail!(
-            "{}: {} values for a {nx} x {ny} x {nz} volume",
+            "{}: {} {what} for a {nx} x {ny} x {nz} volume",
             path.display(),
             values.len()
         );

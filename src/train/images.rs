@@ -5,7 +5,7 @@ use super::batches::{epoch_batches, BatchSpec};
 use super::config::TrainConfig;
 use super::loss::{bce_with_logits, dice_ce};
 use super::optim::Adam;
-use super::run::{apply_loss, epoch_bar, mean_loss, Step, TrainData};
+use super::run::{apply_loss, epoch_bar, mean_loss, report_bad, Step, TrainData};
 use crate::data::layout::{discover, Splits};
 use crate::data::sample::check_items;
 use crate::data::transform::Prepared;
@@ -134,23 +134,7 @@ fn checked_splits(cfg: &TrainConfig) -> Result<Splits> {
     let (train, mut bad) = check_items(&splits.train);
     let (val, bad_val) = check_items(&splits.val);
     bad.extend(bad_val);
-    if !bad.is_empty() {
-        let list: Vec<String> = bad
-            .iter()
-            .map(|(id, why)| format!("  {id}: {why}"))
-            .collect();
-        if !cfg.skip_bad {
-            bail!(
-                "{} bad case(s); fix them or pass --skip-bad:\n{}",
-                bad.len(),
-                list.join("\n")
-            );
-        }
-        for l in &list {
-            tracing::warn!("skipping{l}");
-            eprintln!("warning: skipping{l}");
-        }
-    }
+    report_bad(&bad, cfg.skip_bad)?;
     splits.train = train;
     splits.val = val;
     if splits.train.is_empty() {

@@ -190,6 +190,29 @@ pub(crate) fn epoch_bar(n: usize, epoch: usize, cfg: &TrainConfig) -> Result<Pro
     Ok(bar)
 }
 
+/// Bad cases stop the run with every reason listed, or with `skip` are skipped with a warning.
+pub(crate) fn report_bad(bad: &[(String, String)], skip: bool) -> Result<()> {
+    if bad.is_empty() {
+        return Ok(());
+    }
+    let list: Vec<String> = bad
+        .iter()
+        .map(|(id, why)| format!("  {id}: {why}"))
+        .collect();
+    if !skip {
+        bail!(
+            "{} bad case(s); fix them or pass --skip-bad:\n{}",
+            bad.len(),
+            list.join("\n")
+        );
+    }
+    for l in &list {
+        tracing::warn!("skipping{l}");
+        eprintln!("warning: skipping{l}");
+    }
+    Ok(())
+}
+
 /// The mean of `count` losses summing to `sum`; NaN for none.
 pub(crate) fn mean_loss(sum: f64, count: usize) -> f64 {
     if count > 0 {

@@ -6,7 +6,7 @@ use super::batches::epoch_chunks;
 use super::config::TrainConfig;
 use super::loss::dice_ce_by_class;
 use super::optim::Adam;
-use super::run::{apply_loss, epoch_bar, mean_loss, Step, TrainData};
+use super::run::{apply_loss, epoch_bar, mean_loss, report_bad, Step, TrainData};
 use crate::data::chunks::{epoch_len, scan, ChunkSpec, PreparedChunk, VolumeItem};
 use crate::data::decathlon::{Decathlon, LabelMap, VolumeCase};
 use crate::data::synthetic::SplitMix;
@@ -144,28 +144,6 @@ fn split_off_validation(
     let mut val = val;
     val.sort_by(|a, b| a.id.cmp(&b.id));
     (cases, val)
-}
-
-fn report_bad(bad: &[(String, String)], skip: bool) -> Result<()> {
-    if bad.is_empty() {
-        return Ok(());
-    }
-    let list: Vec<String> = bad
-        .iter()
-        .map(|(id, why)| format!("  {id}: {why}"))
-        .collect();
-    if !skip {
-        bail!(
-            "{} bad volume(s); fix them or pass --skip-bad:\n{}",
-            bad.len(),
-            list.join("\n")
-        );
-    }
-    for l in &list {
-        tracing::warn!("skipping{l}");
-        eprintln!("warning: skipping{l}");
-    }
-    Ok(())
 }
 
 impl TrainData for VolumeData {
