@@ -114,8 +114,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         .iter()
         .map(|&k| score(&adapted.sam, &splits, k, &mut cache))
         .collect::<Result<Vec<_>>>()?;
-    let total = adapted.part_params.values().sum::<usize>() + adapted.adapter_params;
-    let trainable_percent = 100.0 * adapted.adapter_params as f64 / total as f64;
+    let trainable_percent = trainable_percent(&adapted);
     let picture = args.out.join("comparison.png");
     comparison(
         &frozen.sam,
@@ -130,14 +129,25 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         picture.display(),
         run_dir.display()
     );
+    print_result_line(before[0].dice, after[0].dice, trainable_percent, start);
+    Ok(())
+}
+
+/// Share of the adapted model's parameters that trained, in percent.
+pub(super) fn trainable_percent(adapted: &Loaded) -> f64 {
+    let total = adapted.part_params.values().sum::<usize>() + adapted.adapter_params;
+    100.0 * adapted.adapter_params as f64 / total as f64
+}
+
+/// The demos' last line: one JSON object with the click Dice before and after.
+pub(super) fn print_result_line(frozen: f64, adapted: f64, pct: f64, start: Instant) {
     let line = json!({
-        "frozen_dice": before[0].dice,
-        "adapted_dice": after[0].dice,
-        "trainable_percent": trainable_percent,
+        "frozen_dice": frozen,
+        "adapted_dice": adapted,
+        "trainable_percent": pct,
         "seconds": start.elapsed().as_secs_f64(),
     });
     println!("{line}");
-    Ok(())
 }
 
 fn demo_splits(data: &Path, args: &DemoArgs) -> Result<Splits> {

@@ -14,7 +14,6 @@ use crate::train::config::TrainMode;
 use crate::weights::{load_model, LoadOptions, Loaded};
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
-use serde_json::json;
 use std::path::{Path, PathBuf};
 use std::time::Instant;
 
@@ -73,8 +72,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
     let adapted = train_adapters(args, &data, &run_dir, &device)?;
     let train_seconds = train_start.elapsed().as_secs_f64();
     let after = score_all(&adapted.sam, &ds, &labels, &test, &kinds)?;
-    let total = adapted.part_params.values().sum::<usize>() + adapted.adapter_params;
-    let trainable_percent = 100.0 * adapted.adapter_params as f64 / total as f64;
+    let trainable_percent = super::demo::trainable_percent(&adapted);
     print_table(&kinds, &before, &after, trainable_percent, train_seconds);
     let picture = args.out.join("comparison3d.png");
     comparison(&before[0].outcomes, &after[0].outcomes, &picture)?;
@@ -83,13 +81,7 @@ pub fn run(args: &DemoArgs) -> Result<()> {
         picture.display(),
         run_dir.display()
     );
-    let line = json!({
-        "frozen_dice": before[0].dice,
-        "adapted_dice": after[0].dice,
-        "trainable_percent": trainable_percent,
-        "seconds": start.elapsed().as_secs_f64(),
-    });
-    println!("{line}");
+    super::demo::print_result_line(before[0].dice, after[0].dice, trainable_percent, start);
     Ok(())
 }
 

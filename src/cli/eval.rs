@@ -3,7 +3,7 @@
 use super::ModelArgs;
 use crate::data::layout::{discover, DatasetKind};
 use crate::data::prompts::PromptKind;
-use crate::eval::evaluate::{evaluate, summarize, write_per_case_csv, PromptSource};
+use crate::eval::evaluate::{evaluate, write_reports, PromptSource};
 use crate::infer::UserPrompt;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -115,12 +115,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         |n| bar.set_position(n as u64),
     )?;
     bar.finish_and_clear();
-    write_per_case_csv(&args.out.join("per_case.csv"), &results)?;
-    let summary = summarize(&results);
-    std::fs::write(
-        args.out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?,
-    )?;
+    let summary = write_reports(&args.out, &results)?;
     println!(
         "{} cases: Dice {:.4} ± {:.4}, IoU {:.4} ± {:.4}, HD95 {:.2} ± {:.2} px ({} undefined)",
         summary.n_cases,

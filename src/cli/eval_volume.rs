@@ -4,7 +4,7 @@
 use super::eval::EvalArgs;
 use crate::data::decathlon::{Decathlon, LabelMap};
 use crate::data::prompts::PromptKind;
-use crate::eval::evaluate::{summarize, write_per_case_csv};
+use crate::eval::evaluate::write_reports;
 use crate::eval::volume::{evaluate_case, write_montage, VolumeEvalSpec};
 use crate::io::Intensity;
 use anyhow::{bail, Context, Result};
@@ -70,12 +70,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         bar.set_position(i as u64 + 1);
     }
     bar.finish_and_clear();
-    write_per_case_csv(&args.out.join("per_case.csv"), &results)?;
-    let summary = summarize(&results);
-    std::fs::write(
-        args.out.join("summary.json"),
-        serde_json::to_string_pretty(&summary)?,
-    )?;
+    let summary = write_reports(&args.out, &results)?;
     println!("organ            n   Dice    IoU     HD95 (mm)");
     for (name, c) in &summary.per_class {
         println!(

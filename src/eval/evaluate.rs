@@ -239,6 +239,18 @@ pub fn summarize(results: &[CaseResult]) -> Summary {
 }
 
 /// `per_case.csv` with columns case,class,dice,iou,hd95,prompt.
+/// `per_case.csv` and `summary.json` in `out`; returns the summary.
+pub fn write_reports(out: &Path, results: &[CaseResult]) -> Result<Summary> {
+    write_per_case_csv(&out.join("per_case.csv"), results)?;
+    let summary = summarize(results);
+    std::fs::write(
+        out.join("summary.json"),
+        serde_json::to_string_pretty(&summary)?,
+    )
+    .with_context(|| format!("cannot write {}", out.join("summary.json").display()))?;
+    Ok(summary)
+}
+
 pub fn write_per_case_csv(path: &Path, results: &[CaseResult]) -> Result<()> {
     let mut out = String::from("case,class,dice,iou,hd95,prompt\n");
     for r in results {
