@@ -13,5 +13,6 @@ pub mod params;
 pub mod preprocess;
 pub mod resize;
 pub mod runtime;
+pub mod serve;
 pub mod train;
 pub mod weights;

@@ -47,6 +47,8 @@ pub enum Command {
     Train(train::TrainArgs),
     /// Dice, IoU and HD95 per case on a dataset's test split.
     Eval(eval::EvalArgs),
+    /// Serve a web page and JSON API: click or box to segment images and volumes.
+    Serve(crate::serve::ServeArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -98,6 +100,7 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Demo(a) => demo::run(&a),
         Command::Train(a) => train::run(&a),
         Command::Eval(a) => eval::run(&a),
+        Command::Serve(a) => crate::serve::run(&a),
     }
 }
 

@@ -23,6 +23,10 @@ pub struct PredictArgs {
     /// A box `x0,y0,x1,y1` in original-image pixels.
     #[arg(long = "box", value_parser = parse_box)]
     pub bbox: Option<[f32; 4]>,
+    /// A prompt file, as `msa serve`'s page saves it: `{"points": [[x, y, label], ...],
+    /// "box": [x0, y0, x1, y1] or null}`; --point and --box add to it.
+    #[arg(long)]
+    pub prompts: Option<PathBuf>,
     /// Return SAM's three candidate masks instead of one.
     #[arg(long, conflicts_with = "classes")]
     pub multimask: bool,
@@ -84,10 +88,17 @@ pub fn run(args: &PredictArgs) -> Result<()> {
     let device = super::default_device()?;
     let loaded = args.model.load(&device)?;
     let img = load_rgb(&args.image)?;
-    let prompt = UserPrompt {
-        points: args.points.clone(),
-        bbox: args.bbox,
+    let mut prompt = match &args.prompts {
+        Some(path) => crate::infer::PromptFile::load(path)?,
+        None => UserPrompt::default(),
     };
+    prompt.points.extend(args.points.iter().copied());
+    if args.bbox.is_some() {
+        prompt.bbox = args.bbox;
+    }
+    if prompt.points.is_empty() && prompt.bbox.is_none() {
+        bail!("no prompt: give --point, --box or --prompts");
+    }
     let files = Outputs {
         mask: args.out.clone(),
         overlay: args.overlay.clone(),

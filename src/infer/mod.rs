@@ -5,4 +5,4 @@ pub mod predictor;
 pub mod volume;
 
 pub use embedding_cache::EmbeddingCache;
-pub use predictor::{Prediction, Predictor, UserPrompt};
+pub use predictor::{Embedded, Prediction, Predictor, PromptFile, UserPrompt};

@@ -16,6 +16,26 @@ pub struct UserPrompt {
 }
 
 impl UserPrompt {
+    /// A prompt from `[x, y, label]` points and an optional box as JSON gives them, with
+    /// labels and box corners checked.
+    pub fn from_parts(points: &[[f32; 3]], bbox: Option<[f32; 4]>) -> Result<Self> {
+        let mut out = Vec::with_capacity(points.len());
+        for &[x, y, l] in points {
+            if l != 0.0 && l != 1.0 {
+                bail!(
+                    "point ({x}, {y}) has label {l}; labels are 1 (foreground) or 0 (background)"
+                );
+            }
+            out.push((x, y, l as i64));
+        }
+        if let Some([x0, y0, x1, y1]) = bbox {
+            if !(x1 > x0 && y1 > y0) {
+                bail!("box ({x0}, {y0}, {x1}, {y1}) needs x0 < x1 and y0 < y1");
+            }
+        }
+        Ok(Self { points: out, bbox })
+    }
+
     /// Points and boxes must lie on the w x h image: an outside click is almost always
     /// swapped x/y.
     pub fn check_inside(&self, w: usize, h: usize) -> Result<()> {
@@ -33,6 +53,33 @@ impl UserPrompt {
             }
         }
         Ok(())
+    }
+}
+
+/// `{"points": [[x, y, label], ...], "box": [x0, y0, x1, y1] or null}` in original-image
+/// pixels: the prompt file `msa predict --prompts` reads and the server's page saves.
+#[derive(Debug, Clone, Default, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct PromptFile {
+    #[serde(default)]
+    pub points: Vec<[f32; 3]>,
+    #[serde(default, rename = "box")]
+    pub bbox: Option<[f32; 4]>,
+}
+
+impl PromptFile {
+    pub fn load(path: &std::path::Path) -> Result<UserPrompt> {
+        use anyhow::Context;
+        let text = std::fs::read_to_string(path)
+            .with_context(|| format!("cannot read prompts {}", path.display()))?;
+        let file: Self = serde_json::from_str(&text).with_context(|| {
+            format!(
+                "{}: expected {{\"points\": [[x, y, label], ...], \"box\": [x0, y0, x1, y1] or null}}",
+                path.display()
+            )
+        })?;
+        UserPrompt::from_parts(&file.points, file.bbox)
+            .with_context(|| format!("prompts {}", path.display()))
     }
 }
 
@@ -54,6 +101,16 @@ impl Prediction {
     pub fn iou_values(&self) -> Result<Vec<f32>> {
         Ok(self.iou.to_vec1::<f32>()?)
     }
+}
+
+/// An encoded image with what the decoder reuses across prompts: kept by callers that
+/// answer prompts on many images (a server) and hand it back with `set_embedded`.
+#[derive(Debug, Clone)]
+pub struct Embedded {
+    pub features: Tensor,
+    pub context: ImageContext,
+    pub input_size: (usize, usize),
+    pub original_size: (usize, usize),
 }
 
 pub struct Predictor<'a> {
@@ -143,6 +200,23 @@ impl<'a> Predictor<'a> {
     ) -> Result<()> {
         let features = self.sam.encode(x)?;
         self.set_embedding(features, input_size, original_size)
+    }
+
+    /// The current image's embedding, once `set_image` (or another setter) has run.
+    pub fn embedded(&self) -> Option<Embedded> {
+        Some(Embedded {
+            features: self.features.clone()?,
+            context: self.context.clone()?,
+            input_size: self.input_size,
+            original_size: self.original_size,
+        })
+    }
+
+    pub fn set_embedded(&mut self, e: Embedded) {
+        self.features = Some(e.features);
+        self.context = Some(e.context);
+        self.input_size = e.input_size;
+        self.original_size = e.original_size;
     }
 
     pub fn features(&self) -> Option<&Tensor> {

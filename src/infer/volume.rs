@@ -15,7 +15,7 @@ use std::collections::BTreeMap;
 use std::path::Path;
 
 /// `{"classes": {"<label>": {"points": {"<k>": [[x, y, l], ...]}, "boxes": {"<k>": [x0, y0,
-/// x1, y1]}, "box3d": [x0, y0, k0, x1, y1, k1]}}}`. Slice k is `data[:, :, k]`; x indexes
+/// x1, y1]}, "box3d": [x0, y0, k0, x1, y1, k1], "interpolate_boxes": bool}}}`. Slice k is `data[:, :, k]`; x indexes
 /// the first axis and y the second.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -32,6 +32,29 @@ pub struct ClassPrompts {
     pub boxes: BTreeMap<String, [f32; 4]>,
     #[serde(default)]
     pub box3d: Option<[f32; 6]>,
+    /// Slices between two boxed slices get boxes interpolated linearly between them: boxes
+    /// drawn on a few key slices propagate through the structure.
+    #[serde(default)]
+    pub interpolate_boxes: bool,
+}
+
+impl ClassPrompts {
+    /// (slice, box) for every slice strictly between two consecutive boxed slices.
+    fn interpolated_boxes(&self, keyed: &BTreeMap<usize, [f32; 4]>) -> Vec<(usize, [f32; 4])> {
+        if !self.interpolate_boxes {
+            return vec![];
+        }
+        let keys: Vec<(&usize, &[f32; 4])> = keyed.iter().collect();
+        let mut out = vec![];
+        for pair in keys.windows(2) {
+            let ((&ka, a), (&kb, b)) = (pair[0], pair[1]);
+            for k in ka + 1..kb {
+                let t = (k - ka) as f32 / (kb - ka) as f32;
+                out.push((k, std::array::from_fn(|i| a[i] + t * (b[i] - a[i]))));
+            }
+        }
+        out
+    }
 }
 
 /// The prompts of one slice: (label value, prompt) in label order.
@@ -80,9 +103,13 @@ impl VolumePrompts {
                         Some([x0, y0, x1, y1]);
                 }
             }
-            for (key, b) in &p.boxes {
-                let k = slice(key, class)?;
-                out.entry(k).or_default().entry(label).or_default().bbox = Some(*b);
+            let keyed = p
+                .boxes
+                .iter()
+                .map(|(key, b)| Ok((slice(key, class)?, *b)))
+                .collect::<Result<BTreeMap<usize, [f32; 4]>>>()?;
+            for (k, b) in p.interpolated_boxes(&keyed).into_iter().chain(keyed) {
+                out.entry(k).or_default().entry(label).or_default().bbox = Some(b);
             }
             for (key, pts) in &p.points {
                 let k = slice(key, class)?;
@@ -343,5 +370,19 @@ mod tests {
         assert_eq!(four[1].1.bbox, Some([0.0, 0.0, 9.0, 9.0]));
         let err = p.per_slice(5).unwrap_err().to_string();
         assert!(err.contains("3..=5") && err.contains("5 slices"), "{err}");
+    }
+
+    #[test]
+    fn boxes_on_key_slices_interpolate_between_them() {
+        let json = r#"{"classes": {"1": {"interpolate_boxes": true,
+            "boxes": {"2": [0, 0, 10, 10], "6": [4, 8, 14, 30], "7": [1, 1, 2, 2]}}}}"#;
+        let p: VolumePrompts = serde_json::from_str(json).unwrap();
+        let s = p.per_slice(10).unwrap();
+        assert_eq!(s.keys().copied().collect::<Vec<_>>(), [2, 3, 4, 5, 6, 7]);
+        assert_eq!(s[&4][0].1.bbox, Some([2.0, 4.0, 12.0, 20.0]));
+        assert_eq!(s[&6][0].1.bbox, Some([4.0, 8.0, 14.0, 30.0]));
+        let plain = json.replace("\"interpolate_boxes\": true,", "");
+        let p: VolumePrompts = serde_json::from_str(&plain).unwrap();
+        assert_eq!(p.per_slice(10).unwrap().len(), 3);
     }
 }

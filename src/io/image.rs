@@ -12,6 +12,25 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
     Ok(to_rgb8(img))
 }
 
+/// Decodes an image held in memory (PNG, JPEG, TIFF or BMP, told by its bytes) as
+/// `load_rgb` does, refusing sizes beyond `limits` before any pixel buffer is allocated.
+pub fn decode_rgb(bytes: &[u8], limits: &super::DecodeLimits) -> Result<RgbImage> {
+    let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
+        .with_guessed_format()
+        .context("cannot read the image bytes")?;
+    if reader.format().is_none() {
+        anyhow::bail!("not a PNG, JPEG, TIFF or BMP image (unknown leading bytes)");
+    }
+    let (w, h) = reader
+        .into_dimensions()
+        .context("cannot read the image header")?;
+    limits.check_image(w, h)?;
+    reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?;
+    reader.limits(limits.image_limits());
+    let img = reader.decode().context("cannot decode the image")?;
+    Ok(to_rgb8(img))
+}
+
 pub fn to_rgb8(img: DynamicImage) -> RgbImage {
     match img {
         DynamicImage::ImageLuma8(_) | DynamicImage::ImageRgb8(_) => img.to_rgb8(),

@@ -9,4 +9,7 @@ pub mod nifti;
 pub mod volume;
 
 pub use intensity::Intensity;
+pub use limits::DecodeLimits;
+
+mod limits;
 pub use volume::Volume;

@@ -57,6 +57,53 @@ pub fn read(path: &Path) -> Result<NiftiVolume> {
             path.display()
         )
     })?;
+    from_object(obj, path)
+}
+
+/// True when `bytes` start like a NIfTI-1 file or a gzip stream (which may hold one).
+pub fn looks_like(bytes: &[u8]) -> bool {
+    bytes.starts_with(&[0x1f, 0x8b]) || bytes.get(344..348) == Some(b"n+1\0".as_slice())
+}
+
+/// `read` for a file held in memory (`.nii`, or gzipped `.nii.gz`), named `name` in
+/// errors. Sizes are checked against `limits` from the header before the voxels are read.
+pub fn read_bytes(bytes: &[u8], name: &str, limits: &super::DecodeLimits) -> Result<NiftiVolume> {
+    let what = Path::new(name);
+    let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
+        gunzip(bytes, limits.max_decompressed_bytes)
+            .with_context(|| format!("{name}: cannot decompress"))?
+    } else {
+        bytes.to_vec()
+    };
+    let header = NiftiHeader::from_reader(raw.as_slice())
+        .with_context(|| format!("{name}: not a NIfTI-1 file (bad or short header)"))?;
+    let dims = volume_dims(what, &header)?;
+    limits
+        .check_voxels(&dims)
+        .with_context(|| name.to_string())?;
+    let needed = dims.iter().product::<usize>() as u64 * header.bitpix.max(8) as u64 / 8;
+    let available = (raw.len() as u64).saturating_sub(header.vox_offset.max(0.0) as u64);
+    if needed > available {
+        bail!("{name}: the header promises {needed} bytes of voxels, the file holds {available}");
+    }
+    let obj = nifti::InMemNiftiObject::from_reader(raw.as_slice())
+        .with_context(|| format!("{name}: cannot read as NIfTI-1"))?;
+    from_object(obj, what)
+}
+
+fn gunzip(bytes: &[u8], max: u64) -> Result<Vec<u8>> {
+    use std::io::Read;
+    let mut out = Vec::new();
+    flate2::read::GzDecoder::new(bytes)
+        .take(max + 1)
+        .read_to_end(&mut out)?;
+    if out.len() as u64 > max {
+        bail!("it expands beyond the limit of {max} bytes");
+    }
+    Ok(out)
+}
+
+fn from_object(obj: nifti::InMemNiftiObject, path: &Path) -> Result<NiftiVolume> {
     let header = obj.header().clone();
     let dtype = header.data_type().with_context(|| {
         format!(

@@ -1,0 +1,293 @@
+//! The HTTP routes: the page, and the JSON API it uses (documented in the README). Model
+//! work runs on blocking threads; every failure is a JSON error.
+
+use super::error::ApiError;
+use super::segment::{self, PredictRequest, PropagateRequest};
+use super::store::{lock_entry, Content, ImageEntry};
+use super::ServerState;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{DefaultBodyLimit, Path, Query, State};
+use axum::http::{header, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, post};
+use axum::{Json, Router};
+use serde::Deserialize;
+use std::sync::{Arc, Mutex};
+
+type AppState = Arc<ServerState>;
+type ApiResult<T> = Result<T, ApiError>;
+
+/// Most bytes of a JSON request body.
+const MAX_JSON_BYTES: usize = 8 << 20;
+
+pub fn router(state: AppState) -> Router {
+    let upload_limit = state.settings.max_upload_bytes;
+    Router::new()
+        .route("/", get(page))
+        .route("/app.js", get(script))
+        .route("/api/health", get(health))
+        .route("/api/models", get(models))
+        .route(
+            "/api/images",
+            post(upload).layer(DefaultBodyLimit::max(upload_limit)),
+        )
+        .route("/api/images/{id}", get(describe).delete(remove))
+        .route("/api/images/{id}/slices/{k}", get(slice_png))
+        .route("/api/images/{id}/predict", post(predict))
+        .route("/api/images/{id}/propagate", post(propagate))
+        .route("/api/images/{id}/labels/{k}", get(labels_png))
+        .route("/api/images/{id}/segmentation.nii.gz", get(segmentation))
+        .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
+        .fallback(not_found)
+        .method_not_allowed_fallback(method_not_allowed)
+        .with_state(state)
+}
+
+async fn page() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/html; charset=utf-8")],
+        super::page::INDEX_HTML,
+    )
+}
+
+async fn script() -> impl IntoResponse {
+    (
+        [(header::CONTENT_TYPE, "text/javascript; charset=utf-8")],
+        super::page::APP_JS,
+    )
+}
+
+async fn health() -> Json<serde_json::Value> {
+    Json(serde_json::json!({"status": "ok", "version": env!("CARGO_PKG_VERSION")}))
+}
+
+async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
+    Json(serde_json::json!({
+        "models": state.models.bases,
+        "adapters": state.models.adapters,
+    }))
+}
+
+#[derive(Debug, Deserialize)]
+struct UploadQuery {
+    /// A volume's intensity scaling, as `predict-volume --window` takes it.
+    window: Option<String>,
+}
+
+async fn upload(
+    State(state): State<AppState>,
+    Query(q): Query<UploadQuery>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let bytes = body_bytes(body)?;
+    let limits = state.settings.decode;
+    let content =
+        blocking(move || segment::decode_upload(&bytes, q.window.as_deref(), &limits)).await?;
+    let info = content_info(&content);
+    let id = state.store.insert(content);
+    let mut info = info;
+    info["id"] = id.into();
+    Ok(Json(info))
+}
+
+fn content_info(content: &Content) -> serde_json::Value {
+    let (w, h, n) = content.size();
+    let mut v = serde_json::json!({"width": w, "height": h, "slices": n});
+    if let Content::Volume {
+        volume, intensity, ..
+    } = content
+    {
+        v["spacing"] = serde_json::json!(volume.volume.spacing);
+        v["intensity"] = intensity.clone().into();
+    }
+    v
+}
+
+async fn describe(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Json<serde_json::Value>> {
+    let entry = find(&state, &id)?;
+    let entry = lock_entry(&entry);
+    let mut info = content_info(&entry.content);
+    info["id"] = id.into();
+    info["has_labels"] = entry.labels.is_some().into();
+    Ok(Json(info))
+}
+
+async fn remove(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
+    match state.store.remove(&id) {
+        true => Ok(StatusCode::NO_CONTENT),
+        false => Err(unknown_image(&id)),
+    }
+}
+
+async fn slice_png(
+    State(state): State<AppState>,
+    Path((id, k)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let entry = find(&state, &id)?;
+    let k = slice_index(&k)?;
+    let png = blocking(move || {
+        let entry = lock_entry(&entry);
+        check_slice(&entry, k)?;
+        segment::rgb_png(&entry.content.slice_rgb(k))
+    })
+    .await?;
+    Ok(png_response(png))
+}
+
+async fn predict(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<segment::PredictResponse>> {
+    let req: PredictRequest = json_body(body)?;
+    let entry = find(&state, &id)?;
+    let out = blocking(move || {
+        let model = state
+            .models
+            .find(req.model.as_deref(), req.adapters.as_deref())
+            .map_err(ApiError::bad_input)?;
+        segment::predict(&mut lock_entry(&entry), model, &req)
+    })
+    .await?;
+    Ok(Json(out))
+}
+
+async fn propagate(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+    body: Result<Bytes, BytesRejection>,
+) -> ApiResult<Json<segment::PropagateResponse>> {
+    let req: PropagateRequest = json_body(body)?;
+    let entry = find(&state, &id)?;
+    let out = blocking(move || {
+        let model = state
+            .models
+            .find(req.model.as_deref(), req.adapters.as_deref())
+            .map_err(ApiError::bad_input)?;
+        segment::propagate(&mut lock_entry(&entry), model, &req)
+    })
+    .await?;
+    Ok(Json(out))
+}
+
+async fn labels_png(
+    State(state): State<AppState>,
+    Path((id, k)): Path<(String, String)>,
+) -> ApiResult<Response> {
+    let entry = find(&state, &id)?;
+    let k = slice_index(&k)?;
+    let png = blocking(move || {
+        let entry = lock_entry(&entry);
+        check_slice(&entry, k)?;
+        let (w, h, _) = entry.content.size();
+        let labels = entry.labels.as_deref().ok_or_else(no_labels)?;
+        segment::labels_png(labels, w, h, k)
+    })
+    .await?;
+    Ok(png_response(png))
+}
+
+async fn segmentation(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let entry = find(&state, &id)?;
+    let bytes = blocking(move || {
+        let entry = lock_entry(&entry);
+        let Content::Volume { volume, .. } = &entry.content else {
+            return Err(ApiError::bad_request(
+                "a 2D image has no NIfTI segmentation; save its mask PNG",
+            ));
+        };
+        let labels = entry.labels.as_deref().ok_or_else(no_labels)?;
+        super::nifti_bytes(labels, volume).map_err(ApiError::from)
+    })
+    .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/gzip"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"segmentation.nii.gz\"",
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+async fn not_found() -> ApiError {
+    ApiError::not_found("no such route; see the API in the README")
+}
+
+async fn method_not_allowed() -> ApiError {
+    ApiError::new(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "this route does not take that method",
+    )
+}
+
+fn no_labels() -> ApiError {
+    ApiError::new(
+        StatusCode::CONFLICT,
+        "nothing propagated yet: POST prompts to /propagate first",
+    )
+}
+
+fn find(state: &ServerState, id: &str) -> ApiResult<Arc<Mutex<ImageEntry>>> {
+    state.store.get(id).ok_or_else(|| unknown_image(id))
+}
+
+fn unknown_image(id: &str) -> ApiError {
+    let shown: String = id.chars().take(40).collect();
+    ApiError::not_found(format!(
+        "no image `{shown}`: unknown, or dropped after its time-out or for newer uploads; upload it again"
+    ))
+}
+
+fn slice_index(k: &str) -> ApiResult<usize> {
+    let k = k.strip_suffix(".png").unwrap_or(k);
+    k.parse()
+        .map_err(|_| ApiError::bad_request(format!("slice `{k}` is not an index")))
+}
+
+fn check_slice(entry: &ImageEntry, k: usize) -> ApiResult<()> {
+    let (_, _, n) = entry.content.size();
+    match k < n {
+        true => Ok(()),
+        false => Err(ApiError::bad_request(format!(
+            "slice {k} is outside the image's {n} slice(s)"
+        ))),
+    }
+}
+
+fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {
+    body.map_err(|r| ApiError::new(r.status(), r.body_text()))
+}
+
+fn json_body<T: serde::de::DeserializeOwned>(body: Result<Bytes, BytesRejection>) -> ApiResult<T> {
+    let bytes = body_bytes(body)?;
+    serde_json::from_slice(&bytes).map_err(|e| {
+        ApiError::new(
+            StatusCode::UNPROCESSABLE_ENTITY,
+            format!("bad JSON body: {e}"),
+        )
+    })
+}
+
+fn png_response(png: Vec<u8>) -> Response {
+    ([(header::CONTENT_TYPE, "image/png")], png).into_response()
+}
+
+/// Runs model or codec work off the async threads.
+async fn blocking<T: Send + 'static>(
+    f: impl FnOnce() -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    tokio::task::spawn_blocking(f)
+        .await
+        .map_err(|e| ApiError::internal(format!("the request's worker failed: {e}")))?
+}

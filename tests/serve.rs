@@ -1,0 +1,552 @@
+//! `msa serve`'s API against a live server on a free local port: the answers agree with
+//! the library and the command line, and hostile input gets a 4xx while the server serves on.
+
+mod common;
+
+use common::fixture;
+use msa::infer::{Predictor, UserPrompt};
+use msa::io::nifti::{self, NiftiVolume};
+use msa::io::Volume;
+use msa::model::SamConfig;
+use msa::serve::models::ModelSet;
+use msa::serve::{start, Running, Settings};
+use serde_json::{json, Value};
+use std::path::Path;
+use std::process::Command;
+
+fn tiny_models() -> ModelSet {
+    let cfg = SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap();
+    ModelSet::load(
+        &[fixture("sam_tiny.pth")],
+        &[],
+        Some(&cfg),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap()
+}
+
+fn serve(settings: Settings) -> Running {
+    start(
+        tiny_models(),
+        Settings {
+            port: 0,
+            ..settings
+        },
+    )
+    .unwrap()
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+/// (status, body) of a request; `body` is sent as the request body when given.
+fn call(server: &Running, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Vec<u8>) {
+    let url = format!("{}{path}", server.url());
+    let agent = agent();
+    let response = match (method, body) {
+        ("GET", _) => agent.get(&url).call(),
+        ("DELETE", _) => agent.delete(&url).call(),
+        ("POST", Some(b)) => agent.post(&url).send(b),
+        ("POST", None) => agent.post(&url).send_empty(),
+        _ => panic!("{method}"),
+    }
+    .unwrap_or_else(|e| panic!("{method} {path}: {e}"));
+    let status = response.status().as_u16();
+    let bytes = response.into_body().read_to_vec().unwrap();
+    (status, bytes)
+}
+
+fn call_json(server: &Running, method: &str, path: &str, body: Option<&[u8]>) -> (u16, Value) {
+    let (status, bytes) = call(server, method, path, body);
+    let v = serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+        panic!(
+            "{path}: not JSON ({e}): {}",
+            String::from_utf8_lossy(&bytes)
+        )
+    });
+    (status, v)
+}
+
+/// A gray disk on a darker background, as PNG bytes.
+fn disk_png(w: u32, h: u32) -> Vec<u8> {
+    let img = image::RgbImage::from_fn(w, h, |x, y| {
+        let (dx, dy) = (x as f32 - w as f32 * 0.45, y as f32 - h as f32 * 0.55);
+        let v = if dx * dx + dy * dy < (w.min(h) as f32 * 0.25).powi(2) {
+            200
+        } else {
+            40
+        };
+        image::Rgb([v, v, v / 2])
+    });
+    let mut out = std::io::Cursor::new(vec![]);
+    img.write_to(&mut out, image::ImageFormat::Png).unwrap();
+    out.into_inner()
+}
+
+fn decode_mask(v: &Value) -> image::GrayImage {
+    use base64::Engine;
+    let b64 = v["mask_png_base64"].as_str().expect("mask_png_base64");
+    let png = base64::engine::general_purpose::STANDARD
+        .decode(b64)
+        .unwrap();
+    image::load_from_memory(&png).unwrap().to_luma8()
+}
+
+fn upload(server: &Running, bytes: &[u8]) -> Value {
+    let (status, v) = call_json(server, "POST", "/api/images", Some(bytes));
+    assert_eq!(status, 200, "{v}");
+    v
+}
+
+#[test]
+fn masks_from_the_api_equal_the_predictor_and_the_command_line() {
+    let server = serve(Settings::default());
+    let (status, health) = call_json(&server, "GET", "/api/health", None);
+    assert_eq!((status, health["status"].as_str()), (200, Some("ok")));
+    let (_, models) = call_json(&server, "GET", "/api/models", None);
+    assert_eq!(models["models"][0]["name"], "sam_tiny", "{models}");
+    assert_eq!(models["adapters"], json!([]));
+
+    let png = disk_png(90, 70);
+    let info = upload(&server, &png);
+    assert_eq!(
+        (&info["width"], &info["height"], &info["slices"]),
+        (&json!(90), &json!(70), &json!(1))
+    );
+    let id = info["id"].as_str().unwrap();
+    let body = json!({"points": [[40, 38, 1], [5, 5, 0]], "box": [20, 15, 70, 60], "slice": 0});
+    let path = format!("/api/images/{id}/predict");
+    let (status, first) = call_json(&server, "POST", &path, Some(body.to_string().as_bytes()));
+    assert_eq!(status, 200, "{first}");
+    assert_eq!(first["encoded"], true);
+    let (_, again) = call_json(&server, "POST", &path, Some(body.to_string().as_bytes()));
+    assert_eq!(again["encoded"], false, "the image is encoded once");
+    assert!(again["ms"].as_f64().unwrap() > 0.0);
+    let mask = decode_mask(&again);
+    assert_eq!(mask.dimensions(), (90, 70));
+    assert!(mask.pixels().all(|p| p.0[0] == 0 || p.0[0] == 255));
+
+    // The library's predictor on the same image and prompt.
+    let cfg = SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap();
+    let loaded = msa::weights::load_sam(
+        &fixture("sam_tiny.pth"),
+        Some(&cfg),
+        None,
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let img = image::load_from_memory(&png).unwrap().to_rgb8();
+    let mut predictor = Predictor::new(&loaded.sam);
+    predictor.set_image(&img).unwrap();
+    let prompt = UserPrompt {
+        points: vec![(40.0, 38.0, 1), (5.0, 5.0, 0)],
+        bbox: Some([20.0, 15.0, 70.0, 60.0]),
+    };
+    let pred = predictor.predict(&prompt, false).unwrap();
+    let expected = pred.binary_mask(0).unwrap();
+    let got: Vec<bool> = mask.pixels().map(|p| p.0[0] == 255).collect();
+    assert_eq!(got, expected);
+    let iou = pred.iou_values().unwrap()[0];
+    assert!((again["iou"].as_f64().unwrap() as f32 - iou).abs() < 1e-5);
+
+    // The prompt file the page saves gives `msa predict` the same mask.
+    let dir = tempfile::tempdir().unwrap();
+    let (image_path, prompts_path, out) = (
+        dir.path().join("disk.png"),
+        dir.path().join("prompts.json"),
+        dir.path().join("mask.png"),
+    );
+    std::fs::write(&image_path, &png).unwrap();
+    let file = json!({"points": body["points"], "box": body["box"]});
+    std::fs::write(&prompts_path, file.to_string()).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_msa"))
+        .args(["predict", "--checkpoint"])
+        .arg(fixture("sam_tiny.pth"))
+        .arg("--config")
+        .arg(fixture("sam_tiny.json"))
+        .arg("--image")
+        .arg(&image_path)
+        .arg("--prompts")
+        .arg(&prompts_path)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(image::open(&out).unwrap().to_luma8(), mask);
+
+    // The display of slice 0 is the image itself.
+    let (status, shown) = call(&server, "GET", &format!("/api/images/{id}/slices/0"), None);
+    assert_eq!(status, 200);
+    assert_eq!(image::load_from_memory(&shown).unwrap().to_rgb8(), img);
+    let (status, _) = call(&server, "DELETE", &format!("/api/images/{id}"), None);
+    assert_eq!(status, 204);
+    let (status, _) = call_json(&server, "POST", &path, Some(body.to_string().as_bytes()));
+    assert_eq!(status, 404);
+}
+
+fn write_volume(path: &Path, dims: [usize; 3]) -> NiftiVolume {
+    let (values, _) = msa::data::synthetic::blob_volume(dims, 7);
+    let volume = Volume {
+        dims,
+        data: values,
+        spacing: [0.8, 0.9, 2.5],
+        affine: [
+            [-0.8, 0.0, 0.0, 10.0],
+            [0.0, 0.9, 0.0, -20.0],
+            [0.0, 0.0, 2.5, 5.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ],
+    };
+    let v = NiftiVolume::from_volume(volume);
+    nifti::write_image(path, &v).unwrap();
+    v
+}
+
+#[test]
+fn volumes_propagate_and_download_as_predict_volume_writes_them() {
+    let server = serve(Settings::default());
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("ct.nii.gz");
+    let written = write_volume(&input, [40, 36, 9]);
+    let info = upload(&server, &std::fs::read(&input).unwrap());
+    assert_eq!(
+        (&info["width"], &info["height"], &info["slices"]),
+        (&json!(40), &json!(36), &json!(9))
+    );
+    let id = info["id"].as_str().unwrap();
+    let (status, one) = call_json(
+        &server,
+        "POST",
+        &format!("/api/images/{id}/predict"),
+        Some(
+            json!({"points": [[12, 14, 1]], "slice": 4})
+                .to_string()
+                .as_bytes(),
+        ),
+    );
+    assert_eq!(status, 200, "{one}");
+    assert_eq!(decode_mask(&one).dimensions(), (40, 36));
+
+    let (status, _) = call_json(
+        &server,
+        "GET",
+        &format!("/api/images/{id}/segmentation.nii.gz"),
+        None,
+    );
+    assert_eq!(status, 409, "nothing propagated yet");
+    let prompts = json!({"classes": {
+        "1": {"boxes": {"2": [4, 5, 20, 22], "6": [8, 9, 24, 26]}, "interpolate_boxes": true},
+        "2": {"points": {"4": [[30, 20, 1]]}}
+    }});
+    let (status, out) = call_json(
+        &server,
+        "POST",
+        &format!("/api/images/{id}/propagate"),
+        Some(json!({"prompts": prompts}).to_string().as_bytes()),
+    );
+    assert_eq!(status, 200, "{out}");
+    assert_eq!(out["slices"], json!([2, 3, 4, 5, 6]));
+    let (status, png) = call(&server, "GET", &format!("/api/images/{id}/labels/4"), None);
+    assert_eq!(status, 200);
+    assert_eq!(image::load_from_memory(&png).unwrap().width(), 40);
+    let (status, seg) = call(
+        &server,
+        "GET",
+        &format!("/api/images/{id}/segmentation.nii.gz"),
+        None,
+    );
+    assert_eq!(status, 200);
+    let served = dir.path().join("served.nii.gz");
+    std::fs::write(&served, seg).unwrap();
+    let served = nifti::read(&served).unwrap();
+    assert_eq!(served.volume.dims, [40, 36, 9]);
+    assert_eq!(served.volume.affine, written.volume.affine);
+
+    // `msa predict-volume` with the same prompt file writes the same labels.
+    let prompts_path = dir.path().join("prompts.json");
+    std::fs::write(&prompts_path, prompts.to_string()).unwrap();
+    let cli_out = dir.path().join("cli.nii.gz");
+    let status = Command::new(env!("CARGO_BIN_EXE_msa"))
+        .args(["predict-volume", "--checkpoint"])
+        .arg(fixture("sam_tiny.pth"))
+        .arg("--config")
+        .arg(fixture("sam_tiny.json"))
+        .arg("--image")
+        .arg(&input)
+        .arg("--prompts")
+        .arg(&prompts_path)
+        .arg("--out")
+        .arg(&cli_out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    let cli = nifti::read(&cli_out).unwrap();
+    assert_eq!(cli.volume.data, served.volume.data);
+    let counted: usize = out["voxels"]
+        .as_object()
+        .unwrap()
+        .values()
+        .map(|v| v.as_u64().unwrap() as usize)
+        .sum();
+    assert_eq!(
+        counted,
+        served.volume.data.iter().filter(|&&v| v > 0.0).count()
+    );
+}
+
+/// PNG bytes whose header claims w x h pixels, with a valid CRC and one tiny data chunk.
+fn png_header_claiming(w: u32, h: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend(kind);
+        out.extend(data);
+        out.extend(crc.sum().to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = vec![];
+    ihdr.extend(w.to_be_bytes());
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// A NIfTI-1 header alone (352 bytes) claiming `dims` int16 voxels.
+fn nifti_header_claiming(dims: [u16; 3]) -> Vec<u8> {
+    let mut h = vec![0u8; 352];
+    h[0..4].copy_from_slice(&348i32.to_le_bytes());
+    let dim = [
+        3i16,
+        dims[0] as i16,
+        dims[1] as i16,
+        dims[2] as i16,
+        1,
+        1,
+        1,
+        1,
+    ];
+    for (i, d) in dim.iter().enumerate() {
+        h[40 + 2 * i..42 + 2 * i].copy_from_slice(&d.to_le_bytes());
+    }
+    h[70..72].copy_from_slice(&4i16.to_le_bytes());
+    h[72..74].copy_from_slice(&16i16.to_le_bytes());
+    for i in 0..4 {
+        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&1f32.to_le_bytes());
+    }
+    h[108..112].copy_from_slice(&352f32.to_le_bytes());
+    h[112..116].copy_from_slice(&1f32.to_le_bytes());
+    h[344..348].copy_from_slice(b"n+1\0");
+    h
+}
+
+#[test]
+fn hostile_input_gets_4xx_and_the_server_keeps_serving() {
+    let settings = Settings {
+        max_upload_bytes: 2 << 20,
+        ..Settings::default()
+    };
+    let server = serve(settings);
+    let png = disk_png(64, 48);
+    let refused = |bytes: &[u8], what: &str| -> String {
+        let (status, v) = call_json(&server, "POST", "/api/images", Some(bytes));
+        assert!((400..500).contains(&status), "{what}: {status} {v}");
+        v["error"]
+            .as_str()
+            .unwrap_or_else(|| panic!("{what}: {v}"))
+            .to_string()
+    };
+    let e = refused(&png[..png.len() / 2], "truncated PNG");
+    assert!(e.contains("decode"), "{e}");
+    let e = refused(
+        &png_header_claiming(20_000, 20_000),
+        "20000x20000 PNG header",
+    );
+    assert!(e.contains("20000x20000") && e.contains("limit"), "{e}");
+    let e = refused(b"%PDF-1.7 this is not an image at all", "non-image");
+    assert!(e.contains("not a PNG"), "{e}");
+    let e = refused(
+        &nifti_header_claiming([30_000, 30_000, 30_000]),
+        "NIfTI bomb",
+    );
+    assert!(e.contains("limit"), "{e}");
+    let e = refused(&nifti_header_claiming([64, 64, 10]), "NIfTI without voxels");
+    assert!(e.contains("holds"), "{e}");
+    let e = refused(&vec![7u8; 3 << 20], "over the upload limit");
+    assert!(e.to_lowercase().contains("length limit"), "{e}");
+    let e = refused(&[], "empty");
+    assert!(e.contains("empty"), "{e}");
+
+    let id = upload(&server, &png)["id"].as_str().unwrap().to_string();
+    let predict = |body: &str| {
+        call_json(
+            &server,
+            "POST",
+            &format!("/api/images/{id}/predict"),
+            Some(body.as_bytes()),
+        )
+    };
+    for (body, status, needle) in [
+        ("{\"points\": [[10, 10, 1]", 422, "bad JSON"),
+        ("[1, 2, 3]", 422, "bad JSON"),
+        ("{\"points\": [[\"x\", 10, 1]]}", 422, "bad JSON"),
+        (
+            "{\"points\": [[640, 10, 1]]}",
+            400,
+            "outside the 64x48 image",
+        ),
+        ("{\"points\": [[-1, 10, 1]]}", 400, "outside"),
+        ("{\"box\": [30, 30, 10, 10]}", 400, "x0 < x1"),
+        ("{\"points\": [[10, 10, 3]]}", 400, "label 3"),
+        ("{\"points\": []}", 400, "at least one point"),
+        ("{\"points\": [[10, 10, 1]], \"slice\": 3}", 400, "slice 3"),
+        (
+            "{\"points\": [[10, 10, 1]], \"adapters\": \"nope\"}",
+            400,
+            "unknown adapters",
+        ),
+        (
+            "{\"points\": [[10, 10, 1]], \"model\": \"nope\"}",
+            400,
+            "unknown model",
+        ),
+    ] {
+        let (got, v) = predict(body);
+        assert_eq!(got, status, "{body}: {v}");
+        assert!(v["error"].as_str().unwrap().contains(needle), "{body}: {v}");
+    }
+    let (status, v) = call_json(
+        &server,
+        "POST",
+        "/api/images/0123456789abcdef/predict",
+        Some(b"{}"),
+    );
+    assert_eq!(status, 404, "{v}");
+    let (status, v) = call_json(&server, "GET", &format!("/api/images/{id}/slices/x"), None);
+    assert_eq!(status, 400, "{v}");
+    let (status, v) = call_json(
+        &server,
+        "POST",
+        &format!("/api/images/{id}/propagate"),
+        Some(b"{\"prompts\": {\"classes\": {}}}"),
+    );
+    assert_eq!(status, 400, "{v}");
+    let (status, _) = call_json(&server, "GET", "/etc/passwd", None);
+    assert_eq!(status, 404);
+    let (status, _) = call_json(
+        &server,
+        "GET",
+        "/api/images/..%2F..%2Fetc%2Fpasswd/slices/0",
+        None,
+    );
+    assert_eq!(status, 404);
+
+    // 50 requests at once all succeed and agree.
+    let body = json!({"points": [[30, 25, 1]]}).to_string();
+    let masks: Vec<Value> = std::thread::scope(|s| {
+        let handles: Vec<_> = (0..50)
+            .map(|_| {
+                s.spawn(|| {
+                    call_json(
+                        &server,
+                        "POST",
+                        &format!("/api/images/{id}/predict"),
+                        Some(body.as_bytes()),
+                    )
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                let (status, v) = h.join().unwrap();
+                assert_eq!(status, 200, "{v}");
+                v
+            })
+            .collect()
+    });
+    assert!(masks
+        .iter()
+        .all(|m| m["mask_png_base64"] == masks[0]["mask_png_base64"]));
+    let (status, _) = call_json(&server, "GET", "/api/health", None);
+    assert_eq!(status, 200);
+}
+
+#[test]
+fn images_are_bounded_in_number_and_time() {
+    let server = serve(Settings {
+        max_images: 2,
+        ..Settings::default()
+    });
+    let png = disk_png(20, 20);
+    let ids: Vec<String> = (0..3)
+        .map(|_| upload(&server, &png)["id"].as_str().unwrap().to_string())
+        .collect();
+    let status = |id: &str| call(&server, "GET", &format!("/api/images/{id}"), None).0;
+    assert_eq!(status(&ids[0]), 404, "the least recently used went first");
+    assert_eq!((status(&ids[1]), status(&ids[2])), (200, 200));
+
+    let server = serve(Settings {
+        image_timeout: std::time::Duration::from_millis(300),
+        ..Settings::default()
+    });
+    let id = upload(&server, &png)["id"].as_str().unwrap().to_string();
+    std::thread::sleep(std::time::Duration::from_millis(1600));
+    assert_eq!(
+        call(&server, "GET", &format!("/api/images/{id}"), None).0,
+        404
+    );
+}
+
+#[test]
+fn a_token_is_required_off_loopback_and_checked() {
+    let open = Settings {
+        host: "0.0.0.0".parse().unwrap(),
+        ..Settings::default()
+    };
+    let e = open.check().unwrap_err().to_string();
+    assert!(e.contains("--token"), "{e}");
+    let server = serve(Settings {
+        token: Some("s3cret".into()),
+        ..Settings::default()
+    });
+    assert_eq!(call(&server, "GET", "/api/health", None).0, 200);
+    assert_eq!(call(&server, "GET", "/api/models", None).0, 401);
+    assert_eq!(call(&server, "GET", "/", None).0, 401);
+    let url = format!("{}/api/models", server.url());
+    let with = |header: &str, value: &str| {
+        agent()
+            .get(&url)
+            .header(header, value)
+            .call()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!(with("Authorization", "Bearer s3cret"), 200);
+    assert_eq!(with("Authorization", "Bearer wrong"), 401);
+    assert_eq!(with("Cookie", "msa_token=s3cret"), 200);
+    let page = agent()
+        .get(format!("{}/?token=s3cret", server.url()))
+        .call()
+        .unwrap();
+    assert_eq!(page.status().as_u16(), 200);
+    let cookie = page.headers().get("set-cookie").unwrap().to_str().unwrap();
+    assert!(
+        cookie.starts_with("msa_token=s3cret") && cookie.contains("HttpOnly"),
+        "{cookie}"
+    );
+}
