@@ -51,7 +51,10 @@ fn start_driver(exe: &Path) -> Driver {
         .expect("chromedriver starts");
     let deadline = Instant::now() + Duration::from_secs(20);
     while std::net::TcpStream::connect(("127.0.0.1", port)).is_err() {
-        assert!(Instant::now() < deadline, "chromedriver did not listen on {port}");
+        assert!(
+            Instant::now() < deadline,
+            "chromedriver did not listen on {port}"
+        );
         std::thread::sleep(Duration::from_millis(100));
     }
     Driver { child, port }
@@ -83,10 +86,16 @@ async fn wait_for(client: &Client, script: &str, what: &str) -> Value {
             return v;
         }
         let status = client
-            .execute("return document.getElementById('status').textContent", vec![])
+            .execute(
+                "return document.getElementById('status').textContent",
+                vec![],
+            )
             .await
             .unwrap();
-        assert!(Instant::now() < deadline, "timed out waiting for {what}; status: {status}");
+        assert!(
+            Instant::now() < deadline,
+            "timed out waiting for {what}; status: {status}"
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
 }
@@ -102,7 +111,10 @@ async fn viewport_xy(client: &Client, x: f64, y: f64) -> (f64, f64) {
         .await
         .unwrap();
     let f = |i: usize| r[i].as_f64().unwrap();
-    ((f(0) + (x + 0.5) * f(2)).round(), (f(1) + (y + 0.5) * f(3)).round())
+    (
+        (f(0) + (x + 0.5) * f(2)).round(),
+        (f(1) + (y + 0.5) * f(3)).round(),
+    )
 }
 
 async fn mouse(client: &Client, path: &[(f64, f64)]) {
@@ -173,7 +185,11 @@ fn cli_mask(image: &Path, prompts: &Value, dir: &Path) -> Vec<bool> {
 fn disk_image(path: &Path) {
     let img = image::RgbImage::from_fn(160, 120, |x, y| {
         let (dx, dy) = (x as f32 - 70.0, y as f32 - 62.0);
-        let v = if dx * dx / 1.4 + dy * dy < 900.0 { 210 } else { 35 };
+        let v = if dx * dx / 1.4 + dy * dy < 900.0 {
+            210
+        } else {
+            35
+        };
         image::Rgb([v, v, v])
     });
     img.save(path).unwrap();
@@ -202,12 +218,24 @@ async fn the_page_segments_a_click_and_a_box_like_msa_predict() {
     .await
     .unwrap()
     .unwrap();
-    let server = start(models, Settings { port: 0, ..Settings::default() }).unwrap();
+    let server = start(
+        models,
+        Settings {
+            port: 0,
+            ..Settings::default()
+        },
+    )
+    .unwrap();
     let driver = start_driver(&driver_exe);
     let client = browser(&driver).await;
 
     client.goto(&server.url()).await.unwrap();
-    wait_for(&client, "return document.getElementById('model').options.length > 0", "the model list").await;
+    wait_for(
+        &client,
+        "return document.getElementById('model').options.length > 0",
+        "the model list",
+    )
+    .await;
     // Count the page's predict requests by wrapping fetch.
     client
         .execute(
@@ -219,7 +247,12 @@ async fn the_page_segments_a_click_and_a_box_like_msa_predict() {
         .unwrap();
     let input = client.find(Locator::Id("file")).await.unwrap();
     input.send_keys(image_path.to_str().unwrap()).await.unwrap();
-    wait_for(&client, "return document.getElementById('status').textContent.includes('Click to segment')", "the image").await;
+    wait_for(
+        &client,
+        "return document.getElementById('status').textContent.includes('Click to segment')",
+        "the image",
+    )
+    .await;
 
     // A click on the disk.
     let at = viewport_xy(&client, 70.0, 62.0).await;
@@ -230,24 +263,46 @@ async fn the_page_segments_a_click_and_a_box_like_msa_predict() {
     assert_eq!(points.len(), 1, "{prompts}");
     assert_eq!(points[0][2], 1);
     // LiteMedSAM was trained with boxes: a click alone gives a small mask, but not none.
-    assert!(mask.iter().any(|&m| m), "the mask canvas is empty after a click");
+    assert!(
+        mask.iter().any(|&m| m),
+        "the mask canvas is empty after a click"
+    );
     assert_eq!(mask, cli_mask(&image_path, &prompts, dir.path()), "click");
 
     // A box dragged around it.
-    let (from, to) = (viewport_xy(&client, 28.0, 25.0).await, viewport_xy(&client, 112.0, 100.0).await);
-    mouse(&client, &[from, ((from.0 + to.0) / 2.0, (from.1 + to.1) / 2.0), to]).await;
+    let (from, to) = (
+        viewport_xy(&client, 28.0, 25.0).await,
+        viewport_xy(&client, 112.0, 100.0).await,
+    );
+    mouse(
+        &client,
+        &[from, ((from.0 + to.0) / 2.0, (from.1 + to.1) / 2.0), to],
+    )
+    .await;
     wait_for_mask(&client, 1).await;
     let (mask, prompts) = page_mask(&client).await;
     assert!(prompts["box"].is_array(), "{prompts}");
     let inside = mask.iter().filter(|&&m| m).count();
-    assert!(inside > 1000 && inside < 160 * 120 / 2, "{inside} mask pixels");
-    assert_eq!(mask, cli_mask(&image_path, &prompts, dir.path()), "click and box");
+    assert!(
+        inside > 1000 && inside < 160 * 120 / 2,
+        "{inside} mask pixels"
+    );
+    assert_eq!(
+        mask,
+        cli_mask(&image_path, &prompts, dir.path()),
+        "click and box"
+    );
 
     let shot = client.screenshot().await.unwrap();
     let shot_path = dir.path().join("page.png");
     std::fs::write(&shot_path, &shot).unwrap();
     let img = image::load_from_memory(&shot).unwrap();
-    assert!(img.width() >= 800, "screenshot {}x{}", img.width(), img.height());
+    assert!(
+        img.width() >= 800,
+        "screenshot {}x{}",
+        img.width(),
+        img.height()
+    );
     if let Ok(keep) = std::env::var("MSA_BROWSER_SCREENSHOT") {
         std::fs::copy(&shot_path, keep).unwrap();
     }

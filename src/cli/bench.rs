@@ -17,6 +17,9 @@ pub enum Part {
     /// One training step (forward, backward, Adam) with encoder adapters, SAM frozen
     /// (`--full`: every weight trains).
     TrainStep,
+    /// Predict requests against one encoded image on a local `msa serve` (loopback),
+    /// at each `--clients` count: requests/s, p50 and p95 latency.
+    Serve,
 }
 
 #[derive(clap::Args, Debug)]
@@ -48,9 +51,34 @@ pub struct BenchArgs {
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
+    /// The model `serve` loads (a checkpoint or a named model).
+    #[arg(long, default_value = "lite_medsam")]
+    pub checkpoint: std::path::PathBuf,
+    /// The image `serve` uploads; default: a generated 512x512 PNG.
+    #[arg(long)]
+    pub image: Option<std::path::PathBuf>,
+    /// Concurrent clients for `serve`, one load run each.
+    #[arg(long, value_delimiter = ',', default_value = "1,4,16")]
+    pub clients: Vec<usize>,
+    /// Requests per load run (`serve`).
+    #[arg(long, default_value_t = 200)]
+    pub requests: usize,
+    /// Time bound per load run in seconds (`serve`).
+    #[arg(long, default_value_t = 60.0)]
+    pub max_seconds: f64,
 }
 
 pub fn run(args: &BenchArgs) -> Result<()> {
+    if args.part == Part::Serve {
+        return super::bench_serve::run(&super::bench_serve::ServeBench {
+            checkpoint: &args.checkpoint,
+            image: args.image.as_deref(),
+            clients: &args.clients,
+            requests: args.requests,
+            max_seconds: args.max_seconds,
+            json: args.json,
+        });
+    }
     let device = super::default_device()?;
     let mut cfg = match &args.config {
         Some(path) => SamConfig::from_json_file(path)?,
@@ -75,7 +103,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let times = match args.part {
         Part::Encoder => time_encoder(&sam, args.runs, &device)?,
         Part::Decoder => time_decoder(&sam, args.runs, &device, true)?,
-        Part::TrainStep => unreachable!("handled above"),
+        Part::TrainStep | Part::Serve => unreachable!("handled above"),
     };
     let uncached = match args.part {
         Part::Decoder => Some(time_decoder(&sam, args.runs, &device, false)?),
@@ -265,6 +293,7 @@ fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Re
         Part::Encoder => "encoder",
         Part::Decoder => "decoder_per_prompt",
         Part::TrainStep => "train_step",
+        Part::Serve => "serve",
     };
     let device_name = if device.is_cuda() { "cuda" } else { "cpu" };
     if args.json {

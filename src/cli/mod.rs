@@ -1,6 +1,7 @@
 //! The command line: argument definitions and one module per subcommand.
 
 pub mod bench;
+mod bench_serve;
 pub mod demo;
 mod demo_volume;
 pub mod eval;

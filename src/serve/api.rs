@@ -82,8 +82,10 @@ async fn upload(
 ) -> ApiResult<Json<serde_json::Value>> {
     let bytes = body_bytes(body)?;
     let limits = state.settings.decode;
-    let content =
-        blocking(move || segment::decode_upload(&bytes, q.window.as_deref(), &limits)).await?;
+    let content = blocking(&state.clone(), move || {
+        segment::decode_upload(&bytes, q.window.as_deref(), &limits)
+    })
+    .await?;
     let info = content_info(&content);
     let id = state.store.insert(content);
     let mut info = info;
@@ -129,7 +131,7 @@ async fn slice_png(
 ) -> ApiResult<Response> {
     let entry = find(&state, &id)?;
     let k = slice_index(&k)?;
-    let png = blocking(move || {
+    let png = blocking(&state.clone(), move || {
         let entry = lock_entry(&entry);
         check_slice(&entry, k)?;
         segment::rgb_png(&entry.content.slice_rgb(k))
@@ -145,12 +147,12 @@ async fn predict(
 ) -> ApiResult<Json<segment::PredictResponse>> {
     let req: PredictRequest = json_body(body)?;
     let entry = find(&state, &id)?;
-    let out = blocking(move || {
+    let out = blocking(&state.clone(), move || {
         let model = state
             .models
             .find(req.model.as_deref(), req.adapters.as_deref())
             .map_err(ApiError::bad_input)?;
-        segment::predict(&mut lock_entry(&entry), model, &req)
+        segment::predict(&entry, model, &req)
     })
     .await?;
     Ok(Json(out))
@@ -163,7 +165,7 @@ async fn propagate(
 ) -> ApiResult<Json<segment::PropagateResponse>> {
     let req: PropagateRequest = json_body(body)?;
     let entry = find(&state, &id)?;
-    let out = blocking(move || {
+    let out = blocking(&state.clone(), move || {
         let model = state
             .models
             .find(req.model.as_deref(), req.adapters.as_deref())
@@ -180,7 +182,7 @@ async fn labels_png(
 ) -> ApiResult<Response> {
     let entry = find(&state, &id)?;
     let k = slice_index(&k)?;
-    let png = blocking(move || {
+    let png = blocking(&state.clone(), move || {
         let entry = lock_entry(&entry);
         check_slice(&entry, k)?;
         let (w, h, _) = entry.content.size();
@@ -196,7 +198,7 @@ async fn segmentation(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let entry = find(&state, &id)?;
-    let bytes = blocking(move || {
+    let bytes = blocking(&state.clone(), move || {
         let entry = lock_entry(&entry);
         let Content::Volume { volume, .. } = &entry.content else {
             return Err(ApiError::bad_request(
@@ -283,10 +285,17 @@ fn png_response(png: Vec<u8>) -> Response {
     ([(header::CONTENT_TYPE, "image/png")], png).into_response()
 }
 
-/// Runs model or codec work off the async threads.
+/// Runs model or codec work off the async threads, as many at a time as the server has
+/// workers; the rest queue in arrival order.
 async fn blocking<T: Send + 'static>(
+    state: &ServerState,
     f: impl FnOnce() -> ApiResult<T> + Send + 'static,
 ) -> ApiResult<T> {
+    let _permit = state
+        .workers
+        .acquire()
+        .await
+        .map_err(|_| ApiError::internal("the server is stopping"))?;
     tokio::task::spawn_blocking(f)
         .await
         .map_err(|e| ApiError::internal(format!("the request's worker failed: {e}")))?

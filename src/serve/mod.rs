@@ -106,6 +106,8 @@ pub struct ServerState {
     pub models: ModelSet,
     pub store: ImageStore,
     pub settings: Settings,
+    /// Permits for model and codec work running at once.
+    pub workers: tokio::sync::Semaphore,
 }
 
 /// A server running on its own threads; dropping it stops it.
@@ -183,10 +185,12 @@ fn serve_until(
             settings.image_timeout,
         );
         let token = settings.token.clone();
+        let workers = std::thread::available_parallelism().map_or(2, |n| n.get());
         let state = Arc::new(ServerState {
             models,
             store,
             settings,
+            workers: tokio::sync::Semaphore::new(workers),
         });
         tokio::spawn(expire_images(state.clone()));
         let mut app = api::router(state);

@@ -83,21 +83,26 @@ pub struct PredictResponse {
 }
 
 /// Answers one prompt on one slice; the slice is encoded on its first prompt per model.
+/// The entry is locked while its embedding is found or made, not while decoding, so that
+/// prompts on one image decode in parallel.
 pub fn predict(
-    entry: &mut ImageEntry,
+    entry: &std::sync::Mutex<ImageEntry>,
     model: &ServedModel,
     req: &PredictRequest,
 ) -> Result<PredictResponse, ApiError> {
     let start = std::time::Instant::now();
-    let (w, h, slices) = entry.content.size();
-    if req.slice >= slices {
-        return Err(ApiError::bad_request(format!(
-            "slice {} is outside the image's {slices} slice(s)",
-            req.slice
-        )));
-    }
-    let prompt = req.prompt(w, h)?;
-    let (embedded, encoded) = embedding(entry, model, req.slice)?;
+    let (prompt, (w, h), (embedded, encoded)) = {
+        let mut entry = super::store::lock_entry(entry);
+        let (w, h, slices) = entry.content.size();
+        if req.slice >= slices {
+            return Err(ApiError::bad_request(format!(
+                "slice {} is outside the image's {slices} slice(s)",
+                req.slice
+            )));
+        }
+        let prompt = req.prompt(w, h)?;
+        (prompt, (w, h), embedding(&mut entry, model, req.slice)?)
+    };
     let mut predictor = Predictor::new(&model.sam);
     predictor.set_embedded(embedded);
     let pred = predictor.predict(&prompt, false)?;
