@@ -309,3 +309,137 @@ async fn the_page_segments_a_click_and_a_box_like_msa_predict() {
     client.close().await.unwrap();
     server.stop().unwrap();
 }
+
+/// Bounding box (x0, y0, x1, y1) of `label` on slice k of a label volume, with a margin.
+fn label_box(labels: &msa::io::Volume, label: f32, k: usize) -> Option<[f64; 4]> {
+    let [nx, ny, _] = labels.dims;
+    let slice = labels.slice(k);
+    let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
+    for y in 0..ny {
+        for x in 0..nx {
+            if slice[y * nx + x] == label {
+                (x0, y0, x1, y1) = (x0.min(x), y0.min(y), x1.max(x), y1.max(y));
+            }
+        }
+    }
+    (x0 <= x1).then_some({
+        [
+            x0 as f64 - 1.0,
+            y0 as f64 - 1.0,
+            x1 as f64 + 1.0,
+            y1 as f64 + 1.0,
+        ]
+    })
+}
+
+/// The README's picture: a shipped hippocampus MRI volume in the page, boxes drawn on two
+/// slices per class, propagated with interpolation, then a box and a click on the shown
+/// slice. Run with `MSA_README_SCREENSHOT=docs/serve.png cargo test --release --test browser
+/// -- --ignored`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "writes the README screenshot"]
+async fn readme_screenshot() {
+    let target = std::env::var("MSA_README_SCREENSHOT").expect("MSA_README_SCREENSHOT=path");
+    let root = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("assets/hippocampus3d");
+    let image = root.join("imagesTr/hippocampus_004.nii.gz");
+    let labels = msa::io::nifti::read(&root.join("labelsTr/hippocampus_004.nii.gz"))
+        .unwrap()
+        .volume;
+    let models = tokio::task::spawn_blocking(|| {
+        ModelSet::load(
+            &[PathBuf::from("lite_medsam")],
+            &[],
+            None,
+            &candle_core::Device::Cpu,
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let server = start(
+        models,
+        Settings {
+            port: 0,
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    let driver = start_driver(&chromedriver().expect("chromedriver"));
+    let client = browser(&driver).await;
+    client.goto(&server.url()).await.unwrap();
+    wait_for(
+        &client,
+        "return document.getElementById('model').options.length > 0",
+        "models",
+    )
+    .await;
+    let input = client.find(Locator::Id("file")).await.unwrap();
+    input.send_keys(image.to_str().unwrap()).await.unwrap();
+    wait_for(
+        &client,
+        "return document.getElementById('status').textContent.includes('Click to segment')",
+        "the volume",
+    )
+    .await;
+    let nz = labels.dims[2];
+    let area = |k: usize| labels.slice(k).iter().filter(|&&v| v > 0.0).count();
+    let mid = (0..nz).max_by_key(|&k| area(k)).unwrap();
+    let set = |script: String| {
+        let client = client.clone();
+        async move { client.execute(&script, vec![]).await.unwrap() }
+    };
+    for (label, keys) in [(1.0, [mid - 3, mid + 3]), (2.0, [mid - 2, mid + 4])] {
+        for k in keys {
+            let Some([x0, y0, x1, y1]) = label_box(&labels, label, k) else {
+                continue;
+            };
+            set(format!(
+                "const s = document.getElementById('slice'); s.value = {k}; \
+                 s.dispatchEvent(new Event('input')); \
+                 const c = document.getElementById('class'); c.value = {label}; \
+                 c.dispatchEvent(new Event('change'));"
+            ))
+            .await;
+            wait_for(
+                &client,
+                &format!("return state.slice === {k} && !state.busy"),
+                "the slice",
+            )
+            .await;
+            let (a, b) = (
+                viewport_xy(&client, x0, y0).await,
+                viewport_xy(&client, x1, y1).await,
+            );
+            mouse(&client, &[a, ((a.0 + b.0) / 2.0, (a.1 + b.1) / 2.0), b]).await;
+            wait_for(&client, "return !state.busy && !state.pending", "the mask").await;
+        }
+    }
+    client
+        .find(Locator::Id("propagate"))
+        .await
+        .unwrap()
+        .click()
+        .await
+        .unwrap();
+    wait_for(
+        &client,
+        "return state.hasLabels && !document.getElementById('propagate').disabled",
+        "propagation",
+    )
+    .await;
+    set(format!(
+        "const s = document.getElementById('slice'); s.value = {mid}; s.dispatchEvent(new Event('input'));"
+    ))
+    .await;
+    wait_for(
+        &client,
+        &format!("return state.slice === {mid}"),
+        "the middle slice",
+    )
+    .await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let shot = client.screenshot().await.unwrap();
+    std::fs::write(&target, shot).unwrap();
+    client.close().await.unwrap();
+    server.stop().unwrap();
+}

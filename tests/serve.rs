@@ -353,6 +353,24 @@ fn nifti_header_claiming(dims: [u16; 3]) -> Vec<u8> {
     h
 }
 
+/// The answer to an upload announcing `len` bytes, read before any body byte is sent: a
+/// server must refuse by the announced length, not after reading it all.
+fn over_the_limit(server: &Running, len: usize) -> String {
+    use std::io::{Read, Write};
+    let mut stream = std::net::TcpStream::connect(server.addr).unwrap();
+    stream
+        .set_read_timeout(Some(std::time::Duration::from_secs(10)))
+        .unwrap();
+    write!(
+        stream,
+        "POST /api/images HTTP/1.1\r\nHost: localhost\r\nContent-Length: {len}\r\n\r\n"
+    )
+    .unwrap();
+    let mut answer = vec![0u8; 4096];
+    let n = stream.read(&mut answer).unwrap();
+    String::from_utf8_lossy(&answer[..n]).into_owned()
+}
+
 #[test]
 fn hostile_input_gets_4xx_and_the_server_keeps_serving() {
     let settings = Settings {
@@ -385,8 +403,11 @@ fn hostile_input_gets_4xx_and_the_server_keeps_serving() {
     assert!(e.contains("limit"), "{e}");
     let e = refused(&nifti_header_claiming([64, 64, 10]), "NIfTI without voxels");
     assert!(e.contains("holds"), "{e}");
-    let e = refused(&vec![7u8; 3 << 20], "over the upload limit");
-    assert!(e.to_lowercase().contains("length limit"), "{e}");
+    let e = over_the_limit(&server, 3 << 20);
+    assert!(
+        e.starts_with("HTTP/1.1 413") && e.contains("length limit"),
+        "{e}"
+    );
     let e = refused(&[], "empty");
     assert!(e.contains("empty"), "{e}");
 
@@ -549,4 +570,127 @@ fn a_token_is_required_off_loopback_and_checked() {
         cookie.starts_with("msa_token=s3cret") && cookie.contains("HttpOnly"),
         "{cookie}"
     );
+}
+
+/// Decoder adapters for sam_tiny with random non-zero weights, saved with metadata for
+/// `base`; `sha` overrides the base's SHA-256 (to make a file for another base).
+fn write_adapters(base: &Path, file: &Path, sha: Option<&str>) {
+    use msa::weights::adapter_file::{self, AdapterMeta, FORMAT};
+    let ad = msa::model::AdapterConfig {
+        decoder: true,
+        ..Default::default()
+    };
+    let cfg = SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap();
+    let opts = msa::weights::LoadOptions {
+        config: Some(&cfg),
+        adapters: Some(ad.clone()),
+        train: true,
+        seed: 3,
+        ..Default::default()
+    };
+    let loaded = msa::weights::load_model(base, &opts, &candle_core::Device::Cpu).unwrap();
+    let tensors: std::collections::BTreeMap<String, candle_core::Tensor> = loaded
+        .params
+        .trainables()
+        .into_iter()
+        .map(|(k, v)| {
+            let t = v.as_tensor();
+            (k, (t + t.randn_like(0.0, 0.2).unwrap()).unwrap())
+        })
+        .collect();
+    let meta = AdapterMeta {
+        format: FORMAT.into(),
+        base_preset: loaded.preset.clone(),
+        base_backbone: "vit".into(),
+        preprocess: Some(cfg.preprocess),
+        base_sha256: sha.map_or_else(|| adapter_file::sha256_file(base).unwrap(), str::to_string),
+        adapters: ad,
+        image_size: cfg.img_size,
+        training: json!({}),
+        tool_version: "test".into(),
+    };
+    adapter_file::save(file, &tensors, &meta).unwrap();
+}
+
+#[test]
+fn adapter_files_are_offered_on_their_base_and_used_when_named() {
+    let dir = tempfile::tempdir().unwrap();
+    let run = dir.path().join("run1");
+    std::fs::create_dir_all(&run).unwrap();
+    let (base, file) = (
+        fixture("sam_tiny.pth"),
+        run.join("adapters_best.safetensors"),
+    );
+    write_adapters(&base, &file, None);
+    let cfg = SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap();
+    let wrong = dir.path().join("other.safetensors");
+    write_adapters(&base, &wrong, Some("00"));
+    let e = ModelSet::load(
+        &[base.clone()],
+        &[wrong],
+        Some(&cfg),
+        &candle_core::Device::Cpu,
+    )
+    .err()
+    .unwrap()
+    .to_string();
+    assert!(
+        e.contains("other.safetensors") && e.contains("fits none"),
+        "{e}"
+    );
+
+    let models = ModelSet::load(
+        &[base.clone()],
+        &[file.clone()],
+        Some(&cfg),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let server = start(
+        models,
+        Settings {
+            port: 0,
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    let (_, listed) = call_json(&server, "GET", "/api/models", None);
+    assert_eq!(
+        listed["adapters"][0]["name"], "run1/adapters_best",
+        "{listed}"
+    );
+    assert_eq!(listed["adapters"][0]["base"], "sam_tiny");
+    let png = disk_png(80, 60);
+    let id = upload(&server, &png)["id"].as_str().unwrap().to_string();
+    let path = format!("/api/images/{id}/predict");
+    let ask = |adapters: Value| {
+        let body = json!({"points": [[40, 30, 1]], "adapters": adapters});
+        let (status, v) = call_json(&server, "POST", &path, Some(body.to_string().as_bytes()));
+        assert_eq!(status, 200, "{v}");
+        v
+    };
+    let plain = ask(Value::Null);
+    let adapted = ask(json!("run1/adapters_best"));
+    assert_ne!(
+        plain["iou"], adapted["iou"],
+        "the adapters change the decoder"
+    );
+
+    let (image_path, out) = (dir.path().join("disk.png"), dir.path().join("mask.png"));
+    std::fs::write(&image_path, &png).unwrap();
+    let status = Command::new(env!("CARGO_BIN_EXE_msa"))
+        .args(["predict", "--checkpoint"])
+        .arg(&base)
+        .arg("--config")
+        .arg(fixture("sam_tiny.json"))
+        .arg("--adapters")
+        .arg(&file)
+        .args(["--image"])
+        .arg(&image_path)
+        .args(["--point", "40,30,1", "--out"])
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(image::open(&out).unwrap().to_luma8(), decode_mask(&adapted));
 }

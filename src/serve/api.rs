@@ -5,10 +5,10 @@ use super::error::ApiError;
 use super::segment::{self, PredictRequest, PropagateRequest};
 use super::store::{lock_entry, Content, ImageEntry};
 use super::ServerState;
-use axum::body::Bytes;
+use axum::body::{Body, Bytes};
 use axum::extract::rejection::BytesRejection;
 use axum::extract::{DefaultBodyLimit, Path, Query, State};
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
@@ -78,9 +78,10 @@ struct UploadQuery {
 async fn upload(
     State(state): State<AppState>,
     Query(q): Query<UploadQuery>,
-    body: Result<Bytes, BytesRejection>,
+    headers: HeaderMap,
+    body: Body,
 ) -> ApiResult<Json<serde_json::Value>> {
-    let bytes = body_bytes(body)?;
+    let bytes = upload_bytes(&headers, body, state.settings.max_upload_bytes).await?;
     let limits = state.settings.decode;
     let content = blocking(&state.clone(), move || {
         segment::decode_upload(&bytes, q.window.as_deref(), &limits)
@@ -265,6 +266,27 @@ fn check_slice(entry: &ImageEntry, k: usize) -> ApiResult<()> {
             "slice {k} is outside the image's {n} slice(s)"
         ))),
     }
+}
+
+/// The upload's bytes, refused by its announced length before any is read, and bounded
+/// while reading when no length is announced.
+async fn upload_bytes(headers: &HeaderMap, body: Body, limit: usize) -> ApiResult<Bytes> {
+    let too_large = |n: String| {
+        ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("the upload is {n} bytes; this server's length limit is {limit} bytes (--max-upload-mib)"),
+        )
+    };
+    let announced = headers
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if let Some(n) = announced.filter(|&n| n > limit as u64) {
+        return Err(too_large(n.to_string()));
+    }
+    axum::body::to_bytes(body, limit)
+        .await
+        .map_err(|_| too_large("more than that".into()))
 }
 
 fn body_bytes(body: Result<Bytes, BytesRejection>) -> ApiResult<Bytes> {

@@ -92,7 +92,7 @@ function fitStage() {
   if (!state.image) return;
   const main = $("viewer");
   const scale = Math.min((main.clientWidth - 20) / state.image.width,
-                         (main.clientHeight - 20) / state.image.height, 4);
+                         (main.clientHeight - 20) / state.image.height, 16);
   $("stage").style.width = `${state.image.width * scale}px`;
   $("stage").style.height = `${state.image.height * scale}px`;
 }
