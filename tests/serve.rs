@@ -626,7 +626,7 @@ fn adapter_files_are_offered_on_their_base_and_used_when_named() {
     let wrong = dir.path().join("other.safetensors");
     write_adapters(&base, &wrong, Some("00"));
     let e = ModelSet::load(
-        &[base.clone()],
+        std::slice::from_ref(&base),
         &[wrong],
         Some(&cfg),
         &candle_core::Device::Cpu,
@@ -640,8 +640,8 @@ fn adapter_files_are_offered_on_their_base_and_used_when_named() {
     );
 
     let models = ModelSet::load(
-        &[base.clone()],
-        &[file.clone()],
+        std::slice::from_ref(&base),
+        std::slice::from_ref(&file),
         Some(&cfg),
         &candle_core::Device::Cpu,
     )
