@@ -575,11 +575,20 @@ fn a_token_is_required_off_loopback_and_checked() {
 /// Decoder adapters for sam_tiny with random non-zero weights, saved with metadata for
 /// `base`; `sha` overrides the base's SHA-256 (to make a file for another base).
 fn write_adapters(base: &Path, file: &Path, sha: Option<&str>) {
-    use msa::weights::adapter_file::{self, AdapterMeta, FORMAT};
     let ad = msa::model::AdapterConfig {
         decoder: true,
         ..Default::default()
     };
+    write_adapter_config(base, file, sha, ad);
+}
+
+fn write_adapter_config(
+    base: &Path,
+    file: &Path,
+    sha: Option<&str>,
+    ad: msa::model::AdapterConfig,
+) {
+    use msa::weights::adapter_file::{self, AdapterMeta, FORMAT};
     let cfg = SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap();
     let opts = msa::weights::LoadOptions {
         config: Some(&cfg),
@@ -693,4 +702,99 @@ fn adapter_files_are_offered_on_their_base_and_used_when_named() {
         .unwrap();
     assert!(status.success());
     assert_eq!(image::open(&out).unwrap().to_luma8(), decode_mask(&adapted));
+}
+
+#[test]
+fn depth_adapters_encode_a_volume_chunk_once_and_propagate_like_predict_volume() {
+    let dir = tempfile::tempdir().unwrap();
+    let (base, file) = (
+        fixture("sam_tiny.pth"),
+        dir.path().join("depth.safetensors"),
+    );
+    let ad = msa::model::AdapterConfig {
+        encoder: true,
+        depth: true,
+        depth_chunk: 4,
+        ..Default::default()
+    };
+    write_adapter_config(&base, &file, None, ad);
+    let cfg = SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap();
+    let models = ModelSet::load(
+        std::slice::from_ref(&base),
+        std::slice::from_ref(&file),
+        Some(&cfg),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    let server = start(
+        models,
+        Settings {
+            port: 0,
+            ..Settings::default()
+        },
+    )
+    .unwrap();
+    let (_, listed) = call_json(&server, "GET", "/api/models", None);
+    assert_eq!(listed["adapters"][0]["depth_chunk"], 4, "{listed}");
+    let name = listed["adapters"][0]["name"].as_str().unwrap().to_string();
+    let input = dir.path().join("mr.nii.gz");
+    write_volume(&input, [32, 30, 10]);
+    let id = upload(&server, &std::fs::read(&input).unwrap())["id"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    let path = format!("/api/images/{id}/predict");
+    let ask = |slice: usize| {
+        let body = json!({"points": [[10, 12, 1]], "slice": slice, "adapters": name});
+        let (status, v) = call_json(&server, "POST", &path, Some(body.to_string().as_bytes()));
+        assert_eq!(status, 200, "{v}");
+        v["encoded"].as_bool().unwrap()
+    };
+    // Chunks of 4 over 10 slices: 0-3, 4-7, 6-9 (owning 8 and 9).
+    assert!(ask(5), "slice 5 encodes its chunk");
+    assert!(!ask(7) && !ask(4), "the chunk's other slices come with it");
+    assert!(ask(9));
+    assert!(!ask(8));
+
+    let prompts = json!({"classes": {"1": {"boxes": {"3": [4, 5, 20, 22], "8": [6, 6, 24, 25]},
+                                          "interpolate_boxes": true}}});
+    let body = json!({"prompts": prompts, "adapters": name});
+    let (status, out) = call_json(
+        &server,
+        "POST",
+        &format!("/api/images/{id}/propagate"),
+        Some(body.to_string().as_bytes()),
+    );
+    assert_eq!(status, 200, "{out}");
+    let (_, seg) = call(
+        &server,
+        "GET",
+        &format!("/api/images/{id}/segmentation.nii.gz"),
+        None,
+    );
+    let served = dir.path().join("served.nii.gz");
+    std::fs::write(&served, seg).unwrap();
+    let prompts_path = dir.path().join("prompts.json");
+    std::fs::write(&prompts_path, prompts.to_string()).unwrap();
+    let cli_out = dir.path().join("cli.nii.gz");
+    let status = Command::new(env!("CARGO_BIN_EXE_msa"))
+        .args(["predict-volume", "--checkpoint"])
+        .arg(&base)
+        .arg("--config")
+        .arg(fixture("sam_tiny.json"))
+        .arg("--adapters")
+        .arg(&file)
+        .arg("--image")
+        .arg(&input)
+        .arg("--prompts")
+        .arg(&prompts_path)
+        .arg("--out")
+        .arg(&cli_out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    assert_eq!(
+        nifti::read(&cli_out).unwrap().volume.data,
+        nifti::read(&served).unwrap().volume.data
+    );
 }
