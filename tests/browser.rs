@@ -6,7 +6,7 @@
 use fantoccini::actions::{InputSource, MouseActions, PointerAction, MOUSE_BUTTON_LEFT};
 use fantoccini::{Client, ClientBuilder, Locator};
 use msa::serve::models::ModelSet;
-use msa::serve::{start, Settings};
+use msa::serve::{start, Running, Settings};
 use serde_json::{json, Value};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
@@ -58,6 +58,26 @@ fn start_driver(exe: &Path) -> Driver {
         std::thread::sleep(Duration::from_millis(100));
     }
     Driver { child, port }
+}
+
+/// `msa serve` with LiteMedSAM on a free local port.
+async fn lite_medsam_server() -> Running {
+    let models = tokio::task::spawn_blocking(|| {
+        ModelSet::load(
+            &[PathBuf::from("lite_medsam")],
+            &[],
+            None,
+            &candle_core::Device::Cpu,
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let settings = Settings {
+        port: 0,
+        ..Settings::default()
+    };
+    start(models, settings).unwrap()
 }
 
 async fn browser(driver: &Driver) -> Client {
@@ -207,25 +227,7 @@ async fn the_page_segments_a_click_and_a_box_like_msa_predict() {
     let dir = tempfile::tempdir().unwrap();
     let image_path = dir.path().join("disk.png");
     disk_image(&image_path);
-    let models = tokio::task::spawn_blocking(|| {
-        ModelSet::load(
-            &[PathBuf::from("lite_medsam")],
-            &[],
-            None,
-            &candle_core::Device::Cpu,
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let server = start(
-        models,
-        Settings {
-            port: 0,
-            ..Settings::default()
-        },
-    )
-    .unwrap();
+    let server = lite_medsam_server().await;
     let driver = start_driver(&driver_exe);
     let client = browser(&driver).await;
 
@@ -345,25 +347,7 @@ async fn readme_screenshot() {
     let labels = msa::io::nifti::read(&root.join("labelsTr/hippocampus_004.nii.gz"))
         .unwrap()
         .volume;
-    let models = tokio::task::spawn_blocking(|| {
-        ModelSet::load(
-            &[PathBuf::from("lite_medsam")],
-            &[],
-            None,
-            &candle_core::Device::Cpu,
-        )
-    })
-    .await
-    .unwrap()
-    .unwrap();
-    let server = start(
-        models,
-        Settings {
-            port: 0,
-            ..Settings::default()
-        },
-    )
-    .unwrap();
+    let server = lite_medsam_server().await;
     let driver = start_driver(&chromedriver().expect("chromedriver"));
     let client = browser(&driver).await;
     client.goto(&server.url()).await.unwrap();

@@ -25,6 +25,61 @@ fn tiny_models() -> ModelSet {
     .unwrap()
 }
 
+fn serve_models(models: ModelSet) -> Running {
+    start(
+        models,
+        Settings {
+            port: 0,
+            ..Settings::default()
+        },
+    )
+    .unwrap()
+}
+
+/// `msa predict-volume` on the tiny model (with `adapters` if given); the labels written.
+fn cli_predict_volume(
+    input: &Path,
+    prompts: &Value,
+    adapters: Option<&Path>,
+    dir: &Path,
+) -> Vec<f32> {
+    let prompts_path = dir.join("prompts.json");
+    std::fs::write(&prompts_path, prompts.to_string()).unwrap();
+    let out = dir.join("cli.nii.gz");
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_msa"));
+    cmd.args(["predict-volume", "--checkpoint"])
+        .arg(fixture("sam_tiny.pth"))
+        .arg("--config")
+        .arg(fixture("sam_tiny.json"));
+    if let Some(a) = adapters {
+        cmd.arg("--adapters").arg(a);
+    }
+    let status = cmd
+        .arg("--image")
+        .arg(input)
+        .arg("--prompts")
+        .arg(&prompts_path)
+        .arg("--out")
+        .arg(&out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    nifti::read(&out).unwrap().volume.data
+}
+
+/// The tiny model with one adapter file.
+fn serve_with_adapters(file: &Path) -> Running {
+    let cfg = SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap();
+    let models = ModelSet::load(
+        &[fixture("sam_tiny.pth")],
+        &[file.to_path_buf()],
+        Some(&cfg),
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    serve_models(models)
+}
+
 fn serve(settings: Settings) -> Running {
     start(
         tiny_models(),
@@ -268,25 +323,8 @@ fn volumes_propagate_and_download_as_predict_volume_writes_them() {
     assert_eq!(served.volume.affine, written.volume.affine);
 
     // `msa predict-volume` with the same prompt file writes the same labels.
-    let prompts_path = dir.path().join("prompts.json");
-    std::fs::write(&prompts_path, prompts.to_string()).unwrap();
-    let cli_out = dir.path().join("cli.nii.gz");
-    let status = Command::new(env!("CARGO_BIN_EXE_msa"))
-        .args(["predict-volume", "--checkpoint"])
-        .arg(fixture("sam_tiny.pth"))
-        .arg("--config")
-        .arg(fixture("sam_tiny.json"))
-        .arg("--image")
-        .arg(&input)
-        .arg("--prompts")
-        .arg(&prompts_path)
-        .arg("--out")
-        .arg(&cli_out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    let cli = nifti::read(&cli_out).unwrap();
-    assert_eq!(cli.volume.data, served.volume.data);
+    let cli = cli_predict_volume(&input, &prompts, None, dir.path());
+    assert_eq!(cli, served.volume.data);
     let counted: usize = out["voxels"]
         .as_object()
         .unwrap()
@@ -648,21 +686,7 @@ fn adapter_files_are_offered_on_their_base_and_used_when_named() {
         "{e}"
     );
 
-    let models = ModelSet::load(
-        std::slice::from_ref(&base),
-        std::slice::from_ref(&file),
-        Some(&cfg),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let server = start(
-        models,
-        Settings {
-            port: 0,
-            ..Settings::default()
-        },
-    )
-    .unwrap();
+    let server = serve_with_adapters(&file);
     let (_, listed) = call_json(&server, "GET", "/api/models", None);
     assert_eq!(
         listed["adapters"][0]["name"], "run1/adapters_best",
@@ -718,22 +742,7 @@ fn depth_adapters_encode_a_volume_chunk_once_and_propagate_like_predict_volume()
         ..Default::default()
     };
     write_adapter_config(&base, &file, None, ad);
-    let cfg = SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap();
-    let models = ModelSet::load(
-        std::slice::from_ref(&base),
-        std::slice::from_ref(&file),
-        Some(&cfg),
-        &candle_core::Device::Cpu,
-    )
-    .unwrap();
-    let server = start(
-        models,
-        Settings {
-            port: 0,
-            ..Settings::default()
-        },
-    )
-    .unwrap();
+    let server = serve_with_adapters(&file);
     let (_, listed) = call_json(&server, "GET", "/api/models", None);
     assert_eq!(listed["adapters"][0]["depth_chunk"], 4, "{listed}");
     let name = listed["adapters"][0]["name"].as_str().unwrap().to_string();
@@ -774,27 +783,6 @@ fn depth_adapters_encode_a_volume_chunk_once_and_propagate_like_predict_volume()
     );
     let served = dir.path().join("served.nii.gz");
     std::fs::write(&served, seg).unwrap();
-    let prompts_path = dir.path().join("prompts.json");
-    std::fs::write(&prompts_path, prompts.to_string()).unwrap();
-    let cli_out = dir.path().join("cli.nii.gz");
-    let status = Command::new(env!("CARGO_BIN_EXE_msa"))
-        .args(["predict-volume", "--checkpoint"])
-        .arg(&base)
-        .arg("--config")
-        .arg(fixture("sam_tiny.json"))
-        .arg("--adapters")
-        .arg(&file)
-        .arg("--image")
-        .arg(&input)
-        .arg("--prompts")
-        .arg(&prompts_path)
-        .arg("--out")
-        .arg(&cli_out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert_eq!(
-        nifti::read(&cli_out).unwrap().volume.data,
-        nifti::read(&served).unwrap().volume.data
-    );
+    let cli = cli_predict_volume(&input, &prompts, Some(&file), dir.path());
+    assert_eq!(cli, nifti::read(&served).unwrap().volume.data);
 }

@@ -2,6 +2,7 @@
 //! work runs on blocking threads; every failure is a JSON error.
 
 use super::error::ApiError;
+use super::models::ServedModel;
 use super::segment::{self, PredictRequest, PropagateRequest};
 use super::store::{lock_entry, Content, ImageEntry};
 use super::ServerState;
@@ -83,7 +84,7 @@ async fn upload(
 ) -> ApiResult<Json<serde_json::Value>> {
     let bytes = upload_bytes(&headers, body, state.settings.max_upload_bytes).await?;
     let limits = state.settings.decode;
-    let content = blocking(&state.clone(), move || {
+    let content = blocking(&state, move || {
         segment::decode_upload(&bytes, q.window.as_deref(), &limits)
     })
     .await?;
@@ -130,15 +131,10 @@ async fn slice_png(
     State(state): State<AppState>,
     Path((id, k)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let entry = find(&state, &id)?;
-    let k = slice_index(&k)?;
-    let png = blocking(&state.clone(), move || {
-        let entry = lock_entry(&entry);
-        check_slice(&entry, k)?;
+    render_slice(state, &id, &k, |entry, k| {
         segment::rgb_png(&entry.content.slice_rgb(k))
     })
-    .await?;
-    Ok(png_response(png))
+    .await
 }
 
 async fn predict(
@@ -147,16 +143,12 @@ async fn predict(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<segment::PredictResponse>> {
     let req: PredictRequest = json_body(body)?;
-    let entry = find(&state, &id)?;
-    let out = blocking(&state.clone(), move || {
-        let model = state
-            .models
-            .find(req.model.as_deref(), req.adapters.as_deref())
-            .map_err(ApiError::bad_input)?;
-        segment::predict(&entry, model, &req)
+    let choice = (req.model.clone(), req.adapters.clone());
+    on_model(state, &id, choice, move |entry, model| {
+        segment::predict(entry, model, &req)
     })
-    .await?;
-    Ok(Json(out))
+    .await
+    .map(Json)
 }
 
 async fn propagate(
@@ -165,30 +157,58 @@ async fn propagate(
     body: Result<Bytes, BytesRejection>,
 ) -> ApiResult<Json<segment::PropagateResponse>> {
     let req: PropagateRequest = json_body(body)?;
-    let entry = find(&state, &id)?;
-    let out = blocking(&state.clone(), move || {
-        let model = state
-            .models
-            .find(req.model.as_deref(), req.adapters.as_deref())
-            .map_err(ApiError::bad_input)?;
-        segment::propagate(&mut lock_entry(&entry), model, &req)
+    let choice = (req.model.clone(), req.adapters.clone());
+    on_model(state, &id, choice, move |entry, model| {
+        segment::propagate(&mut lock_entry(entry), model, &req)
     })
-    .await?;
-    Ok(Json(out))
+    .await
+    .map(Json)
+}
+
+/// Runs `work` on image `id` with the model a request chose as (model, adapters).
+async fn on_model<T: Send + 'static>(
+    state: AppState,
+    id: &str,
+    (model, adapters): (Option<String>, Option<String>),
+    work: impl FnOnce(&Mutex<ImageEntry>, &ServedModel) -> ApiResult<T> + Send + 'static,
+) -> ApiResult<T> {
+    let entry = find(&state, id)?;
+    let models = state.clone();
+    blocking(&state, move || {
+        let model = models
+            .models
+            .find(model.as_deref(), adapters.as_deref())
+            .map_err(ApiError::bad_input)?;
+        work(&entry, model)
+    })
+    .await
 }
 
 async fn labels_png(
     State(state): State<AppState>,
     Path((id, k)): Path<(String, String)>,
 ) -> ApiResult<Response> {
-    let entry = find(&state, &id)?;
-    let k = slice_index(&k)?;
-    let png = blocking(&state.clone(), move || {
-        let entry = lock_entry(&entry);
-        check_slice(&entry, k)?;
+    render_slice(state, &id, &k, |entry, k| {
         let (w, h, _) = entry.content.size();
         let labels = entry.labels.as_deref().ok_or_else(no_labels)?;
         segment::labels_png(labels, w, h, k)
+    })
+    .await
+}
+
+/// A PNG of slice `k` of image `id`, drawn by `render`.
+async fn render_slice(
+    state: AppState,
+    id: &str,
+    k: &str,
+    render: impl FnOnce(&ImageEntry, usize) -> ApiResult<Vec<u8>> + Send + 'static,
+) -> ApiResult<Response> {
+    let entry = find(&state, id)?;
+    let k = slice_index(k)?;
+    let png = blocking(&state, move || {
+        let entry = lock_entry(&entry);
+        check_slice(&entry, k)?;
+        render(&entry, k)
     })
     .await?;
     Ok(png_response(png))
@@ -199,7 +219,7 @@ async fn segmentation(
     Path(id): Path<String>,
 ) -> ApiResult<Response> {
     let entry = find(&state, &id)?;
-    let bytes = blocking(&state.clone(), move || {
+    let bytes = blocking(&state, move || {
         let entry = lock_entry(&entry);
         let Content::Volume { volume, .. } = &entry.content else {
             return Err(ApiError::bad_request(
