@@ -786,3 +786,60 @@ fn depth_adapters_encode_a_volume_chunk_once_and_propagate_like_predict_volume()
     let cli = cli_predict_volume(&input, &prompts, Some(&file), dir.path());
     assert_eq!(cli, nifti::read(&served).unwrap().volume.data);
 }
+
+#[test]
+fn every_image_kind_uploads_at_its_size() {
+    let server = serve(Settings::default());
+    let encode = |img: image::DynamicImage, format: image::ImageFormat| {
+        let mut out = std::io::Cursor::new(vec![]);
+        img.write_to(&mut out, format).unwrap();
+        out.into_inner()
+    };
+    let gray16 = image::ImageBuffer::<image::Luma<u16>, _>::from_fn(33, 21, |x, y| {
+        image::Luma([(x * 900 + y * 40) as u16])
+    });
+    let rgb = image::RgbImage::from_fn(30, 20, |x, y| image::Rgb([x as u8 * 8, y as u8 * 9, 77]));
+    for (bytes, what, size) in [
+        (
+            encode(gray16.clone().into(), image::ImageFormat::Png),
+            "16-bit PNG",
+            (33, 21),
+        ),
+        (
+            encode(gray16.into(), image::ImageFormat::Tiff),
+            "16-bit TIFF",
+            (33, 21),
+        ),
+        (
+            encode(rgb.clone().into(), image::ImageFormat::Jpeg),
+            "JPEG",
+            (30, 20),
+        ),
+        (encode(rgb.into(), image::ImageFormat::Bmp), "BMP", (30, 20)),
+    ] {
+        let info = upload(&server, &bytes);
+        assert_eq!(
+            (
+                info["width"].as_u64(),
+                info["height"].as_u64(),
+                info["slices"].as_u64()
+            ),
+            (Some(size.0), Some(size.1), Some(1)),
+            "{what}: {info}"
+        );
+        let id = info["id"].as_str().unwrap();
+        let body = json!({"box": [2, 2, 15, 12]}).to_string();
+        let (status, v) = call_json(
+            &server,
+            "POST",
+            &format!("/api/images/{id}/predict"),
+            Some(body.as_bytes()),
+        );
+        assert_eq!(status, 200, "{what}: {v}");
+        assert_eq!(
+            decode_mask(&v).dimensions(),
+            (size.0 as u32, size.1 as u32),
+            "{what}"
+        );
+    }
+}
