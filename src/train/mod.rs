@@ -5,6 +5,7 @@ pub mod batches;
 pub mod config;
 pub mod curves;
 mod images;
+pub mod lock;
 pub mod loss;
 pub mod optim;
 pub mod run;

@@ -51,6 +51,7 @@ pub(crate) trait TrainData {
 pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult> {
     std::fs::create_dir_all(&cfg.out)
         .with_context(|| format!("cannot create {}", cfg.out.display()))?;
+    let _lock = super::lock::RunLock::acquire(&cfg.out)?;
     let mut data: Box<dyn TrainData> = if cfg.three_d {
         Box::new(super::volume::VolumeData::open(cfg)?)
     } else {
