@@ -40,8 +40,15 @@ fn text(o: &Output) -> String {
 fn wait_for_lock(out: &Path, child: &Child) {
     let deadline = Instant::now() + Duration::from_secs(60);
     let pid = child.id().to_string();
-    while std::fs::read_to_string(out.join("run.lock")).unwrap_or_default().trim() != pid {
-        assert!(Instant::now() < deadline, "the first run never took the lock");
+    while std::fs::read_to_string(out.join("run.lock"))
+        .unwrap_or_default()
+        .trim()
+        != pid
+    {
+        assert!(
+            Instant::now() < deadline,
+            "the first run never took the lock"
+        );
         std::thread::sleep(Duration::from_millis(20));
     }
 }
@@ -73,9 +80,15 @@ fn a_second_run_on_one_folder_is_refused_and_a_killed_runs_lock_is_taken_over() 
     let after = run(resume);
     let t = text(&after);
     assert!(after.status.success(), "{t}");
-    assert!(t.contains(&format!("taking over the lock of pid {}", first.id())), "{t}");
+    assert!(
+        t.contains(&format!("taking over the lock of pid {}", first.id())),
+        "{t}"
+    );
     let lock = std::fs::read_to_string(out.join("run.lock")).unwrap();
-    assert!(lock.trim().is_empty(), "a finished run leaves its lock empty: {lock:?}");
+    assert!(
+        lock.trim().is_empty(),
+        "a finished run leaves its lock empty: {lock:?}"
+    );
 }
 
 #[test]
@@ -102,5 +115,76 @@ fn a_folder_that_cannot_be_written_is_refused_before_training() {
         t.contains("cannot write in the run folder") && t.contains(&out.display().to_string()),
         "{t}"
     );
-    assert!(started.elapsed() < Duration::from_secs(20), "refused only after {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(20),
+        "refused only after {:?}",
+        started.elapsed()
+    );
+}
+
+/// Files under `dir` whose names end in `.tmp`, at any depth.
+fn tmp_files(dir: &Path) -> Vec<std::path::PathBuf> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(tmp_files(&p));
+        } else if p.to_string_lossy().ends_with(".tmp") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+#[test]
+fn a_checkpoint_write_that_fails_part_way_keeps_the_previous_one_and_stops_naming_it() {
+    use std::os::unix::process::CommandExt;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    msa::data::synthetic::write_folder_dataset(&data, 8, (64, 48), 2).unwrap();
+    let out = dir.path().join("run");
+    let first = run(train_cmd(&data, &out, 1));
+    assert!(first.status.success(), "{}", text(&first));
+    assert!(tmp_files(&out).is_empty(), "{:?}", tmp_files(&out));
+    let state = out.join("state_last.safetensors");
+    let before = std::fs::read(&state).unwrap();
+    let adapters = std::fs::metadata(out.join("adapters_last.safetensors"))
+        .unwrap()
+        .len();
+    // The state holds the adapters and Adam's two moments: a limit between the two sizes
+    // lets the adapter file through and stops the state part way.
+    let limit = (adapters + before.len() as u64) / 2;
+    assert!(adapters < limit && limit < before.len() as u64);
+    let mut resume = train_cmd(&data, &out, 2);
+    resume.arg("--resume");
+    // SAFETY: only async-signal-safe calls (setrlimit, signal) between fork and exec.
+    unsafe {
+        resume.pre_exec(move || {
+            let lim = libc::rlimit {
+                rlim_cur: limit,
+                rlim_max: limit,
+            };
+            libc::setrlimit(libc::RLIMIT_FSIZE, &lim);
+            libc::signal(libc::SIGXFSZ, libc::SIG_IGN);
+            Ok(())
+        });
+    }
+    let o = run(resume);
+    let t = text(&o);
+    assert!(!o.status.success(), "{t}");
+    assert!(
+        t.contains("cannot write") && t.contains(&state.display().to_string()),
+        "{t}"
+    );
+    assert_eq!(
+        std::fs::read(&state).unwrap(),
+        before,
+        "the previous state is intact"
+    );
+    assert!(tmp_files(&out).is_empty(), "{:?}", tmp_files(&out));
+    // And the run resumes from it once the disk has room.
+    let mut again = train_cmd(&data, &out, 2);
+    again.arg("--resume");
+    let o = run(again);
+    assert!(o.status.success(), "{}", text(&o));
 }

@@ -40,7 +40,11 @@ impl RunLock {
             bail!(
                 "{} is in use by another msa train (pid {}); wait for it to finish or stop it",
                 dir.display(),
-                if previous.is_empty() { "unknown" } else { &previous }
+                if previous.is_empty() {
+                    "unknown"
+                } else {
+                    &previous
+                }
             );
         }
         if !previous.is_empty() {

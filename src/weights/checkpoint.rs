@@ -164,30 +164,47 @@ fn load_all(path: &Path, pth: &candle_core::pickle::PthTensors) -> Result<Vec<(S
     Ok(out)
 }
 
-/// Writes `tensors` as safetensors with string metadata, through a temporary file and a
-/// rename so that an interrupted write never leaves a half file under the final name.
+/// Writes `tensors` as safetensors with string metadata, through a temporary file that is
+/// synced and then renamed: a write that fails (a full disk, a file-size limit) or is
+/// interrupted leaves the previous file under `path` as it was, and no temporary behind.
 pub fn save_safetensors(
     path: &Path,
     tensors: &BTreeMap<String, Tensor>,
     metadata: Option<std::collections::HashMap<String, String>>,
 ) -> Result<()> {
-    let tmp = tmp_path(path);
     let contiguous: Vec<(String, Tensor)> = tensors
         .iter()
         .map(|(k, v)| Ok((k.clone(), v.contiguous()?)))
         .collect::<Result<_>>()?;
-    safetensors::tensor::serialize_to_file(contiguous, metadata, &tmp)
-        .with_context(|| format!("cannot write {}", tmp.display()))?;
-    // safetensors writes through a private (0600) temporary file; our outputs are ordinary
-    // files like the run folder's others.
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        std::fs::set_permissions(&tmp, std::fs::Permissions::from_mode(0o644))
-            .with_context(|| format!("cannot set the permissions of {}", tmp.display()))?;
+    let bytes = safetensors::tensor::serialize(contiguous, metadata)
+        .with_context(|| format!("cannot serialise {}", path.display()))?;
+    write_atomically(path, &bytes)
+}
+
+/// `bytes` to `path` through `tmp_path(path)`, synced, renamed, the folder synced.
+pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
+    use std::io::Write;
+    let tmp = tmp_path(path);
+    let written = std::fs::File::create(&tmp).and_then(|mut f| {
+        f.write_all(bytes)?;
+        f.sync_all()
+    });
+    if let Err(e) = written {
+        let _ = std::fs::remove_file(&tmp);
+        bail!(
+            "cannot write {} ({e}); the previous {} is untouched",
+            tmp.display(),
+            path.display()
+        );
     }
     std::fs::rename(&tmp, path)
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
+    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
+        // Makes the rename itself durable; a folder that cannot be opened is no error.
+        if let Ok(d) = std::fs::File::open(dir) {
+            let _ = d.sync_all();
+        }
+    }
     Ok(())
 }
 
