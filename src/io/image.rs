@@ -7,9 +7,12 @@ use std::path::Path;
 /// Reads PNG, JPEG, TIFF or BMP, 8 or 16 bit (or float), gray or colour, as 8-bit RGB.
 /// Images deeper than 8 bits are scaled from their own min..max to 0..255, since medical
 /// 16-bit files rarely use the full range.
+/// Sizes are checked against `DecodeLimits::from_env()` before pixels are decoded.
 pub fn load_rgb(path: &Path) -> Result<RgbImage> {
-    let img = image::open(path).with_context(|| format!("cannot read image {}", path.display()))?;
-    Ok(to_rgb8(img))
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    decode_rgb(&bytes, &super::DecodeLimits::from_env())
+        .with_context(|| format!("image {}", path.display()))
 }
 
 /// Decodes an image held in memory (PNG, JPEG, TIFF or BMP, told by its bytes) as

@@ -27,19 +27,39 @@ impl Default for DecodeLimits {
 }
 
 impl DecodeLimits {
+    /// The defaults, each overridden by its environment variable when set to a number:
+    /// `MSA_MAX_IMAGE_SIDE`, `MSA_MAX_IMAGE_PIXELS`, `MSA_MAX_VOXELS`,
+    /// `MSA_MAX_DECOMPRESSED_BYTES`.
+    pub fn from_env() -> Self {
+        let d = Self::default();
+        let var = |name: &str| {
+            std::env::var(name)
+                .ok()
+                .and_then(|v| v.trim().parse::<u64>().ok())
+        };
+        Self {
+            max_image_side: var("MSA_MAX_IMAGE_SIDE")
+                .map_or(d.max_image_side, |v| v.min(u32::MAX as u64) as u32),
+            max_image_pixels: var("MSA_MAX_IMAGE_PIXELS").unwrap_or(d.max_image_pixels),
+            max_voxels: var("MSA_MAX_VOXELS").unwrap_or(d.max_voxels),
+            max_decompressed_bytes: var("MSA_MAX_DECOMPRESSED_BYTES")
+                .unwrap_or(d.max_decompressed_bytes),
+        }
+    }
+
     pub fn check_image(&self, w: u32, h: u32) -> Result<()> {
         if w == 0 || h == 0 {
             bail!("the image is {w}x{h}: it has no pixels");
         }
         if w > self.max_image_side || h > self.max_image_side {
             bail!(
-                "the image is {w}x{h}; the limit is {} pixels per side",
+                "the image is {w}x{h}; the limit is {} pixels per side (MSA_MAX_IMAGE_SIDE)",
                 self.max_image_side
             );
         }
         if w as u64 * h as u64 > self.max_image_pixels {
             bail!(
-                "the image is {w}x{h}; the limit is {} pixels",
+                "the image is {w}x{h}; the limit is {} pixels (MSA_MAX_IMAGE_PIXELS)",
                 self.max_image_pixels
             );
         }
@@ -53,7 +73,7 @@ impl DecodeLimits {
             .unwrap_or(u64::MAX);
         if n > self.max_voxels {
             bail!(
-                "the volume is {dims:?} ({n} voxels); the limit is {} voxels",
+                "the volume is {dims:?} ({n} voxels); the limit is {} voxels (MSA_MAX_VOXELS)",
                 self.max_voxels
             );
         }

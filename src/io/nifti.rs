@@ -50,7 +50,19 @@ impl NiftiVolume {
 }
 
 /// Reads a 3D NIfTI-1 volume (a 2D image is one slice; a 4D one must have one frame).
+/// The header is read first and the size it claims checked against
+/// `DecodeLimits::from_env()` before any voxel is read.
 pub fn read(path: &Path) -> Result<NiftiVolume> {
+    let header = NiftiHeader::from_file(path).with_context(|| {
+        format!(
+            "{}: cannot read a NIfTI-1 header (missing, truncated, or not a .nii/.nii.gz file?)",
+            path.display()
+        )
+    })?;
+    let dims = volume_dims(path, &header)?;
+    super::DecodeLimits::from_env()
+        .check_voxels(&dims)
+        .with_context(|| path.display().to_string())?;
     let obj = ReaderOptions::new().read_file(path).with_context(|| {
         format!(
             "{}: cannot read as NIfTI-1 (missing, truncated, or not a .nii/.nii.gz file?)",

@@ -121,6 +121,7 @@ fn read_safetensors(path: &Path) -> Result<Vec<(String, Tensor)>> {
 /// Official SAM files are a flat state_dict; training scripts wrap it as `{"model": ...}`
 /// or `{"state_dict": ...}` next to other entries.
 fn read_pth(path: &Path) -> Result<Vec<(String, Tensor)>> {
+    super::pickle_scan::check_archive(path)?;
     let mut last_err = None;
     for key in [None, Some("model"), Some("state_dict")] {
         match candle_core::pickle::PthTensors::new(path, key) {

@@ -4,6 +4,7 @@
 pub mod adapter_file;
 pub mod checkpoint;
 pub mod detect;
+pub mod pickle_scan;
 pub mod registry;
 
 pub use crate::params::{Init, Params, Resize, Source};

@@ -1,0 +1,165 @@
+//! Files that claim or expand to far more than they hold are refused with a clear error
+//! before anything large is allocated, never by an out-of-memory kill or a stack overflow.
+
+use std::io::Write;
+use std::path::Path;
+use std::process::Command;
+
+/// PNG bytes whose header claims w x h RGB pixels (valid CRCs, one tiny data chunk).
+fn png_claiming(w: u32, h: u32) -> Vec<u8> {
+    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
+        out.extend((data.len() as u32).to_be_bytes());
+        let mut crc = flate2::Crc::new();
+        crc.update(kind);
+        crc.update(data);
+        out.extend(kind);
+        out.extend(data);
+        out.extend(crc.sum().to_be_bytes());
+    }
+    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
+    let mut ihdr = w.to_be_bytes().to_vec();
+    ihdr.extend(h.to_be_bytes());
+    ihdr.extend([8, 2, 0, 0, 0]);
+    chunk(&mut out, b"IHDR", &ihdr);
+    chunk(
+        &mut out,
+        b"IDAT",
+        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
+    );
+    chunk(&mut out, b"IEND", &[]);
+    out
+}
+
+/// A NIfTI-1 header (352 bytes, int16) claiming `dims` voxels, and no voxels.
+fn nifti_claiming(dims: [i16; 3]) -> Vec<u8> {
+    let mut h = vec![0u8; 352];
+    h[0..4].copy_from_slice(&348i32.to_le_bytes());
+    let dim = [3i16, dims[0], dims[1], dims[2], 1, 1, 1, 1];
+    for (i, d) in dim.iter().enumerate() {
+        h[40 + 2 * i..42 + 2 * i].copy_from_slice(&d.to_le_bytes());
+    }
+    h[70..72].copy_from_slice(&4i16.to_le_bytes());
+    h[72..74].copy_from_slice(&16i16.to_le_bytes());
+    for i in 0..4 {
+        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&1f32.to_le_bytes());
+    }
+    h[108..112].copy_from_slice(&352f32.to_le_bytes());
+    h[112..116].copy_from_slice(&1f32.to_le_bytes());
+    h[344..348].copy_from_slice(b"n+1\0");
+    h
+}
+
+fn gzip(bytes: &[u8]) -> Vec<u8> {
+    let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::default());
+    gz.write_all(bytes).unwrap();
+    gz.finish().unwrap()
+}
+
+/// A `.pth`-shaped zip: `data.pkl` and optionally one more entry, deflated.
+fn pth_zip(path: &Path, pickle: &[u8], extra: Option<(&str, &[u8])>) {
+    let mut z = zip::ZipWriter::new(std::fs::File::create(path).unwrap());
+    let deflate = zip::write::SimpleFileOptions::default()
+        .compression_method(zip::CompressionMethod::Deflated);
+    z.start_file("archive/data.pkl", deflate).unwrap();
+    z.write_all(pickle).unwrap();
+    if let Some((name, data)) = extra {
+        z.start_file(name, deflate).unwrap();
+        z.write_all(data).unwrap();
+    }
+    z.finish().unwrap();
+}
+
+fn msa_fails(args: &[&std::ffi::OsStr]) -> String {
+    let o = Command::new(env!("CARGO_BIN_EXE_msa"))
+        .args(args)
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&o.stderr).to_string();
+    assert_eq!(
+        o.status.code(),
+        Some(1),
+        "a clean error exit, not a crash: {text}"
+    );
+    text
+}
+
+#[test]
+fn images_claiming_too_many_pixels_are_refused_from_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    for (w, h, needle) in [(100_000, 100_000, "per side"), (16_000, 16_000, "pixels")] {
+        let path = dir.path().join(format!("{w}x{h}.png"));
+        std::fs::write(&path, png_claiming(w, h)).unwrap();
+        let e = format!("{:#}", msa::io::image::load_rgb(&path).unwrap_err());
+        assert!(e.contains(&format!("{w}x{h}")) && e.contains(needle), "{e}");
+        assert!(e.contains(&path.display().to_string()), "{e}");
+    }
+}
+
+#[test]
+fn volumes_claiming_too_many_voxels_are_refused_from_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    let header = nifti_claiming([10_000, 10_000, 10_000]);
+    for (name, bytes) in [("bomb.nii", header.clone()), ("bomb.nii.gz", gzip(&header))] {
+        let path = dir.path().join(name);
+        std::fs::write(&path, bytes).unwrap();
+        let e = format!("{:#}", msa::io::nifti::read(&path).unwrap_err());
+        assert!(
+            e.contains("1000000000000 voxels") && e.contains("limit"),
+            "{e}"
+        );
+    }
+    // In memory, a gzip stream that expands beyond the limit stops at the limit.
+    let limits = msa::io::DecodeLimits {
+        max_decompressed_bytes: 1 << 20,
+        ..Default::default()
+    };
+    let mut big = nifti_claiming([128, 128, 64]);
+    big.resize(big.len() + 128 * 128 * 64 * 2, 0);
+    let e = format!(
+        "{:#}",
+        msa::io::nifti::read_bytes(&gzip(&big), "upload", &limits).unwrap_err()
+    );
+    assert!(e.contains("expands beyond"), "{e}");
+}
+
+#[test]
+fn a_deeply_nested_pickle_is_refused_not_a_stack_overflow() {
+    let dir = tempfile::tempdir().unwrap();
+    let n = 300_000;
+    let mut pickle = vec![0x80, 2];
+    pickle.extend(std::iter::repeat_n(b']', n));
+    pickle.extend(std::iter::repeat_n(b'a', n - 1));
+    pickle.push(b'.');
+    let path = dir.path().join("deep.pth");
+    pth_zip(&path, &pickle, None);
+    let e = msa_fails(&["info".as_ref(), path.as_os_str()]);
+    assert!(e.contains("nest more than 100 deep"), "{e}");
+}
+
+#[test]
+fn a_zip_entry_that_expands_like_a_bomb_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("bomb.pth");
+    let zeros = vec![0u8; 80 << 20];
+    pth_zip(
+        &path,
+        &[0x80, 2, b'}', b'.'],
+        Some(("archive/data/0", &zeros)),
+    );
+    let e = msa_fails(&["info".as_ref(), path.as_os_str()]);
+    assert!(
+        e.contains("decompression bomb") && e.contains("archive/data/0"),
+        "{e}"
+    );
+}
+
+#[test]
+fn a_safetensors_header_claiming_a_gigabyte_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("huge_header.safetensors");
+    let mut bytes = (1u64 << 30).to_le_bytes().to_vec();
+    bytes.extend(b"{\"a\": {\"dtype\": \"F32\", \"shape\": [1], \"data_offsets\": [0, 4]}}");
+    std::fs::write(&path, bytes).unwrap();
+    let e = msa_fails(&["info".as_ref(), path.as_os_str()]);
+    assert!(e.contains("huge_header.safetensors"), "{e}");
+}
