@@ -6,4 +6,5 @@ pub mod layout;
 pub mod prompts;
 pub mod sample;
 pub mod synthetic;
+pub mod synthetic_dicom;
 pub mod transform;
