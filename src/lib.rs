@@ -5,6 +5,7 @@
 pub mod cli;
 pub mod data;
 pub mod eval;
+pub mod fuzz;
 pub mod infer;
 pub mod io;
 pub mod kernels;

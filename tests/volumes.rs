@@ -123,7 +123,6 @@ fn label_volumes_keep_the_input_grid() {
     let labels: Vec<u8> = (0..60).map(|i| (i % 3) as u8).collect();
     let out = dir.path().join("seg.nii.gz");
     write_labels(&out, &labels, &img).unwrap();
-    assert!(!dir.path().join("seg.partial.nii.gz").exists());
     let seg = read(&out).unwrap();
     assert_eq!(seg.volume.dims, img.volume.dims);
     assert_eq!(seg.volume.affine, img.volume.affine);
@@ -140,6 +139,40 @@ fn label_volumes_keep_the_input_grid() {
         err.contains("59 labels") && err.contains("5 x 4 x 3"),
         "{err}"
     );
+}
+
+/// The writer derives its own file name from the one it is given; a plain `.nii` output, or
+/// one with dots in its stem, once ended as another file (`a.b.nii` written as `a.nii`) and
+/// a failed rename.
+#[test]
+fn labels_are_written_under_every_kind_of_name_with_nothing_left_beside() {
+    let dir = tempfile::tempdir().unwrap();
+    let input = dir.path().join("img.nii.gz");
+    write(&input, &values::<i16>(), &header());
+    let img = read(&input).unwrap();
+    let labels: Vec<u8> = (0..60).map(|i| (i % 2) as u8).collect();
+    let names = ["plain.nii", "case.001.nii", "case.002.nii.gz", "seg.nii.gz"];
+    for name in names {
+        let out = dir.path().join("out").join(name);
+        std::fs::create_dir_all(out.parent().unwrap()).unwrap();
+        write_labels(&out, &labels, &img).unwrap_or_else(|e| panic!("{name}: {e:#}"));
+        let back: Vec<u8> = read(&out)
+            .unwrap()
+            .volume
+            .data
+            .iter()
+            .map(|&v| v as u8)
+            .collect();
+        assert_eq!(back, labels, "{name}");
+    }
+    let mut written: Vec<String> = std::fs::read_dir(dir.path().join("out"))
+        .unwrap()
+        .map(|e| e.unwrap().file_name().to_string_lossy().into_owned())
+        .collect();
+    written.sort();
+    let mut expected: Vec<String> = names.iter().map(|s| s.to_string()).collect();
+    expected.sort();
+    assert_eq!(written, expected);
 }
 
 #[test]

@@ -19,7 +19,13 @@ fn strs(values: &[&str]) -> PrimitiveValue {
 
 /// Slice `k` of a rows x columns series at z = `z` mm: raw pixel (row r, column c) =
 /// 100 k + 10 r + c, rescaled by 2x - 1024; pixel spacing 0.5 x 0.75 mm, 2.5 mm thick.
-pub fn write_slice(path: &Path, series: &str, k: usize, z: f64, (rows, columns): (usize, usize)) -> Result<()> {
+pub fn write_slice(
+    path: &Path,
+    series: &str,
+    k: usize,
+    z: f64,
+    (rows, columns): (usize, usize),
+) -> Result<()> {
     let mut obj = InMemDicomObject::new_empty();
     let sop = format!("1.2.826.0.1.3680043.2.1125.{k}{}", series.len());
     let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));

@@ -268,18 +268,17 @@ where
         .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))
 }
 
-/// `seg.nii.gz` -> `seg.partial.nii.gz`: the writer picks compression from the ending.
+/// `seg.nii.gz` -> `.seg_partial.nii.gz`, beside it. The writer re-derives its file name
+/// by dropping the last extension and adding `.nii` or `.nii.gz`, so the temporary stem may
+/// hold no dot (`a.b.nii` would otherwise be written as `a.nii`).
 fn partial_path(path: &Path) -> PathBuf {
     let name = path
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
         .unwrap_or_default();
-    let partial = match name.strip_suffix(".nii.gz") {
-        Some(stem) => format!("{stem}.partial.nii.gz"),
-        None => match name.strip_suffix(".nii") {
-            Some(stem) => format!("{stem}.partial.nii"),
-            None => format!("{name}.partial.nii"),
-        },
+    let (stem, ext) = match name.strip_suffix(".nii.gz") {
+        Some(stem) => (stem, "nii.gz"),
+        None => (name.strip_suffix(".nii").unwrap_or(&name), "nii"),
     };
-    path.with_file_name(partial)
+    path.with_file_name(format!(".{}_partial.{ext}", stem.replace('.', "_")))
 }
