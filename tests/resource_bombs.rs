@@ -1,53 +1,12 @@
 //! Files that claim or expand to far more than they hold are refused with a clear error
 //! before anything large is allocated, never by an out-of-memory kill or a stack overflow.
 
+mod common;
+
+use common::{nifti_claiming, png_claiming};
 use std::io::Write;
 use std::path::Path;
 use std::process::Command;
-
-/// PNG bytes whose header claims w x h RGB pixels (valid CRCs, one tiny data chunk).
-fn png_claiming(w: u32, h: u32) -> Vec<u8> {
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend((data.len() as u32).to_be_bytes());
-        let mut crc = flate2::Crc::new();
-        crc.update(kind);
-        crc.update(data);
-        out.extend(kind);
-        out.extend(data);
-        out.extend(crc.sum().to_be_bytes());
-    }
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = w.to_be_bytes().to_vec();
-    ihdr.extend(h.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
-    chunk(
-        &mut out,
-        b"IDAT",
-        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
-    );
-    chunk(&mut out, b"IEND", &[]);
-    out
-}
-
-/// A NIfTI-1 header (352 bytes, int16) claiming `dims` voxels, and no voxels.
-fn nifti_claiming(dims: [i16; 3]) -> Vec<u8> {
-    let mut h = vec![0u8; 352];
-    h[0..4].copy_from_slice(&348i32.to_le_bytes());
-    let dim = [3i16, dims[0], dims[1], dims[2], 1, 1, 1, 1];
-    for (i, d) in dim.iter().enumerate() {
-        h[40 + 2 * i..42 + 2 * i].copy_from_slice(&d.to_le_bytes());
-    }
-    h[70..72].copy_from_slice(&4i16.to_le_bytes());
-    h[72..74].copy_from_slice(&16i16.to_le_bytes());
-    for i in 0..4 {
-        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&1f32.to_le_bytes());
-    }
-    h[108..112].copy_from_slice(&352f32.to_le_bytes());
-    h[112..116].copy_from_slice(&1f32.to_le_bytes());
-    h[344..348].copy_from_slice(b"n+1\0");
-    h
-}
 
 fn gzip(bytes: &[u8]) -> Vec<u8> {
     let mut gz = flate2::write::GzEncoder::new(vec![], flate2::Compression::default());

@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::fixture;
+use common::{fixture, nifti_claiming, png_claiming};
 use msa::infer::{Predictor, UserPrompt};
 use msa::io::nifti::{self, NiftiVolume};
 use msa::io::Volume;
@@ -337,60 +337,6 @@ fn volumes_propagate_and_download_as_predict_volume_writes_them() {
     );
 }
 
-/// PNG bytes whose header claims w x h pixels, with a valid CRC and one tiny data chunk.
-fn png_header_claiming(w: u32, h: u32) -> Vec<u8> {
-    fn chunk(out: &mut Vec<u8>, kind: &[u8; 4], data: &[u8]) {
-        out.extend((data.len() as u32).to_be_bytes());
-        let mut crc = flate2::Crc::new();
-        crc.update(kind);
-        crc.update(data);
-        out.extend(kind);
-        out.extend(data);
-        out.extend(crc.sum().to_be_bytes());
-    }
-    let mut out = b"\x89PNG\r\n\x1a\n".to_vec();
-    let mut ihdr = vec![];
-    ihdr.extend(w.to_be_bytes());
-    ihdr.extend(h.to_be_bytes());
-    ihdr.extend([8, 2, 0, 0, 0]);
-    chunk(&mut out, b"IHDR", &ihdr);
-    chunk(
-        &mut out,
-        b"IDAT",
-        &[0x78, 0x9c, 0x03, 0x00, 0x00, 0x00, 0x00, 0x01],
-    );
-    chunk(&mut out, b"IEND", &[]);
-    out
-}
-
-/// A NIfTI-1 header alone (352 bytes) claiming `dims` int16 voxels.
-fn nifti_header_claiming(dims: [u16; 3]) -> Vec<u8> {
-    let mut h = vec![0u8; 352];
-    h[0..4].copy_from_slice(&348i32.to_le_bytes());
-    let dim = [
-        3i16,
-        dims[0] as i16,
-        dims[1] as i16,
-        dims[2] as i16,
-        1,
-        1,
-        1,
-        1,
-    ];
-    for (i, d) in dim.iter().enumerate() {
-        h[40 + 2 * i..42 + 2 * i].copy_from_slice(&d.to_le_bytes());
-    }
-    h[70..72].copy_from_slice(&4i16.to_le_bytes());
-    h[72..74].copy_from_slice(&16i16.to_le_bytes());
-    for i in 0..4 {
-        h[76 + 4 * i..80 + 4 * i].copy_from_slice(&1f32.to_le_bytes());
-    }
-    h[108..112].copy_from_slice(&352f32.to_le_bytes());
-    h[112..116].copy_from_slice(&1f32.to_le_bytes());
-    h[344..348].copy_from_slice(b"n+1\0");
-    h
-}
-
 /// The answer to an upload announcing `len` bytes, read before any body byte is sent: a
 /// server must refuse by the announced length, not after reading it all.
 fn over_the_limit(server: &Running, len: usize) -> String {
@@ -427,19 +373,13 @@ fn hostile_input_gets_4xx_and_the_server_keeps_serving() {
     };
     let e = refused(&png[..png.len() / 2], "truncated PNG");
     assert!(e.contains("decode"), "{e}");
-    let e = refused(
-        &png_header_claiming(20_000, 20_000),
-        "20000x20000 PNG header",
-    );
+    let e = refused(&png_claiming(20_000, 20_000), "20000x20000 PNG header");
     assert!(e.contains("20000x20000") && e.contains("limit"), "{e}");
     let e = refused(b"%PDF-1.7 this is not an image at all", "non-image");
     assert!(e.contains("not a PNG"), "{e}");
-    let e = refused(
-        &nifti_header_claiming([30_000, 30_000, 30_000]),
-        "NIfTI bomb",
-    );
+    let e = refused(&nifti_claiming([30_000, 30_000, 30_000]), "NIfTI bomb");
     assert!(e.contains("limit"), "{e}");
-    let e = refused(&nifti_header_claiming([64, 64, 10]), "NIfTI without voxels");
+    let e = refused(&nifti_claiming([64, 64, 10]), "NIfTI without voxels");
     assert!(e.contains("holds"), "{e}");
     let e = over_the_limit(&server, 3 << 20);
     assert!(
