@@ -14,6 +14,7 @@ seconds=${2:?SECONDS}
 (cd fuzz && cargo afl build --release -q)
 out=fuzz/out/$target
 rm -rf "$out"
+mkdir -p fuzz/out
 export AFL_SKIP_CPUFREQ=1 AFL_I_DONT_CARE_ABOUT_MISSING_CRASHES=1 AFL_NO_UI=1 MSA_FUZZ_TARGET=$target
 cargo afl fuzz -i "fuzz/corpus/$target" -o "$out" -V "$seconds" -t 5000 -- fuzz/target/release/msa-fuzz \
     > "fuzz/out/$target.log" 2>&1 || true

@@ -122,3 +122,16 @@ fn a_safetensors_header_claiming_a_gigabyte_is_refused() {
     let e = msa_fails(&["info".as_ref(), path.as_os_str()]);
     assert!(e.contains("huge_header.safetensors"), "{e}");
 }
+
+/// Found by fuzzing (fuzz/crashes/pth): a safetensors length prefix near u64::MAX overflowed
+/// `length + 8` (a panic with overflow checks, a wrong "safetensors" verdict without).
+#[test]
+fn a_length_prefix_near_the_largest_integer_is_not_a_safetensors_file() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("wrap.safetensors");
+    let mut bytes = (u64::MAX - 1).to_le_bytes().to_vec();
+    bytes.extend([0xff; 24]);
+    std::fs::write(&path, bytes).unwrap();
+    let e = msa_fails(&["info".as_ref(), path.as_os_str()]);
+    assert!(e.contains("neither a PyTorch zip checkpoint nor a safetensors file"), "{e}");
+}

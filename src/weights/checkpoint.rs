@@ -32,7 +32,8 @@ pub fn sniff_format(path: &Path) -> Result<Format> {
     if n == 8 {
         let header_len = u64::from_le_bytes(head);
         let file_len = file.metadata()?.len();
-        if header_len > 1 && header_len + 8 <= file_len {
+        // Checked: a length near u64::MAX wrapped around and passed (found by fuzzing).
+        if header_len > 1 && header_len.checked_add(8).is_some_and(|n| n <= file_len) {
             return Ok(Format::Safetensors);
         }
     }
