@@ -133,5 +133,8 @@ fn a_length_prefix_near_the_largest_integer_is_not_a_safetensors_file() {
     bytes.extend([0xff; 24]);
     std::fs::write(&path, bytes).unwrap();
     let e = msa_fails(&["info".as_ref(), path.as_os_str()]);
-    assert!(e.contains("neither a PyTorch zip checkpoint nor a safetensors file"), "{e}");
+    assert!(
+        e.contains("neither a PyTorch zip checkpoint nor a safetensors file"),
+        "{e}"
+    );
 }
