@@ -148,10 +148,7 @@ impl Drop for Running {
 /// Binds `settings.host:port` (port 0: any free port) and serves on background threads.
 pub fn start(models: ModelSet, settings: Settings) -> Result<Running> {
     settings.check()?;
-    let listener = TcpListener::bind((settings.host, settings.port))
-        .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
+    let (listener, addr) = bind(&settings)?;
     let (tx, rx) = tokio::sync::oneshot::channel::<()>();
     let thread = std::thread::Builder::new()
         .name("msa-serve".into())
@@ -165,6 +162,15 @@ pub fn start(models: ModelSet, settings: Settings) -> Result<Running> {
         stop: Some(tx),
         thread: Some(thread),
     })
+}
+
+/// A non-blocking listener on the settings' address, and the address it got.
+fn bind(settings: &Settings) -> Result<(TcpListener, SocketAddr)> {
+    let listener = TcpListener::bind((settings.host, settings.port))
+        .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
+    listener.set_nonblocking(true)?;
+    let addr = listener.local_addr()?;
+    Ok((listener, addr))
 }
 
 fn serve_until(
@@ -242,10 +248,7 @@ pub fn run(args: &ServeArgs) -> Result<()> {
         .map(crate::model::SamConfig::from_json_file)
         .transpose()?;
     let models = ModelSet::load(&args.checkpoints, &args.adapters, config.as_ref(), &device)?;
-    let listener = TcpListener::bind((settings.host, settings.port))
-        .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
-    listener.set_nonblocking(true)?;
-    let addr = listener.local_addr()?;
+    let (listener, addr) = bind(&settings)?;
     let names: Vec<&str> = models.bases.iter().map(|b| b.name.as_str()).collect();
     println!(
         "msa serve: models {names:?}, {} adapter file(s); open http://{addr}/{}",
