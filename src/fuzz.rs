@@ -2,6 +2,16 @@
 //! may return any error; a panic, an abort or a hang is a bug. The fuzzer binary in `fuzz/`
 //! and the corpus replay test (`tests/fuzz_corpus.rs`) both call `run`.
 
+// No panic on user data (RELIABILITY.md): an index or unwrap here is either an error or
+// carries its proof in an `expect(..., reason)`.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 use crate::io::DecodeLimits;
 use std::path::{Path, PathBuf};
 
@@ -140,7 +150,10 @@ pub fn tree_records(mut data: &[u8]) -> Vec<(PathBuf, Vec<u8>)> {
         let Some((len, rest)) = split(rest, 2) else {
             break;
         };
-        let len = u16::from_le_bytes([len[0], len[1]]) as usize;
+        let Ok(len) = <[u8; 2]>::try_from(len) else {
+            break;
+        };
+        let len = u16::from_le_bytes(len) as usize;
         let Some((content, rest)) = split(rest, len) else {
             break;
         };

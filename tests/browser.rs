@@ -315,7 +315,7 @@ async fn the_page_segments_a_click_and_a_box_like_msa_predict() {
 /// Bounding box (x0, y0, x1, y1) of `label` on slice k of a label volume, with a margin.
 fn label_box(labels: &msa::io::Volume, label: f32, k: usize) -> Option<[f64; 4]> {
     let [nx, ny, _] = labels.dims;
-    let slice = labels.slice(k);
+    let slice = labels.slice(k).unwrap();
     let (mut x0, mut y0, mut x1, mut y1) = (usize::MAX, usize::MAX, 0, 0);
     for y in 0..ny {
         for x in 0..nx {
@@ -366,7 +366,14 @@ async fn readme_screenshot() {
     )
     .await;
     let nz = labels.dims[2];
-    let area = |k: usize| labels.slice(k).iter().filter(|&&v| v > 0.0).count();
+    let area = |k: usize| {
+        labels
+            .slice(k)
+            .unwrap()
+            .iter()
+            .filter(|&&v| v > 0.0)
+            .count()
+    };
     let mid = (0..nz).max_by_key(|&k| area(k)).unwrap();
     let set = |script: String| {
         let client = client.clone();

@@ -605,7 +605,7 @@ fn predict_volume_writes_labels_on_the_input_grid() {
     let n = 40 * 30;
     for k in [0, 5] {
         assert!(
-            seg.volume.slice(k).iter().all(|&v| v == 0.0),
+            seg.volume.slice(k).unwrap().iter().all(|&v| v == 0.0),
             "slice {k} was not prompted"
         );
     }
@@ -616,7 +616,7 @@ fn predict_volume_writes_labels_on_the_input_grid() {
         .sam;
     let range = msa::io::Intensity::MRI.range(&input.volume);
     let mut p = msa::infer::Predictor::new(&sam);
-    p.set_image(&msa::infer::volume::slice_image(&input.volume, 4, range))
+    p.set_image(&msa::infer::volume::slice_image(&input.volume, 4, range).unwrap())
         .unwrap();
     let prompt = msa::infer::UserPrompt {
         points: vec![(20.0, 15.0, 1), (2.0, 2.0, 0)],

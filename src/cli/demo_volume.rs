@@ -181,8 +181,13 @@ fn comparison(frozen: &[VolumeOutcome], adapted: &[VolumeOutcome], path: &Path) 
         rows.push(
             [&f.truth, &f.predicted, &a.predicted]
                 .iter()
-                .map(|classes| super::demo::zoom(&class_overlay(vol, k, f.range, classes), ZOOM))
-                .collect(),
+                .map(|classes| {
+                    Ok(super::demo::zoom(
+                        &class_overlay(vol, k, f.range, classes)?,
+                        ZOOM,
+                    ))
+                })
+                .collect::<Result<Vec<_>>>()?,
         );
     }
     super::demo::tile(&rows, &["ground truth", "frozen", "adapted"])?

@@ -98,7 +98,7 @@ fn write_overlays(
     std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     for k in slices {
         let path = dir.join(format!("slice_{k:04}.png"));
-        class_overlay(vol, k, range, labels)
+        class_overlay(vol, k, range, labels)?
             .save(&path)
             .with_context(|| format!("cannot write {}", path.display()))?;
     }

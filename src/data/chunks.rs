@@ -9,6 +9,7 @@ use super::synthetic::SplitMix;
 use super::transform::{augment, mask_in_frame};
 use crate::infer::volume::{chunk_slices, slice_image};
 use crate::infer::UserPrompt;
+use crate::io::volume::plane;
 use crate::io::{Intensity, Volume};
 use crate::model::SamConfig;
 use crate::preprocess::model_input;
@@ -46,15 +47,20 @@ fn scan_case(case: &VolumeCase, labels: &LabelMap) -> Result<VolumeItem> {
     let (_, label) = load_case(case)?;
     let classes = labels.apply(&label.volume.data);
     let n = label.volume.slice_len();
-    let labelled: Vec<usize> = (0..label.volume.dims[2])
-        .filter(|&k| classes[k * n..(k + 1) * n].iter().any(|&c| c > 0))
+    let [_, _, nz] = label.volume.dims;
+    let labelled: Vec<usize> = (0..nz)
+        .filter(|&k| {
+            classes
+                .get(k * n..(k + 1) * n)
+                .is_some_and(|p| p.iter().any(|&c| c > 0))
+        })
         .collect();
     if labelled.is_empty() {
         bail!("{}: no voxel holds a selected label", case.label.display());
     }
     Ok(VolumeItem {
         case: case.clone(),
-        slices: label.volume.dims[2],
+        slices: nz,
         labelled,
     })
 }
@@ -112,12 +118,13 @@ pub fn chunks_per_case(item: &VolumeItem, d: usize, fixed: usize) -> usize {
 /// uniformly) at a random position, else it starts anywhere.
 pub fn draw_start(item: &VolumeItem, d: usize, bias: f64, rng: &mut SplitMix) -> usize {
     let last_start = item.slices.saturating_sub(d);
-    if rng.uniform() < bias && !item.labelled.is_empty() {
-        let k = item.labelled[rng.below(item.labelled.len())];
-        let offset = rng.below(d.max(1));
-        k.saturating_sub(offset).min(last_start)
-    } else {
-        rng.below(last_start + 1)
+    let labelled = match rng.uniform() < bias {
+        true => item.labelled.get(rng.below(item.labelled.len())).copied(),
+        false => None,
+    };
+    match labelled {
+        Some(k) => k.saturating_sub(rng.below(d.max(1))).min(last_start),
+        None => rng.below(last_start + 1),
     }
 }
 
@@ -131,8 +138,8 @@ pub fn prepare_chunk(
     start: usize,
     spec: &ChunkSpec,
     rng: &mut SplitMix,
-) -> PreparedChunk {
-    let [nx, ny, nz] = image.dims;
+) -> Result<PreparedChunk> {
+    let [_, _, nz] = image.dims;
     let s = spec.cfg.img_size;
     let range = match spec.intensity {
         Some(i) => i.range(image),
@@ -148,41 +155,41 @@ pub fn prepare_chunk(
         .par_iter()
         .enumerate()
         .map(|(i, &k)| {
-            let plane = &classes[k * nx * ny..(k + 1) * nx * ny];
+            let labels = plane(classes, image.dims, k)?;
             let mut sample = Sample {
                 id: format!("{id}:{k}"),
-                image: slice_image(image, k, range),
+                image: slice_image(image, k, range)?,
                 masks: (1..=n_classes)
-                    .map(|c| plane.iter().map(|&v| v == c).collect())
+                    .map(|c| labels.iter().map(|&v| v == c).collect())
                     .collect(),
             };
             if spec.augment {
                 sample = augment(&sample, &mut SplitMix(aug_seed));
             }
             // A slice repeated to fill a short volume is trained on once.
-            let repeated = i > 0 && slices[i - 1] == k;
-            let mut prompt_rng = SplitMix(seeds[i]);
+            let repeated = i.checked_sub(1).and_then(|j| slices.get(j)) == Some(&k);
+            let mut prompt_rng = SplitMix(seeds.get(i).copied().unwrap_or_default());
             let input = model_input(&sample.image, &spec.cfg);
             let targets = if repeated {
                 vec![]
             } else {
                 slice_targets(&sample, input.input_size, s, i, spec.kind, &mut prompt_rng)
             };
-            (input.data, targets)
+            Ok((input.data, targets))
         })
-        .collect();
+        .collect::<Result<_>>()?;
     let mut input = Vec::with_capacity(slices.len() * 3 * s * s);
     let mut targets = vec![];
     for (data, t) in per_slice {
         input.extend(data);
         targets.extend(t);
     }
-    PreparedChunk {
+    Ok(PreparedChunk {
         id: id.to_string(),
         start,
         input,
         targets,
-    }
+    })
 }
 
 fn slice_targets(
@@ -250,7 +257,7 @@ mod tests {
         };
         for augment in [false, true] {
             let s = spec(PromptKind::Click, augment);
-            let chunk = prepare_chunk("v", &vol, &classes, 3, &s, &mut SplitMix(7));
+            let chunk = prepare_chunk("v", &vol, &classes, 3, &s, &mut SplitMix(7)).unwrap();
             assert_eq!(chunk.input.len(), 4 * 3 * 64 * 64);
             assert!(chunk.targets.iter().any(|t| t.class == 1));
             assert!(chunk.targets.iter().any(|t| t.class == 2));

@@ -1,5 +1,15 @@
 //! Data: dataset layouts, samples, prompts, transforms and the batch loader.
 
+// No panic on user data (RELIABILITY.md): an index or unwrap here is either an error or
+// carries its proof in an `expect(..., reason)`.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 pub mod chunks;
 pub mod decathlon;
 pub mod layout;

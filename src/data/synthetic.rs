@@ -1,5 +1,12 @@
 //! Generated images with known masks, shared by the demo, tests and benchmarks.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "generated data for tests and demos, never user input"
+)]
+
 use image::RgbImage;
 
 /// A small deterministic generator (splitmix64), so that generated data is the same

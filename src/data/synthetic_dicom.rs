@@ -1,6 +1,13 @@
 //! A generated DICOM CT series (uncompressed, explicit VR little endian) with known values,
 //! for tests and fuzz seeds.
 
+#![allow(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    reason = "generated data for tests and demos, never user input"
+)]
+
 use anyhow::Result;
 use dicom_core::{DataElement, PrimitiveValue, VR};
 use dicom_dictionary_std::{tags, uids};

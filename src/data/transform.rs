@@ -47,7 +47,7 @@ pub fn augment(sample: &Sample, rng: &mut SplitMix) -> Sample {
             (0..h * w)
                 .map(|i| {
                     let (sx, sy) = src(i % w, i / w);
-                    m[sy * w + sx]
+                    m.get(sy * w + sx).copied().unwrap_or(false)
                 })
                 .collect()
         })
@@ -70,7 +70,7 @@ pub fn resize_mask_nearest(
             let (y, x) = (i / nw, i % nw);
             let sy = ((y as f64 * h as f64 / nh as f64).floor() as usize).min(h - 1);
             let sx = ((x as f64 * w as f64 / nw as f64).floor() as usize).min(w - 1);
-            mask[sy * w + sx]
+            mask.get(sy * w + sx).copied().unwrap_or(false)
         })
         .collect()
 }
@@ -86,7 +86,9 @@ pub fn mask_in_frame(
     let small = resize_mask_nearest(mask, (h, w), (nh, nw));
     let mut frame = vec![0f32; s * s];
     for (i, &v) in small.iter().enumerate() {
-        frame[(i / nw) * s + i % nw] = v as u8 as f32;
+        if let Some(f) = frame.get_mut((i / nw) * s + i % nw) {
+            *f = v as u8 as f32;
+        }
     }
     (small, frame)
 }

@@ -139,11 +139,11 @@ pub fn write_montage(path: &Path, out: &VolumeOutcome, rows: usize) -> Result<()
         let y = row as u32 * (h + 2);
         image::imageops::replace(
             &mut canvas,
-            &class_overlay(vol, k, out.range, &out.truth),
+            &class_overlay(vol, k, out.range, &out.truth)?,
             0,
             y as i64,
         );
-        let pred = class_overlay(vol, k, out.range, &out.predicted);
+        let pred = class_overlay(vol, k, out.range, &out.predicted)?;
         image::imageops::replace(&mut canvas, &pred, (w + 2) as i64, y as i64);
     }
     canvas

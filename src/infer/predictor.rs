@@ -299,11 +299,11 @@ impl<'a> Predictor<'a> {
 /// agree across sets.
 pub fn prompt_tensors(sets: &[UserPrompt], dev: &candle_core::Device) -> Result<Prompts> {
     let n = sets.len();
-    if n == 0 {
+    let Some(first) = sets.first() else {
         bail!("no prompt sets given");
-    }
-    let n_points = sets[0].points.len();
-    let has_box = sets[0].bbox.is_some();
+    };
+    let n_points = first.points.len();
+    let has_box = first.bbox.is_some();
     if sets
         .iter()
         .any(|s| s.points.len() != n_points || s.bbox.is_some() != has_box)

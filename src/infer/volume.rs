@@ -4,6 +4,7 @@
 use super::predictor::{Predictor, UserPrompt};
 use super::EmbeddingCache;
 use crate::io::image::overlay;
+use crate::io::volume::plane;
 use crate::io::{Intensity, Volume};
 use crate::model::Sam;
 use crate::preprocess::{model_input, preprocess_shape};
@@ -46,11 +47,14 @@ impl ClassPrompts {
         }
         let keys: Vec<(&usize, &[f32; 4])> = keyed.iter().collect();
         let mut out = vec![];
-        for pair in keys.windows(2) {
-            let ((&ka, a), (&kb, b)) = (pair[0], pair[1]);
+        for (&(&ka, a), &(&kb, b)) in keys.iter().zip(keys.iter().skip(1)) {
             for k in ka + 1..kb {
                 let t = (k - ka) as f32 / (kb - ka) as f32;
-                out.push((k, std::array::from_fn(|i| a[i] + t * (b[i] - a[i]))));
+                let mut bx = *a;
+                for (v, &end) in bx.iter_mut().zip(b) {
+                    *v += t * (end - *v);
+                }
+                out.push((k, bx));
             }
         }
         out
@@ -130,11 +134,12 @@ impl VolumePrompts {
 }
 
 /// Slice k as an 8-bit RGB image (gray repeated), width nx and height ny.
-pub fn slice_image(vol: &Volume, k: usize, range: (f32, f32)) -> RgbImage {
-    let gray = Intensity::to_gray(vol.slice(k), range);
+pub fn slice_image(vol: &Volume, k: usize, range: (f32, f32)) -> Result<RgbImage> {
+    let gray = Intensity::to_gray(vol.slice(k)?, range);
     let rgb: Vec<u8> = gray.iter().flat_map(|&g| [g, g, g]).collect();
-    // The buffer holds exactly nx * ny pixels.
-    RgbImage::from_raw(vol.dims[0] as u32, vol.dims[1] as u32, rgb).unwrap_or_default()
+    let [nx, ny, _] = vol.dims;
+    RgbImage::from_raw(nx as u32, ny as u32, rgb)
+        .with_context(|| format!("slice {k} does not hold {nx} x {ny} pixels"))
 }
 
 /// Colours for classes 1, 2, ... (cycled).
@@ -148,22 +153,28 @@ pub const CLASS_COLOURS: [[u8; 3]; 6] = [
 ];
 
 /// Slice k with every class of `classes` drawn in its colour.
-pub fn class_overlay(vol: &Volume, k: usize, range: (f32, f32), classes: &[u8]) -> RgbImage {
-    let n = vol.slice_len();
-    let slice = &classes[k * n..(k + 1) * n];
-    let mut img = slice_image(vol, k, range);
+pub fn class_overlay(
+    vol: &Volume,
+    k: usize,
+    range: (f32, f32),
+    classes: &[u8],
+) -> Result<RgbImage> {
+    let slice = plane(classes, vol.dims, k)?;
+    let mut img = slice_image(vol, k, range)?;
     let mut present: Vec<u8> = slice.iter().copied().filter(|&l| l > 0).collect();
     present.sort_unstable();
     present.dedup();
     for l in present {
         let mask: Vec<bool> = slice.iter().map(|&v| v == l).collect();
-        img = overlay(
-            &img,
-            &mask,
-            CLASS_COLOURS[(l as usize - 1) % CLASS_COLOURS.len()],
-        );
+        img = overlay(&img, &mask, class_colour(l));
     }
-    img
+    Ok(img)
+}
+
+/// The colour of class `l` (1, 2, ...; cycled).
+pub fn class_colour(l: u8) -> [u8; 3] {
+    let i = (l as usize).saturating_sub(1) % CLASS_COLOURS.len();
+    CLASS_COLOURS.get(i).copied().unwrap_or([255, 255, 255])
 }
 
 /// Labels for every voxel (x-fastest, 0 where nothing was prompted or found). Each
@@ -224,8 +235,11 @@ pub fn segment_volume_cached(
                 embeddings.input_size,
                 (ny, nx),
             )?;
-            let out = &mut labels[k * nx * ny..(k + 1) * nx * ny];
-            for (label, prompt) in &prompts[&k] {
+            let out = labels
+                .get_mut(k * nx * ny..(k + 1) * nx * ny)
+                .with_context(|| format!("slice {k} is outside the volume"))?;
+            let slice_prompts = prompts.get(&k).map(Vec::as_slice).unwrap_or_default();
+            for (label, prompt) in slice_prompts {
                 prompt
                     .check_inside(nx, ny)
                     .with_context(|| format!("slice {k}, class {label}"))?;
@@ -297,7 +311,7 @@ pub fn encode_chunk(
     let mut data = Vec::with_capacity(slices.len() * 3 * s * s);
     let mut input_size = (0, 0);
     for &k in slices {
-        let input = model_input(&slice_image(vol, k, range), &sam.config);
+        let input = model_input(&slice_image(vol, k, range)?, &sam.config);
         input_size = input.input_size;
         data.extend(input.data);
     }

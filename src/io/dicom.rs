@@ -54,11 +54,19 @@ pub fn read_series(dir: &Path) -> Result<Volume> {
             more.len()
         );
     }
-    let normal = slice_normal(&slices[0].0.orientation);
+    let Some((first, _)) = slices.first() else {
+        bail!("{}: no DICOM image files found", dir.display());
+    };
+    let normal = slice_normal(&first.orientation);
     let along = |s: &Slice| dot(&s.position, &normal);
     slices.sort_by(|a, b| along(&a.0).total_cmp(&along(&b.0)));
-    let first = &slices[0].0;
+    let Some((first, _)) = slices.first() else {
+        bail!("{}: no DICOM image files found", dir.display());
+    };
     let (rows, columns) = (first.rows, first.columns);
+    super::DecodeLimits::from_env()
+        .check_voxels(&[columns, rows, slices.len()])
+        .with_context(|| format!("{}: refused before decoding", dir.display()))?;
     let mut data = Vec::with_capacity(rows * columns * slices.len());
     for (s, obj) in &slices {
         if (s.rows, s.columns) != (rows, columns) {
@@ -89,21 +97,24 @@ pub fn read_series(dir: &Path) -> Result<Volume> {
         .or(first.thickness)
         .unwrap_or(1.0);
     let [dr, dc] = first.pixel_spacing;
-    let o = first.orientation;
-    let columns_dir = [o[0], o[1], o[2]];
-    let rows_dir = [o[3], o[4], o[5]];
+    let [c0, c1, c2, r0, r1, r2] = first.orientation;
+    let (columns_dir, rows_dir) = ([c0, c1, c2], [r0, r1, r2]);
     // World position of voxel (x, y, k) in DICOM's LPS; RAS negates the first two axes.
-    let mut affine = [[0f32; 4]; 4];
-    for r in 0..3 {
-        let ras = if r < 2 { -1.0 } else { 1.0 };
-        affine[r] = [
-            (ras * columns_dir[r] * dc) as f32,
-            (ras * rows_dir[r] * dr) as f32,
-            (ras * normal[r] * slice_spacing) as f32,
-            (ras * first.position[r]) as f32,
-        ];
-    }
-    affine[3] = [0.0, 0.0, 0.0, 1.0];
+    let row = |r: usize, ras: f64| {
+        let at = |v: &[f64; 3]| v.get(r).copied().unwrap_or(0.0);
+        [
+            (ras * at(&columns_dir) * dc) as f32,
+            (ras * at(&rows_dir) * dr) as f32,
+            (ras * at(&normal) * slice_spacing) as f32,
+            (ras * at(&first.position)) as f32,
+        ]
+    };
+    let affine = [
+        row(0, -1.0),
+        row(1, -1.0),
+        row(2, 1.0),
+        [0.0, 0.0, 0.0, 1.0],
+    ];
     Ok(Volume {
         dims: [columns, rows, slices.len()],
         data,
@@ -117,27 +128,21 @@ fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {
     e.to_str().ok().map(|s| s.trim().to_string())
 }
 
-fn floats(
+fn floats<const N: usize>(
     path: &Path,
     obj: &DefaultDicomObject,
     tag: dicom_core::Tag,
     name: &str,
-    n: usize,
-) -> Result<Vec<f64>> {
+) -> Result<[f64; N]> {
     let e = obj
         .element(tag)
         .with_context(|| format!("{}: no {name}", path.display()))?;
     let v = e
         .to_multi_float64()
         .with_context(|| format!("{}: {name} is not numeric", path.display()))?;
-    if v.len() != n {
-        bail!(
-            "{}: {name} has {} values, expected {n}",
-            path.display(),
-            v.len()
-        );
-    }
-    Ok(v)
+    let n = v.len();
+    <[f64; N]>::try_from(v)
+        .map_err(|_| anyhow::anyhow!("{}: {name} has {n} values, expected {N}", path.display()))
 }
 
 fn slice_facts(path: &Path, obj: &DefaultDicomObject) -> Result<Slice> {
@@ -146,16 +151,14 @@ fn slice_facts(path: &Path, obj: &DefaultDicomObject) -> Result<Slice> {
         obj,
         tags::IMAGE_POSITION_PATIENT,
         "ImagePositionPatient",
-        3,
     )?;
     let o = floats(
         path,
         obj,
         tags::IMAGE_ORIENTATION_PATIENT,
         "ImageOrientationPatient",
-        6,
     )?;
-    let s = floats(path, obj, tags::PIXEL_SPACING, "PixelSpacing", 2)?;
+    let s = floats(path, obj, tags::PIXEL_SPACING, "PixelSpacing")?;
     let int = |tag, name: &str| -> Result<usize> {
         obj.element(tag)
             .with_context(|| format!("{}: no {name}", path.display()))?
@@ -165,9 +168,9 @@ fn slice_facts(path: &Path, obj: &DefaultDicomObject) -> Result<Slice> {
     };
     Ok(Slice {
         path: path.to_path_buf(),
-        position: [p[0], p[1], p[2]],
-        orientation: [o[0], o[1], o[2], o[3], o[4], o[5]],
-        pixel_spacing: [s[0], s[1]],
+        position: p,
+        orientation: o,
+        pixel_spacing: s,
         rows: int(tags::ROWS, "Rows")?,
         columns: int(tags::COLUMNS, "Columns")?,
         thickness: obj
@@ -179,12 +182,8 @@ fn slice_facts(path: &Path, obj: &DefaultDicomObject) -> Result<Slice> {
 }
 
 fn slice_normal(o: &[f64; 6]) -> [f64; 3] {
-    let (a, b) = ([o[0], o[1], o[2]], [o[3], o[4], o[5]]);
-    [
-        a[1] * b[2] - a[2] * b[1],
-        a[2] * b[0] - a[0] * b[2],
-        a[0] * b[1] - a[1] * b[0],
-    ]
+    let [a0, a1, a2, b0, b1, b2] = *o;
+    [a1 * b2 - a2 * b1, a2 * b0 - a0 * b2, a0 * b1 - a1 * b0]
 }
 
 fn dot(a: &[f64; 3], b: &[f64; 3]) -> f64 {
@@ -193,10 +192,11 @@ fn dot(a: &[f64; 3], b: &[f64; 3]) -> f64 {
 
 /// The median gap between sorted slice positions, if there are two slices or more.
 fn slice_spacing(positions: &[f64]) -> Option<f64> {
-    let mut gaps: Vec<f64> = positions.windows(2).map(|w| (w[1] - w[0]).abs()).collect();
-    if gaps.is_empty() {
-        return None;
-    }
+    let mut gaps: Vec<f64> = positions
+        .iter()
+        .zip(positions.iter().skip(1))
+        .map(|(a, b)| (b - a).abs())
+        .collect();
     gaps.sort_by(f64::total_cmp);
-    Some(gaps[gaps.len() / 2]).filter(|g| *g > 0.0)
+    gaps.get(gaps.len() / 2).copied().filter(|g| *g > 0.0)
 }

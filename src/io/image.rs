@@ -42,6 +42,10 @@ pub fn to_rgb8(img: DynamicImage) -> RgbImage {
     }
 }
 
+#[expect(
+    clippy::expect_used,
+    reason = "`data` maps each of the w*h*3 values of a w x h RGB image to one byte"
+)]
 fn rescale_to_u8(img: image::Rgb32FImage) -> RgbImage {
     let (w, h) = img.dimensions();
     let values = img.as_raw();
@@ -71,20 +75,18 @@ pub fn save_mask(mask: &[bool], w: usize, h: usize, path: &Path) -> Result<()> {
         .with_context(|| format!("cannot write mask {}", path.display()))
 }
 
-/// The image with the mask tinted in and its outline drawn.
+/// The image with the mask tinted in and its outline drawn. Pixels beyond the end of a
+/// short mask count as outside.
 pub fn overlay(img: &RgbImage, mask: &[bool], color: [u8; 3]) -> RgbImage {
     let (w, h) = (img.width() as usize, img.height() as usize);
     let mut out = img.clone();
+    let at = |i: usize| mask.get(i).copied().unwrap_or(false);
     let inside = |x: isize, y: isize| {
-        x >= 0
-            && y >= 0
-            && (x as usize) < w
-            && (y as usize) < h
-            && mask[y as usize * w + x as usize]
+        x >= 0 && y >= 0 && (x as usize) < w && (y as usize) < h && at(y as usize * w + x as usize)
     };
     for y in 0..h {
         for x in 0..w {
-            if !mask[y * w + x] {
+            if !at(y * w + x) {
                 continue;
             }
             let (xi, yi) = (x as isize, y as isize);

@@ -2,6 +2,16 @@
 //! 3D volumes (NIfTI-1), with the intensity scaling that turns a CT or MRI slice into the
 //! 8-bit image SAM expects.
 
+// No panic on user data (RELIABILITY.md): an index or unwrap here is either an error or
+// carries its proof in an `expect(..., reason)`.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 pub mod dicom;
 pub mod image;
 pub mod intensity;

@@ -150,7 +150,8 @@ fn from_object(obj: nifti::InMemNiftiObject, path: &Path) -> Result<NiftiVolume>
             data.len()
         );
     }
-    let spacing = [1, 2, 3].map(|i| match header.pixdim[i].abs() {
+    let [_, px, py, pz, ..] = header.pixdim;
+    let spacing = [px, py, pz].map(|p| match p.abs() {
         s if s > 0.0 && s.is_finite() => s,
         _ => 1.0,
     });
@@ -203,15 +204,14 @@ fn affine(h: &NiftiHeader) -> [[f32; 4]; 4] {
     let qfac = if h.pixdim[0] < 0.0 { -1.0 } else { 1.0 };
     let zoom = [dx as f64, dy as f64, qfac * dz as f64];
     let offset = [h.quatern_x, h.quatern_y, h.quatern_z];
-    let mut m = [[0f32; 4]; 4];
-    for i in 0..3 {
-        for j in 0..3 {
-            m[i][j] = (r[i][j] * zoom[j]) as f32;
-        }
-        m[i][3] = offset[i];
-    }
-    m[3][3] = 1.0;
-    m
+    let row = |r: [f64; 3], offset: f32| {
+        let [a, b, c] = r;
+        let [zx, zy, zz] = zoom;
+        [(a * zx) as f32, (b * zy) as f32, (c * zz) as f32, offset]
+    };
+    let [r0, r1, r2] = r;
+    let [ox, oy, oz] = offset;
+    [row(r0, ox), row(r1, oy), row(r2, oz), [0.0, 0.0, 0.0, 1.0]]
 }
 
 /// (nx, ny, nz) of a 2D, 3D or single-frame 4D volume.
@@ -220,7 +220,7 @@ fn volume_dims(path: &Path, header: &NiftiHeader) -> Result<[usize; 3]> {
         .dim()
         .with_context(|| format!("{}: invalid dim field {:?}", path.display(), header.dim))?;
     let d = |i: usize| dim.get(i).map_or(1, |&v| v as usize);
-    if dim.len() > 3 && dim[3..].iter().any(|&v| v > 1) {
+    if dim.iter().skip(3).any(|&v| v > 1) {
         bail!(
             "{}: dims {dim:?}: expected a 3D volume (a 4D one with a single frame at most)",
             path.display()

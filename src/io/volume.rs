@@ -17,13 +17,13 @@ pub struct Volume {
 
 impl Volume {
     pub fn slice_len(&self) -> usize {
-        self.dims[0] * self.dims[1]
+        let [nx, ny, _] = self.dims;
+        nx * ny
     }
 
     /// Slice k: nx * ny values, x fastest.
-    pub fn slice(&self, k: usize) -> &[f32] {
-        let n = self.slice_len();
-        &self.data[k * n..(k + 1) * n]
+    pub fn slice(&self, k: usize) -> anyhow::Result<&[f32]> {
+        plane(&self.data, self.dims, k)
     }
 
     /// The smallest and largest value (0, 0 for an empty volume).
@@ -34,4 +34,19 @@ impl Volume {
         };
         it.fold((first, first), |(lo, hi), v| (lo.min(v), hi.max(v)))
     }
+}
+
+/// Plane k of an x-fastest array of `dims` (image values or labels), or an error naming k
+/// and the depth.
+pub fn plane<T>(data: &[T], dims: [usize; 3], k: usize) -> anyhow::Result<&[T]> {
+    let [nx, ny, nz] = dims;
+    let n = nx * ny;
+    k.checked_mul(n)
+        .and_then(|a| data.get(a..a.checked_add(n)?))
+        .ok_or_else(|| {
+            anyhow::anyhow!(
+                "slice {k} is outside a volume of {nz} slices ({} values for {dims:?})",
+                data.len()
+            )
+        })
 }

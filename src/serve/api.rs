@@ -88,22 +88,24 @@ async fn upload(
         segment::decode_upload(&bytes, q.window.as_deref(), &limits)
     })
     .await?;
-    let info = content_info(&content);
+    let mut info = content_info(&content);
     let id = state.store.insert(content);
-    let mut info = info;
-    info["id"] = id.into();
-    Ok(Json(info))
+    info.insert("id".into(), id.into());
+    Ok(Json(info.into()))
 }
 
-fn content_info(content: &Content) -> serde_json::Value {
+fn content_info(content: &Content) -> serde_json::Map<String, serde_json::Value> {
     let (w, h, n) = content.size();
-    let mut v = serde_json::json!({"width": w, "height": h, "slices": n});
+    let mut v = serde_json::Map::new();
+    v.insert("width".into(), w.into());
+    v.insert("height".into(), h.into());
+    v.insert("slices".into(), n.into());
     if let Content::Volume {
         volume, intensity, ..
     } = content
     {
-        v["spacing"] = serde_json::json!(volume.volume.spacing);
-        v["intensity"] = intensity.clone().into();
+        v.insert("spacing".into(), serde_json::json!(volume.volume.spacing));
+        v.insert("intensity".into(), intensity.clone().into());
     }
     v
 }
@@ -115,9 +117,9 @@ async fn describe(
     let entry = find(&state, &id)?;
     let entry = lock_entry(&entry);
     let mut info = content_info(&entry.content);
-    info["id"] = id.into();
-    info["has_labels"] = entry.labels.is_some().into();
-    Ok(Json(info))
+    info.insert("id".into(), id.into());
+    info.insert("has_labels".into(), entry.labels.is_some().into());
+    Ok(Json(info.into()))
 }
 
 async fn remove(State(state): State<AppState>, Path(id): Path<String>) -> ApiResult<StatusCode> {
@@ -132,7 +134,7 @@ async fn slice_png(
     Path((id, k)): Path<(String, String)>,
 ) -> ApiResult<Response> {
     render_slice(state, &id, &k, |entry, k| {
-        segment::rgb_png(&entry.content.slice_rgb(k))
+        segment::rgb_png(&entry.content.slice_rgb(k)?)
     })
     .await
 }

@@ -1,6 +1,16 @@
 //! `msa serve`: a web page and a JSON API to segment images and volumes from clicks and
 //! boxes, with the same models, adapters and prompt files as the command line.
 
+// No panic on user data (RELIABILITY.md): an index or unwrap here is either an error or
+// carries its proof in an `expect(..., reason)`.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 mod api;
 mod auth;
 pub mod error;

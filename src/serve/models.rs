@@ -159,8 +159,12 @@ impl ModelSet {
             }
             return Ok(found);
         }
-        // `load` refuses an empty checkpoint list, so there is a first base.
-        let base = base.unwrap_or(&self.bases[0].name);
+        let first = self
+            .bases
+            .first()
+            .map(|b| b.name.as_str())
+            .unwrap_or_default();
+        let base = base.unwrap_or(first);
         self.models
             .iter()
             .find(|m| m.adapters.is_none() && m.base == base)

@@ -148,7 +148,7 @@ fn encode(
     let sam = &model.sam;
     let mut predictor = Predictor::new(sam);
     let (Content::Volume { volume, range, .. }, Some(d)) = (content, sam.depth_chunk()) else {
-        predictor.set_image(&content.slice_rgb(slice))?;
+        predictor.set_image(&content.slice_rgb(slice)?)?;
         let e = predictor
             .embedded()
             .ok_or_else(|| ApiError::internal("no embedding after encoding"))?;
@@ -217,7 +217,9 @@ pub fn propagate(
     let mut predictor = Predictor::new(&model.sam);
     for (&k, prompts) in &per_slice {
         predictor.set_embedded(embedding(entry, model, k)?.0);
-        let out = &mut labels[k * w * h..(k + 1) * w * h];
+        let out = labels
+            .get_mut(k * w * h..(k + 1) * w * h)
+            .ok_or_else(|| ApiError::bad_request(format!("slice {k} is outside the volume")))?;
         for (label, prompt) in prompts {
             prompt
                 .check_inside(w, h)
@@ -259,7 +261,7 @@ pub fn rgb_png(img: &RgbImage) -> Result<Vec<u8>, ApiError> {
 
 /// Slice k of a label volume as RGBA: each class in its colour, the rest transparent.
 pub fn labels_png(labels: &[u8], w: usize, h: usize, k: usize) -> Result<Vec<u8>, ApiError> {
-    use crate::infer::volume::CLASS_COLOURS;
+    use crate::infer::volume::class_colour;
     let slice = labels
         .get(k * w * h..(k + 1) * w * h)
         .ok_or_else(|| ApiError::bad_request(format!("slice {k} is outside the labels")))?;
@@ -268,7 +270,7 @@ pub fn labels_png(labels: &[u8], w: usize, h: usize, k: usize) -> Result<Vec<u8>
         .flat_map(|&l| match l {
             0 => [0, 0, 0, 0],
             l => {
-                let [r, g, b] = CLASS_COLOURS[(l as usize - 1) % CLASS_COLOURS.len()];
+                let [r, g, b] = class_colour(l);
                 [r, g, b, 255]
             }
         })

@@ -35,9 +35,9 @@ impl Content {
     }
 
     /// Slice k as the 8-bit RGB image the model sees (the image itself in 2D).
-    pub fn slice_rgb(&self, k: usize) -> RgbImage {
+    pub fn slice_rgb(&self, k: usize) -> anyhow::Result<RgbImage> {
         match self {
-            Content::Image(img) => img.clone(),
+            Content::Image(img) => Ok(img.clone()),
             Content::Volume { volume, range, .. } => slice_image(&volume.volume, k, *range),
         }
     }
@@ -171,8 +171,9 @@ impl ImageStore {
             .unwrap_or_default();
         h.update(now.as_nanos().to_le_bytes());
         h.update((self as *const Self as usize).to_le_bytes());
-        h.finalize()[..8]
+        h.finalize()
             .iter()
+            .take(8)
             .map(|b| format!("{b:02x}"))
             .collect()
     }

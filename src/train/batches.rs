@@ -114,7 +114,7 @@ pub fn epoch_chunks(
                         &mut rng,
                     )
                 });
-                if tx.send(Ok(chunk)).is_err() {
+                if tx.send(chunk).is_err() {
                     return; // the trainer stopped listening
                 }
             }

@@ -1,5 +1,15 @@
 //! The resolved configuration of a training run, written into every run folder.
 
+// No panic on user data (RELIABILITY.md): an index or unwrap here is either an error or
+// carries its proof in an `expect(..., reason)`.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 use crate::data::layout::DatasetKind;
 use crate::data::prompts::PromptKind;
 use crate::model::{AdapterConfig, AdapterInit};

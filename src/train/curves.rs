@@ -1,6 +1,7 @@
 //! `curves.png`: training loss and validation Dice against epochs.
 
-use anyhow::{anyhow, Result};
+use crate::weights::checkpoint::write_atomically;
+use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 use std::path::Path;
 use std::sync::Once;
@@ -25,10 +26,23 @@ pub struct EpochMetrics {
     pub val_iou: Option<f64>,
 }
 
-/// Two panels side by side: loss per epoch, and validation Dice/IoU where measured.
+const SIZE: (u32, u32) = (1000, 420);
+
+/// Two panels side by side: loss per epoch, and validation Dice/IoU where measured. Written
+/// through a temporary file, so a killed run never leaves half a picture.
 pub fn plot(path: &Path, rows: &[EpochMetrics]) -> Result<()> {
+    let mut rgb = vec![0u8; (SIZE.0 * SIZE.1 * 3) as usize];
+    draw(&mut rgb, rows)?;
+    let img = image::RgbImage::from_raw(SIZE.0, SIZE.1, rgb)
+        .context("the plot buffer has the picture's size")?;
+    let mut png = std::io::Cursor::new(Vec::new());
+    img.write_to(&mut png, image::ImageFormat::Png)?;
+    write_atomically(path, png.get_ref())
+}
+
+fn draw(rgb: &mut [u8], rows: &[EpochMetrics]) -> Result<()> {
     register_font();
-    let root = BitMapBackend::new(path, (1000, 420)).into_drawing_area();
+    let root = BitMapBackend::with_buffer(rgb, SIZE).into_drawing_area();
     root.fill(&WHITE).map_err(|e| anyhow!("{e}"))?;
     let (left, right) = root.split_horizontally(500);
     let max_epoch = rows.iter().map(|r| r.epoch).max().unwrap_or(1).max(1) as f64;

@@ -5,6 +5,7 @@ use super::batches::{epoch_batches, BatchSpec};
 use super::config::TrainConfig;
 use super::loss::{bce_with_logits, dice_ce};
 use super::optim::Adam;
+use super::phase::{mark, Phase};
 use super::run::{apply_loss, epoch_bar, mean_loss, report_bad, Step, TrainData};
 use crate::data::layout::{discover, Splits};
 use crate::data::sample::check_items;
@@ -85,7 +86,10 @@ impl TrainData for ImageData {
         let bar = epoch_bar(n_batches, epoch, cfg)?;
         let start = std::time::Instant::now();
         let (mut sum, mut count, mut images) = (0.0, 0usize, 0usize);
-        for batch in epoch_batches(spec, epoch)? {
+        let batches = epoch_batches(spec, epoch)?;
+        loop {
+            mark(Phase::Data);
+            let Ok(batch) = batches.recv() else { break };
             let batch = batch?;
             if batch.is_empty() {
                 continue;
@@ -155,6 +159,7 @@ fn train_step(
     let dev = sam.device();
     let s = sam.config.img_size;
     let b = batch.len();
+    mark(Phase::Forward);
     let target: Vec<f32> = batch.iter().flat_map(|p| p.masks.iter().copied()).collect();
     let target = Tensor::from_vec(target, (b, classes, s, s), dev)?;
     let prompts = batch_prompts(batch, dev)?;

@@ -8,5 +8,6 @@ mod images;
 pub mod lock;
 pub mod loss;
 pub mod optim;
+pub mod phase;
 pub mod run;
 mod volume;

@@ -4,8 +4,10 @@
 use super::config::{TrainConfig, TrainMode};
 use super::curves::{plot, EpochMetrics};
 use super::optim::{step_lr, Adam};
+use super::phase::{mark, Phase};
 use crate::model::{Sam, SamConfig};
 use crate::weights::adapter_file::{self, AdapterMeta, FORMAT};
+use crate::weights::checkpoint::write_atomically;
 use crate::weights::{load_model, save_safetensors, Checkpoint, LoadOptions, Loaded};
 use anyhow::{bail, Context, Result};
 use candle_core::{Device, Tensor, Var};
@@ -52,6 +54,8 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
     std::fs::create_dir_all(&cfg.out)
         .with_context(|| format!("cannot create {}", cfg.out.display()))?;
     let _lock = super::lock::RunLock::acquire(&cfg.out)?;
+    mark(Phase::Setup);
+    remove_stale_tmp(&cfg.out)?;
     let mut data: Box<dyn TrainData> = if cfg.three_d {
         Box::new(super::volume::VolumeData::open(cfg)?)
     } else {
@@ -111,6 +115,8 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
         }
         state = load_state(&state_path, &vars, &mut adam, cfg)?;
         tracing::info!("resuming after epoch {}", state.epochs_done);
+        // A run killed after saving its state but before its metrics gets them now.
+        write_metrics(cfg, &state.history)?;
     }
     let total = loaded.part_params.values().sum::<usize>() + loaded.adapter_params;
     let mut start = json!({"event": "start", "trainable": loaded.adapter_params, "total": total});
@@ -129,6 +135,7 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
         let validate = data.has_validation()
             && ((epoch + 1) % cfg.val_every.max(1) == 0 || epoch + 1 == cfg.epochs);
         let (val_dice, val_iou) = if validate {
+            mark(Phase::Validate);
             let dir = cfg
                 .out
                 .join("samples")
@@ -144,6 +151,7 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
             val_dice,
             val_iou,
         };
+        mark(Phase::Checkpoint);
         state.history.push(row);
         state.epochs_done = epoch + 1;
         state.adam_step = adam.step;
@@ -165,6 +173,7 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
             "val_dice": val_dice, "val_iou": val_iou}),
         )?;
     }
+    mark(Phase::Done);
     Ok(RunResult {
         history: state.history,
         best_dice: state.best_dice,
@@ -225,7 +234,9 @@ pub(crate) fn mean_loss(sum: f64, count: usize) -> f64 {
 
 /// Backward pass and one Adam update; returns the loss.
 pub(crate) fn apply_loss(step: &Step, adam: &mut Adam, loss: &Tensor) -> Result<f64> {
+    mark(Phase::Backward);
     let grads = loss.backward()?;
+    mark(Phase::Optimizer);
     adam.step(step.vars, &grads, step.lr)?;
     Ok(loss.to_scalar::<f32>()? as f64)
 }
@@ -311,7 +322,27 @@ fn load_state(
 }
 
 fn write_text(path: &Path, text: &str) -> Result<()> {
-    std::fs::write(path, text).with_context(|| format!("cannot write {}", path.display()))
+    write_atomically(path, text.as_bytes())
+}
+
+/// Temporary files (`.name.tmp`) of writes that a killed run left half done; the lock is
+/// held, so no other process is writing them.
+fn remove_stale_tmp(dir: &Path) -> Result<()> {
+    let entries =
+        std::fs::read_dir(dir).with_context(|| format!("cannot list {}", dir.display()))?;
+    for entry in entries.flatten() {
+        let path = entry.path();
+        let stale = path.file_name().is_some_and(|n| {
+            let n = n.to_string_lossy();
+            n.starts_with('.') && n.ends_with(".tmp")
+        });
+        if stale && path.is_file() {
+            std::fs::remove_file(&path)
+                .with_context(|| format!("cannot remove {}", path.display()))?;
+            tracing::info!("removed {} left by an interrupted run", path.display());
+        }
+    }
+    Ok(())
 }
 
 fn log_line(cfg: &TrainConfig, v: serde_json::Value) -> Result<()> {
@@ -319,9 +350,11 @@ fn log_line(cfg: &TrainConfig, v: serde_json::Value) -> Result<()> {
     let mut f = std::fs::OpenOptions::new()
         .create(true)
         .append(true)
-        .open(&path)?;
-    writeln!(f, "{v}")?;
-    Ok(())
+        .open(&path)
+        .with_context(|| format!("cannot open {}", path.display()))?;
+    // One write call per line: a kill cannot leave half a line behind.
+    f.write_all(format!("{v}\n").as_bytes())
+        .with_context(|| format!("cannot write {}", path.display()))
 }
 
 fn write_metrics(cfg: &TrainConfig, rows: &[EpochMetrics]) -> Result<()> {
@@ -336,6 +369,11 @@ fn write_metrics(cfg: &TrainConfig, rows: &[EpochMetrics]) -> Result<()> {
             fmt(r.val_iou)
         ));
     }
-    write_text(&cfg.out.join("metrics.csv"), &csv)?;
-    plot(&cfg.out.join("curves.png"), rows)
+    let (csv_path, curves) = (cfg.out.join("metrics.csv"), cfg.out.join("curves.png"));
+    // Both files are replaced whole, so a run resumed with them current has nothing to redo.
+    if curves.exists() && std::fs::read_to_string(&csv_path).is_ok_and(|t| t == csv) {
+        return Ok(());
+    }
+    write_text(&csv_path, &csv)?;
+    plot(&curves, rows)
 }

@@ -6,6 +6,7 @@ use super::batches::epoch_chunks;
 use super::config::TrainConfig;
 use super::loss::dice_ce_by_class;
 use super::optim::Adam;
+use super::phase::{mark, Phase};
 use super::run::{apply_loss, epoch_bar, mean_loss, report_bad, Step, TrainData};
 use crate::data::chunks::{epoch_len, scan, ChunkSpec, PreparedChunk, VolumeItem};
 use crate::data::decathlon::{Decathlon, LabelMap, VolumeCase};
@@ -195,7 +196,9 @@ impl TrainData for VolumeData {
             bar.inc(1);
             Ok(())
         };
-        for chunk in chunks {
+        loop {
+            mark(Phase::Data);
+            let Ok(chunk) = chunks.recv() else { break };
             batch.push(chunk?);
             if batch.len() == per_step {
                 flush(&mut batch)?;
@@ -239,6 +242,7 @@ fn chunk_step(
     chunks: &[PreparedChunk],
     d: usize,
 ) -> Result<Option<f64>> {
+    mark(Phase::Forward);
     let sam = step.sam;
     let dev = sam.device();
     let s = sam.config.img_size;

@@ -2,7 +2,7 @@
 
 use super::checkpoint::Checkpoint;
 use crate::model::config::{EncoderConfig, SamConfig, TinyVitConfig, PRESETS};
-use anyhow::{bail, Result};
+use anyhow::{bail, Context, Result};
 
 const PATCH_KEY: &str = "image_encoder.patch_embed.proj.weight";
 const POS_KEY: &str = "image_encoder.pos_embed";
@@ -35,15 +35,15 @@ pub fn detect_preset(ckpt: &Checkpoint) -> Result<(String, SamConfig)> {
         let name = cfg.preset_name().unwrap_or("custom").to_string();
         return Ok((name, cfg));
     }
-    let Some(patch) = ckpt.tensors.get(PATCH_KEY) else {
+    if !ckpt.tensors.contains_key(PATCH_KEY) {
         bail!(
             "{}: neither `{PATCH_KEY}` (SAM's ViT) nor `{TINY_PATCH_KEY}` (TinyViT): this is \
              not a SAM checkpoint (first keys: {:?})",
             ckpt.display(),
             ckpt.tensors.keys().take(5).collect::<Vec<_>>()
         );
-    };
-    let embed_dim = patch.dims()[0];
+    }
+    let embed_dim = dim(ckpt, PATCH_KEY, 0)?;
     let depth = count_indexed(ckpt, "image_encoder.blocks.");
     for name in PRESETS {
         let mut cfg = SamConfig::preset(name)?;
@@ -66,7 +66,7 @@ pub fn detect_preset(ckpt: &Checkpoint) -> Result<(String, SamConfig)> {
 fn dim(ckpt: &Checkpoint, key: &str, i: usize) -> Result<usize> {
     let Some(t) = ckpt.tensors.get(key) else {
         bail!(
-            "{}: TinyViT checkpoint without `{key}`; describe it with --config FILE",
+            "{}: no `{key}`; describe the architecture with --config FILE",
             ckpt.display()
         );
     };
@@ -113,8 +113,13 @@ fn detect_tiny_vit(ckpt: &Checkpoint) -> Result<SamConfig> {
     // and nothing uses them; they keep the preset's values.
     let preset = cfg.tiny_vit().cloned().unwrap_or_default();
     t.embed_dims = vec![c0];
-    t.num_heads = vec![preset.num_heads[0]];
-    t.window_sizes = vec![preset.window_sizes[0]];
+    let first = |v: &[usize]| {
+        v.first()
+            .copied()
+            .context("the TinyViT preset has no stage 0")
+    };
+    t.num_heads = vec![first(&preset.num_heads)?];
+    t.window_sizes = vec![first(&preset.window_sizes)?];
     for i in 1..stages {
         let attn = format!("{}blocks.0.attn.", layer(i));
         t.embed_dims
@@ -127,7 +132,8 @@ fn detect_tiny_vit(ckpt: &Checkpoint) -> Result<SamConfig> {
     }
     let blk = format!("{}blocks.0.", layer(1));
     let mlp_hidden = dim(ckpt, &format!("{blk}mlp.fc1.weight"), 0)?;
-    t.mlp_ratio = mlp_hidden as f64 / t.embed_dims[1] as f64;
+    let dim1 = t.embed_dims.get(1).context("stage 1 was read above")?;
+    t.mlp_ratio = mlp_hidden as f64 / *dim1 as f64;
     t.local_conv_size = dim(ckpt, &format!("{blk}local_conv.c.weight"), 2)?;
     t.merge_strides = TinyVitConfig::official_merge_strides(&t.embed_dims);
     cfg.encoder = EncoderConfig::TinyVit(t);

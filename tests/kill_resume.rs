@@ -1,0 +1,258 @@
+//! Kill tests. `msa train` on the tiny model is killed with SIGKILL at seeded random moments
+//! in every phase (data loading, forward, backward, optimizer, checkpoint writing), resumed
+//! with `--resume`, and killed again. After every kill the run folder must load; the run
+//! that finally completes must hold adapters, run state and metrics bit-identical to an
+//! uninterrupted run, and no `*.tmp`.
+//!
+//! `MSA_KILLS` (default 5, one per phase) and `MSA_KILL_SEED` (default 1) set the size;
+//! `bench/kill_test.sh` runs the long version and keeps a JSON line of what it did.
+
+mod common;
+
+use common::fixture;
+use msa::data::synthetic::SplitMix;
+use std::collections::BTreeMap;
+use std::fs::File;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+const PHASES: [&str; 5] = ["data", "forward", "backward", "optimizer", "checkpoint"];
+const EPOCHS: usize = 4;
+
+fn env_or(name: &str, default: u64) -> u64 {
+    std::env::var(name)
+        .ok()
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(default)
+}
+
+fn train(data: &Path, out: &Path, phase_file: &Path) -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_msa"));
+    cmd.arg("train")
+        .arg("--checkpoint")
+        .arg(fixture("sam_tiny.safetensors"))
+        .arg("--config")
+        .arg(fixture("sam_tiny.json"))
+        .arg("--data")
+        .arg(data)
+        .args(["--dataset", "folder", "--batch-size", "2", "--seed", "5"])
+        .args([
+            "--epochs",
+            &EPOCHS.to_string(),
+            "--workers",
+            "1",
+            "--resume",
+        ])
+        .arg("--out")
+        .arg(out)
+        .env(msa::train::phase::PHASE_FILE, phase_file)
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped());
+    cmd
+}
+
+/// The phase a process last entered, from its phase file; empty before the first mark.
+fn read_phase(f: &File) -> String {
+    let mut buf = [0u8; msa::train::phase::WIDTH];
+    let n = f.read_at(&mut buf, 0).unwrap_or(0);
+    String::from_utf8_lossy(&buf[..n]).trim().to_string()
+}
+
+enum Outcome {
+    /// Killed; the phase it was in.
+    Killed(String),
+    /// The run completed before the chosen moment came.
+    Finished,
+}
+
+/// Runs until the `skip + 1`-th entry into `target`, waits `delay`, and kills.
+fn kill_during(
+    mut cmd: Command,
+    phase_file: &Path,
+    target: &str,
+    skip: usize,
+    delay: Duration,
+) -> Outcome {
+    File::create(phase_file).unwrap();
+    let watch = File::open(phase_file).unwrap();
+    let mut child = cmd.spawn().unwrap();
+    let deadline = Instant::now() + Duration::from_secs(300);
+    let (mut last, mut entries) = (String::new(), 0usize);
+    loop {
+        if let Some(status) = child.try_wait().unwrap() {
+            assert!(status.success(), "training failed: {}", stderr(child));
+            return Outcome::Finished;
+        }
+        let now = read_phase(&watch);
+        if now != last {
+            if now == target {
+                entries += 1;
+                if entries > skip {
+                    std::thread::sleep(delay);
+                    child.kill().unwrap();
+                    child.wait().unwrap();
+                    return Outcome::Killed(read_phase(&watch));
+                }
+            }
+            last = now;
+        }
+        assert!(Instant::now() < deadline, "training took too long");
+        std::thread::sleep(Duration::from_micros(50));
+    }
+}
+
+fn stderr(mut child: Child) -> String {
+    let mut s = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut s);
+    }
+    s
+}
+
+/// Every tensor of a safetensors file as (dtype, shape, bytes).
+fn tensors(path: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            let t = (
+                format!("{:?}", v.dtype()),
+                v.shape().to_vec(),
+                v.data().to_vec(),
+            );
+            (k, t)
+        })
+        .collect()
+}
+
+/// What must survive a kill: the files a resume reads, each whole.
+fn assert_loads(out: &Path) {
+    for name in ["adapters_last.safetensors", "adapters_best.safetensors"] {
+        let p = out.join(name);
+        if p.exists() {
+            let (t, meta) = msa::weights::adapter_file::load(&p).unwrap();
+            assert!(!t.is_empty() && meta.is_some(), "{}", p.display());
+        }
+    }
+    let state = out.join("state_last.safetensors");
+    if state.exists() {
+        assert!(!tensors(&state).is_empty());
+    }
+    for name in ["config.toml", "split.json"] {
+        let p = out.join(name);
+        if p.exists() {
+            let text = std::fs::read_to_string(&p).unwrap();
+            if name.ends_with(".toml") {
+                toml::from_str::<toml::Value>(&text).unwrap();
+            } else {
+                serde_json::from_str::<serde_json::Value>(&text).unwrap();
+            }
+        }
+    }
+}
+
+fn tmp_files(dir: &Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(tmp_files(&p));
+        } else if p.to_string_lossy().ends_with(".tmp") {
+            out.push(p);
+        }
+    }
+    out
+}
+
+/// The completed run in `out` equals the uninterrupted one in `reference`, bit for bit.
+fn assert_same_run(out: &Path, reference: &Path) {
+    for name in [
+        "adapters_last.safetensors",
+        "adapters_best.safetensors",
+        "state_last.safetensors",
+    ] {
+        let (a, b) = (tensors(&out.join(name)), tensors(&reference.join(name)));
+        assert_eq!(a.len(), b.len(), "{name}: tensor count");
+        for (k, v) in &a {
+            assert!(
+                b.get(k) == Some(v),
+                "{name}: `{k}` differs from the uninterrupted run"
+            );
+        }
+    }
+    let metrics = |d: &Path| std::fs::read_to_string(d.join("metrics.csv")).unwrap();
+    assert_eq!(metrics(out), metrics(reference), "metrics.csv");
+    assert!(tmp_files(out).is_empty(), "{:?}", tmp_files(out));
+}
+
+#[test]
+fn training_killed_at_random_moments_resumes_to_the_uninterrupted_result() {
+    let kills = env_or("MSA_KILLS", PHASES.len() as u64) as usize;
+    let seed = env_or("MSA_KILL_SEED", 1);
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    msa::data::synthetic::write_folder_dataset(&data, 10, (64, 48), 2).unwrap();
+    let phase_file = dir.path().join("phase");
+
+    let reference = dir.path().join("reference");
+    let o = train(&data, &reference, &phase_file).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(tmp_files(&reference).is_empty());
+
+    let out = dir.path().join("run");
+    let mut rng = SplitMix(seed);
+    let per_phase = (kills / PHASES.len()).max(1);
+    let mut landed: BTreeMap<String, usize> = BTreeMap::new();
+    let (mut done, mut attempts, mut completed) = (0usize, 0usize, 0usize);
+    let covered = |l: &BTreeMap<String, usize>| {
+        PHASES
+            .iter()
+            .all(|p| l.get(*p).copied().unwrap_or(0) >= per_phase)
+    };
+    while done < kills || !covered(&landed) {
+        attempts += 1;
+        assert!(
+            attempts <= 10 * kills.max(5),
+            "kills landed only in {landed:?}"
+        );
+        // Aim at the phase with the fewest kills so far; where in it is drawn.
+        let target = *PHASES
+            .iter()
+            .min_by_key(|p| landed.get(**p).copied().unwrap_or(0))
+            .unwrap();
+        let skip = rng.below(6);
+        let delay = Duration::from_micros(rng.below(800) as u64);
+        match kill_during(
+            train(&data, &out, &phase_file),
+            &phase_file,
+            target,
+            skip,
+            delay,
+        ) {
+            Outcome::Killed(phase) => {
+                done += 1;
+                *landed.entry(phase).or_default() += 1;
+                assert_loads(&out);
+            }
+            Outcome::Finished => {
+                assert_same_run(&out, &reference);
+                completed += 1;
+                std::fs::remove_dir_all(&out).unwrap();
+            }
+        }
+    }
+    let o = train(&data, &out, &phase_file).output().unwrap();
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_same_run(&out, &reference);
+    completed += 1;
+    println!(
+        "{}",
+        serde_json::json!({"kills": done, "seed": seed, "landed": landed,
+            "completed_runs": completed, "epochs": EPOCHS})
+    );
+}
