@@ -5,7 +5,9 @@
 //! uninterrupted run, and no `*.tmp`.
 //!
 //! `MSA_KILLS` (default 5, one per phase) and `MSA_KILL_SEED` (default 1) set the size;
-//! `bench/kill_test.sh` runs the long version and keeps a JSON line of what it did.
+//! `MSA_KILL_3D=1` trains depth adapters on the repository's hippocampus volumes instead of
+//! generated 2D images. `bench/kill_test.sh` runs the long versions and keeps a JSON line of
+//! what each did.
 
 mod common;
 
@@ -19,7 +21,47 @@ use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 const PHASES: [&str; 5] = ["data", "forward", "backward", "optimizer", "checkpoint"];
-const EPOCHS: usize = 4;
+
+/// What is trained: generated 2D images, or the hippocampus volumes with `--3d`.
+#[derive(Clone, Copy)]
+enum Mode {
+    TwoD,
+    ThreeD,
+}
+
+impl Mode {
+    fn from_env() -> Self {
+        match std::env::var("MSA_KILL_3D").as_deref() {
+            Ok("1") => Mode::ThreeD,
+            _ => Mode::TwoD,
+        }
+    }
+
+    fn epochs(self) -> usize {
+        match self {
+            Mode::TwoD => 4,
+            Mode::ThreeD => 2,
+        }
+    }
+
+    fn data(self, dir: &Path) -> PathBuf {
+        match self {
+            Mode::TwoD => {
+                let data = dir.join("data");
+                msa::data::synthetic::write_folder_dataset(&data, 10, (64, 48), 2).unwrap();
+                data
+            }
+            Mode::ThreeD => Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/hippocampus3d"),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Mode::TwoD => "2d",
+            Mode::ThreeD => "3d",
+        }
+    }
+}
 
 fn env_or(name: &str, default: u64) -> u64 {
     std::env::var(name)
@@ -28,7 +70,7 @@ fn env_or(name: &str, default: u64) -> u64 {
         .unwrap_or(default)
 }
 
-fn train(data: &Path, out: &Path, phase_file: &Path) -> Command {
+fn train(mode: Mode, data: &Path, out: &Path, phase_file: &Path) -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_msa"));
     cmd.arg("train")
         .arg("--checkpoint")
@@ -37,19 +79,17 @@ fn train(data: &Path, out: &Path, phase_file: &Path) -> Command {
         .arg(fixture("sam_tiny.json"))
         .arg("--data")
         .arg(data)
-        .args(["--dataset", "folder", "--batch-size", "2", "--seed", "5"])
-        .args([
-            "--epochs",
-            &EPOCHS.to_string(),
-            "--workers",
-            "1",
-            "--resume",
-        ])
+        .args(["--seed", "5", "--workers", "1", "--resume"])
+        .args(["--epochs", &mode.epochs().to_string()])
         .arg("--out")
         .arg(out)
         .env(msa::train::phase::PHASE_FILE, phase_file)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());
+    match mode {
+        Mode::TwoD => cmd.args(["--dataset", "folder", "--batch-size", "2"]),
+        Mode::ThreeD => cmd.args(["--dataset", "decathlon", "--3d"]),
+    };
     cmd
 }
 
@@ -194,13 +234,15 @@ fn assert_same_run(out: &Path, reference: &Path) {
 fn training_killed_at_random_moments_resumes_to_the_uninterrupted_result() {
     let kills = env_or("MSA_KILLS", PHASES.len() as u64) as usize;
     let seed = env_or("MSA_KILL_SEED", 1);
+    let mode = Mode::from_env();
     let dir = tempfile::tempdir().unwrap();
-    let data = dir.path().join("data");
-    msa::data::synthetic::write_folder_dataset(&data, 10, (64, 48), 2).unwrap();
+    let data = mode.data(dir.path());
     let phase_file = dir.path().join("phase");
 
     let reference = dir.path().join("reference");
-    let o = train(&data, &reference, &phase_file).output().unwrap();
+    let o = train(mode, &data, &reference, &phase_file)
+        .output()
+        .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert!(tmp_files(&reference).is_empty());
 
@@ -228,7 +270,7 @@ fn training_killed_at_random_moments_resumes_to_the_uninterrupted_result() {
         let skip = rng.below(6);
         let delay = Duration::from_micros(rng.below(800) as u64);
         match kill_during(
-            train(&data, &out, &phase_file),
+            train(mode, &data, &out, &phase_file),
             &phase_file,
             target,
             skip,
@@ -246,13 +288,13 @@ fn training_killed_at_random_moments_resumes_to_the_uninterrupted_result() {
             }
         }
     }
-    let o = train(&data, &out, &phase_file).output().unwrap();
+    let o = train(mode, &data, &out, &phase_file).output().unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     assert_same_run(&out, &reference);
     completed += 1;
     println!(
         "{}",
         serde_json::json!({"kills": done, "seed": seed, "landed": landed,
-            "completed_runs": completed, "epochs": EPOCHS})
+            "completed_runs": completed, "epochs": mode.epochs(), "mode": mode.name()})
     );
 }

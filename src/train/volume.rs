@@ -91,8 +91,10 @@ impl VolumeData {
             ),
             (None, None) => "chosen per volume from its values".to_string(),
         };
-        std::fs::write(cfg.out.join("intensity.txt"), format!("{intensity_how}\n"))
-            .with_context(|| format!("cannot write into {}", cfg.out.display()))?;
+        crate::weights::checkpoint::write_atomically(
+            &cfg.out.join("intensity.txt"),
+            format!("{intensity_how}\n").as_bytes(),
+        )?;
         println!("volumes: intensity {intensity_how}");
         Ok(Self {
             class_names: ds.class_names(&labels, cfg.labels.is_some()),
