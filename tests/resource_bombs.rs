@@ -123,8 +123,9 @@ fn a_safetensors_header_claiming_a_gigabyte_is_refused() {
     assert!(e.contains("huge_header.safetensors"), "{e}");
 }
 
-/// Found by fuzzing (fuzz/crashes/pth): a safetensors length prefix near u64::MAX overflowed
-/// `length + 8` (a panic with overflow checks, a wrong "safetensors" verdict without).
+/// Found by fuzzing (the inputs are `fuzz/corpus/pth/crash-*`): a safetensors length prefix
+/// near u64::MAX overflowed `length + 8` (a panic with overflow checks, a wrong
+/// "safetensors" verdict without).
 #[test]
 fn a_length_prefix_near_the_largest_integer_is_not_a_safetensors_file() {
     let dir = tempfile::tempdir().unwrap();
