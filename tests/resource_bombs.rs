@@ -54,6 +54,48 @@ fn images_claiming_too_many_pixels_are_refused_from_the_header() {
     }
 }
 
+/// Masks were read by `image::open`, outside msa's limits (only the image crate's default
+/// 512 MiB allocation cap applied); now they go through the same checks as images.
+#[test]
+fn masks_claiming_too_many_pixels_are_refused_from_the_header() {
+    let dir = tempfile::tempdir().unwrap();
+    msa::data::synthetic::write_folder_dataset(dir.path(), 2, (32, 24), 1).unwrap();
+    let mask = std::fs::read_dir(dir.path().join("masks"))
+        .unwrap()
+        .flatten()
+        .next()
+        .unwrap()
+        .path();
+    std::fs::write(&mask, png_claiming(100_000, 100_000)).unwrap();
+    let items =
+        msa::data::layout::discover(msa::data::layout::DatasetKind::Folder, dir.path(), 0, 0.0)
+            .unwrap();
+    let item = items
+        .train
+        .iter()
+        .chain(&items.val)
+        .chain(&items.test)
+        .find(|i| i.masks.iter().flatten().any(|m| *m == mask))
+        .unwrap();
+    let e = format!("{:#}", msa::data::sample::load_item(item).unwrap_err());
+    assert!(e.contains("100000x100000") && e.contains("per side"), "{e}");
+    assert!(e.contains(&mask.display().to_string()), "{e}");
+}
+
+/// Found by fuzzing (`fuzz/corpus/image/crash-068d3016b7ea2891`): a progressive JPEG on
+/// which zune-jpeg 0.5.15 fails an assertion in its AVX2 upsampler. The panic is contained
+/// and reported as an error naming the file.
+#[test]
+fn a_jpeg_that_trips_the_decoder_is_an_error_not_a_panic() {
+    let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("fuzz/corpus/image/crash-068d3016b7ea2891");
+    let e = format!("{:#}", msa::io::image::load_rgb(&path).unwrap_err());
+    assert!(
+        e.contains("malformed") && e.contains("crash-068d3016b7ea2891"),
+        "{e}"
+    );
+}
+
 #[test]
 fn volumes_claiming_too_many_voxels_are_refused_from_the_header() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,7 +1,7 @@
 //! Reading one case from disk, with the checks that stop a run before it starts.
 
 use super::layout::Item;
-use crate::io::image::load_rgb;
+use crate::io::image::{load_gray, load_rgb};
 use anyhow::{bail, Context, Result};
 use image::RgbImage;
 use rayon::prelude::*;
@@ -32,9 +32,8 @@ pub fn load_item(item: &Item) -> Result<Sample> {
         }
         let mut votes = vec![0u32; (w * h) as usize];
         for path in raters {
-            let m = image::open(path)
-                .with_context(|| format!("{}: cannot read mask {}", item.id, path.display()))?
-                .to_luma8();
+            let m = load_gray(path)
+                .with_context(|| format!("{}: cannot read mask {}", item.id, path.display()))?;
             if m.dimensions() != (w, h) {
                 bail!(
                     "{}: mask {} is {}x{}, the image is {w}x{h}",

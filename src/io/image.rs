@@ -18,6 +18,21 @@ pub fn load_rgb(path: &Path) -> Result<RgbImage> {
 /// Decodes an image held in memory (PNG, JPEG, TIFF or BMP, told by its bytes) as
 /// `load_rgb` does, refusing sizes beyond `limits` before any pixel buffer is allocated.
 pub fn decode_rgb(bytes: &[u8], limits: &super::DecodeLimits) -> Result<RgbImage> {
+    Ok(to_rgb8(decode(bytes, limits)?))
+}
+
+/// Reads a mask image (any format `load_rgb` reads) as 8-bit gray, with the same limits.
+pub fn load_gray(path: &Path) -> Result<GrayImage> {
+    let bytes =
+        std::fs::read(path).with_context(|| format!("cannot read image {}", path.display()))?;
+    let img = decode(&bytes, &super::DecodeLimits::from_env())
+        .with_context(|| format!("image {}", path.display()))?;
+    Ok(img.to_luma8())
+}
+
+/// The decoded image, its size checked against `limits` first. A decoder that panics on a
+/// malformed file (zune-jpeg asserts in its upsampler; see RELIABILITY.md) gives an error.
+fn decode(bytes: &[u8], limits: &super::DecodeLimits) -> Result<DynamicImage> {
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .context("cannot read the image bytes")?;
@@ -30,8 +45,11 @@ pub fn decode_rgb(bytes: &[u8], limits: &super::DecodeLimits) -> Result<RgbImage
     limits.check_image(w, h)?;
     reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?;
     reader.limits(limits.image_limits());
-    let img = reader.decode().context("cannot decode the image")?;
-    Ok(to_rgb8(img))
+    let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()));
+    match decoded {
+        Ok(img) => img.context("cannot decode the image"),
+        Err(_) => anyhow::bail!("cannot decode the image: the decoder failed on malformed data"),
+    }
 }
 
 pub fn to_rgb8(img: DynamicImage) -> RgbImage {
