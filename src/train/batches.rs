@@ -35,6 +35,10 @@ pub struct BatchSpec {
     pub augment: bool,
     pub seed: u64,
     pub workers: usize,
+    /// Data-parallel rank and world: each global batch holds `batch_size * world` items, and
+    /// this rank makes its `batch_size` of them.
+    pub rank: usize,
+    pub world: usize,
 }
 
 fn make(spec: &BatchSpec, epoch: usize, index: usize) -> Result<Option<Prepared>> {
@@ -51,7 +55,8 @@ fn make(spec: &BatchSpec, epoch: usize, index: usize) -> Result<Option<Prepared>
     Ok(prepare(&sample, &spec.cfg, spec.prompt, &mut rng))
 }
 
-/// The batches of one epoch, prefetched two ahead on a thread pool of `workers` threads.
+/// This rank's batches of one epoch (one per global batch, possibly empty at the end),
+/// prefetched two ahead on a thread pool of `workers` threads.
 pub fn epoch_batches(spec: BatchSpec, epoch: usize) -> Result<Receiver<Result<Vec<Prepared>>>> {
     let (tx, rx) = sync_channel(2);
     let pool = rayon::ThreadPoolBuilder::new()
@@ -59,7 +64,9 @@ pub fn epoch_batches(spec: BatchSpec, epoch: usize) -> Result<Receiver<Result<Ve
         .build()?;
     std::thread::spawn(move || {
         let order = epoch_order(spec.items.len(), spec.seed, epoch);
-        for chunk in order.chunks(spec.batch_size.max(1)) {
+        let per_rank = spec.batch_size.max(1);
+        for global in order.chunks(per_rank * spec.world.max(1)) {
+            let chunk = super::parallel::shard(global, spec.rank, per_rank);
             let made: Result<Vec<Option<Prepared>>> =
                 pool.install(|| chunk.par_iter().map(|&i| make(&spec, epoch, i)).collect());
             let batch = made.map(|v| v.into_iter().flatten().collect::<Vec<_>>());

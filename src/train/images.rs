@@ -6,7 +6,7 @@ use super::config::TrainConfig;
 use super::loss::{bce_with_logits, dice_ce};
 use super::optim::Adam;
 use super::phase::{mark, Phase};
-use super::run::{apply_loss, epoch_bar, mean_loss, report_bad, Step, TrainData};
+use super::run::{apply_loss, epoch_bar_for, mean_loss, report_bad, Step, TrainData};
 use crate::data::layout::{discover, Splits};
 use crate::data::sample::check_items;
 use crate::data::transform::Prepared;
@@ -80,10 +80,16 @@ impl TrainData for ImageData {
             augment: cfg.augment,
             seed: cfg.seed,
             workers: cfg.workers,
+            rank: step.comm.rank(),
+            world: step.comm.world(),
         };
         let classes = self.splits.classes.len();
-        let n_batches = spec.items.len().div_ceil(spec.batch_size.max(1));
-        let bar = epoch_bar(n_batches, epoch, cfg)?;
+        let n_batches = spec
+            .items
+            .len()
+            .div_ceil(spec.batch_size.max(1) * spec.world);
+        let bar = epoch_bar_for(n_batches, epoch, cfg, step.comm.rank() == 0)?;
+        let parallel = step.comm.world() > 1;
         let start = std::time::Instant::now();
         let (mut sum, mut count, mut images) = (0.0, 0usize, 0usize);
         let batches = epoch_batches(spec, epoch)?;
@@ -91,10 +97,13 @@ impl TrainData for ImageData {
             mark(Phase::Data);
             let Ok(batch) = batches.recv() else { break };
             let batch = batch?;
-            if batch.is_empty() {
+            // Every rank takes part in every step, with or without samples.
+            if batch.is_empty() && !parallel {
                 continue;
             }
-            let loss = train_step(step, adam, &batch, classes, self.cache.as_mut())?;
+            let Some(loss) = train_step(step, adam, &batch, classes, self.cache.as_mut())? else {
+                continue;
+            };
             sum += loss;
             count += 1;
             images += batch.len();
@@ -147,14 +156,18 @@ fn checked_splits(cfg: &TrainConfig) -> Result<Splits> {
     Ok(splits)
 }
 
-/// Forward, loss, backward and one Adam update; returns the loss.
+/// Forward, loss, backward and one Adam update; returns the loss over all ranks' samples
+/// (None when no rank had any).
 fn train_step(
     step: &Step,
     adam: &mut Adam,
     batch: &[Prepared],
     classes: usize,
     cache: Option<&mut EmbeddingCache>,
-) -> Result<f64> {
+) -> Result<Option<f64>> {
+    if batch.is_empty() {
+        return apply_loss(step, adam, None, 0);
+    }
     let sam = step.sam;
     let dev = sam.device();
     let s = sam.config.img_size;
@@ -189,7 +202,7 @@ fn train_step(
     } else {
         dice_ce(&logits, &target)?
     };
-    apply_loss(step, adam, &loss)
+    apply_loss(step, adam, Some(&loss), b)
 }
 
 /// The batch's prompts as tensors; every sample of a batch has the same prompt kind.

@@ -8,6 +8,7 @@ mod images;
 pub mod lock;
 pub mod loss;
 pub mod optim;
+pub mod parallel;
 pub mod phase;
 pub mod run;
 mod volume;

@@ -4,6 +4,7 @@
 use super::config::{TrainConfig, TrainMode};
 use super::curves::{plot, EpochMetrics};
 use super::optim::{step_lr, Adam};
+use super::parallel::{average, Communicator, Single, ThreadGroup};
 use super::phase::{mark, Phase};
 use crate::model::{Sam, SamConfig};
 use crate::weights::adapter_file::{self, AdapterMeta, FORMAT};
@@ -51,11 +52,62 @@ pub(crate) trait TrainData {
 /// Trains as `cfg` says. With `resume`, a run folder holding `state_last.safetensors`
 /// continues after its last finished epoch; without it, such a folder is refused.
 pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult> {
-    std::fs::create_dir_all(&cfg.out)
-        .with_context(|| format!("cannot create {}", cfg.out.display()))?;
-    let _lock = super::lock::RunLock::acquire(&cfg.out)?;
-    mark(Phase::Setup);
-    remove_stale_tmp(&cfg.out)?;
+    run_rank(cfg, device, resume, &Single)
+}
+
+/// Trains `threads` data-parallel ranks in this process, each on its share of every global
+/// batch of `threads * cfg.batch_size` (2D images); returns rank 0's result.
+pub fn run_threads(
+    cfg: &TrainConfig,
+    device: &Device,
+    resume: bool,
+    threads: usize,
+) -> Result<RunResult> {
+    let group = ThreadGroup::new(threads.max(1));
+    let results: Vec<Result<RunResult>> = std::thread::scope(|scope| {
+        let handles: Vec<_> = group
+            .iter()
+            .map(|comm| scope.spawn(move || run_rank(cfg, device, resume, comm)))
+            .collect();
+        handles
+            .into_iter()
+            .map(|h| {
+                h.join()
+                    .unwrap_or_else(|_| bail!("a training rank panicked"))
+            })
+            .collect()
+    });
+    let mut results = results.into_iter();
+    let first = results.next().context("no rank ran")?;
+    for r in results {
+        r?;
+    }
+    first
+}
+
+/// One rank of a run. Rank 0 alone holds the lock and writes the run folder; every rank
+/// reads the same splits and state, trains on its shard and applies the same update.
+pub fn run_rank(
+    cfg: &TrainConfig,
+    device: &Device,
+    resume: bool,
+    comm: &dyn Communicator,
+) -> Result<RunResult> {
+    let lead = comm.rank() == 0;
+    if comm.world() > 1 && cfg.three_d {
+        bail!("data-parallel training of volumes (--3d) is not supported yet");
+    }
+    let _lock = match lead {
+        true => {
+            std::fs::create_dir_all(&cfg.out)
+                .with_context(|| format!("cannot create {}", cfg.out.display()))?;
+            let lock = super::lock::RunLock::acquire(&cfg.out)?;
+            mark(Phase::Setup);
+            remove_stale_tmp(&cfg.out)?;
+            Some(lock)
+        }
+        false => None,
+    };
     let mut data: Box<dyn TrainData> = if cfg.three_d {
         Box::new(super::volume::VolumeData::open(cfg)?)
     } else {
@@ -84,12 +136,17 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
             cfg.train
         );
     }
-    write_text(&cfg.out.join("config.toml"), &toml::to_string_pretty(cfg)?)?;
-    write_text(
-        &cfg.out.join("split.json"),
-        &serde_json::to_string_pretty(&data.split_ids())?,
-    )?;
-    let base_sha = adapter_file::sha256_file(&checkpoint)?;
+    if lead {
+        write_text(&cfg.out.join("config.toml"), &toml::to_string_pretty(cfg)?)?;
+        write_text(
+            &cfg.out.join("split.json"),
+            &serde_json::to_string_pretty(&data.split_ids())?,
+        )?;
+    }
+    let base_sha = match lead {
+        true => adapter_file::sha256_file(&checkpoint)?,
+        false => String::new(),
+    };
     // A fully fine-tuned file holds every SAM tensor, buffers included, to load on its own.
     let buffers = match cfg.train {
         TrainMode::All => loaded.params.buffers(),
@@ -116,23 +173,29 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
         state = load_state(&state_path, &vars, &mut adam, cfg)?;
         tracing::info!("resuming after epoch {}", state.epochs_done);
         // A run killed after saving its state but before its metrics gets them now.
-        write_metrics(cfg, &state.history)?;
+        if lead {
+            write_metrics(cfg, &state.history)?;
+        }
     }
     let total = loaded.part_params.values().sum::<usize>() + loaded.adapter_params;
     let mut start = json!({"event": "start", "trainable": loaded.adapter_params, "total": total});
     if let (Some(o), serde_json::Value::Object(d)) = (start.as_object_mut(), data.describe()) {
         o.extend(d);
     }
-    log_line(cfg, start)?;
+    if lead {
+        log_line(cfg, start)?;
+    }
     for epoch in state.epochs_done..cfg.epochs {
         let lr = step_lr(cfg.lr, epoch, cfg.lr_step, cfg.lr_gamma);
         let step = Step {
             sam: &loaded.sam,
             vars: &vars,
             lr,
+            comm,
         };
         let loss = data.train_epoch(&step, &mut adam, epoch)?;
-        let validate = data.has_validation()
+        let validate = lead
+            && data.has_validation()
             && ((epoch + 1) % cfg.val_every.max(1) == 0 || epoch + 1 == cfg.epochs);
         let (val_dice, val_iou) = if validate {
             mark(Phase::Validate);
@@ -151,10 +214,13 @@ pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult
             val_dice,
             val_iou,
         };
-        mark(Phase::Checkpoint);
         state.history.push(row);
         state.epochs_done = epoch + 1;
         state.adam_step = adam.step;
+        if !lead {
+            continue;
+        }
+        mark(Phase::Checkpoint);
         let meta = adapter_meta(&loaded, cfg, &base_sha)?;
         let mut tensors = var_tensors(&vars);
         tensors.extend(buffers.clone());
@@ -185,10 +251,24 @@ pub(crate) struct Step<'a> {
     pub sam: &'a Sam,
     pub vars: &'a BTreeMap<String, Var>,
     pub lr: f64,
+    pub comm: &'a dyn Communicator,
 }
 
 /// A progress bar for one epoch of `n` steps.
 pub(crate) fn epoch_bar(n: usize, epoch: usize, cfg: &TrainConfig) -> Result<ProgressBar> {
+    epoch_bar_for(n, epoch, cfg, true)
+}
+
+/// `epoch_bar`, hidden on ranks other than the first.
+pub(crate) fn epoch_bar_for(
+    n: usize,
+    epoch: usize,
+    cfg: &TrainConfig,
+    shown: bool,
+) -> Result<ProgressBar> {
+    if !shown {
+        return Ok(ProgressBar::hidden());
+    }
     let bar = ProgressBar::new(n as u64);
     bar.set_style(
         ProgressStyle::with_template(
@@ -232,13 +312,26 @@ pub(crate) fn mean_loss(sum: f64, count: usize) -> f64 {
     }
 }
 
-/// Backward pass and one Adam update; returns the loss.
-pub(crate) fn apply_loss(step: &Step, adam: &mut Adam, loss: &Tensor) -> Result<f64> {
+/// Backward pass, gradients averaged over the ranks, and one Adam update; returns the mean
+/// loss over every rank's samples. `loss` is this rank's mean over its `samples` samples,
+/// None when its shard was empty (it still takes part); None back when no rank had any.
+pub(crate) fn apply_loss(
+    step: &Step,
+    adam: &mut Adam,
+    loss: Option<&Tensor>,
+    samples: usize,
+) -> Result<Option<f64>> {
     mark(Phase::Backward);
-    let grads = loss.backward()?;
+    let local = match loss {
+        Some(l) => Some((l.backward()?, l.to_scalar::<f32>()? as f64)),
+        None => None,
+    };
+    let Some((grads, loss)) = average(step.comm, step.vars, local, samples)? else {
+        return Ok(None);
+    };
     mark(Phase::Optimizer);
     adam.step(step.vars, &grads, step.lr)?;
-    Ok(loss.to_scalar::<f32>()? as f64)
+    Ok(Some(loss))
 }
 
 fn var_tensors(vars: &BTreeMap<String, Var>) -> BTreeMap<String, Tensor> {

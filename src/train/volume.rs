@@ -276,5 +276,5 @@ fn chunk_step(
     let logits = bilinear(&low, s, s)?;
     let target = Tensor::from_vec(masks, (rows.len(), 1, s, s), dev)?;
     let loss = dice_ce_by_class(&logits, &target, &classes)?;
-    apply_loss(step, adam, &loss).map(Some)
+    apply_loss(step, adam, Some(&loss), chunks.len())
 }
