@@ -181,3 +181,50 @@ fn a_length_prefix_near_the_largest_integer_is_not_a_safetensors_file() {
         "{e}"
     );
 }
+
+/// Found by fuzzing (`fuzz/corpus/dicom/crash-*`): BitsStored outside 1..=32 made the
+/// pixel decoder fail an assertion; it is refused before decoding.
+#[test]
+fn a_dicom_slice_with_impossible_bits_stored_is_refused_before_decoding() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/dicom");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&root).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with("crash-") {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(entry.path(), dir.path().join("slice.dcm")).unwrap();
+        let e = format!("{:#}", msa::io::dicom::read_series(dir.path()).unwrap_err());
+        assert!(
+            e.contains("slice.dcm") && e.contains("BitsStored"),
+            "{name}: {e}"
+        );
+        seen += 1;
+    }
+    assert_eq!(seen, 2);
+}
+
+/// Found by fuzzing (`fuzz/corpus/nifti/crash-*`, 46 inputs, one bug): headers whose
+/// `bitpix` disagrees with their datatype. The nifti crate reads `bitpix` bits per voxel and
+/// decodes by the datatype, then panics on the mismatch; they are refused from the header.
+#[test]
+fn a_nifti_header_whose_bitpix_disagrees_with_its_datatype_is_refused() {
+    let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/nifti");
+    let mut bitpix = 0;
+    for entry in std::fs::read_dir(&root).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with("crash-") {
+            continue;
+        }
+        let bytes = std::fs::read(entry.path()).unwrap();
+        let limits = msa::io::DecodeLimits::default();
+        let e = format!(
+            "{:#}",
+            msa::io::nifti::read_bytes(&bytes, &name, &limits).unwrap_err()
+        );
+        assert!(e.contains(&name), "{e}");
+        bitpix += e.contains("bitpix") as usize;
+    }
+    assert!(bitpix > 0, "no crash input was refused for its bitpix");
+}

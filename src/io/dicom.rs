@@ -78,6 +78,7 @@ pub fn read_series(dir: &Path) -> Result<Volume> {
                 first.path.display()
             );
         }
+        check_pixels(&s.path, obj, rows * columns)?;
         let pixels = obj
             .decode_pixel_data()
             .with_context(|| format!("{}: cannot decode the pixel data (compressed transfer syntaxes are not supported yet)", s.path.display()))?;
@@ -121,6 +122,58 @@ pub fn read_series(dir: &Path) -> Result<Volume> {
         spacing: [dc as f32, dr as f32, slice_spacing as f32],
         affine,
     })
+}
+
+/// What the pixel decoder is given must be one frame of one sample, 1 to 32 bits stored (it
+/// asserts that, and panicked on files outside it), and native pixel data long enough for
+/// `pixels` pixels, so that no buffer is sized from a header the data does not back.
+fn check_pixels(path: &Path, obj: &DefaultDicomObject, pixels: usize) -> Result<()> {
+    let int = |tag, name: &str| -> Result<u32> {
+        obj.element(tag)
+            .with_context(|| format!("{}: no {name}", path.display()))?
+            .to_int::<u32>()
+            .with_context(|| format!("{}: {name} is not an integer", path.display()))
+    };
+    let optional = |tag, name: &str| -> Result<u32> {
+        match obj.element_opt(tag).ok().flatten() {
+            Some(_) => int(tag, name),
+            None => Ok(1),
+        }
+    };
+    let samples = optional(tags::SAMPLES_PER_PIXEL, "SamplesPerPixel")?;
+    let frames = optional(tags::NUMBER_OF_FRAMES, "NumberOfFrames")?;
+    if samples != 1 || frames > 1 {
+        bail!(
+            "{}: {samples} sample(s) per pixel and {frames} frame(s); one frame of one sample \
+             (grayscale) expected",
+            path.display()
+        );
+    }
+    let allocated = int(tags::BITS_ALLOCATED, "BitsAllocated")?;
+    let stored = int(tags::BITS_STORED, "BitsStored")?;
+    if !(1..=32).contains(&stored) || stored > allocated {
+        bail!(
+            "{}: BitsStored is {stored} with BitsAllocated {allocated}; expected 1 to 32 bits, \
+             no more than allocated",
+            path.display()
+        );
+    }
+    let needed = (pixels as u64 * allocated as u64).div_ceil(8);
+    let held = obj
+        .element(tags::PIXEL_DATA)
+        .ok()
+        .and_then(|e| e.value().primitive().map(|p| p.calculate_byte_len()));
+    match held {
+        Some(held) if (held as u64) < needed => bail!(
+            "{}: PixelData holds {held} bytes; {pixels} pixels of {allocated} bits need {needed}",
+            path.display()
+        ),
+        Some(_) => Ok(()),
+        None => bail!(
+            "{}: encapsulated (compressed) pixel data is not supported yet",
+            path.display()
+        ),
+    }
 }
 
 fn text(obj: &DefaultDicomObject, tag: dicom_core::Tag) -> Option<String> {

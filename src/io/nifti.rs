@@ -59,7 +59,7 @@ pub fn read(path: &Path) -> Result<NiftiVolume> {
             path.display()
         )
     })?;
-    let dims = volume_dims(path, &header)?;
+    let dims = checked_dims(path, &header)?;
     super::DecodeLimits::from_env()
         .check_voxels(&dims)
         .with_context(|| path.display().to_string())?;
@@ -89,7 +89,7 @@ pub fn read_bytes(bytes: &[u8], name: &str, limits: &super::DecodeLimits) -> Res
     };
     let header = NiftiHeader::from_reader(raw.as_slice())
         .with_context(|| format!("{name}: not a NIfTI-1 file (bad or short header)"))?;
-    let dims = volume_dims(what, &header)?;
+    let dims = checked_dims(what, &header)?;
     limits
         .check_voxels(&dims)
         .with_context(|| name.to_string())?;
@@ -115,8 +115,23 @@ fn gunzip(bytes: &[u8], max: u64) -> Result<Vec<u8>> {
     Ok(out)
 }
 
-fn from_object(obj: nifti::InMemNiftiObject, path: &Path) -> Result<NiftiVolume> {
-    let header = obj.header().clone();
+/// The volume's (nx, ny, nz), once the header's voxel type is one we read and its bits per
+/// voxel agree with that type: the reader sizes the data by `bitpix` and decodes it by
+/// `datatype`, and a file where they disagree made it panic.
+fn checked_dims(path: &Path, header: &NiftiHeader) -> Result<[usize; 3]> {
+    let dtype = readable_type(path, header)?;
+    let bits = dtype.size_of() * 8;
+    if header.bitpix as usize != bits {
+        bail!(
+            "{}: bitpix is {} but the voxel type {dtype:?} has {bits} bits",
+            path.display(),
+            header.bitpix
+        );
+    }
+    volume_dims(path, header)
+}
+
+fn readable_type(path: &Path, header: &NiftiHeader) -> Result<NiftiType> {
     let dtype = header.data_type().with_context(|| {
         format!(
             "{}: unknown NIfTI datatype code {}",
@@ -132,7 +147,12 @@ fn from_object(obj: nifti::InMemNiftiObject, path: &Path) -> Result<NiftiVolume>
             names.join(", ")
         );
     }
-    let dims = volume_dims(path, &header)?;
+    Ok(dtype)
+}
+
+fn from_object(obj: nifti::InMemNiftiObject, path: &Path) -> Result<NiftiVolume> {
+    let header = obj.header().clone();
+    let dims = checked_dims(path, &header)?;
     let array = obj
         .into_volume()
         .into_ndarray::<f32>()
