@@ -109,6 +109,17 @@ fn adapters_learn_and_the_run_folder_is_complete() {
     assert!(out.join("samples/epoch_020").read_dir().unwrap().count() >= 2);
     let metrics = std::fs::read_to_string(out.join("metrics.csv")).unwrap();
     assert_eq!(metrics.lines().count(), 21, "{metrics}");
+    let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+    let epochs: Vec<serde_json::Value> = log
+        .lines()
+        .map(|l| serde_json::from_str(l).unwrap())
+        .filter(|v: &serde_json::Value| v["event"] == "epoch")
+        .collect();
+    assert_eq!(epochs.len(), 20);
+    for e in &epochs {
+        let peak = e["peak_memory_mib"].as_f64().unwrap_or(0.0);
+        assert!(peak > 1.0, "epoch line without its peak memory: {e}");
+    }
     let frozen = val_dice(&base, None, &data);
     let adapted = val_dice(&base, Some(&out.join("adapters_best.safetensors")), &data);
     eprintln!(

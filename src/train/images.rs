@@ -108,7 +108,11 @@ impl TrainData for ImageData {
             count += 1;
             images += batch.len();
             let rate = images as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!("loss {:.4} ({rate:.2} img/s)", sum / count as f64));
+            bar.set_message(format!(
+                "loss {:.4} ({rate:.2} img/s){}",
+                sum / count as f64,
+                super::memory::peak_label(step.sam.device())
+            ));
             bar.inc(1);
         }
         bar.finish_and_clear();

@@ -7,6 +7,7 @@ pub mod curves;
 mod images;
 pub mod lock;
 pub mod loss;
+pub mod memory;
 pub mod optim;
 pub mod parallel;
 pub mod phase;

@@ -236,7 +236,8 @@ pub fn run_rank(
         log_line(
             cfg,
             json!({"event": "epoch", "epoch": epoch + 1, "lr": lr, "train_loss": loss,
-            "val_dice": val_dice, "val_iou": val_iou}),
+            "val_dice": val_dice, "val_iou": val_iou,
+            "peak_memory_mib": super::memory::peak_mib(device)}),
         )?;
     }
     mark(Phase::Done);

@@ -192,8 +192,9 @@ impl TrainData for VolumeData {
             batch.clear();
             let rate = slices as f64 / start.elapsed().as_secs_f64().max(1e-9);
             bar.set_message(format!(
-                "loss {:.4} ({rate:.2} slices/s)",
-                sum / count.max(1) as f64
+                "loss {:.4} ({rate:.2} slices/s){}",
+                sum / count.max(1) as f64,
+                super::memory::peak_label(step.sam.device())
             ));
             bar.inc(1);
             Ok(())
