@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::fixture;
+use common::{fixture, tmp_files};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
@@ -120,20 +120,6 @@ fn a_folder_that_cannot_be_written_is_refused_before_training() {
         "refused only after {:?}",
         started.elapsed()
     );
-}
-
-/// Files under `dir` whose names end in `.tmp`, at any depth.
-fn tmp_files(dir: &Path) -> Vec<std::path::PathBuf> {
-    let mut out = vec![];
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            out.extend(tmp_files(&p));
-        } else if p.to_string_lossy().ends_with(".tmp") {
-            out.push(p);
-        }
-    }
-    out
 }
 
 #[test]

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::fixture;
+use common::{fixture, tmp_files};
 use msa::data::synthetic::SplitMix;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -194,19 +194,6 @@ fn assert_loads(out: &Path) {
             }
         }
     }
-}
-
-fn tmp_files(dir: &Path) -> Vec<PathBuf> {
-    let mut out = vec![];
-    for entry in std::fs::read_dir(dir).unwrap().flatten() {
-        let p = entry.path();
-        if p.is_dir() {
-            out.extend(tmp_files(&p));
-        } else if p.to_string_lossy().ends_with(".tmp") {
-            out.push(p);
-        }
-    }
-    out
 }
 
 /// The completed run in `out` equals the uninterrupted one in `reference`, bit for bit.

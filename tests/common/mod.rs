@@ -136,3 +136,17 @@ pub fn nifti_claiming(dims: [i16; 3]) -> Vec<u8> {
     h[344..348].copy_from_slice(b"n+1\0");
     h
 }
+
+/// Files under `dir` whose names end in `.tmp`, at any depth.
+pub fn tmp_files(dir: &std::path::Path) -> Vec<PathBuf> {
+    let mut out = vec![];
+    for entry in std::fs::read_dir(dir).unwrap().flatten() {
+        let p = entry.path();
+        if p.is_dir() {
+            out.extend(tmp_files(&p));
+        } else if p.to_string_lossy().ends_with(".tmp") {
+            out.push(p);
+        }
+    }
+    out
+}
