@@ -12,6 +12,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 kills=${1:-25}
 seed=${2:-1}
+commit=$(git rev-parse --short HEAD)  # at the start: the build under test
 three_d=$([ "${3:-2d}" = 3d ] && echo 1 || echo 0)
 log=$(MSA_KILLS=$kills MSA_KILL_SEED=$seed MSA_KILL_3D=$three_d cargo test --release -q --test kill_resume -- --nocapture 2>&1) || {
     echo "$log" >&2
@@ -19,4 +20,4 @@ log=$(MSA_KILLS=$kills MSA_KILL_SEED=$seed MSA_KILL_3D=$three_d cargo test --rel
 }
 line=$(echo "$log" | grep '^{"completed_runs"' | tail -1)
 [ -n "$line" ] || { echo "$log" >&2; exit 1; }
-echo "${line%\}},\"commit\":\"$(git rev-parse --short HEAD)\"}" | tee -a bench/results-kill.jsonl
+echo "${line%\}},\"commit\":\"$commit\"}" | tee -a bench/results-kill.jsonl
