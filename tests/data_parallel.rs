@@ -61,3 +61,25 @@ fn two_ranks_at_batch_2_train_like_one_rank_at_batch_4() {
         assert_eq!(x.val_dice.is_some(), y.val_dice.is_some());
     }
 }
+
+/// A rank that stops (here rank 0, whose run folder cannot be made) must not leave the
+/// others waiting in an all-reduce: the whole run returns the error.
+#[test]
+fn a_rank_that_fails_stops_the_others() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    msa::data::synthetic::write_folder_dataset(&data, 8, (64, 48), 3).unwrap();
+    let blocked = dir.path().join("a_file");
+    std::fs::write(&blocked, b"not a folder").unwrap();
+    let cfg = config(&data, &blocked.join("run"), 2);
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let r = msa::train::run::run_threads(&cfg, &Device::Cpu, false, 2);
+        let _ = tx.send(r.map(|_| ()).map_err(|e| format!("{e:#}")));
+    });
+    let result = rx
+        .recv_timeout(std::time::Duration::from_secs(120))
+        .expect("the ranks still wait for each other after two minutes");
+    let e = result.unwrap_err();
+    assert!(e.contains("cannot create"), "{e}");
+}

@@ -10,7 +10,7 @@ use anyhow::{bail, Context, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use std::collections::BTreeMap;
-use std::sync::{Arc, Barrier, Mutex};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard};
 
 /// Gradients are sent in buckets of at most this many values.
 pub const BUCKET_VALUES: usize = 8 << 20;
@@ -21,6 +21,8 @@ pub trait Communicator: Send + Sync {
     /// Element-wise sums of `values` over all ranks; every rank passes the same length and
     /// gets the same sums, added in rank order.
     fn all_reduce_sum(&self, values: Vec<f32>) -> Result<Vec<f32>>;
+    /// Tells the other ranks that this one stopped, so that none waits for it forever.
+    fn abort(&self) {}
 }
 
 /// One rank alone.
@@ -39,8 +41,15 @@ impl Communicator for Single {
 }
 
 struct Shared {
-    slots: Mutex<Vec<Vec<f32>>>,
-    barrier: Barrier,
+    state: Mutex<State>,
+    turned: Condvar,
+}
+
+struct State {
+    slots: Vec<Vec<f32>>,
+    arrived: usize,
+    generation: u64,
+    stopped: bool,
 }
 
 /// Ranks that are threads of one process.
@@ -54,8 +63,13 @@ impl ThreadGroup {
     /// The `world` members of a new group, rank 0 first.
     pub fn new(world: usize) -> Vec<ThreadGroup> {
         let shared = Arc::new(Shared {
-            slots: Mutex::new(vec![vec![]; world]),
-            barrier: Barrier::new(world),
+            state: Mutex::new(State {
+                slots: vec![vec![]; world],
+                arrived: 0,
+                generation: 0,
+                stopped: false,
+            }),
+            turned: Condvar::new(),
         });
         (0..world)
             .map(|rank| ThreadGroup {
@@ -79,17 +93,18 @@ impl Communicator for ThreadGroup {
     fn all_reduce_sum(&self, values: Vec<f32>) -> Result<Vec<f32>> {
         let n = values.len();
         {
-            let mut slots = self.shared.lock()?;
-            let Some(slot) = slots.get_mut(self.rank) else {
-                bail!("rank {} outside a group of {}", self.rank, slots.len());
+            let mut state = self.shared.lock()?;
+            let world = state.slots.len();
+            let Some(slot) = state.slots.get_mut(self.rank) else {
+                bail!("rank {} outside a group of {world}", self.rank);
             };
             *slot = values;
         }
-        self.shared.barrier.wait();
+        self.shared.wait()?;
         let sums = {
-            let slots = self.shared.lock()?;
+            let state = self.shared.lock()?;
             let mut sums = vec![0f32; n];
-            for (r, slot) in slots.iter().enumerate() {
+            for (r, slot) in state.slots.iter().enumerate() {
                 if slot.len() != n {
                     bail!(
                         "rank {r} sent {} values, rank {} sent {n}",
@@ -104,16 +119,45 @@ impl Communicator for ThreadGroup {
             sums
         };
         // No rank may overwrite its slot before every rank has read all of them.
-        self.shared.barrier.wait();
+        self.shared.wait()?;
         Ok(sums)
+    }
+
+    fn abort(&self) {
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.stopped = true;
+        }
+        self.shared.turned.notify_all();
     }
 }
 
 impl Shared {
-    fn lock(&self) -> Result<std::sync::MutexGuard<'_, Vec<Vec<f32>>>> {
-        self.slots
+    fn lock(&self) -> Result<MutexGuard<'_, State>> {
+        self.state
             .lock()
             .map_err(|_| anyhow::anyhow!("another rank panicked during an all-reduce"))
+    }
+
+    /// A barrier that a stopped rank breaks: the others get an error instead of waiting.
+    fn wait(&self) -> Result<()> {
+        let mut state = self.lock()?;
+        let generation = state.generation;
+        state.arrived += 1;
+        if state.arrived == state.slots.len() {
+            state.arrived = 0;
+            state.generation += 1;
+            self.turned.notify_all();
+        }
+        while state.generation == generation && !state.stopped {
+            state = self
+                .turned
+                .wait(state)
+                .map_err(|_| anyhow::anyhow!("another rank panicked during an all-reduce"))?;
+        }
+        if state.generation == generation {
+            bail!("another rank stopped; this one stops too");
+        }
+        Ok(())
     }
 }
 

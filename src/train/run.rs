@@ -67,7 +67,15 @@ pub fn run_threads(
     let results: Vec<Result<RunResult>> = std::thread::scope(|scope| {
         let handles: Vec<_> = group
             .iter()
-            .map(|comm| scope.spawn(move || run_rank(cfg, device, resume, comm)))
+            .map(|comm| {
+                scope.spawn(move || {
+                    let result = run_rank(cfg, device, resume, comm);
+                    if result.is_err() {
+                        comm.abort();
+                    }
+                    result
+                })
+            })
             .collect();
         handles
             .into_iter()
@@ -78,11 +86,12 @@ pub fn run_threads(
             .collect()
     });
     let mut results = results.into_iter();
-    let first = results.next().context("no rank ran")?;
+    // Rank 0's error first: the others then only report that a rank stopped.
+    let first = results.next().context("no rank ran")??;
     for r in results {
         r?;
     }
-    first
+    Ok(first)
 }
 
 /// One rank of a run. Rank 0 alone holds the lock and writes the run folder; every rank
