@@ -3,24 +3,15 @@
 
 mod common;
 
-use common::{fixture, tmp_files};
+use common::{tiny_train_cmd, tmp_files};
 use std::path::Path;
 use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 fn train_cmd(data: &Path, out: &Path, epochs: usize) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_msa"));
-    cmd.arg("train")
-        .arg("--checkpoint")
-        .arg(fixture("sam_tiny.safetensors"))
-        .arg("--config")
-        .arg(fixture("sam_tiny.json"))
-        .arg("--data")
-        .arg(data)
-        .args(["--dataset", "folder", "--batch-size", "2", "--seed", "3"])
-        .args(["--epochs", &epochs.to_string()])
-        .arg("--out")
-        .arg(out);
+    let mut cmd = tiny_train_cmd(data, out);
+    cmd.args(["--dataset", "folder", "--batch-size", "2", "--seed", "3"])
+        .args(["--epochs", &epochs.to_string()]);
     cmd
 }
 

@@ -11,7 +11,7 @@
 
 mod common;
 
-use common::{fixture, tmp_files};
+use common::{tiny_train_cmd, tmp_files};
 use msa::data::synthetic::SplitMix;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -71,18 +71,9 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn train(mode: Mode, data: &Path, out: &Path, phase_file: &Path) -> Command {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_msa"));
-    cmd.arg("train")
-        .arg("--checkpoint")
-        .arg(fixture("sam_tiny.safetensors"))
-        .arg("--config")
-        .arg(fixture("sam_tiny.json"))
-        .arg("--data")
-        .arg(data)
-        .args(["--seed", "5", "--workers", "1", "--resume"])
+    let mut cmd = tiny_train_cmd(data, out);
+    cmd.args(["--seed", "5", "--workers", "1", "--resume"])
         .args(["--epochs", &mode.epochs().to_string()])
-        .arg("--out")
-        .arg(out)
         .env(msa::train::phase::PHASE_FILE, phase_file)
         .stdout(Stdio::null())
         .stderr(Stdio::piped());

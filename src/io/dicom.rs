@@ -54,10 +54,11 @@ pub fn read_series(dir: &Path) -> Result<Volume> {
             more.len()
         );
     }
-    let Some((first, _)) = slices.first() else {
-        bail!("{}: no DICOM image files found", dir.display());
-    };
-    let normal = slice_normal(&first.orientation);
+    // A series exists only once a file was added to it, so `slices` is never empty here.
+    let normal = slices
+        .first()
+        .map(|(s, _)| slice_normal(&s.orientation))
+        .unwrap_or_default();
     let along = |s: &Slice| dot(&s.position, &normal);
     slices.sort_by(|a, b| along(&a.0).total_cmp(&along(&b.0)));
     let Some((first, _)) = slices.first() else {

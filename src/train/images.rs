@@ -6,7 +6,7 @@ use super::config::TrainConfig;
 use super::loss::{bce_with_logits, dice_ce};
 use super::optim::Adam;
 use super::phase::{mark, Phase};
-use super::run::{apply_loss, epoch_bar_for, mean_loss, report_bad, Step, TrainData};
+use super::run::{apply_loss, epoch_bar, mean_loss, report_bad, Step, TrainData};
 use crate::data::layout::{discover, Splits};
 use crate::data::sample::check_items;
 use crate::data::transform::Prepared;
@@ -88,7 +88,7 @@ impl TrainData for ImageData {
             .items
             .len()
             .div_ceil(spec.batch_size.max(1) * spec.world);
-        let bar = epoch_bar_for(n_batches, epoch, cfg, step.comm.rank() == 0)?;
+        let bar = epoch_bar(n_batches, epoch, cfg, step.comm.rank() == 0)?;
         let parallel = step.comm.world() > 1;
         let start = std::time::Instant::now();
         let (mut sum, mut count, mut images) = (0.0, 0usize, 0usize);

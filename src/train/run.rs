@@ -264,13 +264,9 @@ pub(crate) struct Step<'a> {
     pub comm: &'a dyn Communicator,
 }
 
-/// A progress bar for one epoch of `n` steps.
-pub(crate) fn epoch_bar(n: usize, epoch: usize, cfg: &TrainConfig) -> Result<ProgressBar> {
-    epoch_bar_for(n, epoch, cfg, true)
-}
-
-/// `epoch_bar`, hidden on ranks other than the first.
-pub(crate) fn epoch_bar_for(
+/// A progress bar for one epoch of `n` steps; hidden where not `shown` (ranks after the
+/// first).
+pub(crate) fn epoch_bar(
     n: usize,
     epoch: usize,
     cfg: &TrainConfig,

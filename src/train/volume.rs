@@ -173,7 +173,7 @@ impl TrainData for VolumeData {
         let d = self.cfg.chunk;
         let per_step = self.cfg.batch_size.max(1);
         let n = epoch_len(&self.train, d, self.cfg.chunks_per_case);
-        let bar = epoch_bar(n.div_ceil(per_step), epoch, &self.cfg)?;
+        let bar = epoch_bar(n.div_ceil(per_step), epoch, &self.cfg, true)?;
         let start = std::time::Instant::now();
         let (mut sum, mut count, mut slices) = (0.0, 0usize, 0usize);
         let chunks = epoch_chunks(

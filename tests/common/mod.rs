@@ -150,3 +150,19 @@ pub fn tmp_files(dir: &std::path::Path) -> Vec<PathBuf> {
     }
     out
 }
+
+/// `msa train` on the tiny fixture model, reading `data` and writing `out`; callers add the
+/// dataset, batch, seed and epoch arguments.
+pub fn tiny_train_cmd(data: &std::path::Path, out: &std::path::Path) -> std::process::Command {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_msa"));
+    cmd.arg("train")
+        .arg("--checkpoint")
+        .arg(fixture("sam_tiny.safetensors"))
+        .arg("--config")
+        .arg(fixture("sam_tiny.json"))
+        .arg("--data")
+        .arg(data)
+        .arg("--out")
+        .arg(out);
+    cmd
+}
