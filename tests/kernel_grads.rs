@@ -722,3 +722,89 @@ fn attention_with_few_keys_matches_composed_ops_for_several_items() {
         .unwrap();
     assert_close("attention with few keys", &ours, &reference, 1e-5);
 }
+
+/// The gradients of the training ops' parameters, computed on `threads` threads.
+fn parameter_grads(threads: usize) -> Vec<Vec<f32>> {
+    use msa::kernels::attention_grad::TableAttention;
+    use msa::kernels::depthwise::{DepthwiseConv, DepthwiseGeometry};
+    use msa::kernels::layer_norm::TrainableLayerNorm;
+    use msa::kernels::linear::TrainableLinear;
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(threads)
+        .build()
+        .unwrap();
+    pool.install(|| {
+        let grads = |out: Tensor, weights: Tensor, vars: &[&Var]| {
+            let g = (out * weights)
+                .unwrap()
+                .sum_all()
+                .unwrap()
+                .backward()
+                .unwrap();
+            vars.iter()
+                .map(|v| {
+                    let t = g.get(v.as_tensor()).unwrap();
+                    t.flatten_all().unwrap().to_vec1::<f32>().unwrap()
+                })
+                .collect::<Vec<_>>()
+        };
+        let mut all = vec![];
+        let (x, w, b) = (rand(&[3, 500, 40], 61), rand(&[40], 62), rand(&[40], 63));
+        let (w, b) = (Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+        let out = x
+            .apply_op3(
+                w.as_tensor(),
+                b.as_tensor(),
+                TrainableLayerNorm { eps: 1e-6 },
+            )
+            .unwrap();
+        all.extend(grads(out, rand(&[3, 500, 40], 64), &[&w, &b]));
+        let x = rand(&[4, 300, 24], 65);
+        let (w, b) = (rand(&[10, 24], 66), rand(&[10], 67));
+        let (w, b) = (Var::from_tensor(&w).unwrap(), Var::from_tensor(&b).unwrap());
+        let out = x
+            .apply_op3(w.as_tensor(), b.as_tensor(), TrainableLinear)
+            .unwrap();
+        all.extend(grads(out, rand(&[4, 300, 10], 68), &[&w, &b]));
+        let x = rand(&[2, 30, 17, 12], 69);
+        let (taps, bias) = (rand(&[9, 12], 70), rand(&[12], 71));
+        let (taps, bias) = (
+            Var::from_tensor(&taps).unwrap(),
+            Var::from_tensor(&bias).unwrap(),
+        );
+        let geometry = DepthwiseGeometry {
+            kernel: 3,
+            stride: 1,
+            padding: 1,
+        };
+        let out = x
+            .apply_op3(taps.as_tensor(), bias.as_tensor(), DepthwiseConv(geometry))
+            .unwrap();
+        all.extend(grads(out, rand(&[2, 30, 17, 12], 72), &[&taps, &bias]));
+        let (b, n, heads, hd) = (4, 150, 3, 8);
+        let qkv = rand(&[b, n, 3 * heads * hd], 73);
+        let table = Var::from_tensor(&rand(&[heads, n, n], 74)).unwrap();
+        let op = TableAttention {
+            heads,
+            head_dim: hd,
+            scale: (hd as f32).powf(-0.5),
+        };
+        let out = qkv.apply_op2(table.as_tensor(), op).unwrap();
+        all.extend(grads(out, rand(&[b, n, heads * hd], 75), &[&table]));
+        all
+    })
+}
+
+/// Parameter gradients are sums over rows and heads; summed in a fixed order, they have the
+/// same bits on one thread and on several, so that a training run repeats exactly.
+#[test]
+fn parameter_gradients_have_the_same_bits_whatever_the_thread_count() {
+    let one = parameter_grads(1);
+    for threads in [3, 4] {
+        let many = parameter_grads(threads);
+        for (i, (a, b)) in one.iter().zip(&many).enumerate() {
+            let same = a.iter().zip(b).all(|(x, y)| x.to_bits() == y.to_bits());
+            assert!(same, "gradient {i} differs between 1 and {threads} threads");
+        }
+    }
+}

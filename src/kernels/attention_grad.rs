@@ -14,7 +14,6 @@ use super::attention_cpu::{
 };
 use super::{gemm_into, grad_like, storage_slice, with_slice, Mat};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// softmax(scale q kᵀ + bias) v over every head; input (B, H, W, 3C) (or (B, H*W, 3C)) as
 /// the qkv Linear gives it, output of the same shape with C channels.
@@ -233,55 +232,52 @@ pub(crate) fn attention_backward(qkv: &[f32], dout: &[f32], b: usize, op: &Spec)
     let rel_grads = op.rel_grads && op.rel.is_some();
     let table_grads = op.table_grads && op.table.is_some();
     let bias = op.bias();
-    let sums = (0..b * heads)
-        .into_par_iter()
-        .fold(
-            || {
-                Scratch::new(
-                    block,
-                    n,
-                    hd,
-                    op.grid,
-                    rel_grads,
-                    table_grads.then_some(heads),
-                )
-            },
-            |mut s, task| {
-                let (bi, head) = (task / heads, task % heads);
-                let (q_at, k_off, v_off) = op.layout.offsets(head, hd, c);
-                let base = bi * n * c3 + q_at;
-                let head_in = HeadInput {
-                    q: &qkv[base..],
-                    k: &qkv[base + k_off..],
-                    v: &qkv[base + v_off..],
-                    kv_offsets: (k_off, v_off),
-                    dout: &dout[bi * n * c + head * hd..],
-                    out_stride: c,
-                    head,
-                };
-                let ctx = RowCtx {
-                    q: head_in.q,
-                    stride: c3,
-                    head_dim: hd,
-                    hw: op.grid,
-                    nk: n,
-                    bias: bias.for_head(head, n, n),
-                };
-                let out = shared;
-                // SAFETY: task (bi, head) alone writes this head's q, k and v columns of item bi.
-                let dst = unsafe { out.0.add(base) };
-                for r0 in (0..n).step_by(block) {
-                    let rows = block.min(n - r0);
-                    unsafe { head_block_backward(&head_in, &ctx, op.scale, r0, rows, &mut s, dst) };
-                }
-                s
-            },
-        )
-        .map(|s| ((s.drh, s.drw), s.dtable))
-        .reduce(
-            || ((vec![], vec![]), vec![]),
-            |(ra, ta), (rb, tb)| (add_table_grads(ra, rb), add_grads(ta, tb)),
-        );
+    let sums = super::ordered_reduce(
+        b * heads,
+        1,
+        || {
+            Scratch::new(
+                block,
+                n,
+                hd,
+                op.grid,
+                rel_grads,
+                table_grads.then_some(heads),
+            )
+        },
+        |s, task| {
+            let (bi, head) = (task / heads, task % heads);
+            let (q_at, k_off, v_off) = op.layout.offsets(head, hd, c);
+            let base = bi * n * c3 + q_at;
+            let head_in = HeadInput {
+                q: &qkv[base..],
+                k: &qkv[base + k_off..],
+                v: &qkv[base + v_off..],
+                kv_offsets: (k_off, v_off),
+                dout: &dout[bi * n * c + head * hd..],
+                out_stride: c,
+                head,
+            };
+            let ctx = RowCtx {
+                q: head_in.q,
+                stride: c3,
+                head_dim: hd,
+                hw: op.grid,
+                nk: n,
+                bias: bias.for_head(head, n, n),
+            };
+            let out = shared;
+            // SAFETY: task (bi, head) alone writes this head's q, k and v columns of item bi.
+            let dst = unsafe { out.0.add(base) };
+            for r0 in (0..n).step_by(block) {
+                let rows = block.min(n - r0);
+                unsafe { head_block_backward(&head_in, &ctx, op.scale, r0, rows, s, dst) };
+            }
+        },
+        |s| ((s.drh, s.drw), s.dtable),
+        |(ra, ta), (rb, tb)| (add_table_grads(ra, rb), add_grads(ta, tb)),
+    )
+    .unwrap_or_default();
     AttentionGrads {
         dqkv,
         rel: rel_grads.then_some(sums.0),

@@ -122,9 +122,12 @@ impl DepthwiseConv {
         let g = self.0;
         let k = g.kernel;
         let zero = || (vec![0f32; k * k * d.c], vec![0f32; d.c]);
-        (0..d.b * d.ho)
-            .into_par_iter()
-            .fold(zero, |(mut gw, mut gb), row| {
+        let rows = d.b * d.ho;
+        super::ordered_reduce(
+            rows,
+            ROWS_PER_PARTIAL,
+            zero,
+            |(gw, gb), row| {
                 let (bi, oy) = (row / d.ho, row % d.ho);
                 for ox in 0..d.wo {
                     let go = &grad[((bi * d.ho + oy) * d.wo + ox) * d.c..][..d.c];
@@ -147,15 +150,20 @@ impl DepthwiseConv {
                         }
                     }
                 }
-                (gw, gb)
-            })
-            .reduce(zero, |(mut a, mut b), (c, e)| {
+            },
+            |partial| partial,
+            |(mut a, mut b), (c, e)| {
                 a.iter_mut().zip(&c).for_each(|(a, c)| *a += c);
                 b.iter_mut().zip(&e).for_each(|(b, e)| *b += e);
                 (a, b)
-            })
+            },
+        )
+        .unwrap_or_else(zero)
     }
 }
+
+/// Output rows summed into one partial gradient of the taps.
+const ROWS_PER_PARTIAL: usize = 4;
 
 impl CustomOp3 for DepthwiseConv {
     fn name(&self) -> &'static str {

@@ -131,28 +131,24 @@ impl CustomOp3 for TrainableLayerNorm {
 }
 
 impl TrainableLayerNorm {
-    /// (dweight, dbias) = (Σ_rows g x̂, Σ_rows g), summed in parallel over row blocks.
+    /// (dweight, dbias) = (Σ_rows g x̂, Σ_rows g), summed in parallel over row blocks
+    /// in a fixed order.
     fn affine_grads(&self, g: &[f32], x: &[f32], c: usize) -> (Vec<f32>, Vec<f32>) {
         let zeros = || (vec![0f32; c], vec![0f32; c]);
-        let block = |(g, x): (&[f32], &[f32])| {
-            let (mut dw, mut db) = zeros();
-            for (g, x) in g.chunks(c).zip(x.chunks(c)) {
-                let (mean, inv) = row_stats(x, self.eps);
-                for i in 0..c {
-                    dw[i] += g[i] * ((x[i] as f64 - mean) * inv) as f32;
-                    db[i] += g[i];
-                }
+        let row = |(dw, db): &mut (Vec<f32>, Vec<f32>), r: usize| {
+            let (g, x) = (&g[r * c..(r + 1) * c], &x[r * c..(r + 1) * c]);
+            let (mean, inv) = row_stats(x, self.eps);
+            for i in 0..c {
+                dw[i] += g[i] * ((x[i] as f64 - mean) * inv) as f32;
+                db[i] += g[i];
             }
-            (dw, db)
         };
         let add = |(mut dw, mut db): (Vec<f32>, Vec<f32>), (w2, b2): (Vec<f32>, Vec<f32>)| {
             dw.iter_mut().zip(w2).for_each(|(a, b)| *a += b);
             db.iter_mut().zip(b2).for_each(|(a, b)| *a += b);
             (dw, db)
         };
-        g.par_chunks(c * ROWS)
-            .zip(x.par_chunks(c * ROWS))
-            .map(block)
-            .reduce(zeros, add)
+        let rows = g.len() / c.max(1);
+        super::ordered_reduce(rows, ROWS, zeros, row, |sums| sums, add).unwrap_or_else(zeros)
     }
 }

@@ -15,7 +15,6 @@ use super::{
     Mat,
 };
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
-use rayon::prelude::*;
 
 /// What a fused layer applies to each output after the affine map (and the residual).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -225,9 +224,21 @@ fn bias_grad(g: &[f32], out_dim: usize) -> Vec<f32> {
         }
         acc
     };
-    g.par_chunks(out_dim.max(1) * 64)
-        .map(|chunk| chunk.chunks(out_dim.max(1)).fold(vec![0f32; out_dim], add))
-        .reduce(|| vec![0f32; out_dim], |a, b| add(a, &b))
+    let per = out_dim.max(1);
+    let rows = g.len() / per;
+    super::ordered_reduce(
+        rows,
+        64,
+        || vec![0f32; out_dim],
+        |acc, r| {
+            for (a, v) in acc.iter_mut().zip(&g[r * per..(r + 1) * per]) {
+                *a += v;
+            }
+        },
+        |acc| acc,
+        |a, b| add(a, &b),
+    )
+    .unwrap_or_else(|| vec![0f32; out_dim])
 }
 
 /// A frozen two-layer MLP, fc2(GELU(fc1(x))), as one op that keeps only its input: the

@@ -201,3 +201,38 @@ pub fn par_filled(
     unsafe { v.set_len(len) };
     v
 }
+
+/// The most partial results `ordered_reduce` holds at once.
+pub const MAX_GROUPS: usize = 64;
+
+/// A parallel reduction whose result has the same bits on every run and thread count:
+/// tasks `0..tasks` are cut into groups of at least `min_per_group` tasks (and at most
+/// `MAX_GROUPS` groups; both depend on `tasks` alone), each group is folded in order into
+/// its own state (`init`, `body`) and `finish`ed, and the groups' results are added in
+/// group order. Rayon's `fold`/`reduce` associate the sums by how work happened to be
+/// stolen, which made two identical training runs differ in the last bits.
+pub fn ordered_reduce<S, P>(
+    tasks: usize,
+    min_per_group: usize,
+    init: impl Fn() -> S + Sync + Send,
+    body: impl Fn(&mut S, usize) + Sync + Send,
+    finish: impl Fn(S) -> P + Sync + Send,
+    add: impl Fn(P, P) -> P,
+) -> Option<P>
+where
+    P: Send,
+{
+    use rayon::prelude::*;
+    let per_group = min_per_group.max(tasks.div_ceil(MAX_GROUPS)).max(1);
+    let partials: Vec<P> = (0..tasks.div_ceil(per_group))
+        .into_par_iter()
+        .map(|group| {
+            let mut state = init();
+            for task in group * per_group..((group + 1) * per_group).min(tasks) {
+                body(&mut state, task);
+            }
+            finish(state)
+        })
+        .collect();
+    partials.into_iter().reduce(add)
+}
