@@ -5,6 +5,7 @@ JSON object. The adapted block follows MSA-SPEC 2.1 (as the shared msa_reference
 With --full: no adapters, every SAM weight trains (full fine-tuning, `msa train --train all`).
 
     python bench/pytorch_train_step.py --size 256 --batch 1 --runs 3 [--device cuda] [--full]
+        [--checkpoint-blocks]
 """
 import argparse
 import json
@@ -25,6 +26,8 @@ p.add_argument("--batch", type=int, default=1)
 p.add_argument("--runs", type=int, default=3)
 p.add_argument("--device", default="cpu")
 p.add_argument("--full", action="store_true")
+p.add_argument("--checkpoint-blocks", action="store_true",
+               help="recompute every encoder block in the backward (torch.utils.checkpoint)")
 a = p.parse_args()
 dev = torch.device(a.device)
 
@@ -74,8 +77,19 @@ sam = Sam(image_encoder=enc,
           mask_decoder=MaskDecoder(num_multimask_outputs=3,
                                    transformer=TwoWayTransformer(depth=2, embedding_dim=256, mlp_dim=2048, num_heads=8),
                                    transformer_dim=256, iou_head_depth=3, iou_head_hidden_dim=256))
+class Recomputed(nn.Module):
+    def __init__(self, block):
+        super().__init__()
+        self.block = block
+
+    def forward(self, x):
+        return torch.utils.checkpoint.checkpoint(self.block, x, use_reentrant=False)
+
+
 if not a.full:
     sam.image_encoder.blocks = nn.ModuleList([AdaptedBlock(b) for b in sam.image_encoder.blocks])
+if a.checkpoint_blocks:
+    sam.image_encoder.blocks = nn.ModuleList([Recomputed(b) for b in sam.image_encoder.blocks])
 sam = sam.to(dev)
 for n, prm in sam.named_parameters():
     prm.requires_grad_(a.full or "Adapter" in n)
@@ -116,7 +130,7 @@ for _ in range(a.runs):
     step()
     times.append((time.perf_counter() - t0) * 1e3)
 res = {"part": "train_step", "impl": f"pytorch {torch.__version__}", "preset": "vit_b", "size": S,
-       "batch": a.batch, "full": a.full, "runs": a.runs, "median_ms": statistics.median(times), "min_ms": min(times),
+       "batch": a.batch, "full": a.full, "checkpoint_blocks": a.checkpoint_blocks, "runs": a.runs, "median_ms": statistics.median(times), "min_ms": min(times),
        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
        "trainable": sum(p.numel() for p in params), "device": a.device, "threads": torch.get_num_threads()}
 if dev.type == "cuda":

@@ -158,6 +158,31 @@ fn resuming_after_an_interruption_reaches_the_same_adapters() {
     assert_eq!(ma, mb);
 }
 
+/// `--checkpoint-blocks` changes what is kept in memory, not what is learnt.
+#[test]
+fn recomputed_encoder_blocks_train_to_the_same_adapters() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    write_folder_dataset(&data, 8, (64, 48), 6).unwrap();
+    let base = fixture("sam_tiny.safetensors");
+    let adapters = |checkpoint_blocks: bool| {
+        let out = dir.path().join(format!("run_{checkpoint_blocks}"));
+        let mut c = config(&base, &data, &out, 2);
+        c.checkpoint_blocks = checkpoint_blocks;
+        msa::train::run::run(&c, &Device::Cpu, false).unwrap();
+        let saved = std::fs::read_to_string(out.join("config.toml")).unwrap();
+        assert!(saved.contains(&format!("checkpoint_blocks = {checkpoint_blocks}")));
+        Checkpoint::read(&out.join("adapters_last.safetensors"))
+            .unwrap()
+            .tensors
+    };
+    let (plain, recomputed) = (adapters(false), adapters(true));
+    assert_eq!(plain.len(), recomputed.len());
+    for (k, v) in &plain {
+        assert!(common::max_abs_diff(v, &recomputed[k]) < 1e-5, "{k}");
+    }
+}
+
 /// Two classes (REFUGE disc and cup, three raters each, majority target) through the whole
 /// pipeline: DiceCE loss, one mask token per class, per-class validation.
 #[test]

@@ -48,6 +48,10 @@ pub struct BenchArgs {
     /// branch on (encoder: one chunk of D slices; train-step: --batch must be a multiple).
     #[arg(long)]
     pub depth: Option<usize>,
+    /// train-step: recompute the encoder's blocks in the backward pass (as
+    /// `msa train --checkpoint-blocks`).
+    #[arg(long)]
+    pub checkpoint_blocks: bool,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -233,19 +237,22 @@ fn time_train_step(
         )),
         ..Default::default()
     };
+    let recompute = args
+        .checkpoint_blocks
+        .then(|| crate::model::recompute::Recompute::new(vars.values()));
     let mut adam = crate::train::optim::Adam::default();
     let times = time_runs(args.runs, device, || {
         let t0 = Instant::now();
-        let emb = match args.depth {
-            Some(d) => sam.encode_chunks(&x, d)?,
-            None => sam.encode(&x)?,
-        };
+        let emb = sam.encode_for_training(&x, args.depth, recompute.as_ref())?;
         let out = sam.decode(&emb, &prompts)?;
         let (low, _) = out.select(MaskSelection::Classes(1))?;
         let logits = crate::resize::bilinear(&low, s, s)?;
         let loss = crate::train::loss::bce_with_logits(&logits, &target, 2.0)?;
         let t1 = Instant::now();
-        let g = loss.backward()?;
+        let mut g = loss.backward()?;
+        if let Some(r) = &recompute {
+            r.merge_into(&mut g)?;
+        }
         let t2 = Instant::now();
         adam.step(&vars, &g, 1e-4)?;
         tracing::debug!(
@@ -312,6 +319,7 @@ fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Re
             "depth": args.depth,
             "slices_per_s": args.depth.map(|d| d as f64 / (median / 1e3)),
             "full": args.full,
+            "checkpoint_blocks": args.checkpoint_blocks,
             "trainable": t.trainable,
             "uncached_median_ms": uncached.map(|u| u.0),
             "uncached_min_ms": uncached.map(|u| u.1),

@@ -4,6 +4,7 @@ use crate::data::layout::DatasetKind;
 use crate::data::prompts::PromptKind;
 use crate::model::AdapterInit;
 use crate::train::config::{TrainConfig, TrainMode};
+use crate::train::launch::{self, Topology, Worker};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
@@ -83,6 +84,25 @@ pub struct TrainArgs {
     /// Volumes: hold the last N cases (sorted by id) out of training and validation.
     #[arg(long)]
     pub holdout: Option<usize>,
+    /// Keep no activations of the encoder's blocks; recompute each block in the backward
+    /// pass (less memory for about one more encoder forward per step).
+    #[arg(long)]
+    pub checkpoint_blocks: bool,
+    /// Data-parallel ranks on this node, one process each (one per GPU in a CUDA build;
+    /// CPU processes otherwise). Every rank takes --batch-size images of each step.
+    #[arg(long, default_value_t = 1)]
+    pub gpus: usize,
+    /// Nodes in the run; start the same command on each with its --node-rank.
+    #[arg(long, default_value_t = 1)]
+    pub nnodes: usize,
+    #[arg(long, default_value_t = 0)]
+    pub node_rank: usize,
+    /// Where rank 0 (node 0's first process) listens for the others.
+    #[arg(long, default_value = "127.0.0.1")]
+    pub master_addr: String,
+    /// Rank 0's port; default a free one (single node). Several nodes need it.
+    #[arg(long)]
+    pub master_port: Option<u16>,
 }
 
 impl TrainArgs {
@@ -148,6 +168,7 @@ impl TrainArgs {
             c.limit = self.limit;
         }
         c.skip_bad |= self.skip_bad;
+        c.checkpoint_blocks |= self.checkpoint_blocks;
         if self.no_augment {
             c.augment = false;
         }
@@ -157,8 +178,35 @@ impl TrainArgs {
 
 pub fn run(args: &TrainArgs) -> Result<()> {
     let cfg = args.resolve()?;
+    if let Some(worker) = Worker::from_env()? {
+        let device = worker.device()?;
+        let comm = worker.join(&device)?;
+        let result = crate::train::run::run_rank(&cfg, &device, args.resume, comm.as_ref());
+        if result.is_err() {
+            comm.abort();
+        }
+        let result = result.with_context(|| format!("rank {}", worker.rank))?;
+        if worker.rank == 0 {
+            report(&cfg, &result);
+        }
+        return Ok(());
+    }
+    if args.gpus > 1 || args.nnodes > 1 {
+        return launch::run_node(&Topology {
+            per_node: args.gpus,
+            nnodes: args.nnodes,
+            node_rank: args.node_rank,
+            master_addr: args.master_addr.clone(),
+            master_port: args.master_port,
+        });
+    }
     let device = super::default_device()?;
     let result = crate::train::run::run(&cfg, &device, args.resume)?;
+    report(&cfg, &result);
+    Ok(())
+}
+
+fn report(cfg: &TrainConfig, result: &crate::train::run::RunResult) {
     for r in &result.history {
         let f = |v: Option<f64>| v.map(|x| format!("{x:.4}")).unwrap_or_else(|| "-".into());
         println!(
@@ -170,5 +218,4 @@ pub fn run(args: &TrainArgs) -> Result<()> {
         );
     }
     println!("run folder: {}", cfg.out.display());
-    Ok(())
 }

@@ -7,12 +7,14 @@ use super::config::{EncoderConfig, SamConfig};
 use super::nn::{
     is_cpu_f32, needs_grad, to_channels_first, to_channels_last, Derived, LayerNorm, Linear,
 };
+use super::recompute::Recompute;
 use super::tiny_vit::TinyVitEncoder;
 use super::vit::VitEncoder;
 use crate::kernels::conv3x3::conv3x3;
 use crate::kernels::with_slice;
 use crate::params::Params;
 use candle_core::{Module, Result, Tensor};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub enum ImageEncoder {
@@ -38,9 +40,20 @@ impl ImageEncoder {
     /// Like `forward`; with `depth` = Some(D) the batch is volumes of D consecutive slices
     /// and every adapted block's depth branch runs.
     pub fn forward_slices(&self, x: &Tensor, depth: Option<usize>) -> Result<Tensor> {
+        self.forward_recomputed(x, depth, None)
+    }
+
+    /// `forward_slices`; with `recompute`, every attention block keeps no activations and
+    /// runs again in the backward pass (`--checkpoint-blocks`).
+    pub fn forward_recomputed(
+        &self,
+        x: &Tensor,
+        depth: Option<usize>,
+        recompute: Option<&Arc<Recompute>>,
+    ) -> Result<Tensor> {
         match self {
-            Self::Vit(e) => e.forward_slices(x, depth),
-            Self::TinyVit(e) => e.forward_slices(x, depth),
+            Self::Vit(e) => e.forward_recomputed(x, depth, recompute),
+            Self::TinyVit(e) => e.forward_recomputed(x, depth, recompute),
         }
     }
 

@@ -7,6 +7,7 @@ pub mod image_encoder;
 pub mod mask_decoder;
 pub mod nn;
 pub mod prompt_encoder;
+pub mod recompute;
 pub mod sam;
 pub mod tiny_vit;
 pub mod vit;

@@ -84,6 +84,17 @@ impl Sam {
         self.image_encoder.forward_slices(x, Some(d))
     }
 
+    /// `encode` (`depth` None) or `encode_chunks` (Some(D)) for training, the encoder's
+    /// blocks recomputed in the backward pass when `recompute` is given.
+    pub fn encode_for_training(
+        &self,
+        x: &Tensor,
+        depth: Option<usize>,
+        recompute: Option<&std::sync::Arc<super::recompute::Recompute>>,
+    ) -> Result<Tensor> {
+        self.image_encoder.forward_recomputed(x, depth, recompute)
+    }
+
     /// The chunk length volumes are encoded with: Some(D) when depth adapters are present.
     pub fn depth_chunk(&self) -> Option<usize> {
         self.adapters

@@ -9,6 +9,7 @@ use super::image_encoder::{closest_factors, depth_tokens_to_slices, slices_to_de
 use super::nn::{
     gelu, is_cpu_f32, needs_grad, softmax, to_channels_last, Derived, LayerNorm, Linear,
 };
+use super::recompute::Recompute;
 use crate::kernels::attention_grad::TableAttention;
 use crate::kernels::depthwise::{
     depthwise_conv_ops, depthwise_forward, DepthwiseConv, DepthwiseGeometry,
@@ -16,6 +17,7 @@ use crate::kernels::depthwise::{
 use crate::kernels::linear::{Epilogue, FrozenMlp};
 use crate::params::Params;
 use candle_core::{Result, Tensor, D};
+use std::sync::Arc;
 
 const BN_EPS: f64 = 1e-5;
 const LN_EPS: f64 = 1e-5;
@@ -525,13 +527,28 @@ impl TinyVitEncoder {
 
     /// (B, 3, S, S) -> (B, 256, G, G); with `depth` the adapted blocks' depth branch runs.
     pub fn forward_slices(&self, x: &Tensor, depth: Option<usize>) -> Result<Tensor> {
+        self.forward_recomputed(x, depth, None)
+    }
+
+    /// `forward_slices`, each attention block recomputed in the backward pass with
+    /// `recompute` (the convolution stage has no adapters, so nothing before it trains).
+    pub fn forward_recomputed(
+        &self,
+        x: &Tensor,
+        depth: Option<usize>,
+        recompute: Option<&Arc<Recompute>>,
+    ) -> Result<Tensor> {
         let mut x = self.patch_embed.forward(x)?;
         for (i, stage) in self.stages.iter().enumerate() {
             x = match stage {
                 Stage::Conv(blocks) => blocks.iter().try_fold(x, |x, b| b.forward(&x))?,
-                Stage::Attention(blocks) => {
-                    blocks.iter().try_fold(x, |x, b| b.forward(&x, depth))?
-                }
+                Stage::Attention(blocks) => blocks.iter().try_fold(x, |x, b| match recompute {
+                    Some(r) => {
+                        let block = b.clone();
+                        r.run(&x, move |x| block.forward(x, depth))
+                    }
+                    None => b.forward(&x, depth),
+                })?,
             };
             if let Some(m) = self.merges.get(i) {
                 x = m.forward(&x)?;

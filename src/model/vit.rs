@@ -5,8 +5,10 @@ use super::attention::{window_partition_filled, window_unpartition, Attention};
 use super::config::VitConfig;
 use super::image_encoder::{closest_factors, depth_tokens_to_slices, slices_to_depth_tokens, Neck};
 use super::nn::{gelu, LayerNorm, Linear, PatchConv};
+use super::recompute::Recompute;
 use crate::params::{Params, Resize};
 use candle_core::{Result, Tensor};
+use std::sync::Arc;
 
 #[derive(Debug, Clone)]
 pub struct EncoderMlp {
@@ -173,9 +175,25 @@ impl VitEncoder {
     /// Like `forward`; with `depth` = Some(D) the batch is volumes of D consecutive slices
     /// and every block's depth branch runs.
     pub fn forward_slices(&self, x: &Tensor, depth: Option<usize>) -> Result<Tensor> {
+        self.forward_recomputed(x, depth, None)
+    }
+
+    /// `forward_slices`, each block recomputed in the backward pass with `recompute`.
+    pub fn forward_recomputed(
+        &self,
+        x: &Tensor,
+        depth: Option<usize>,
+        recompute: Option<&Arc<Recompute>>,
+    ) -> Result<Tensor> {
         let mut x = self.embed(x)?;
         for block in &self.blocks {
-            x = block.forward(&x, depth)?;
+            x = match recompute {
+                Some(r) => {
+                    let block = block.clone();
+                    r.run(&x, move |x| block.forward(x, depth))?
+                }
+                None => block.forward(&x, depth)?,
+            };
         }
         self.neck.forward(&x)
     }

@@ -77,6 +77,9 @@ pub struct TrainConfig {
     /// The last N cases (sorted by id) are held out of training and validation.
     #[serde(default)]
     pub holdout: usize,
+    /// The encoder's blocks keep no activations and are recomputed in the backward pass.
+    #[serde(default)]
+    pub checkpoint_blocks: bool,
 }
 
 fn default_chunk() -> usize {
@@ -116,6 +119,7 @@ impl TrainConfig {
             labels: None,
             window: None,
             holdout: 0,
+            checkpoint_blocks: false,
         }
     }
 

@@ -195,7 +195,8 @@ fn train_step(
         }
         None => {
             let input: Vec<f32> = batch.iter().flat_map(|p| p.input.iter().copied()).collect();
-            sam.encode(&Tensor::from_vec(input, (b, 3, s, s), dev)?)?
+            let x = Tensor::from_vec(input, (b, 3, s, s), dev)?;
+            sam.encode_for_training(&x, None, step.recompute)?
         }
     };
     let out = sam.decode(&emb, &prompts)?;

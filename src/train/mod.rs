@@ -5,11 +5,15 @@ pub mod batches;
 pub mod config;
 pub mod curves;
 mod images;
+pub mod launch;
 pub mod lock;
 pub mod loss;
 pub mod memory;
+#[cfg(feature = "cuda")]
+mod nccl;
 pub mod optim;
 pub mod parallel;
 pub mod phase;
 pub mod run;
+pub mod tcp_group;
 mod volume;

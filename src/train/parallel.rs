@@ -6,7 +6,7 @@
 //! `ThreadGroup` joins ranks that are threads of one process (the CPU path, and the test of
 //! equivalence with a single rank at the global batch size).
 
-use anyhow::{bail, Context, Result};
+use anyhow::{bail, Result};
 use candle_core::backprop::GradStore;
 use candle_core::{Tensor, Var};
 use std::collections::BTreeMap;
@@ -18,9 +18,9 @@ pub const BUCKET_VALUES: usize = 8 << 20;
 pub trait Communicator: Send + Sync {
     fn rank(&self) -> usize;
     fn world(&self) -> usize;
-    /// Element-wise sums of `values` over all ranks; every rank passes the same length and
-    /// gets the same sums, added in rank order.
-    fn all_reduce_sum(&self, values: Vec<f32>) -> Result<Vec<f32>>;
+    /// Element-wise sums of the 1-D f32 tensor `values` over all ranks, on its device; every
+    /// rank passes the same length and gets the same sums.
+    fn all_reduce_sum(&self, values: &Tensor) -> Result<Tensor>;
     /// Tells the other ranks that this one stopped, so that none waits for it forever.
     fn abort(&self) {}
 }
@@ -35,8 +35,8 @@ impl Communicator for Single {
     fn world(&self) -> usize {
         1
     }
-    fn all_reduce_sum(&self, values: Vec<f32>) -> Result<Vec<f32>> {
-        Ok(values)
+    fn all_reduce_sum(&self, values: &Tensor) -> Result<Tensor> {
+        Ok(values.clone())
     }
 }
 
@@ -90,7 +90,50 @@ impl Communicator for ThreadGroup {
         self.world
     }
 
-    fn all_reduce_sum(&self, values: Vec<f32>) -> Result<Vec<f32>> {
+    fn all_reduce_sum(&self, values: &Tensor) -> Result<Tensor> {
+        on_host(values, |v| self.sum_slots(v))
+    }
+
+    fn abort(&self) {
+        if let Ok(mut state) = self.shared.state.lock() {
+            state.stopped = true;
+        }
+        self.shared.turned.notify_all();
+    }
+}
+
+/// An all-reduce done on host values: `values` copied out, `reduce`d, and copied back to
+/// its device.
+pub fn on_host(
+    values: &Tensor,
+    reduce: impl FnOnce(Vec<f32>) -> Result<Vec<f32>>,
+) -> Result<Tensor> {
+    let host = values.flatten_all()?.to_vec1::<f32>()?;
+    let n = host.len();
+    let sums = reduce(host)?;
+    if sums.len() != n {
+        bail!("the all-reduce returned {} values for {n}", sums.len());
+    }
+    Ok(Tensor::from_vec(sums, n, values.device())?)
+}
+
+/// Adds `other` into `sums` (equal lengths checked), for reductions in rank order.
+pub fn add_into(sums: &mut [f32], other: &[f32], rank: usize) -> Result<()> {
+    if other.len() != sums.len() {
+        bail!(
+            "rank {rank} sent {} values, expected {}",
+            other.len(),
+            sums.len()
+        );
+    }
+    for (s, v) in sums.iter_mut().zip(other) {
+        *s += v;
+    }
+    Ok(())
+}
+
+impl ThreadGroup {
+    fn sum_slots(&self, values: Vec<f32>) -> Result<Vec<f32>> {
         let n = values.len();
         {
             let mut state = self.shared.lock()?;
@@ -105,29 +148,13 @@ impl Communicator for ThreadGroup {
             let state = self.shared.lock()?;
             let mut sums = vec![0f32; n];
             for (r, slot) in state.slots.iter().enumerate() {
-                if slot.len() != n {
-                    bail!(
-                        "rank {r} sent {} values, rank {} sent {n}",
-                        slot.len(),
-                        self.rank
-                    );
-                }
-                for (s, v) in sums.iter_mut().zip(slot) {
-                    *s += v;
-                }
+                add_into(&mut sums, slot, r)?;
             }
             sums
         };
         // No rank may overwrite its slot before every rank has read all of them.
         self.shared.wait()?;
         Ok(sums)
-    }
-
-    fn abort(&self) {
-        if let Ok(mut state) = self.shared.state.lock() {
-            state.stopped = true;
-        }
-        self.shared.turned.notify_all();
     }
 }
 
@@ -185,7 +212,14 @@ pub fn average(
         let has = grads.is_some_and(|g| g.get(v.as_tensor()).is_some());
         has as u8 as f32
     }));
-    let head = comm.all_reduce_sum(head)?;
+    let n_head = head.len();
+    let device = match vars.values().next() {
+        Some(v) => v.device().clone(),
+        None => candle_core::Device::Cpu,
+    };
+    let head = comm
+        .all_reduce_sum(&Tensor::from_vec(head, n_head, &device)?)?
+        .to_vec1::<f32>()?;
     let (Some(&total), Some(&loss_sum)) = (head.first(), head.get(1)) else {
         bail!(
             "the all-reduce of sample counts returned {} values",
@@ -197,17 +231,16 @@ pub fn average(
     }
     let present = head.get(2..).unwrap_or_default();
     let mut out = GradStore::default();
-    let mut bucket: Vec<(&Var, usize)> = vec![];
-    let mut values: Vec<f32> = vec![];
-    let flush = |bucket: &mut Vec<(&Var, usize)>, values: &mut Vec<f32>, out: &mut GradStore| {
-        let sums = comm.all_reduce_sum(std::mem::take(values))?;
+    let mut bucket: Vec<(&Var, Tensor)> = vec![];
+    let mut filled = 0usize;
+    let flush = |bucket: &mut Vec<(&Var, Tensor)>, out: &mut GradStore| {
+        let parts: Vec<Tensor> = bucket.iter().map(|(_, g)| g.clone()).collect();
+        let sums = comm.all_reduce_sum(&Tensor::cat(&parts, 0)?)?;
         let mut at = 0;
-        for (var, n) in bucket.drain(..) {
-            let part = sums
-                .get(at..at + n)
-                .context("the all-reduce returned too few values")?;
+        for (var, _) in bucket.drain(..) {
+            let n = var.elem_count();
+            let g = sums.narrow(0, at, n)?.reshape(var.shape())?;
             at += n;
-            let g = Tensor::from_slice(part, var.shape(), var.device())?;
             out.insert(var.as_tensor(), (g / total as f64)?);
         }
         anyhow::Ok(())
@@ -218,19 +251,18 @@ pub fn average(
         }
         let n = var.elem_count();
         let g = match grads.and_then(|g| g.get(var.as_tensor())) {
-            Some(g) => (g.to_dtype(candle_core::DType::F32)? * weight as f64)?
-                .flatten_all()?
-                .to_vec1::<f32>()?,
-            None => vec![0f32; n],
+            Some(g) => (g.to_dtype(candle_core::DType::F32)? * weight as f64)?.flatten_all()?,
+            None => Tensor::zeros(n, candle_core::DType::F32, var.device())?,
         };
-        if !values.is_empty() && values.len() + n > BUCKET_VALUES {
-            flush(&mut bucket, &mut values, &mut out)?;
+        if filled > 0 && filled + n > BUCKET_VALUES {
+            flush(&mut bucket, &mut out)?;
+            filled = 0;
         }
-        values.extend(g);
-        bucket.push((var, n));
+        filled += n;
+        bucket.push((var, g));
     }
     if !bucket.is_empty() {
-        flush(&mut bucket, &mut values, &mut out)?;
+        flush(&mut bucket, &mut out)?;
     }
     Ok(Some((out, loss_sum as f64 / total as f64)))
 }

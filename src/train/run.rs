@@ -6,6 +6,7 @@ use super::curves::{plot, EpochMetrics};
 use super::optim::{step_lr, Adam};
 use super::parallel::{average, Communicator, Single, ThreadGroup};
 use super::phase::{mark, Phase};
+use crate::model::recompute::Recompute;
 use crate::model::{Sam, SamConfig};
 use crate::weights::adapter_file::{self, AdapterMeta, FORMAT};
 use crate::weights::checkpoint::write_atomically;
@@ -17,6 +18,7 @@ use serde_json::json;
 use std::collections::{BTreeMap, HashMap};
 use std::io::Write;
 use std::path::Path;
+use std::sync::Arc;
 
 /// What a finished run reports.
 #[derive(Debug, Clone)]
@@ -187,13 +189,15 @@ pub fn run_rank(
         }
     }
     let total = loaded.part_params.values().sum::<usize>() + loaded.adapter_params;
-    let mut start = json!({"event": "start", "trainable": loaded.adapter_params, "total": total});
+    let mut start = json!({"event": "start", "trainable": loaded.adapter_params, "total": total,
+        "ranks": comm.world(), "checkpoint_blocks": cfg.checkpoint_blocks});
     if let (Some(o), serde_json::Value::Object(d)) = (start.as_object_mut(), data.describe()) {
         o.extend(d);
     }
     if lead {
         log_line(cfg, start)?;
     }
+    let recompute = cfg.checkpoint_blocks.then(|| Recompute::new(vars.values()));
     for epoch in state.epochs_done..cfg.epochs {
         let lr = step_lr(cfg.lr, epoch, cfg.lr_step, cfg.lr_gamma);
         let step = Step {
@@ -201,6 +205,7 @@ pub fn run_rank(
             vars: &vars,
             lr,
             comm,
+            recompute: recompute.as_ref(),
         };
         let loss = data.train_epoch(&step, &mut adam, epoch)?;
         let validate = lead
@@ -262,6 +267,8 @@ pub(crate) struct Step<'a> {
     pub vars: &'a BTreeMap<String, Var>,
     pub lr: f64,
     pub comm: &'a dyn Communicator,
+    /// Set with `--checkpoint-blocks`: the encoder's blocks are recomputed in the backward.
+    pub recompute: Option<&'a Arc<Recompute>>,
 }
 
 /// A progress bar for one epoch of `n` steps; hidden where not `shown` (ranks after the
@@ -329,7 +336,13 @@ pub(crate) fn apply_loss(
 ) -> Result<Option<f64>> {
     mark(Phase::Backward);
     let local = match loss {
-        Some(l) => Some((l.backward()?, l.to_scalar::<f32>()? as f64)),
+        Some(l) => {
+            let mut grads = l.backward()?;
+            if let Some(r) = step.recompute {
+                r.merge_into(&mut grads)?;
+            }
+            Some((grads, l.to_scalar::<f32>()? as f64))
+        }
         None => None,
     };
     let Some((grads, loss)) = average(step.comm, step.vars, local, samples)? else {

@@ -269,7 +269,7 @@ fn chunk_step(
         .flat_map(|c| c.input.iter().copied())
         .collect();
     let x = Tensor::from_vec(input, (chunks.len() * d, 3, s, s), dev)?;
-    let emb = sam.encode_chunks(&x, d)?;
+    let emb = sam.encode_for_training(&x, Some(d), step.recompute)?;
     let emb = emb.index_select(&Tensor::new(rows.as_slice(), dev)?, 0)?;
     let prompts = crate::infer::predictor::prompt_tensors(&prompts, dev)?;
     let out = sam.decode(&emb, &prompts)?;
