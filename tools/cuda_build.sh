@@ -7,6 +7,7 @@
 #
 #   tools/cuda_build.sh [WORKDIR]      (default /tmp/msa-cuda; the binary lands in
 #                                       WORKDIR/target/release/msa)
+#   CHECK=1 tools/cuda_build.sh [WORKDIR]   type-checks the CUDA build only (cargo check)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/msa-cuda}
@@ -15,13 +16,18 @@ if [ ! -x "$work/venv/bin/pip" ]; then
     python3 -m venv "$work/venv"
     "$work/venv/bin/pip" install -q "nvidia-cuda-nvcc==13.0.*" "nvidia-nvvm==13.0.*" \
         "nvidia-cuda-crt==13.0.*" "nvidia-cuda-runtime==13.0.*" "nvidia-cublas==13.0.*" \
-        "nvidia-curand" "nvidia-cuda-nvrtc==13.0.*" "nvidia-cuda-cccl==13.0.*"
+        "nvidia-curand" "nvidia-cuda-nvrtc==13.0.*" "nvidia-cuda-cccl==13.0.*" \
+        "nvidia-nccl-cu13"
 fi
 root=$(echo "$work"/venv/lib/python3*/site-packages/nvidia/cu13)
 lib="$work/link"
 mkdir -p "$lib"
 for n in cublas cublasLt cudart nvrtc; do ln -sf "$root/lib/lib$n.so.13" "$lib/lib$n.so"; done
 ln -sf "$root/lib/libcurand.so.10" "$lib/libcurand.so"
+# NCCL (multi-GPU training) ships in its own wheel, outside cu13/.
+nccl=$(ls "$work"/venv/lib/python3*/site-packages/nvidia/nccl/lib/libnccl.so.2 2>/dev/null | head -1)
+[ -n "$nccl" ] || { "$work/venv/bin/pip" install -q nvidia-nccl-cu13 && nccl=$(ls "$work"/venv/lib/python3*/site-packages/nvidia/nccl/lib/libnccl.so.2 | head -1); }
+ln -sf "$nccl" "$lib/libnccl.so"
 # No driver here: link against a stub libcuda.so.1 exporting the driver API names cudarc
 # binds; the real library is found at run time on the GPU machine.
 if [ ! -f "$lib/libcuda.so" ]; then
@@ -31,5 +37,10 @@ if [ ! -f "$lib/libcuda.so" ]; then
 fi
 export CUDA_ROOT=$root PATH=$root/bin:$PATH CUDA_COMPUTE_CAP=${CUDA_COMPUTE_CAP:-90}
 export RUSTFLAGS="-L $lib" NVCC_PREPEND_FLAGS="-I$root/include"
+if [ "${CHECK:-0}" = 1 ]; then
+    cargo check --release --features cuda --all-targets --target-dir "$work/target"
+    echo "the CUDA build type-checks (compute capability $CUDA_COMPUTE_CAP)"
+    exit 0
+fi
 cargo build --release --features cuda --target-dir "$work/target"
 echo "built $work/target/release/msa (compute capability $CUDA_COMPUTE_CAP)"

@@ -249,7 +249,9 @@ fn time_train_step(
         let logits = crate::resize::bilinear(&low, s, s)?;
         let loss = crate::train::loss::bce_with_logits(&logits, &target, 2.0)?;
         let t1 = Instant::now();
+        crate::train::memory::sample(device);
         let mut g = loss.backward()?;
+        crate::train::memory::sample(device);
         if let Some(r) = &recompute {
             r.merge_into(&mut g)?;
         }
@@ -313,6 +315,10 @@ fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Re
             "min_ms": min,
             "mean_ms": mean,
             "peak_rss_mib": peak_rss_mib(),
+            "peak_device_mib": match device {
+                Device::Cpu => None,
+                d => crate::train::memory::peak_mib(d),
+            },
             "device": device_name,
             "threads": rayon::current_num_threads(),
             "batch": args.batch,

@@ -1,14 +1,48 @@
 //! The peak memory of a run, for `log.jsonl` and the progress line. On the CPU it is the
-//! process's peak resident set; device memory on a GPU is not measured yet (None).
+//! process's peak resident set. On a GPU it is the device memory in use (cuMemGetInfo:
+//! total minus free, so the CUDA context and anything else on the card count too), sampled
+//! after every forward and backward pass (`sample`), where a training step peaks.
 
 use candle_core::Device;
+#[cfg(feature = "cuda")]
+use std::sync::atomic::{AtomicU64, Ordering};
+
+const MIB: f64 = 1024.0 * 1024.0;
+
+#[cfg(feature = "cuda")]
+static DEVICE_PEAK: AtomicU64 = AtomicU64::new(0);
 
 /// Peak memory so far, in MiB.
 pub fn peak_mib(device: &Device) -> Option<f64> {
     match device {
         Device::Cpu => peak_rss_mib(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(_) => {
+            sample(device);
+            Some(DEVICE_PEAK.load(Ordering::Relaxed) as f64 / MIB)
+        }
         _ => None,
     }
+}
+
+/// Records the device memory in use now, if it is the most so far (GPUs only).
+pub fn sample(device: &Device) {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        if let Some(used) = device_used_bytes(cuda) {
+            DEVICE_PEAK.fetch_max(used, Ordering::Relaxed);
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = device;
+}
+
+#[cfg(feature = "cuda")]
+fn device_used_bytes(cuda: &candle_core::CudaDevice) -> Option<u64> {
+    use candle_core::cuda_backend::cudarc::driver::result::mem_get_info;
+    cuda.cuda_stream().context().bind_to_thread().ok()?;
+    let (free, total) = mem_get_info().ok()?;
+    Some(total.saturating_sub(free) as u64)
 }
 
 fn peak_rss_mib() -> Option<f64> {
@@ -16,7 +50,7 @@ fn peak_rss_mib() -> Option<f64> {
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0;
     // Linux reports ru_maxrss in KiB.
-    ok.then(|| usage.ru_maxrss as f64 / 1024.0)
+    ok.then(|| usage.ru_maxrss as f64 * 1024.0 / MIB)
 }
 
 /// " peak N MiB" for a progress line, or nothing where it is not measured.

@@ -337,7 +337,9 @@ pub(crate) fn apply_loss(
     mark(Phase::Backward);
     let local = match loss {
         Some(l) => {
+            super::memory::sample(step.sam.device());
             let mut grads = l.backward()?;
+            super::memory::sample(step.sam.device());
             if let Some(r) = step.recompute {
                 r.merge_into(&mut grads)?;
             }
