@@ -47,6 +47,8 @@ struct Inner {
     train: bool,
     /// Every parameter trains (full fine-tuning), not only adapters.
     train_all: bool,
+    /// The dtype of the frozen tensors under `image_encoder.` (f32 unless `--precision`).
+    encoder_dtype: std::cell::Cell<DType>,
 }
 
 /// How a trainable tensor starts when the checkpoint does not hold it.
@@ -102,6 +104,7 @@ impl Params {
                 buffers: RefCell::new(BTreeMap::new()),
                 train,
                 train_all,
+                encoder_dtype: std::cell::Cell::new(DType::F32),
             }),
             prefix: String::new(),
         }
@@ -111,7 +114,8 @@ impl Params {
     pub fn trainable(&self, name: &str, shape: &[usize], init: Init) -> Result<Tensor> {
         let key = self.key(name);
         let t = if self.has(name) {
-            self.get(name, shape)?
+            // Read as stored (f32): a trainable tensor never takes the encoder's precision.
+            self.get_inner(name, shape, None)?
         } else {
             self.init_tensor(shape, init)?
         };
@@ -175,10 +179,35 @@ impl Params {
         self.maybe_trainable(name, t)
     }
 
+    /// Frozen image-encoder tensors are read in `dtype` from now on (`--precision`);
+    /// trainable ones stay f32.
+    pub fn set_encoder_dtype(&self, dtype: DType) {
+        self.inner.encoder_dtype.set(dtype);
+    }
+
+    /// The dtype the frozen encoder computes in: f32 under full fine-tuning, where every
+    /// tensor trains.
+    pub fn encoder_dtype(&self) -> DType {
+        match self.inner.train_all {
+            true => DType::F32,
+            false => self.inner.encoder_dtype.get(),
+        }
+    }
+
+    /// `t` in the encoder's dtype when it is a frozen image-encoder tensor.
+    fn frozen_dtype(&self, name: &str, t: Tensor) -> Result<Tensor> {
+        let dtype = self.inner.encoder_dtype.get();
+        let frozen_encoder = !self.inner.train_all && self.key(name).starts_with("image_encoder.");
+        match frozen_encoder && dtype != t.dtype() {
+            true => t.to_dtype(dtype),
+            false => Ok(t),
+        }
+    }
+
     /// A module buffer in the PyTorch model (not a parameter): never trainable, even under
     /// full fine-tuning.
     pub fn buffer(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.get_inner(name, shape, None)?;
+        let t = self.frozen_dtype(name, self.get_inner(name, shape, None)?)?;
         self.inner
             .buffers
             .borrow_mut()
@@ -211,7 +240,7 @@ impl Params {
     /// Under full fine-tuning, a SAM weight becomes a `Var` too.
     fn maybe_trainable(&self, name: &str, t: Tensor) -> Result<Tensor> {
         if !self.inner.train_all {
-            return Ok(t);
+            return self.frozen_dtype(name, t);
         }
         let var = Var::from_tensor(&t.contiguous()?)?;
         let out = var.as_tensor().clone();

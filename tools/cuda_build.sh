@@ -8,6 +8,9 @@
 #   tools/cuda_build.sh [WORKDIR]      (default /tmp/msa-cuda; the binary lands in
 #                                       WORKDIR/target/release/msa)
 #   CHECK=1 tools/cuda_build.sh [WORKDIR]   type-checks the CUDA build only (cargo check)
+#   PACK=1 tools/cuda_build.sh [WORKDIR]    also builds the GPU test binaries and packs them
+#                                           with msa into .gpu/ (gpu.tar.xz, msa.xz) for
+#                                           bench/gpu_all.sh on the GPU machine
 set -euo pipefail
 cd "$(dirname "$0")/.."
 work=${1:-/tmp/msa-cuda}
@@ -44,3 +47,17 @@ if [ "${CHECK:-0}" = 1 ]; then
 fi
 cargo build --release --features cuda --target-dir "$work/target"
 echo "built $work/target/release/msa (compute capability $CUDA_COMPUTE_CAP)"
+if [ "${PACK:-0}" = 1 ]; then
+    # The parity tests that honour MSA_TEST_DEVICE=cuda, stripped, beside msa.
+    tests=(sam_parity msa_parity tinyvit_parity precision recompute)
+    stage=$work/pack && rm -rf "$stage" && mkdir -p "$stage" .gpu
+    for t in "${tests[@]}"; do
+        exe=$(cargo test --release --features cuda --target-dir "$work/target" --test "$t" --no-run \
+            --message-format=json 2>/dev/null | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+        cp "$exe" "$stage/test-$t" && strip "$stage/test-$t"
+    done
+    cp "$work/target/release/msa" "$stage/msa" && strip "$stage/msa"
+    tar cJf .gpu/gpu.tar.xz -C "$stage" .
+    xz -c "$stage/msa" > .gpu/msa.xz
+    ls -l .gpu
+fi

@@ -88,6 +88,10 @@ pub struct TrainArgs {
     /// pass (less memory for about one more encoder forward per step).
     #[arg(long)]
     pub checkpoint_blocks: bool,
+    /// The frozen encoder's precision (adapters, gradients and Adam stay f32); default
+    /// bf16 on GPUs, f32 on the CPU.
+    #[arg(long, value_enum)]
+    pub precision: Option<crate::model::precision::Precision>,
     /// Data-parallel ranks on this node, one process each (one per GPU in a CUDA build;
     /// CPU processes otherwise). Every rank takes --batch-size images of each step.
     #[arg(long, default_value_t = 1)]
@@ -169,6 +173,9 @@ impl TrainArgs {
         }
         c.skip_bad |= self.skip_bad;
         c.checkpoint_blocks |= self.checkpoint_blocks;
+        if self.precision.is_some() {
+            c.precision = self.precision;
+        }
         if self.no_augment {
             c.augment = false;
         }

@@ -2,6 +2,7 @@
 //! decoder layers, the prompt-conditioned Hyper-Prompting Adapter (HyP-Adpt), and LoRA.
 
 use super::nn::{gelu, LayerNorm, Linear};
+use super::precision::in_f32;
 use crate::params::{Init, Params};
 use candle_core::{Result, Tensor, D};
 use serde::{Deserialize, Serialize};
@@ -111,13 +112,16 @@ impl Adapter {
         })
     }
 
+    /// In f32 whatever the encoder's precision (see `precision`).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        let y = self.fc2.forward(&gelu(&self.fc1.forward(x)?)?)?;
-        if self.skip {
-            x + y
-        } else {
-            Ok(y)
-        }
+        in_f32(x, |x| {
+            let y = self.fc2.forward(&gelu(&self.fc1.forward(x)?)?)?;
+            if self.skip {
+                x + y
+            } else {
+                Ok(y)
+            }
+        })
     }
 }
 
@@ -249,6 +253,6 @@ impl Lora {
             weight: self.b.clone(),
             bias: None,
         };
-        up.forward(&down.forward(x)?)
+        in_f32(x, |x| up.forward(&down.forward(x)?))
     }
 }

@@ -6,6 +6,7 @@ pub mod config;
 pub mod image_encoder;
 pub mod mask_decoder;
 pub mod nn;
+pub mod precision;
 pub mod prompt_encoder;
 pub mod recompute;
 pub mod sam;

@@ -17,6 +17,9 @@ pub struct Sam {
     pub prompt_encoder: PromptEncoder,
     pub mask_decoder: MaskDecoder,
     pub dense_pe: Tensor,
+    /// The dtype the frozen image encoder computes in (`--precision`); embeddings leave it
+    /// as f32.
+    pub encoder_dtype: candle_core::DType,
     pixel_mean: Tensor,
     pixel_std: Tensor,
 }
@@ -39,6 +42,7 @@ impl Sam {
             prompt_encoder,
             mask_decoder: MaskDecoder::load(&p.pp("mask_decoder"), config, ad)?,
             dense_pe,
+            encoder_dtype: p.encoder_dtype(),
             pixel_mean: Tensor::new(&config.pixel_mean, dev)?.reshape((1, 3, 1, 1))?,
             pixel_std: Tensor::new(&config.pixel_std, dev)?.reshape((1, 3, 1, 1))?,
         })
@@ -75,13 +79,13 @@ impl Sam {
 
     /// (B, 3, S, S) -> image embeddings (B, D, S/16, S/16).
     pub fn encode(&self, x: &Tensor) -> Result<Tensor> {
-        self.image_encoder.forward(x)
+        self.encode_for_training(x, None, None)
     }
 
     /// (V * D, 3, S, S), V volumes of D consecutive slices -> embeddings per slice, the
     /// encoder's depth branch attending across each volume's D slices (MSA-SPEC 2.2).
     pub fn encode_chunks(&self, x: &Tensor, d: usize) -> Result<Tensor> {
-        self.image_encoder.forward_slices(x, Some(d))
+        self.encode_for_training(x, Some(d), None)
     }
 
     /// `encode` (`depth` None) or `encode_chunks` (Some(D)) for training, the encoder's
@@ -92,7 +96,11 @@ impl Sam {
         depth: Option<usize>,
         recompute: Option<&std::sync::Arc<super::recompute::Recompute>>,
     ) -> Result<Tensor> {
-        self.image_encoder.forward_recomputed(x, depth, recompute)
+        let x = x.to_dtype(self.encoder_dtype)?;
+        let emb = self
+            .image_encoder
+            .forward_recomputed(&x, depth, recompute)?;
+        emb.to_dtype(candle_core::DType::F32)
     }
 
     /// The chunk length volumes are encoded with: Some(D) when depth adapters are present.

@@ -12,6 +12,7 @@
 
 use crate::data::layout::DatasetKind;
 use crate::data::prompts::PromptKind;
+use crate::model::precision::Precision;
 use crate::model::{AdapterConfig, AdapterInit};
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
@@ -80,6 +81,9 @@ pub struct TrainConfig {
     /// The encoder's blocks keep no activations and are recomputed in the backward pass.
     #[serde(default)]
     pub checkpoint_blocks: bool,
+    /// The frozen encoder's precision; None: bf16 on GPUs, f32 on the CPU.
+    #[serde(default)]
+    pub precision: Option<Precision>,
 }
 
 fn default_chunk() -> usize {
@@ -120,6 +124,7 @@ impl TrainConfig {
             window: None,
             holdout: 0,
             checkpoint_blocks: false,
+            precision: None,
         }
     }
 

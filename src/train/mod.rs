@@ -8,6 +8,7 @@ mod images;
 pub mod launch;
 pub mod lock;
 pub mod loss;
+pub mod loss_scale;
 pub mod memory;
 #[cfg(feature = "cuda")]
 mod nccl;

@@ -102,7 +102,7 @@ impl CustomOp1 for AllReduce<'_> {
         self.0
             .all_reduce(&src, &mut dst, &ReduceOp::Sum)
             .map_err(|e| candle_core::Error::Msg(format!("ncclAllReduce: {e:?}")))?;
-        let out = CudaStorage::wrap_cuda_slice(dst, s.device().clone());
+        let out = CudaStorage::wrap_cuda_slice(dst, s.device.clone());
         Ok((out, l.shape().clone()))
     }
 }

@@ -3,9 +3,11 @@
 
 use super::config::{TrainConfig, TrainMode};
 use super::curves::{plot, EpochMetrics};
+use super::loss_scale::LossScale;
 use super::optim::{step_lr, Adam};
 use super::parallel::{average, Communicator, Single, ThreadGroup};
 use super::phase::{mark, Phase};
+use crate::model::precision::Precision;
 use crate::model::recompute::Recompute;
 use crate::model::{Sam, SamConfig};
 use crate::weights::adapter_file::{self, AdapterMeta, FORMAT};
@@ -129,6 +131,7 @@ pub fn run_rank(
         .as_deref()
         .map(SamConfig::from_json_file)
         .transpose()?;
+    let precision = Precision::resolve(cfg.precision, device)?;
     let opts = LoadOptions {
         config: model_cfg.as_ref(),
         image_size: cfg.image_size,
@@ -136,6 +139,7 @@ pub fn run_rank(
         train: true,
         train_all: cfg.train == TrainMode::All,
         seed: cfg.seed,
+        encoder_dtype: Some(precision.dtype()),
         ..Default::default()
     };
     let checkpoint = crate::weights::registry::resolve(&cfg.checkpoint)?;
@@ -190,7 +194,8 @@ pub fn run_rank(
     }
     let total = loaded.part_params.values().sum::<usize>() + loaded.adapter_params;
     let mut start = json!({"event": "start", "trainable": loaded.adapter_params, "total": total,
-        "ranks": comm.world(), "checkpoint_blocks": cfg.checkpoint_blocks});
+        "ranks": comm.world(), "checkpoint_blocks": cfg.checkpoint_blocks,
+        "precision": precision});
     if let (Some(o), serde_json::Value::Object(d)) = (start.as_object_mut(), data.describe()) {
         o.extend(d);
     }
@@ -198,6 +203,8 @@ pub fn run_rank(
         log_line(cfg, start)?;
     }
     let recompute = cfg.checkpoint_blocks.then(|| Recompute::new(vars.values()));
+    let f16 = loaded.sam.encoder_dtype == candle_core::DType::F16;
+    let loss_scale = f16.then(LossScale::default);
     for epoch in state.epochs_done..cfg.epochs {
         let lr = step_lr(cfg.lr, epoch, cfg.lr_step, cfg.lr_gamma);
         let step = Step {
@@ -206,6 +213,7 @@ pub fn run_rank(
             lr,
             comm,
             recompute: recompute.as_ref(),
+            loss_scale: loss_scale.as_ref(),
         };
         let loss = data.train_epoch(&step, &mut adam, epoch)?;
         let validate = lead
@@ -269,6 +277,8 @@ pub(crate) struct Step<'a> {
     pub comm: &'a dyn Communicator,
     /// Set with `--checkpoint-blocks`: the encoder's blocks are recomputed in the backward.
     pub recompute: Option<&'a Arc<Recompute>>,
+    /// Set when the encoder computes in f16.
+    pub loss_scale: Option<&'a LossScale>,
 }
 
 /// A progress bar for one epoch of `n` steps; hidden where not `shown` (ranks after the
@@ -338,7 +348,10 @@ pub(crate) fn apply_loss(
     let local = match loss {
         Some(l) => {
             super::memory::sample(step.sam.device());
-            let mut grads = l.backward()?;
+            let mut grads = match step.loss_scale {
+                Some(s) => (l * s.scale())?.backward()?,
+                None => l.backward()?,
+            };
             super::memory::sample(step.sam.device());
             if let Some(r) = step.recompute {
                 r.merge_into(&mut grads)?;
@@ -349,6 +362,14 @@ pub(crate) fn apply_loss(
     };
     let Some((grads, loss)) = average(step.comm, step.vars, local, samples)? else {
         return Ok(None);
+    };
+    // Every rank sees the same averaged gradients, so all skip the same steps.
+    let grads = match step.loss_scale {
+        Some(s) => match s.unscale(grads, step.vars)? {
+            Some(g) => g,
+            None => return Ok(Some(loss)),
+        },
+        None => grads,
     };
     mark(Phase::Optimizer);
     adam.step(step.vars, &grads, step.lr)?;

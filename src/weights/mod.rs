@@ -67,6 +67,8 @@ pub struct LoadOptions<'a> {
     pub train_all: bool,
     /// Seed of adapter initialisation.
     pub seed: u64,
+    /// The dtype of the frozen image encoder (`--precision`); None: f32.
+    pub encoder_dtype: Option<candle_core::DType>,
 }
 
 /// Loads SAM from `path`. Without `config` the preset is detected from the shapes;
@@ -122,6 +124,9 @@ pub fn load_model(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Lo
     } else {
         Params::with_options(Source::from(ckpt), device, opts.train, opts.seed)
     };
+    if let Some(dtype) = opts.encoder_dtype {
+        params.set_encoder_dtype(dtype);
+    }
     let sam = Sam::load_adapted(&params, &cfg, &ad).map_err(|e| anyhow::anyhow!("{e}"))?;
     check_unused(&params, path, &preset)?;
     let trainables = params.trainables();
