@@ -3,6 +3,8 @@
 
 pub mod adam;
 pub mod attention_cpu;
+#[cfg(feature = "cuda")]
+pub mod attention_cuda;
 pub mod attention_grad;
 pub mod conv3x3;
 pub mod depthwise;
