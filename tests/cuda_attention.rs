@@ -4,6 +4,8 @@
 //! (bench/gpu_all.sh); a CPU build compiles nothing here.
 #![cfg(feature = "cuda")]
 
+mod common;
+
 use candle_core::{Device, Tensor, Var, D};
 use msa::kernels::attention_cuda::FlashAttention;
 use msa::model::rel_pos_columns::bias_as_columns;
@@ -12,25 +14,6 @@ fn softmax(x: &Tensor) -> Tensor {
     let max = x.max_keepdim(D::Minus1).unwrap().detach();
     let e = x.broadcast_sub(&max).unwrap().exp().unwrap();
     e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
-}
-
-fn max_rel(a: &Tensor, b: &Tensor) -> f32 {
-    let scale = b
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    let d = (a - b)
-        .unwrap()
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    d / scale.max(1e-12)
 }
 
 #[test]
@@ -68,7 +51,7 @@ fn fused_cuda_attention_matches_composed_ops_with_sam_bias() {
         let composed = softmax(&qw.matmul(&kw.t().unwrap()).unwrap())
             .matmul(v.as_tensor())
             .unwrap();
-        let e = max_rel(&fused, &composed);
+        let e = common::relative_error(&fused, &composed);
         assert!(e < 1e-5, "{h}x{w}: output relative error {e:e}");
         let grads = |out: &Tensor| {
             (out * &weights)
@@ -80,7 +63,7 @@ fn fused_cuda_attention_matches_composed_ops_with_sam_bias() {
         };
         let (gf, gc) = (grads(&fused), grads(&composed));
         for (name, x) in [("q", &q), ("k", &k), ("v", &v), ("Rh", &rh), ("Rw", &rw)] {
-            let e = max_rel(
+            let e = common::relative_error(
                 gf.get(x.as_tensor()).unwrap(),
                 gc.get(x.as_tensor()).unwrap(),
             );

@@ -5,25 +5,13 @@
 
 mod common;
 
-use candle_core::{DType, Tensor};
-use common::{device, fixture, load_cases};
+use candle_core::DType;
+use common::{device, fixture, load_cases, relative_error};
 use msa::model::{AdapterConfig, MaskSelection, Prompts, Sam, SamConfig};
 use msa::resize::bilinear;
 use msa::train::loss::bce_with_logits;
 use msa::train::loss_scale::LossScale;
 use msa::weights::{is_adapter_key, Checkpoint, Params, Source};
-
-/// Largest |ours - golden| over the largest |golden|.
-fn relative_error(ours: &Tensor, golden: &Tensor) -> f32 {
-    let scale = golden
-        .abs()
-        .unwrap()
-        .max_all()
-        .unwrap()
-        .to_scalar::<f32>()
-        .unwrap();
-    common::max_abs_diff(ours, golden) / scale.max(1e-12)
-}
 
 /// The reduced precisions this device computes: candle's CPU matmul has no bf16, so the CPU
 /// checks f16 and a GPU (MSA_TEST_DEVICE=cuda) checks both.

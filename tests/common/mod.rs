@@ -166,3 +166,20 @@ pub fn tiny_train_cmd(data: &std::path::Path, out: &std::path::Path) -> std::pro
         .arg(out);
     cmd
 }
+
+/// The largest |value| of a tensor.
+pub fn max_abs(t: &Tensor) -> f32 {
+    t.abs()
+        .unwrap()
+        .max_all()
+        .unwrap()
+        .to_dtype(DType::F32)
+        .unwrap()
+        .to_scalar::<f32>()
+        .unwrap()
+}
+
+/// Largest |ours - reference| over the largest |reference|.
+pub fn relative_error(ours: &Tensor, reference: &Tensor) -> f32 {
+    max_abs_diff(ours, reference) / max_abs(reference).max(1e-12)
+}
