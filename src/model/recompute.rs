@@ -82,6 +82,27 @@ impl Recompute {
     }
 }
 
+/// `forward(block, x)`, recomputed in the backward pass when `recompute` is given (the
+/// block is then cloned into the op; without it, nothing is cloned).
+pub fn run_block<B, F>(
+    recompute: Option<&Arc<Recompute>>,
+    x: &Tensor,
+    block: &B,
+    forward: F,
+) -> Result<Tensor>
+where
+    B: Clone + Send + Sync + 'static,
+    F: Fn(&B, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
+{
+    match recompute {
+        Some(r) => {
+            let block = block.clone();
+            r.run(x, move |x| forward(&block, x))
+        }
+        None => forward(block, x),
+    }
+}
+
 type Block = Box<dyn Fn(&Tensor) -> Result<Tensor> + Send + Sync>;
 
 struct Checkpointed {

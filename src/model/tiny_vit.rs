@@ -9,7 +9,7 @@ use super::image_encoder::{closest_factors, depth_tokens_to_slices, slices_to_de
 use super::nn::{
     gelu, is_cpu_f32, needs_grad, softmax, to_channels_last, Derived, LayerNorm, Linear,
 };
-use super::recompute::Recompute;
+use super::recompute::{run_block, Recompute};
 use crate::kernels::attention_grad::TableAttention;
 use crate::kernels::depthwise::{
     depthwise_conv_ops, depthwise_forward, DepthwiseConv, DepthwiseGeometry,
@@ -542,12 +542,8 @@ impl TinyVitEncoder {
         for (i, stage) in self.stages.iter().enumerate() {
             x = match stage {
                 Stage::Conv(blocks) => blocks.iter().try_fold(x, |x, b| b.forward(&x))?,
-                Stage::Attention(blocks) => blocks.iter().try_fold(x, |x, b| match recompute {
-                    Some(r) => {
-                        let block = b.clone();
-                        r.run(&x, move |x| block.forward(x, depth))
-                    }
-                    None => b.forward(&x, depth),
+                Stage::Attention(blocks) => blocks.iter().try_fold(x, |x, b| {
+                    run_block(recompute, &x, b, move |b, x| b.forward(x, depth))
                 })?,
             };
             if let Some(m) = self.merges.get(i) {

@@ -5,7 +5,7 @@ use super::attention::{window_partition_filled, window_unpartition, Attention};
 use super::config::VitConfig;
 use super::image_encoder::{closest_factors, depth_tokens_to_slices, slices_to_depth_tokens, Neck};
 use super::nn::{gelu, LayerNorm, Linear, PatchConv};
-use super::recompute::Recompute;
+use super::recompute::{run_block, Recompute};
 use crate::params::{Params, Resize};
 use candle_core::{Result, Tensor};
 use std::sync::Arc;
@@ -187,13 +187,7 @@ impl VitEncoder {
     ) -> Result<Tensor> {
         let mut x = self.embed(x)?;
         for block in &self.blocks {
-            x = match recompute {
-                Some(r) => {
-                    let block = block.clone();
-                    r.run(&x, move |x| block.forward(x, depth))?
-                }
-                None => block.forward(&x, depth)?,
-            };
+            x = run_block(recompute, &x, block, move |b, x| b.forward(x, depth))?;
         }
         self.neck.forward(&x)
     }

@@ -7,7 +7,7 @@
 
 use anyhow::Result;
 use candle_core::backprop::GradStore;
-use candle_core::Var;
+use candle_core::{DType, Tensor, Var};
 use std::cell::Cell;
 use std::collections::BTreeMap;
 
@@ -41,13 +41,22 @@ impl LossScale {
         vars: &BTreeMap<String, Var>,
     ) -> Result<Option<GradStore>> {
         let scale = self.scale.get();
-        let mut out = GradStore::default();
-        for var in vars.values() {
-            let Some(g) = grads.get(var.as_tensor()) else {
-                continue;
-            };
-            let sum = g.abs()?.sum_all()?.to_dtype(candle_core::DType::F32)?;
-            if !sum.to_scalar::<f32>()?.is_finite() {
+        let present: Vec<(&Var, &Tensor)> = vars
+            .values()
+            .filter_map(|v| Some((v, grads.get(v.as_tensor())?)))
+            .collect();
+        // One sum over every gradient, read once: an inf or NaN anywhere makes it
+        // non-finite, and a GPU is waited for once per step rather than once per tensor.
+        let mut total: Option<Tensor> = None;
+        for (_, g) in &present {
+            let sum = g.abs()?.sum_all()?.to_dtype(DType::F32)?;
+            total = Some(match total {
+                Some(t) => (t + sum)?,
+                None => sum,
+            });
+        }
+        if let Some(total) = total {
+            if !total.to_scalar::<f32>()?.is_finite() {
                 self.scale.set((scale / 2.0).max(1.0));
                 self.good_steps.set(0);
                 tracing::warn!(
@@ -56,6 +65,9 @@ impl LossScale {
                 );
                 return Ok(None);
             }
+        }
+        let mut out = GradStore::default();
+        for (var, g) in present {
             out.insert(var.as_tensor(), (g / scale)?);
         }
         let good = self.good_steps.get() + 1;
