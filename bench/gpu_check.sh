@@ -16,11 +16,6 @@ for t in $B/test-*; do
     echo "== $t (MSA_TEST_DEVICE=cuda)"
     "$t" --test-threads 1 2>&1 | grep -E "^test |test result|panicked|max \|" | head -40
 done
-# The golden parity again with the model's attention on the fused CUDA kernels.
-for t in $B/test-sam_parity $B/test-msa_parity; do
-    echo "== $t (MSA_TEST_DEVICE=cuda MSA_FLASH_ATTENTION=1)"
-    MSA_FLASH_ATTENTION=1 "$t" --test-threads 1 2>&1 | grep -E "^test |test result|panicked|max \|" | head -40
-done
 : > "$OUT/gpu.jsonl"
 for r in 1 2; do
     $B/msa bench encoder --preset vit_b --size 1024 --runs 10 --json | sed 's/^{/{"impl":"msa",/' | tee -a "$OUT/gpu.jsonl"

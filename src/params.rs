@@ -49,6 +49,8 @@ struct Inner {
     train_all: bool,
     /// The dtype of the frozen tensors under `image_encoder.` (f32 unless `--precision`).
     encoder_dtype: std::cell::Cell<DType>,
+    /// Attention runs on `kernels::flash_attention` (default: `MSA_FLASH_ATTENTION=1`).
+    flash_attention: std::cell::Cell<bool>,
 }
 
 /// How a trainable tensor starts when the checkpoint does not hold it.
@@ -105,6 +107,7 @@ impl Params {
                 train,
                 train_all,
                 encoder_dtype: std::cell::Cell::new(DType::F32),
+                flash_attention: std::cell::Cell::new(crate::kernels::flash_attention::enabled()),
             }),
             prefix: String::new(),
         }
@@ -181,6 +184,15 @@ impl Params {
 
     /// Frozen image-encoder tensors are read in `dtype` from now on (`--precision`);
     /// trainable ones stay f32.
+    /// Whether the attention layers loaded from here run on `kernels::flash_attention`.
+    pub fn set_flash_attention(&self, on: bool) {
+        self.inner.flash_attention.set(on);
+    }
+
+    pub fn flash_attention(&self) -> bool {
+        self.inner.flash_attention.get()
+    }
+
     pub fn set_encoder_dtype(&self, dtype: DType) {
         self.inner.encoder_dtype.set(dtype);
     }

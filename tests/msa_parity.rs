@@ -1,5 +1,6 @@
 //! The adapted model against the MSA reference: encoder outputs (2D and 3D), the
-//! MSA-convention decoder, the BCE loss, and the gradient of every adapter parameter.
+//! MSA-convention decoder, the BCE loss, and the gradient of every adapter parameter; all of
+//! it also with attention on `kernels::flash_attention`.
 
 mod common;
 
@@ -10,10 +11,11 @@ use msa::resize::bilinear;
 use msa::train::loss::bce_with_logits;
 use msa::weights::{Checkpoint, Params, Source};
 
-fn adapted(train: bool) -> (Sam, Params) {
+fn adapted(train: bool, flash: bool) -> (Sam, Params) {
     let cfg = SamConfig::from_json_file(&fixture("msa_tiny.json")).unwrap();
     let ckpt = Checkpoint::read(&fixture("msa_tiny.safetensors")).unwrap();
     let params = Params::with_options(Source::from(ckpt), &device(), train, 0);
+    params.set_flash_attention(flash);
     let ad = AdapterConfig {
         depth: true,
         ..AdapterConfig::default()
@@ -29,7 +31,16 @@ fn adapted(train: bool) -> (Sam, Params) {
 
 #[test]
 fn adapted_forward_loss_and_adapter_gradients_match_reference() {
-    let (sam, params) = adapted(true);
+    check_adapted(false);
+}
+
+#[test]
+fn adapter_gradients_on_flash_attention_match_reference() {
+    check_adapted(true);
+}
+
+fn check_adapted(flash: bool) {
+    let (sam, params) = adapted(true, flash);
     let t = load_cases("msa_tiny_cases.safetensors");
     let emb = sam
         .encode(&sam.preprocess(&t["msa2d.image"]).unwrap())
@@ -94,11 +105,14 @@ fn check_grad(key: &str, ours: &Tensor, golden: &Tensor) {
 
 #[test]
 fn depth_branch_matches_reference_3d() {
-    let (sam, _) = adapted(false);
     let t = load_cases("msa_tiny_cases.safetensors");
-    let x = sam.preprocess(&t["msa3d.slices"]).unwrap();
-    let emb = sam.image_encoder.forward_slices(&x, Some(6)).unwrap();
-    assert_close("msa3d embeddings", &emb, &t["msa3d.image_embeddings"], 1e-4);
+    for flash in [false, true] {
+        let (sam, _) = adapted(false, flash);
+        let x = sam.preprocess(&t["msa3d.slices"]).unwrap();
+        let emb = sam.image_encoder.forward_slices(&x, Some(6)).unwrap();
+        let what = format!("msa3d embeddings (flash attention: {flash})");
+        assert_close(&what, &emb, &t["msa3d.image_embeddings"], 1e-4);
+    }
 }
 
 #[test]

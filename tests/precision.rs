@@ -167,6 +167,45 @@ fn an_f16_training_run_learns_like_the_f32_run() {
     }
 }
 
+/// The dynamic loss scale is part of the run state: a resumed f16 run counts its good steps
+/// on from where the first part stopped, instead of starting the scale over.
+#[test]
+fn a_resumed_f16_run_keeps_its_loss_scale() {
+    use msa::model::precision::Precision;
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    msa::data::synthetic::write_folder_dataset(&data, 6, (64, 48), 7).unwrap();
+    let out = dir.path().join("run");
+    let mut c = msa::train::config::TrainConfig::new(
+        fixture("sam_tiny.safetensors"),
+        data.clone(),
+        out.clone(),
+    );
+    c.config = Some(fixture("sam_tiny.json"));
+    c.batch_size = 2;
+    c.seed = 5;
+    c.precision = Some(Precision::F16);
+    let scales = |out: &std::path::Path| -> Vec<serde_json::Value> {
+        let log = std::fs::read_to_string(out.join("log.jsonl")).unwrap();
+        log.lines()
+            .map(|l| serde_json::from_str::<serde_json::Value>(l).unwrap())
+            .filter(|v| v["event"] == "epoch")
+            .map(|v| v["loss_scale"].clone())
+            .collect()
+    };
+    c.epochs = 1;
+    msa::train::run::run(&c, &candle_core::Device::Cpu, false).unwrap();
+    c.epochs = 2;
+    msa::train::run::run(&c, &candle_core::Device::Cpu, true).unwrap();
+    let logged = scales(&out);
+    assert_eq!(logged.len(), 2, "{logged:?}");
+    let steps = |v: &serde_json::Value| v["good_steps"].as_u64().unwrap();
+    assert!(steps(&logged[0]) > 0, "{logged:?}");
+    // No overflow at this size: the scale stays, and the count goes on.
+    assert_eq!(logged[1]["scale"], logged[0]["scale"], "{logged:?}");
+    assert_eq!(steps(&logged[1]), 2 * steps(&logged[0]), "{logged:?}");
+}
+
 #[test]
 fn bf16_on_the_cpu_is_refused_with_a_reason() {
     use msa::model::precision::Precision;

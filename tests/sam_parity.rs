@@ -1,12 +1,12 @@
 //! Every tensor of the official-SAM golden cases, reproduced from the tiny checkpoint in both
-//! file formats.
+//! file formats, and again with attention on `kernels::flash_attention`.
 
 mod common;
 
 use candle_core::Tensor;
 use common::{assert_close, fixture, load_cases};
 use msa::model::{MaskSelection, Prompts, Sam, SamConfig};
-use msa::weights::load_sam;
+use msa::weights::{load_model, load_sam, LoadOptions};
 use std::collections::HashMap;
 
 const TOL: f32 = 1e-4;
@@ -20,6 +20,21 @@ fn load(file: &str) -> Sam {
     load_sam(&fixture(file), Some(&cfg), None, &common::device())
         .unwrap()
         .sam
+}
+
+/// The tiny model with every attention on the flash kernels.
+fn load_flash(file: &str) -> Sam {
+    let cfg = tiny_config();
+    let opts = LoadOptions {
+        config: Some(&cfg),
+        flash_attention: Some(true),
+        ..Default::default()
+    };
+    let sam = load_model(&fixture(file), &opts, &common::device())
+        .unwrap()
+        .sam;
+    assert!(sam.image_encoder.vit().unwrap().blocks[0].attn.flash);
+    sam
 }
 
 fn prompts_for(t: &HashMap<String, Tensor>, prefix: &str) -> Prompts {
@@ -111,6 +126,11 @@ fn tiny_safetensors_reproduces_official_sam() {
 }
 
 #[test]
+fn flash_attention_reproduces_official_sam() {
+    check_model(&load_flash("sam_tiny.pth"), "pth on flash attention");
+}
+
+#[test]
 fn several_prompts_share_one_embedding() {
     let sam = load("sam_tiny.pth");
     let t = load_cases("sam_tiny_cases.safetensors");
@@ -131,7 +151,15 @@ fn several_prompts_share_one_embedding() {
 /// instead of the fused CPU kernels; that path must match the golden numbers too.
 #[test]
 fn differentiable_path_matches_golden() {
-    let sam = load("sam_tiny.pth");
+    check_differentiable(&load("sam_tiny.pth"));
+}
+
+#[test]
+fn differentiable_flash_attention_matches_golden() {
+    check_differentiable(&load_flash("sam_tiny.pth"));
+}
+
+fn check_differentiable(sam: &Sam) {
     let t = load_cases("sam_tiny_cases.safetensors");
     let raw = candle_core::Var::from_tensor(&t["model.raw_image"]).unwrap();
     let emb = sam
@@ -166,7 +194,15 @@ fn differentiable_path_matches_golden() {
 /// same outputs as the full decoder, for single and batched prompts.
 #[test]
 fn cached_decoder_context_matches_golden() {
-    let sam = load("sam_tiny.pth");
+    check_cached_context(&load("sam_tiny.pth"));
+}
+
+#[test]
+fn cached_decoder_context_on_flash_attention_matches_golden() {
+    check_cached_context(&load_flash("sam_tiny.pth"));
+}
+
+fn check_cached_context(sam: &Sam) {
     let t = load_cases("sam_tiny_cases.safetensors");
     let emb = &t["model.image_embeddings"];
     let ctx = sam.decoder_context(emb).unwrap();

@@ -4,10 +4,11 @@
 pub mod adam;
 pub mod attention_cpu;
 #[cfg(feature = "cuda")]
-pub mod attention_cuda;
+mod attention_cuda;
 pub mod attention_grad;
 pub mod conv3x3;
 pub mod depthwise;
+pub mod flash_attention;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;

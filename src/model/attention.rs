@@ -3,8 +3,8 @@
 
 use super::adapter::Lora;
 use super::nn::{is_cpu_f32, needs_grad, softmax, Linear};
-use crate::kernels::attention_grad;
 use crate::kernels::windows as window_ops;
+use crate::kernels::{attention_grad, flash_attention};
 use crate::params::{Params, Resize};
 use crate::resize;
 use candle_core::backend::BackendStorage;
@@ -25,6 +25,8 @@ pub struct Attention {
     pub lora: Option<Lora>,
     /// Bytes of logits the composed path computes at once (a few heads at a time above it).
     pub logits_budget: usize,
+    /// Runs on `kernels::flash_attention` (`Params::flash_attention`).
+    pub flash: bool,
 }
 
 impl Attention {
@@ -48,6 +50,7 @@ impl Attention {
             rel_pos,
             lora: None,
             logits_budget: LOGITS_BUDGET_BYTES,
+            flash: p.flash_attention(),
         })
     }
 
@@ -79,14 +82,15 @@ impl Attention {
 
     /// softmax(q kᵀ scale + bias) v for every head, before `proj`: (B, H, W, 3C) -> (B, H, W, C).
     pub fn core(&self, qkv: &Tensor) -> Result<Tensor> {
-        // On CPU the fused kernel serves inference and training alike (its backward gives
-        // the qkv gradient, and the tables' when they train); GPUs take candle's ops.
+        // The flash kernels run on any device when asked for (on the CPU, to check them).
+        // Otherwise the CPU's fused kernel serves inference and training alike (its
+        // backward gives the qkv gradient, and the tables' when they train), and GPUs take
+        // candle's ops.
+        if self.flash {
+            return self.core_flash(qkv);
+        }
         if is_cpu_f32(qkv) {
             return self.core_fused(qkv);
-        }
-        #[cfg(feature = "cuda")]
-        if qkv.device().is_cuda() && crate::kernels::attention_cuda::enabled() {
-            return self.core_flash(qkv);
         }
         if needs_grad(&[qkv]) && self.tables_frozen() {
             return self.core_recomputed(qkv);
@@ -162,9 +166,8 @@ impl Attention {
         merge_heads(&out, (b, h, w))
     }
 
-    /// The CUDA kernels of `kernels::attention_cuda`, in f32, with the rel-pos bias as
-    /// extra q/k columns.
-    #[cfg(feature = "cuda")]
+    /// `kernels::flash_attention`, in f32, with the rel-pos bias
+    /// as extra q/k columns.
     fn core_flash(&self, qkv: &Tensor) -> Result<Tensor> {
         let (b, h, w, _) = qkv.dims4()?;
         let heads = self.split_heads(qkv)?;
@@ -185,7 +188,7 @@ impl Attention {
         let out = q.contiguous()?.apply_op3(
             &k.contiguous()?,
             &f32(&heads.v)?.contiguous()?,
-            crate::kernels::attention_cuda::FlashAttention,
+            flash_attention::FlashAttention,
         )?;
         merge_heads(&out.to_dtype(dtype)?, (b, h, w))
     }

@@ -5,9 +5,9 @@ use super::adapter::{mean_prompt, Adapter, AdapterConfig, HyperAdapter};
 use super::config::SamConfig;
 use super::nn::{gelu, is_cpu_f32, needs_grad, softmax, LayerNorm, Linear, Mlp, UpConv2x2};
 use crate::kernels::linear::Epilogue;
-use crate::kernels::{attention_cpu, with_slice};
+use crate::kernels::{attention_cpu, flash_attention, with_slice};
 use crate::params::Params;
-use candle_core::{Result, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// nn.LayerNorm's default, used throughout the decoder's transformer.
 const DECODER_LN_EPS: f64 = 1e-5;
@@ -19,6 +19,8 @@ pub struct DecoderAttention {
     pub v_proj: Linear,
     pub out_proj: Linear,
     pub num_heads: usize,
+    /// Runs on `kernels::flash_attention` (`Params::flash_attention`).
+    pub flash: bool,
 }
 
 impl DecoderAttention {
@@ -30,6 +32,7 @@ impl DecoderAttention {
             v_proj: Linear::load(&p.pp("v_proj"), dim, inner, true)?,
             out_proj: Linear::load(&p.pp("out_proj"), inner, dim, true)?,
             num_heads,
+            flash: p.flash_attention(),
         })
     }
 
@@ -50,7 +53,9 @@ impl DecoderAttention {
 
     /// The attention after the input projections, then `out_proj`.
     pub fn attend_projected(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let out = if is_cpu_f32(q) && !needs_grad(&[q, k, v]) {
+        let out = if self.flash {
+            self.attend_flash(q, k, v)?
+        } else if is_cpu_f32(q) && !needs_grad(&[q, k, v]) {
             self.attend_fused(q, k, v)?
         } else {
             self.attend_ops(q, k, v)?
@@ -62,7 +67,7 @@ impl DecoderAttention {
     /// tokens given unprojected, keys `k_in` and values `v_in` (B, N, D); then `out_proj`.
     pub fn attend_to_image(&self, q: &Tensor, k_in: &Tensor, v_in: &Tensor) -> Result<Tensor> {
         let (_, nq, inner) = q.dims3()?;
-        if self.frozen(&[q, k_in, v_in]) && self.num_heads * nq < inner {
+        if self.fold(&[q, k_in, v_in]) && self.num_heads * nq < inner {
             return self.attend_to_image_folded(q, k_in, v_in);
         }
         let k = self.k_proj.forward(k_in)?;
@@ -83,7 +88,7 @@ impl DecoderAttention {
         let q = match &queries {
             ImageQueries::Raw(x) | ImageQueries::Projected(x) => x,
         };
-        if self.frozen(&[q, kt_in, vt_in]) && self.num_heads * t < inner {
+        if self.fold(&[q, kt_in, vt_in]) && self.num_heads * t < inner {
             return self.attend_from_image_folded(queries, kt_in, vt_in);
         }
         let qp = match queries {
@@ -95,7 +100,12 @@ impl DecoderAttention {
         self.attend_projected(&qp, &k, &v)
     }
 
-    /// Nothing here needs a gradient: the folded forms below are for inference.
+    /// Whether the folded forms below may run: they are for inference (nothing needs a
+    /// gradient), and they hold the attention matrix, which the flash kernels never do.
+    fn fold(&self, inputs: &[&Tensor]) -> bool {
+        !self.flash && self.frozen(inputs)
+    }
+
     fn frozen(&self, inputs: &[&Tensor]) -> bool {
         let mut ts = inputs.to_vec();
         for l in [&self.q_proj, &self.k_proj, &self.v_proj, &self.out_proj] {
@@ -230,6 +240,28 @@ impl DecoderAttention {
             })
         })?;
         Tensor::from_vec(out, (b, nq, c), q.device())
+    }
+
+    /// `kernels::flash_attention`, in f32.
+    fn attend_flash(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (b, nq, c) = q.dims3()?;
+        let rows = |x: &Tensor| -> Result<Tensor> {
+            let (_, n, _) = x.dims3()?;
+            self.heads(&x.to_dtype(DType::F32)?)?.reshape((
+                b * self.num_heads,
+                n,
+                c / self.num_heads,
+            ))
+        };
+        let out = (rows(q)? * self.scale())?.contiguous()?.apply_op3(
+            &rows(k)?,
+            &rows(v)?,
+            flash_attention::FlashAttention,
+        )?;
+        out.reshape((b, self.num_heads, nq, c / self.num_heads))?
+            .transpose(1, 2)?
+            .reshape((b, nq, c))?
+            .to_dtype(q.dtype())
     }
 
     fn attend_ops(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {

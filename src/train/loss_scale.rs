@@ -19,6 +19,13 @@ pub struct LossScale {
     good_steps: Cell<usize>,
 }
 
+/// Where the scale stands, kept in the run state so that a resumed run goes on from it.
+#[derive(Debug, Clone, Copy, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct LossScaleState {
+    pub scale: f64,
+    pub good_steps: usize,
+}
+
 impl Default for LossScale {
     fn default() -> Self {
         Self {
@@ -31,6 +38,18 @@ impl Default for LossScale {
 impl LossScale {
     pub fn scale(&self) -> f64 {
         self.scale.get()
+    }
+
+    pub fn state(&self) -> LossScaleState {
+        LossScaleState {
+            scale: self.scale.get(),
+            good_steps: self.good_steps.get(),
+        }
+    }
+
+    pub fn restore(&self, s: LossScaleState) {
+        self.scale.set(s.scale);
+        self.good_steps.set(s.good_steps);
     }
 
     /// The gradients of `vars` divided by the scale, or None when one is not finite (the

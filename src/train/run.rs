@@ -3,7 +3,7 @@
 
 use super::config::{TrainConfig, TrainMode};
 use super::curves::{plot, EpochMetrics};
-use super::loss_scale::LossScale;
+use super::loss_scale::{LossScale, LossScaleState};
 use super::optim::{step_lr, Adam};
 use super::parallel::{average, Communicator, Single, ThreadGroup};
 use super::phase::{mark, Phase};
@@ -38,6 +38,9 @@ struct RunState {
     history: Vec<EpochMetrics>,
     seed: u64,
     train: TrainMode,
+    /// f16 runs: the dynamic loss scale after the last finished epoch.
+    #[serde(default)]
+    loss_scale: Option<LossScaleState>,
 }
 
 /// What a run trains and validates on: 2D images or chunks of volumes.
@@ -175,6 +178,7 @@ pub fn run_rank(
         history: vec![],
         seed: cfg.seed,
         train: cfg.train,
+        loss_scale: None,
     };
     let state_path = cfg.out.join("state_last.safetensors");
     if state_path.exists() {
@@ -205,6 +209,9 @@ pub fn run_rank(
     let recompute = cfg.checkpoint_blocks.then(|| Recompute::new(vars.values()));
     let f16 = loaded.sam.encoder_dtype == candle_core::DType::F16;
     let loss_scale = f16.then(LossScale::default);
+    if let (Some(ls), Some(saved)) = (&loss_scale, state.loss_scale) {
+        ls.restore(saved);
+    }
     for epoch in state.epochs_done..cfg.epochs {
         let lr = step_lr(cfg.lr, epoch, cfg.lr_step, cfg.lr_gamma);
         let step = Step {
@@ -239,6 +246,7 @@ pub fn run_rank(
         state.history.push(row);
         state.epochs_done = epoch + 1;
         state.adam_step = adam.step;
+        state.loss_scale = loss_scale.as_ref().map(LossScale::state);
         if !lead {
             continue;
         }
@@ -255,12 +263,13 @@ pub fn run_rank(
         }
         save_state(&state_path, &state, &vars, &adam)?;
         write_metrics(cfg, &state.history)?;
-        log_line(
-            cfg,
-            json!({"event": "epoch", "epoch": epoch + 1, "lr": lr, "train_loss": loss,
-            "val_dice": val_dice, "val_iou": val_iou,
-            "peak_memory_mib": super::memory::peak_mib(device)}),
-        )?;
+        let mut line = json!({"event": "epoch", "epoch": epoch + 1, "lr": lr,
+            "train_loss": loss, "val_dice": val_dice, "val_iou": val_iou,
+            "peak_memory_mib": super::memory::peak_mib(device)});
+        if let (Some(o), Some(s)) = (line.as_object_mut(), state.loss_scale) {
+            o.insert("loss_scale".into(), json!(s));
+        }
+        log_line(cfg, line)?;
     }
     mark(Phase::Done);
     Ok(RunResult {

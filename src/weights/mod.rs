@@ -69,6 +69,8 @@ pub struct LoadOptions<'a> {
     pub seed: u64,
     /// The dtype of the frozen image encoder (`--precision`); None: f32.
     pub encoder_dtype: Option<candle_core::DType>,
+    /// Attention on `kernels::flash_attention`; None: as `MSA_FLASH_ATTENTION` says.
+    pub flash_attention: Option<bool>,
 }
 
 /// Loads SAM from `path`. Without `config` the preset is detected from the shapes;
@@ -124,6 +126,9 @@ pub fn load_model(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Lo
     } else {
         Params::with_options(Source::from(ckpt), device, opts.train, opts.seed)
     };
+    if let Some(on) = opts.flash_attention {
+        params.set_flash_attention(on);
+    }
     if let Some(dtype) = opts.encoder_dtype {
         params.set_encoder_dtype(dtype);
     }

@@ -1,36 +1,40 @@
 // Attention softmax(q k^T) v without the attention matrix, for the CUDA build
-// (kernels::attention_cuda). q and k are (BH, N, D), v and out (BH, N, HD), all f32 and
-// contiguous. SAM's relative-position bias arrives folded into q and k as extra columns
+// (kernels::attention_cuda). q is (BH, NQ, D), k (BH, NK, D), v (BH, NK, HD) and out
+// (BH, NQ, HD), all f32 and contiguous. SAM's relative-position bias arrives folded into q and k as extra columns
 // (model::rel_pos_columns), so no scale or bias is applied here.
 //
 // One thread owns one row: a query row in the forward pass and in dq, a key row in dk/dv.
 // Keys (or queries) stream through shared memory a tile at a time, and the softmax is
-// accumulated online (running maximum and sum), so memory grows with N, never with N^2.
-// The backward pass recomputes the probabilities from q, k and the row's log-sum-exp.
+// accumulated online (running maximum and sum), so memory grows with NQ + NK, never with
+// NQ x NK. The backward pass recomputes the probabilities from q, k and the row's
+// log-sum-exp. kernels::flash_attention runs the same loops on the CPU, where tests check
+// them against candle's composed ops.
 
+// The launcher (kernels::attention_cuda) prepends MSA_MAX_D and MSA_MAX_HD, the row widths
+// that kernels::flash_attention admits.
 #define ROWS 64
 #define TILE 32
-#define MAX_D 256
-#define MAX_HD 128
+#define MAX_D MSA_MAX_D
+#define MAX_HD MSA_MAX_HD
 
 extern "C" __global__ void attn_fwd(const float* q, const float* k, const float* v,
-                                    float* out, float* lse, int n, int d, int hd) {
+                                    float* out, float* lse, int nq, int nk, int d, int hd) {
     extern __shared__ float tile[];
     float* kt = tile;             // TILE x d
     float* vt = tile + TILE * d;  // TILE x hd
     const int bh = blockIdx.y;
     const int row = blockIdx.x * ROWS + threadIdx.x;
-    const bool live = row < n;
-    const float* qb = q + (size_t)bh * n * d;
-    const float* kb = k + (size_t)bh * n * d;
-    const float* vb = v + (size_t)bh * n * hd;
+    const bool live = row < nq;
+    const float* qb = q + (size_t)bh * nq * d;
+    const float* kb = k + (size_t)bh * nk * d;
+    const float* vb = v + (size_t)bh * nk * hd;
     float qr[MAX_D];
     float acc[MAX_HD];
     for (int c = 0; c < d; ++c) qr[c] = live ? qb[(size_t)row * d + c] : 0.f;
     for (int c = 0; c < hd; ++c) acc[c] = 0.f;
     float m = __int_as_float(0xff800000), l = 0.f;  // -infinity, without math.h for NVRTC
-    for (int t0 = 0; t0 < n; t0 += TILE) {
-        const int count = min(TILE, n - t0);
+    for (int t0 = 0; t0 < nk; t0 += TILE) {
+        const int count = min(TILE, nk - t0);
         for (int i = threadIdx.x; i < count * d; i += blockDim.x) kt[i] = kb[(size_t)t0 * d + i];
         for (int i = threadIdx.x; i < count * hd; i += blockDim.x) vt[i] = vb[(size_t)t0 * hd + i];
         __syncthreads();
@@ -49,9 +53,9 @@ extern "C" __global__ void attn_fwd(const float* q, const float* k, const float*
         __syncthreads();
     }
     if (live) {
-        float* o = out + ((size_t)bh * n + row) * hd;
+        float* o = out + ((size_t)bh * nq + row) * hd;
         for (int c = 0; c < hd; ++c) o[c] = acc[c] / l;
-        lse[(size_t)bh * n + row] = m + __logf(l);
+        lse[(size_t)bh * nq + row] = m + __logf(l);
     }
 }
 
@@ -68,16 +72,17 @@ extern "C" __global__ void attn_bwd_delta(const float* out, const float* dout, f
 // dq_i = sum_j p_ij (dO_i . v_j - delta_i) k_j, one thread per query row.
 extern "C" __global__ void attn_bwd_dq(const float* q, const float* k, const float* v,
                                        const float* dout, const float* lse,
-                                       const float* delta, float* dq, int n, int d, int hd) {
+                                       const float* delta, float* dq, int nq, int nk, int d,
+                                       int hd) {
     extern __shared__ float tile[];
     float* kt = tile;
     float* vt = tile + TILE * d;
     const int bh = blockIdx.y;
     const int row = blockIdx.x * ROWS + threadIdx.x;
-    const bool live = row < n;
-    const size_t r = (size_t)bh * n + row;
-    const float* kb = k + (size_t)bh * n * d;
-    const float* vb = v + (size_t)bh * n * hd;
+    const bool live = row < nq;
+    const size_t r = (size_t)bh * nq + row;
+    const float* kb = k + (size_t)bh * nk * d;
+    const float* vb = v + (size_t)bh * nk * hd;
     float qr[MAX_D], g[MAX_D], dor[MAX_HD];
     for (int c = 0; c < d; ++c) {
         qr[c] = live ? q[r * d + c] : 0.f;
@@ -86,8 +91,8 @@ extern "C" __global__ void attn_bwd_dq(const float* q, const float* k, const flo
     for (int c = 0; c < hd; ++c) dor[c] = live ? dout[r * hd + c] : 0.f;
     const float row_lse = live ? lse[r] : 0.f;
     const float row_delta = live ? delta[r] : 0.f;
-    for (int t0 = 0; t0 < n; t0 += TILE) {
-        const int count = min(TILE, n - t0);
+    for (int t0 = 0; t0 < nk; t0 += TILE) {
+        const int count = min(TILE, nk - t0);
         for (int i = threadIdx.x; i < count * d; i += blockDim.x) kt[i] = kb[(size_t)t0 * d + i];
         for (int i = threadIdx.x; i < count * hd; i += blockDim.x) vt[i] = vb[(size_t)t0 * hd + i];
         __syncthreads();
@@ -109,18 +114,18 @@ extern "C" __global__ void attn_bwd_dq(const float* q, const float* k, const flo
 // key row; queries stream through shared memory.
 extern "C" __global__ void attn_bwd_dkv(const float* q, const float* k, const float* v,
                                         const float* dout, const float* lse,
-                                        const float* delta, float* dk, float* dv, int n,
-                                        int d, int hd) {
+                                        const float* delta, float* dk, float* dv, int nq,
+                                        int nk, int d, int hd) {
     extern __shared__ float tile[];
     float* qt = tile;                   // TILE x d
     float* dot = tile + TILE * d;       // TILE x hd
     float* stats = dot + TILE * hd;     // TILE x 2 (lse, delta)
     const int bh = blockIdx.y;
     const int row = blockIdx.x * ROWS + threadIdx.x;
-    const bool live = row < n;
-    const size_t r = (size_t)bh * n + row;
-    const float* qb = q + (size_t)bh * n * d;
-    const float* db = dout + (size_t)bh * n * hd;
+    const bool live = row < nk;
+    const size_t r = (size_t)bh * nk + row;
+    const float* qb = q + (size_t)bh * nq * d;
+    const float* db = dout + (size_t)bh * nq * hd;
     float kr[MAX_D], gk[MAX_D], vr[MAX_HD], gv[MAX_HD];
     for (int c = 0; c < d; ++c) {
         kr[c] = live ? k[r * d + c] : 0.f;
@@ -130,13 +135,13 @@ extern "C" __global__ void attn_bwd_dkv(const float* q, const float* k, const fl
         vr[c] = live ? v[r * hd + c] : 0.f;
         gv[c] = 0.f;
     }
-    for (int t0 = 0; t0 < n; t0 += TILE) {
-        const int count = min(TILE, n - t0);
+    for (int t0 = 0; t0 < nq; t0 += TILE) {
+        const int count = min(TILE, nq - t0);
         for (int i = threadIdx.x; i < count * d; i += blockDim.x) qt[i] = qb[(size_t)t0 * d + i];
         for (int i = threadIdx.x; i < count * hd; i += blockDim.x) dot[i] = db[(size_t)t0 * hd + i];
         for (int i = threadIdx.x; i < count; i += blockDim.x) {
-            stats[2 * i] = lse[(size_t)bh * n + t0 + i];
-            stats[2 * i + 1] = delta[(size_t)bh * n + t0 + i];
+            stats[2 * i] = lse[(size_t)bh * nq + t0 + i];
+            stats[2 * i + 1] = delta[(size_t)bh * nq + t0 + i];
         }
         __syncthreads();
         if (live) {

@@ -1,0 +1,116 @@
+//! `kernels::flash_attention` against the same maths in candle's composed ops: SAM's biased
+//! attention through `bias_as_columns` (a 14 x 14 window and a 32 x 32 global grid) and the
+//! decoder's cross-attentions (few tokens over many image tokens, and back), output and
+//! gradients. On the CPU this checks the loops that `cuda/attention.cu` runs; with
+//! MSA_TEST_DEVICE=cuda in a `--features cuda` build it checks the CUDA kernels.
+
+mod common;
+
+use candle_core::{Tensor, Var, D};
+use msa::kernels::flash_attention::FlashAttention;
+use msa::model::rel_pos_columns::bias_as_columns;
+
+fn softmax(x: &Tensor) -> Tensor {
+    let max = x.max_keepdim(D::Minus1).unwrap().detach();
+    let e = x.broadcast_sub(&max).unwrap().exp().unwrap();
+    e.broadcast_div(&e.sum_keepdim(D::Minus1).unwrap()).unwrap()
+}
+
+fn var(shape: &[usize], s: f64) -> Var {
+    let t = Tensor::randn(0f32, 1f32, shape, &common::device()).unwrap();
+    Var::from_tensor(&(t * s).unwrap()).unwrap()
+}
+
+fn grads_of(out: &Tensor, weights: &Tensor) -> candle_core::backprop::GradStore {
+    (out * weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap()
+}
+
+/// Flash and composed attention of (q, k, v), with the gradients of `inputs` under a
+/// random weighting of the output, compared within 1e-5 (output) and 1e-4 (gradients).
+fn check(what: &str, q: &Tensor, k: &Tensor, v: &Tensor, inputs: &[(&str, &Var)]) {
+    let flash = q
+        .contiguous()
+        .unwrap()
+        .apply_op3(
+            &k.contiguous().unwrap(),
+            &v.contiguous().unwrap(),
+            FlashAttention,
+        )
+        .unwrap();
+    let composed = softmax(&q.matmul(&k.t().unwrap()).unwrap())
+        .matmul(v)
+        .unwrap();
+    assert_eq!(flash.dims(), composed.dims(), "{what}: output shape");
+    let e = common::relative_error(&flash, &composed);
+    assert!(e < 1e-5, "{what}: output relative error {e:e}");
+    let weights = Tensor::randn(0f32, 1f32, flash.dims(), flash.device()).unwrap();
+    let (gf, gc) = (grads_of(&flash, &weights), grads_of(&composed, &weights));
+    for (name, x) in inputs {
+        let (f, c) = (gf.get(x.as_tensor()), gc.get(x.as_tensor()));
+        let e = common::relative_error(f.unwrap(), c.unwrap());
+        assert!(e < 1e-4, "{what}: d{name} relative error {e:e}");
+    }
+}
+
+#[test]
+fn flash_attention_matches_composed_ops_with_sam_bias() {
+    // A 14 x 14 window (SAM's windowed blocks; 196 rows, not a multiple of the tiles) and a
+    // 32 x 32 global grid, head dim 64.
+    for (bh, h, w) in [(6usize, 14usize, 14usize), (2, 32, 32)] {
+        let (n, hd) = (h * w, 64);
+        let scale = (hd as f64).powf(-0.5);
+        let (q, k, v) = (
+            var(&[bh, n, hd], 1.0),
+            var(&[bh, n, hd], 1.0),
+            var(&[bh, n, hd], 1.0),
+        );
+        let (rh, rw) = (var(&[h, h, hd], 0.3), var(&[w, w, hd], 0.3));
+        let (qw, kw) = bias_as_columns(
+            q.as_tensor(),
+            k.as_tensor(),
+            rh.as_tensor(),
+            rw.as_tensor(),
+            (h, w),
+            scale,
+        )
+        .unwrap();
+        let inputs = [("q", &q), ("k", &k), ("v", &v), ("Rh", &rh), ("Rw", &rw)];
+        check(&format!("{h}x{w}"), &qw, &kw, v.as_tensor(), &inputs);
+    }
+}
+
+#[test]
+fn flash_attention_matches_composed_ops_across_token_sets() {
+    // The decoder's heads: 8 heads of 32 (or 16 after downsampling), 7 prompt tokens and
+    // 300 image tokens, either way round.
+    for (bh, nq, nk, hd) in [
+        (8usize, 7usize, 300usize, 32usize),
+        (8, 300, 7, 16),
+        (3, 1, 1, 8),
+    ] {
+        let (q, k, v) = (
+            var(&[bh, nq, hd], 0.5),
+            var(&[bh, nk, hd], 0.5),
+            var(&[bh, nk, hd], 1.0),
+        );
+        let inputs = [("q", &q), ("k", &k), ("v", &v)];
+        let what = format!("{nq} queries over {nk} keys");
+        check(&what, q.as_tensor(), k.as_tensor(), v.as_tensor(), &inputs);
+    }
+}
+
+#[test]
+fn flash_attention_names_shapes_it_cannot_take() {
+    let t = |shape: &[usize]| var(shape, 1.0).as_tensor().clone();
+    let mismatch = t(&[2, 5, 8]).apply_op3(&t(&[2, 6, 8]), &t(&[2, 7, 8]), FlashAttention);
+    let e = mismatch.unwrap_err().to_string();
+    assert!(e.contains("(BH, NK, HD)") && e.contains("[2, 7, 8]"), "{e}");
+    let wide = t(&[1, 4, 300]).apply_op3(&t(&[1, 4, 300]), &t(&[1, 4, 8]), FlashAttention);
+    let e = wide.unwrap_err().to_string();
+    assert!(e.contains("up to 256") && e.contains("300"), "{e}");
+}
