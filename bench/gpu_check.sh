@@ -17,9 +17,17 @@ for t in $B/test-*; do
     "$t" --test-threads 1 2>&1 | grep -E "^test |test result|panicked|max \|" | head -40
 done
 : > "$OUT/gpu.jsonl"
+ours() { "$@" --json | sed 's/^{/{"impl":"msa",/' | tee -a "$OUT/gpu.jsonl"; }
 for r in 1 2; do
-    $B/msa bench encoder --preset vit_b --size 1024 --runs 10 --json | sed 's/^{/{"impl":"msa",/' | tee -a "$OUT/gpu.jsonl"
-    "$py" bench/pytorch_sam.py encoder --device cuda --runs 10 | tee -a "$OUT/gpu.jsonl"
-    $B/msa bench decoder --preset vit_b --size 1024 --runs 50 --json | sed 's/^{/{"impl":"msa",/' | tee -a "$OUT/gpu.jsonl"
+    # The vit_b encoder at batch 1: f32 (ours with candle's attention, then with the flash
+    # kernels) and bf16; PyTorch in f32 (official attention and SDPA) and bf16 (SDPA).
+    ours $B/msa bench encoder --preset vit_b --size 1024 --runs 10 --precision f32
+    MSA_FLASH_ATTENTION=1 ours $B/msa bench encoder --preset vit_b --size 1024 --runs 10 --precision f32
+    ours $B/msa bench encoder --preset vit_b --size 1024 --runs 10 --precision bf16
+    for pa in "f32 official" "f32 sdpa" "bf16 sdpa"; do
+        set -- $pa
+        "$py" bench/pytorch_sam.py encoder --device cuda --runs 10 --precision $1 --attention $2 | tee -a "$OUT/gpu.jsonl"
+    done
+    ours $B/msa bench decoder --preset vit_b --size 1024 --runs 50
     "$py" bench/pytorch_sam.py decoder --device cuda --runs 50 | tee -a "$OUT/gpu.jsonl"
 done

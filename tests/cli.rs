@@ -165,6 +165,48 @@ fn cli_masks_equal_the_library_predictor() {
     assert_eq!(d, 0.0);
 }
 
+/// `--precision f16` runs the encoder in f16 and gives the f32 logits within the tiny
+/// model's f16 tolerance (tests/fixtures/README.md); bf16 on the CPU is refused.
+#[test]
+fn predict_in_reduced_precision_stays_close_to_f32() {
+    let dir = tempfile::tempdir().unwrap();
+    let img = &write_images(dir.path())[0];
+    let logits = |precision: &str| {
+        let file = dir.path().join(format!("{precision}.safetensors"));
+        let args = [
+            "--image",
+            &s(img),
+            "--box",
+            "20,10,80,60",
+            "--out",
+            &s(&dir.path().join(format!("{precision}.png"))),
+            "--logits",
+            &s(&file),
+            "--precision",
+            precision,
+        ];
+        ok(&tiny("predict", "sam_tiny.pth", &args));
+        candle_core::safetensors::load(&file, &Device::Cpu).unwrap()["masks_logits"].clone()
+    };
+    let (full, half) = (logits("f32"), logits("f16"));
+    let e = common::relative_error(&half, &full);
+    eprintln!("f16 logits relative error {e:e}");
+    assert!(e > 0.0 && e < 1e-2, "f16 logits relative error {e:e}");
+    let out = s(&dir.path().join("bf16.png"));
+    let args = [
+        "--image",
+        &s(img),
+        "--box",
+        "20,10,80,60",
+        "--out",
+        &out,
+        "--precision",
+        "bf16",
+    ];
+    let e = err(&tiny("predict", "sam_tiny.pth", &args));
+    assert!(e.contains("needs a GPU"), "{e}");
+}
+
 #[test]
 fn bad_prompts_and_files_get_clear_errors() {
     let dir = tempfile::tempdir().unwrap();

@@ -1,5 +1,6 @@
 //! `msa bench`: timings on random weights, for BENCHMARKS.md.
 
+use crate::model::precision::Precision;
 use crate::model::{Prompts, Sam, SamConfig};
 use crate::weights::{Params, Source};
 use anyhow::Result;
@@ -52,6 +53,10 @@ pub struct BenchArgs {
     /// `msa train --checkpoint-blocks`).
     #[arg(long)]
     pub checkpoint_blocks: bool,
+    /// The image encoder's dtype (encoder, train-step); default as `msa predict` (f32)
+    /// and `msa train` (bf16 on GPUs, f32 on the CPU) have it.
+    #[arg(long, value_enum)]
+    pub precision: Option<Precision>,
     /// Print one JSON object.
     #[arg(long)]
     pub json: bool,
@@ -100,6 +105,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return report(args, &cfg, &timings, &device);
     }
     let params = Params::new(Source::Random { std: 0.02 }, &device);
+    params.set_encoder_dtype(precision(args, &device)?.dtype());
     let sam = match args.depth {
         Some(d) => Sam::load_adapted(&params, &cfg, &depth_adapters(d, false))?,
         None => Sam::load(&params, &cfg)?,
@@ -119,6 +125,15 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         trainable: None,
     };
     report(args, &cfg, &timings, &device)
+}
+
+/// `--precision`, else the default of the command the part stands for.
+fn precision(args: &BenchArgs, device: &Device) -> Result<Precision> {
+    let asked = match (args.precision, args.part) {
+        (None, Part::TrainStep) => None,
+        (asked, _) => Some(asked.unwrap_or(Precision::F32)),
+    };
+    Ok(Precision::resolve(asked, device)?)
 }
 
 fn sync(device: &Device) -> Result<()> {
@@ -223,6 +238,7 @@ fn time_train_step(
         };
         (Params::with_options(random, device, true, 0), ad)
     };
+    params.set_encoder_dtype(precision(args, device)?.dtype());
     let sam = Sam::load_adapted(&params, cfg, &ad)?;
     let vars = params.trainables();
     let (b, s) = (args.batch, cfg.img_size);
@@ -326,7 +342,8 @@ fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Re
             "slices_per_s": args.depth.map(|d| d as f64 / (median / 1e3)),
             "full": args.full,
             "checkpoint_blocks": args.checkpoint_blocks,
-            "flash_attention": std::env::var("MSA_FLASH_ATTENTION").is_ok_and(|v| v == "1"),
+            "precision": precision(args, device)?,
+            "flash_attention": crate::kernels::flash_attention::enabled(),
             "trainable": t.trainable,
             "uncached_median_ms": uncached.map(|u| u.0),
             "uncached_min_ms": uncached.map(|u| u.1),

@@ -25,6 +25,7 @@ pub fn run(args: &InfoArgs) -> Result<()> {
         config: args.config.clone(),
         image_size: None,
         adapters: args.adapters.clone(),
+        precision: None,
     };
     let loaded = model.load(&candle_core::Device::Cpu)?;
     let frozen: usize = loaded.part_params.values().sum();
