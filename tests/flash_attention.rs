@@ -21,15 +21,6 @@ fn var(shape: &[usize], s: f64) -> Var {
     Var::from_tensor(&(t * s).unwrap()).unwrap()
 }
 
-fn grads_of(out: &Tensor, weights: &Tensor) -> candle_core::backprop::GradStore {
-    (out * weights)
-        .unwrap()
-        .sum_all()
-        .unwrap()
-        .backward()
-        .unwrap()
-}
-
 /// Flash and composed attention of (q, k, v), with the gradients of `inputs` under a
 /// random weighting of the output, compared within 1e-5 (output) and 1e-4 (gradients).
 fn check(what: &str, q: &Tensor, k: &Tensor, v: &Tensor, inputs: &[(&str, &Var)]) {
@@ -49,7 +40,10 @@ fn check(what: &str, q: &Tensor, k: &Tensor, v: &Tensor, inputs: &[(&str, &Var)]
     let e = common::relative_error(&flash, &composed);
     assert!(e < 1e-5, "{what}: output relative error {e:e}");
     let weights = Tensor::randn(0f32, 1f32, flash.dims(), flash.device()).unwrap();
-    let (gf, gc) = (grads_of(&flash, &weights), grads_of(&composed, &weights));
+    let (gf, gc) = (
+        common::weighted_grads(&flash, &weights),
+        common::weighted_grads(&composed, &weights),
+    );
     for (name, x) in inputs {
         let (f, c) = (gf.get(x.as_tensor()), gc.get(x.as_tensor()));
         let e = common::relative_error(f.unwrap(), c.unwrap());
@@ -113,4 +107,11 @@ fn flash_attention_names_shapes_it_cannot_take() {
     let wide = t(&[1, 4, 300]).apply_op3(&t(&[1, 4, 300]), &t(&[1, 4, 8]), FlashAttention);
     let e = wide.unwrap_err().to_string();
     assert!(e.contains("up to 256") && e.contains("300"), "{e}");
+    // Each fits alone, but their tiles would overflow the 48 KiB of shared memory.
+    let both = t(&[1, 4, 256]).apply_op3(&t(&[1, 4, 256]), &t(&[1, 4, 128]), FlashAttention);
+    let e = both.unwrap_err().to_string();
+    assert!(
+        e.contains("382 together") && e.contains("256 and 128"),
+        "{e}"
+    );
 }

@@ -9,15 +9,20 @@
 //! softmax in the forward pass, and the probabilities recomputed from each query row's
 //! log-sum-exp in the backward pass. The CPU form is what tests check against candle's
 //! composed ops, so the CUDA kernels differ from tested code only in how rows map to
-//! threads. The model takes this op only with `MSA_FLASH_ATTENTION=1` until the GPU parity
-//! tests pass on a device; on the CPU it is slower than `attention_cpu` and serves checks.
+//! threads. A model takes this op when loaded with it (`Params::set_flash_attention`,
+//! `LoadOptions::flash_attention`; default `MSA_FLASH_ATTENTION=1`), an opt-in until the GPU
+//! parity tests pass on a device. On the CPU it is slower than `attention_cpu`, and serves
+//! checks.
 
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
-/// The widest q/k rows (`MAX_D`) and v rows (`MAX_HD`) the CUDA kernels hold per thread.
+/// The widest q/k rows (`MAX_D`) and v rows (`MAX_HD`) the CUDA kernels hold per thread,
+/// and the widest pair together: a tile of 32 q or k rows, 32 v rows and 64 row statistics
+/// fills at most the 48 KiB of shared memory a block gets by default.
 pub const MAX_D: usize = 256;
 pub const MAX_HD: usize = 128;
+pub const MAX_D_PLUS_HD: usize = 48 * 1024 / (32 * 4) - 2;
 
 /// Whether the model's attention takes this op (`MSA_FLASH_ATTENTION=1`).
 pub fn enabled() -> bool {
@@ -56,9 +61,10 @@ impl Dims {
                 lv.dims()
             );
         }
-        if d > MAX_D || hd > MAX_HD {
+        if d > MAX_D || hd > MAX_HD || d + hd > MAX_D_PLUS_HD {
             candle_core::bail!(
-                "fused attention takes rows up to {MAX_D} (q, k) and {MAX_HD} (v) wide, not {d} and {hd}"
+                "fused attention takes rows up to {MAX_D} (q, k) and {MAX_HD} (v) wide, \
+                 {MAX_D_PLUS_HD} together, not {d} and {hd}"
             );
         }
         Ok(Self { bh, nq, nk, d, hd })

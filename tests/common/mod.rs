@@ -183,3 +183,14 @@ pub fn max_abs(t: &Tensor) -> f32 {
 pub fn relative_error(ours: &Tensor, reference: &Tensor) -> f32 {
     max_abs_diff(ours, reference) / max_abs(reference).max(1e-12)
 }
+
+/// The gradients of Σ out * weights: a random weighting of an op's output, so that every
+/// output element reaches the gradients with its own factor.
+pub fn weighted_grads(out: &Tensor, weights: &Tensor) -> candle_core::backprop::GradStore {
+    (out * weights)
+        .unwrap()
+        .sum_all()
+        .unwrap()
+        .backward()
+        .unwrap()
+}
