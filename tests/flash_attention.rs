@@ -38,6 +38,7 @@ fn check(what: &str, q: &Tensor, k: &Tensor, v: &Tensor, inputs: &[(&str, &Var)]
         .unwrap();
     assert_eq!(flash.dims(), composed.dims(), "{what}: output shape");
     let e = common::relative_error(&flash, &composed);
+    eprintln!("{what}: output relative error {e:e}");
     assert!(e < 1e-5, "{what}: output relative error {e:e}");
     let weights = Tensor::randn(0f32, 1f32, flash.dims(), flash.device()).unwrap();
     let (gf, gc) = (
@@ -47,6 +48,7 @@ fn check(what: &str, q: &Tensor, k: &Tensor, v: &Tensor, inputs: &[(&str, &Var)]
     for (name, x) in inputs {
         let (f, c) = (gf.get(x.as_tensor()), gc.get(x.as_tensor()));
         let e = common::relative_error(f.unwrap(), c.unwrap());
+        eprintln!("{what}: d{name} relative error {e:e}");
         assert!(e < 1e-4, "{what}: d{name} relative error {e:e}");
     }
 }
