@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # On the GPU machine: one MSA training step (vit_b, encoder adapters, SAM frozen) at 1024 px,
 # batch 2 and 4, with and without recomputed blocks, and LiteMedSAM at 256 px, batch 16;
-# ours (.gpu/msa.xz, a --features cuda build) beside PyTorch.
+# ours (msa from .gpu/gpu.tar.xz, a --features cuda build) beside PyTorch.
 # Besides each process's own report, nvidia-smi is polled every 50 ms during each run: the
 # device memory in use at its peak, minus what was in use before (CUDA context included,
 # for both), goes to a `gpu_memory` line.
@@ -9,7 +9,8 @@ set -uo pipefail
 cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp}
 source bench/gpu_env.sh
-xz -dc .gpu/msa.xz > /tmp/msa && chmod +x /tmp/msa
+[ -x /tmp/gpu/msa ] || { mkdir -p /tmp/gpu && tar xJf .gpu/gpu.tar.xz -C /tmp/gpu; }
+ln -sf /tmp/gpu/msa /tmp/msa
 nvidia-smi --query-gpu=name --format=csv,noheader
 : > "$OUT/gpu_train.jsonl"
 
