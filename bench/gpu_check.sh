@@ -14,7 +14,9 @@ fi
 export MSA_REPO=$PWD MSA_TEST_DEVICE=cuda
 for t in $B/test-*; do
     echo "== $t (MSA_TEST_DEVICE=cuda)"
-    "$t" --test-threads 1 2>&1 | grep -E "^test |test result|panicked|max \|" | head -40
+    log="$OUT/$(basename "$t").log"
+    "$t" --test-threads 1 --nocapture > "$log" 2>&1
+    grep -E "test result|panicked|FAILED" "$log" | head -20
 done
 : > "$OUT/gpu.jsonl"
 ours() { "$@" --json | sed 's/^{/{"impl":"msa",/' | tee -a "$OUT/gpu.jsonl"; }
