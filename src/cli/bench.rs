@@ -266,8 +266,10 @@ fn time_train_step(
         let loss = crate::train::loss::bce_with_logits(&logits, &target, 2.0)?;
         let t1 = Instant::now();
         crate::train::memory::sample(device);
+        crate::train::memory::trace(device, || "step: forward and loss".into());
         let mut g = loss.backward()?;
         crate::train::memory::sample(device);
+        crate::train::memory::trace(device, || "step: backward".into());
         if let Some(r) = &recompute {
             r.merge_into(&mut g)?;
         }

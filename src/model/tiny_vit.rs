@@ -538,19 +538,30 @@ impl TinyVitEncoder {
         depth: Option<usize>,
         recompute: Option<&Arc<Recompute>>,
     ) -> Result<Tensor> {
+        use crate::train::memory::trace;
+        let dev = x.device().clone();
         let mut x = self.patch_embed.forward(x)?;
+        trace(&dev, || "tiny_vit patch_embed".into());
         for (i, stage) in self.stages.iter().enumerate() {
             x = match stage {
                 Stage::Conv(blocks) => blocks.iter().try_fold(x, |x, b| b.forward(&x))?,
-                Stage::Attention(blocks) => blocks.iter().try_fold(x, |x, b| {
-                    run_block(recompute, &x, b, move |b, x| b.forward(x, depth))
-                })?,
+                Stage::Attention(blocks) => {
+                    blocks.iter().enumerate().try_fold(x, |x, (j, b)| {
+                        let y = run_block(recompute, &x, b, move |b, x| b.forward(x, depth))?;
+                        trace(&dev, || format!("tiny_vit stage {i} block {j}"));
+                        Ok::<_, candle_core::Error>(y)
+                    })?
+                }
             };
+            trace(&dev, || format!("tiny_vit stage {i}"));
             if let Some(m) = self.merges.get(i) {
                 x = m.forward(&x)?;
+                trace(&dev, || format!("tiny_vit merge {i}"));
             }
         }
-        self.neck.forward(&x)
+        let out = self.neck.forward(&x)?;
+        trace(&dev, || "tiny_vit neck".into());
+        Ok(out)
     }
 
     /// Every TinyViT attention block, stage by stage.

@@ -37,6 +37,24 @@ pub fn sample(device: &Device) {
     let _ = device;
 }
 
+/// Logs the device memory in use after `what`, with `MSA_LOG=msa::memory=debug`, to find
+/// where a step's memory goes (GPUs only; nothing is measured when the target is off). The
+/// GPU runs ahead of the host, so the figure is what the queued work has allocated.
+pub fn trace(device: &Device, what: impl FnOnce() -> String) {
+    if !tracing::enabled!(target: "msa::memory", tracing::Level::DEBUG) {
+        return;
+    }
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        if let Some(used) = device_used_bytes(cuda) {
+            let mib = used as f64 / MIB;
+            tracing::debug!(target: "msa::memory", "{}: {mib:.0} MiB in use", what());
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    let _ = (device, what);
+}
+
 #[cfg(feature = "cuda")]
 fn device_used_bytes(cuda: &candle_core::CudaDevice) -> Option<u64> {
     use candle_core::cuda_backend::cudarc::driver::result::mem_get_info;
