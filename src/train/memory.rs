@@ -37,22 +37,33 @@ pub fn sample(device: &Device) {
     let _ = device;
 }
 
-/// Logs the device memory in use after `what`, with `MSA_LOG=msa::memory=debug`, to find
-/// where a step's memory goes (GPUs only; nothing is measured when the target is off). The
-/// GPU runs ahead of the host, so the figure is what the queued work has allocated.
+/// Logs the memory in use after `what`, with `MSA_LOG=msa::memory=debug`, to find where a
+/// step's memory goes: the device memory on a GPU, the resident set on the CPU. Nothing is
+/// measured when the target is off. A GPU runs ahead of the host, so its figure is what the
+/// queued work has allocated.
 pub fn trace(device: &Device, what: impl FnOnce() -> String) {
     if !tracing::enabled!(target: "msa::memory", tracing::Level::DEBUG) {
         return;
     }
-    #[cfg(feature = "cuda")]
-    if let Device::Cuda(cuda) = device {
-        if let Some(used) = device_used_bytes(cuda) {
-            let mib = used as f64 / MIB;
-            tracing::debug!(target: "msa::memory", "{}: {mib:.0} MiB in use", what());
-        }
+    let used = match device {
+        Device::Cpu => resident_bytes(),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(cuda) => device_used_bytes(cuda),
+        _ => None,
+    };
+    if let Some(used) = used {
+        let mib = used as f64 / MIB;
+        tracing::debug!(target: "msa::memory", "{}: {mib:.0} MiB in use", what());
     }
-    #[cfg(not(feature = "cuda"))]
-    let _ = (device, what);
+}
+
+/// The resident set now (Linux: /proc/self/statm, in pages).
+fn resident_bytes() -> Option<u64> {
+    let statm = std::fs::read_to_string("/proc/self/statm").ok()?;
+    let pages: u64 = statm.split_whitespace().nth(1)?.parse().ok()?;
+    // SAFETY: sysconf only reads a system constant.
+    let page = unsafe { libc::sysconf(libc::_SC_PAGESIZE) };
+    Some(pages * page.max(0) as u64)
 }
 
 #[cfg(feature = "cuda")]
