@@ -860,3 +860,36 @@ fn relative_position_bias_as_extra_columns_is_exact() {
         );
     }
 }
+
+/// A layer run through `model::recomputed` (no graph kept, rebuilt in the backward) gives the
+/// composed layer's output and input gradient: here the depthwise convolution, which GPUs
+/// run that way.
+#[test]
+fn recomputed_depthwise_conv_matches_the_composed_one() {
+    use msa::kernels::depthwise::{depthwise_conv_ops, DepthwiseGeometry};
+    use msa::model::recomputed::recomputed;
+    let (b, h, w, c) = (2, 9, 7, 5);
+    for stride in [1, 2] {
+        let g = DepthwiseGeometry {
+            kernel: 3,
+            stride,
+            padding: 1,
+        };
+        let x = Var::from_tensor(&rand(&[b, h, w, c], 91)).unwrap();
+        let (taps, bias) = (rand(&[9, c], 92), rand(&[c], 93));
+        let composed = depthwise_conv_ops(x.as_tensor(), &taps, &bias, g).unwrap();
+        let (t, bi) = (taps.clone(), bias.clone());
+        let ours = recomputed(x.as_tensor(), "test-depthwise", move |x| {
+            depthwise_conv_ops(x, &t, &bi, g)
+        })
+        .unwrap();
+        assert_close("recomputed depthwise output", &ours, &composed, 1e-6);
+        let weights = rand(composed.dims(), 94);
+        assert_close(
+            "recomputed depthwise input gradient",
+            &input_grad(&ours, &weights, &x),
+            &input_grad(&composed, &weights, &x),
+            1e-6,
+        );
+    }
+}

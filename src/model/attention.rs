@@ -314,14 +314,7 @@ impl RecomputedAttention {
         &self,
         pick: impl Fn(&Storage) -> Option<&S>,
     ) -> Result<(S, candle_core::Shape)> {
-        let (storage, layout) = self.out.storage_and_layout();
-        let Some(s) = pick(&storage) else {
-            candle_core::bail!("recomputed attention: output on another device than its input");
-        };
-        if layout.start_offset() != 0 || !layout.is_contiguous() {
-            candle_core::bail!("recomputed attention: output must be a fresh contiguous tensor");
-        }
-        Ok((s.try_clone(layout)?, self.out.shape().clone()))
+        super::recomputed::precomputed_result(&self.out, "recomputed attention", pick)
     }
 }
 

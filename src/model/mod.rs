@@ -9,6 +9,7 @@ pub mod nn;
 pub mod precision;
 pub mod prompt_encoder;
 pub mod recompute;
+pub mod recomputed;
 pub mod rel_pos_columns;
 pub mod sam;
 pub mod tiny_vit;

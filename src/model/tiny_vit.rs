@@ -169,6 +169,14 @@ impl DepthwiseConvBn {
             let op = DepthwiseConv(self.geometry);
             return x.contiguous()?.apply_op3(taps, bias, op);
         }
+        // The composed form keeps about 27 maps of the output's size for the backward pass
+        // (BENCHMARKS.md, LiteMedSAM on the GPU); recomputed, it keeps the input alone.
+        if needs_grad(&[x]) && !needs_grad(&[taps, bias]) {
+            let (taps, bias, g) = (taps.clone(), bias.clone(), self.geometry);
+            return super::recomputed::recomputed(x, "msa-recomputed-depthwise", move |x| {
+                depthwise_conv_ops(x, &taps, &bias, g)
+            });
+        }
         depthwise_conv_ops(x, taps, bias, self.geometry)
     }
 }
