@@ -3,6 +3,8 @@
 //! gradients. The shapes are chosen to reach the paths the small parity fixtures do not:
 //! several query-row blocks per head, non-square grids, padding on both sides.
 
+mod common;
+
 use candle_core::{DType, Device, Tensor, Var, D};
 use msa::kernels::attention_grad::FusedAttention;
 use msa::kernels::gelu::Gelu;
@@ -64,15 +66,10 @@ fn assert_same_grads<const N: usize>(
     names: [&str; N],
     tol: f32,
 ) {
-    let grads_of = |out: &Tensor| {
-        (out * weights)
-            .unwrap()
-            .sum_all()
-            .unwrap()
-            .backward()
-            .unwrap()
-    };
-    let (g_ours, g_ref) = (grads_of(ours), grads_of(reference));
+    let (g_ours, g_ref) = (
+        common::weighted_grads(ours, weights),
+        common::weighted_grads(reference, weights),
+    );
     for (var, name) in vars.iter().zip(names) {
         let t = var.as_tensor();
         assert_close(name, g_ours.get(t).unwrap(), g_ref.get(t).unwrap(), tol);

@@ -3,11 +3,11 @@
 
 use super::adapter::Lora;
 use super::nn::{is_cpu_f32, needs_grad, softmax, Linear};
+use super::recomputed::precomputed_result;
 use crate::kernels::windows as window_ops;
 use crate::kernels::{attention_grad, flash_attention};
 use crate::params::{Params, Resize};
 use crate::resize;
-use candle_core::backend::BackendStorage;
 use candle_core::{DType, Result, Storage, Tensor};
 
 /// Logit tensors above this many bytes are computed a few heads at a time, which bounds the
@@ -308,16 +308,6 @@ struct RecomputedAttention {
     out: Tensor,
 }
 
-impl RecomputedAttention {
-    /// This op's result is `out` itself: a copy of its storage.
-    fn result<S: BackendStorage>(
-        &self,
-        pick: impl Fn(&Storage) -> Option<&S>,
-    ) -> Result<(S, candle_core::Shape)> {
-        super::recomputed::precomputed_result(&self.out, "recomputed attention", pick)
-    }
-}
-
 impl candle_core::CustomOp1 for RecomputedAttention {
     fn name(&self) -> &'static str {
         "msa-recomputed-attention"
@@ -328,7 +318,7 @@ impl candle_core::CustomOp1 for RecomputedAttention {
         _: &candle_core::CpuStorage,
         _: &candle_core::Layout,
     ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        self.result(|s| match s {
+        precomputed_result(&self.out, "recomputed attention", |s| match s {
             Storage::Cpu(c) => Some(c),
             _ => None,
         })
@@ -340,7 +330,7 @@ impl candle_core::CustomOp1 for RecomputedAttention {
         _: &candle_core::CudaStorage,
         _: &candle_core::Layout,
     ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        self.result(|s| match s {
+        precomputed_result(&self.out, "recomputed attention", |s| match s {
             Storage::Cuda(c) => Some(c),
             _ => None,
         })
