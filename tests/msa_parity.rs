@@ -4,7 +4,7 @@
 
 mod common;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use common::{assert_close, check_golden_grads, device, fixture, load_cases};
 use msa::model::{AdapterConfig, MaskSelection, Prompts, Sam, SamConfig};
 use msa::resize::bilinear;
@@ -12,10 +12,17 @@ use msa::train::loss::bce_with_logits;
 use msa::weights::{Checkpoint, Params, Source};
 
 fn adapted(train: bool, flash: bool) -> (Sam, Params) {
+    adapted_in(train, flash, DType::F32)
+}
+
+/// The encoder computing in `dtype`: f64 on the CPU takes the device-generic ops that GPUs
+/// run (`model::frozen`), not the CPU's f32 kernels.
+fn adapted_in(train: bool, flash: bool, dtype: DType) -> (Sam, Params) {
     let cfg = SamConfig::from_json_file(&fixture("msa_tiny.json")).unwrap();
     let ckpt = Checkpoint::read(&fixture("msa_tiny.safetensors")).unwrap();
     let params = Params::with_options(Source::from(ckpt), &device(), train, 0);
     params.set_flash_attention(flash);
+    params.set_encoder_dtype(dtype);
     let ad = AdapterConfig {
         depth: true,
         ..AdapterConfig::default()
@@ -31,16 +38,21 @@ fn adapted(train: bool, flash: bool) -> (Sam, Params) {
 
 #[test]
 fn adapted_forward_loss_and_adapter_gradients_match_reference() {
-    check_adapted(false);
+    check_adapted(false, DType::F32);
 }
 
 #[test]
 fn adapter_gradients_on_flash_attention_match_reference() {
-    check_adapted(true);
+    check_adapted(true, DType::F32);
 }
 
-fn check_adapted(flash: bool) {
-    let (sam, params) = adapted(true, flash);
+#[test]
+fn adapter_gradients_through_the_device_generic_ops_match_reference() {
+    check_adapted(false, DType::F64);
+}
+
+fn check_adapted(flash: bool, dtype: DType) {
+    let (sam, params) = adapted_in(true, flash, dtype);
     let t = load_cases("msa_tiny_cases.safetensors");
     let emb = sam
         .encode(&sam.preprocess(&t["msa2d.image"]).unwrap())

@@ -4,7 +4,7 @@
 
 mod common;
 
-use candle_core::Tensor;
+use candle_core::{DType, Tensor};
 use common::{assert_close, check_golden_grads, device, fixture, load_cases};
 use msa::model::{AdapterConfig, MaskSelection, Prompts, Sam, SamConfig};
 use msa::resize::bilinear;
@@ -24,7 +24,14 @@ fn checkpoint(with_adapters: bool) -> Checkpoint {
 }
 
 fn model(ckpt: Checkpoint, ad: &AdapterConfig, train: bool) -> (Sam, Params) {
+    model_in(ckpt, ad, train, DType::F32)
+}
+
+/// The encoder computing in `dtype`: f64 on the CPU takes the device-generic ops that GPUs
+/// run (`model::frozen`, `model::recomputed`), not the CPU's f32 kernels.
+fn model_in(ckpt: Checkpoint, ad: &AdapterConfig, train: bool, dtype: DType) -> (Sam, Params) {
     let params = Params::with_options(Source::from(ckpt), &device(), train, 0);
+    params.set_encoder_dtype(dtype);
     let sam = Sam::load_adapted(&params, &config(), ad).unwrap();
     let unused = params.unused_keys();
     assert!(unused.is_empty(), "unused keys: {unused:?}");
@@ -103,11 +110,20 @@ fn check_grad(key: &str, ours: &Tensor, golden: &Tensor) {
 
 #[test]
 fn adapted_tinyvit_loss_and_adapter_gradients_match_reference() {
+    check_adapted(DType::F32);
+}
+
+#[test]
+fn tinyvit_adapter_gradients_through_the_device_generic_ops_match_reference() {
+    check_adapted(DType::F64);
+}
+
+fn check_adapted(dtype: DType) {
     let ad = AdapterConfig {
         depth: true,
         ..AdapterConfig::default()
     };
-    let (sam, params) = model(checkpoint(true), &ad, true);
+    let (sam, params) = model_in(checkpoint(true), &ad, true, dtype);
     let t = load_cases("tinyvit_tiny_cases.safetensors");
     let emb = sam.encode(&t["tiny.input"]).unwrap();
     assert_close(

@@ -2,13 +2,13 @@
 //! and the window partition around it.
 
 use super::adapter::Lora;
+use super::frozen::with_backward;
 use super::nn::{is_cpu_f32, needs_grad, softmax, Linear};
-use super::recomputed::precomputed_result;
 use crate::kernels::windows as window_ops;
 use crate::kernels::{attention_grad, flash_attention};
 use crate::params::{Params, Resize};
 use crate::resize;
-use candle_core::{DType, Result, Storage, Tensor};
+use candle_core::{DType, Result, Tensor};
 
 /// Logit tensors above this many bytes are computed a few heads at a time, which bounds the
 /// memory of global attention at 1024 px (12 heads x 4096² logits would be 805 MB).
@@ -239,12 +239,28 @@ impl Attention {
     /// chunk of heads at a time. At 1024 px that is 12 x 4096² floats (805 MB) per global
     /// block and tensor not held until the end of the step, for one more attention forward.
     fn core_recomputed(&self, qkv: &Tensor) -> Result<Tensor> {
-        let out = self.core_ops(&qkv.detach())?.contiguous()?;
-        let op = RecomputedAttention {
-            attn: self.clone(),
-            out,
-        };
-        qkv.contiguous()?.apply_op1(op)
+        let out = self.core_ops(&qkv.detach())?;
+        let attn = self.clone();
+        with_backward(qkv, out, "msa-recomputed-attention", move |x, _, dy| {
+            attn.recomputed_grad(x, dy)
+        })
+    }
+
+    /// dqkv = Σ over head chunks of ∂/∂qkv <chunk output, chunk of dy>, each chunk's graph
+    /// built and dropped in turn.
+    fn recomputed_grad(&self, qkv: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        let x = candle_core::Var::from_tensor(qkv)?;
+        let heads = self.split_heads(x.as_tensor())?;
+        let g = split_rows(dy, self.num_heads)?;
+        let mut total = x.zeros_like()?;
+        for (start, n) in self.head_chunks(&heads) {
+            let out = self.attend_chunk(&heads, start, n)?;
+            let grads = (out * g.narrow(0, start, n)?)?.sum_all()?.backward()?;
+            if let Some(d) = grads.get(x.as_tensor()) {
+                total = (total + d)?;
+            }
+        }
+        Ok(total)
     }
 
     fn attend(
@@ -301,63 +317,6 @@ fn split_rows(x: &Tensor, heads: usize) -> Result<Tensor> {
         .reshape((b * heads, h * w, c / heads))
 }
 
-/// The output of `Attention::core`, computed without a graph, whose backward recomputes it.
-struct RecomputedAttention {
-    attn: Attention,
-    /// Contiguous, computed from the detached input.
-    out: Tensor,
-}
-
-impl candle_core::CustomOp1 for RecomputedAttention {
-    fn name(&self) -> &'static str {
-        "msa-recomputed-attention"
-    }
-
-    fn cpu_fwd(
-        &self,
-        _: &candle_core::CpuStorage,
-        _: &candle_core::Layout,
-    ) -> Result<(candle_core::CpuStorage, candle_core::Shape)> {
-        precomputed_result(&self.out, "recomputed attention", |s| match s {
-            Storage::Cpu(c) => Some(c),
-            _ => None,
-        })
-    }
-
-    #[cfg(feature = "cuda")]
-    fn cuda_fwd(
-        &self,
-        _: &candle_core::CudaStorage,
-        _: &candle_core::Layout,
-    ) -> Result<(candle_core::CudaStorage, candle_core::Shape)> {
-        precomputed_result(&self.out, "recomputed attention", |s| match s {
-            Storage::Cuda(c) => Some(c),
-            _ => None,
-        })
-    }
-
-    /// dqkv = Σ over head chunks of ∂/∂qkv <chunk output, chunk of grad>, each chunk's
-    /// graph built and dropped in turn.
-    fn bwd(&self, arg: &Tensor, _res: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
-        let x = candle_core::Var::from_tensor(&arg.detach())?;
-        let heads = self.attn.split_heads(x.as_tensor())?;
-        let g = split_rows(&grad.detach(), self.attn.num_heads)?;
-        let mut total: Option<Tensor> = None;
-        for (start, n) in self.attn.head_chunks(&heads) {
-            let out = self.attn.attend_chunk(&heads, start, n)?;
-            let grads = (out * g.narrow(0, start, n)?)?.sum_all()?.backward()?;
-            let Some(d) = grads.get(x.as_tensor()) else {
-                continue;
-            };
-            total = Some(match total {
-                Some(t) => (t + d)?,
-                None => d.clone(),
-            });
-        }
-        Ok(total)
-    }
-}
-
 /// Rows of a relative-position table for every (query, key) pair: (q_size, k_size, C).
 pub fn get_rel_pos(q_size: usize, k_size: usize, table: &Tensor) -> Result<Tensor> {
     let max_dist = 2 * q_size.max(k_size) - 1;
@@ -412,6 +371,13 @@ pub fn window_partition(x: &Tensor, ws: usize) -> Result<(Tensor, (usize, usize)
         let op = window_ops::WindowPartition(window_ops::Windows { hw: (h, w), ws });
         return Ok((x.contiguous()?.apply_op1(op)?, (h + ph, w + pw)));
     }
+    if needs_grad(&[x]) {
+        let (y, padded) = window_partition(&x.detach(), ws)?;
+        let y = with_backward(x, y, "msa-window-partition", move |_, _, dy| {
+            window_unpartition(dy, ws, padded, (h, w))
+        })?;
+        return Ok((y, padded));
+    }
     let x = if ph > 0 || pw > 0 {
         x.pad_with_zeros(1, 0, ph)?.pad_with_zeros(2, 0, pw)?
     } else {
@@ -438,6 +404,13 @@ pub fn window_partition_filled(
         let op = window_ops::FilledWindowPartition(window_ops::Windows { hw: (h, w), ws });
         return Ok((x.contiguous()?.apply_op2(fill, op)?, padded));
     }
+    if needs_grad(&[x]) && !needs_grad(&[fill]) {
+        let (y, _) = window_partition_filled(&x.detach(), ws, fill)?;
+        let y = with_backward(x, y, "msa-window-partition", move |_, _, dy| {
+            window_unpartition(dy, ws, padded, (h, w))
+        })?;
+        return Ok((y, padded));
+    }
     let (windows, padded) = window_partition(x, ws)?;
     if padded == (h, w) {
         return Ok((windows, padded));
@@ -461,6 +434,12 @@ pub fn window_unpartition(
     if is_cpu_f32(windows) {
         let op = window_ops::WindowUnpartition(window_ops::Windows { hw: (h, w), ws });
         return windows.contiguous()?.apply_op1(op);
+    }
+    if needs_grad(&[windows]) {
+        let y = window_unpartition(&windows.detach(), ws, (hp, wp), (h, w))?;
+        return with_backward(windows, y, "msa-window-unpartition", move |_, _, dy| {
+            Ok(window_partition(dy, ws)?.0)
+        });
     }
     let c = windows.dim(3)?;
     let b = windows.dim(0)? / ((hp / ws) * (wp / ws));

@@ -4,6 +4,7 @@
 
 use super::adapter::AdapterConfig;
 use super::config::{EncoderConfig, SamConfig};
+use super::frozen::with_backward;
 use super::nn::{
     is_cpu_f32, needs_grad, to_channels_first, to_channels_last, Derived, LayerNorm, Linear,
 };
@@ -115,6 +116,16 @@ impl Neck {
     /// conv2 on a channels-last map, by the CPU kernel when nothing needs a gradient.
     fn conv3x3(&self, x: &Tensor) -> Result<Tensor> {
         let taps = self.conv2_taps.get()?;
+        if needs_grad(&[x]) && !needs_grad(&[self.conv2.weight()]) {
+            let xc = to_channels_first(x)?.contiguous()?;
+            let y = self.conv2.forward(&xc.detach())?;
+            let w = self.conv2.weight().clone();
+            // The input gradient alone: a transposed conv with the same kernel.
+            let y = with_backward(&xc, y, "msa-frozen-neck-conv", move |_, _, dy| {
+                dy.conv_transpose2d(&w, 1, 0, 1, 1)
+            })?;
+            return to_channels_last(&y)?.contiguous();
+        }
         if !is_cpu_f32(x) || needs_grad(&[x, &taps]) {
             let y = self.conv2.forward(&to_channels_first(x)?.contiguous()?)?;
             return to_channels_last(&y)?.contiguous();

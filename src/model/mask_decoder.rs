@@ -3,6 +3,7 @@
 
 use super::adapter::{mean_prompt, Adapter, AdapterConfig, HyperAdapter};
 use super::config::SamConfig;
+use super::frozen::Activation;
 use super::nn::{gelu, is_cpu_f32, needs_grad, softmax, LayerNorm, Linear, Mlp, UpConv2x2};
 use crate::kernels::linear::Epilogue;
 use crate::kernels::{attention_cpu, flash_attention, with_slice};
@@ -290,6 +291,9 @@ pub struct TokenMlp {
 
 impl TokenMlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = Linear::frozen_pair(x, &self.lin1, &self.lin2, Activation::Relu)? {
+            return Ok(y);
+        }
         self.lin2.forward(&self.lin1.forward(x)?.relu()?)
     }
 }

@@ -3,6 +3,7 @@
 pub mod adapter;
 pub mod attention;
 pub mod config;
+pub mod frozen;
 pub mod image_encoder;
 pub mod mask_decoder;
 pub mod nn;

@@ -4,6 +4,7 @@
 //! input, the same maths is written with differentiable primitive ops instead (candle's
 //! fused layer-norm and softmax have no backward).
 
+use super::frozen;
 use crate::kernels::{with_opt_slice, with_slice};
 use crate::params::Params;
 use candle_core::{DType, Result, Tensor, D};
@@ -45,21 +46,10 @@ impl Linear {
                 crate::kernels::linear::TrainableLinear,
             );
         }
-        let dims = x.dims().to_vec();
-        let in_dim = dims[dims.len() - 1];
-        let rows = x.elem_count() / in_dim.max(1);
-        let y = x
-            .contiguous()?
-            .reshape((rows, in_dim))?
-            .matmul(&self.weight.t()?)?;
-        let y = match &self.bias {
-            Some(b) => y.broadcast_add(b)?,
-            None => y,
-        };
-        let mut out = dims;
-        let last = out.len() - 1;
-        out[last] = self.weight.dim(0)?;
-        y.reshape(out)
+        if needs_grad(&[x]) && !self.trains() {
+            return frozen::linear(x, &self.weight, self.bias.as_ref());
+        }
+        frozen::affine(x, &self.weight, self.bias.as_ref())
     }
 
     /// act(x Wᵀ + b [+ residual]). When nothing needs a gradient on the CPU it is one
@@ -120,11 +110,30 @@ impl Linear {
 
     /// Frozen weights on the CPU take the custom op: no weight gradient is ever computed.
     fn is_frozen_cpu(&self, x: &Tensor) -> bool {
+        is_cpu_f32(x) && !self.trains() && x.rank() >= 2
+    }
+
+    /// Whether the weight or the bias needs a gradient.
+    pub fn trains(&self) -> bool {
         let mut ts = vec![&self.weight];
-        if let Some(b) = &self.bias {
-            ts.push(b);
+        ts.extend(self.bias.iter());
+        needs_grad(&ts)
+    }
+
+    /// fc2(act(fc1(x))) by `frozen::mlp` where it applies: off the CPU's f32 kernels, on an
+    /// input that needs a gradient, through two frozen layers.
+    pub fn frozen_pair(
+        x: &Tensor,
+        fc1: &Linear,
+        fc2: &Linear,
+        act: frozen::Activation,
+    ) -> Result<Option<Tensor>> {
+        if is_cpu_f32(x) || !needs_grad(&[x]) || fc1.trains() || fc2.trains() {
+            return Ok(None);
         }
-        is_cpu_f32(x) && !needs_grad(&ts) && x.rank() >= 2
+        let layer = |l: &Linear| (l.weight.clone(), l.bias.clone());
+        let ((w1, b1), (w2, b2)) = (layer(fc1), layer(fc2));
+        frozen::mlp(x, (&w1, b1.as_ref()), (&w2, b2.as_ref()), act).map(Some)
     }
 
     pub fn out_dim(&self) -> usize {
@@ -166,14 +175,18 @@ impl LayerNorm {
                 return x.contiguous()?.apply_op3(w, b, op);
             }
         }
-        if needs_grad(&[x, &self.weight, &self.bias]) {
+        let (w, b) = (&self.weight, &self.bias);
+        if needs_grad(&[x]) && !needs_grad(&[w, b]) {
+            return frozen::layer_norm(x, w, b, self.eps);
+        }
+        if needs_grad(&[x, w, b]) {
             let mean = x.mean_keepdim(D::Minus1)?;
             let xc = x.broadcast_sub(&mean)?;
             let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
             let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
             xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
         } else {
-            candle_nn::ops::layer_norm(&x.contiguous()?, &self.weight, &self.bias, self.eps as f32)
+            frozen::layer_norm_forward(&x.contiguous()?, w, b, self.eps)
         }
     }
 }
@@ -186,12 +199,9 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
             .apply_op1(crate::kernels::softmax::SoftmaxLastDim);
     }
     if needs_grad(&[x]) {
-        let max = x.max_keepdim(D::Minus1)?.detach();
-        let e = x.broadcast_sub(&max)?.exp()?;
-        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
-    } else {
-        candle_nn::ops::softmax_last_dim(&x.contiguous()?)
+        return frozen::softmax(x);
     }
+    candle_nn::ops::softmax_last_dim(&x.contiguous()?)
 }
 
 /// Where the hand-written CPU kernels apply.

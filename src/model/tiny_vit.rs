@@ -5,11 +5,13 @@
 use super::adapter::{AdapterConfig, BlockAdapters, Lora};
 use super::attention::{window_partition_filled, window_unpartition};
 use super::config::{SamConfig, TinyVitConfig};
+use super::frozen::Activation;
 use super::image_encoder::{closest_factors, depth_tokens_to_slices, slices_to_depth_tokens, Neck};
 use super::nn::{
     gelu, is_cpu_f32, needs_grad, softmax, to_channels_last, Derived, LayerNorm, Linear,
 };
 use super::recompute::{run_block, Recompute};
+use super::recomputed::recomputed;
 use crate::kernels::attention_grad::TableAttention;
 use crate::kernels::depthwise::{
     depthwise_conv_ops, depthwise_forward, DepthwiseConv, DepthwiseGeometry,
@@ -173,7 +175,7 @@ impl DepthwiseConvBn {
         // (BENCHMARKS.md, LiteMedSAM on the GPU); recomputed, it keeps the input alone.
         if needs_grad(&[x]) && !needs_grad(&[taps, bias]) {
             let (taps, bias, g) = (taps.clone(), bias.clone(), self.geometry);
-            return super::recomputed::recomputed(x, "msa-recomputed-depthwise", move |x| {
+            return recomputed(x, "msa-recomputed-depthwise", move |x| {
                 depthwise_conv_ops(x, &taps, &bias, g)
             });
         }
@@ -324,7 +326,7 @@ impl TinyVitAttention {
     /// softmax(scale q kᵀ + bias) v per head: qkv (B, N, 3C) of N tokens that form a
     /// gh x gw grid -> (B, N, C), before the output projection.
     pub fn attend(&self, qkv: &Tensor, grid: (usize, usize)) -> Result<Tensor> {
-        let (b, n, c3) = qkv.dims3()?;
+        let c3 = qkv.dim(2)?;
         let (heads, d) = (self.num_heads, c3 / 3 / self.num_heads);
         let scale = (d as f64).powf(-0.5);
         let bias = self.grid_bias(grid)?;
@@ -336,6 +338,22 @@ impl TinyVitAttention {
             };
             return qkv.contiguous()?.apply_op2(&bias.contiguous()?, op);
         }
+        // The composed form keeps several (heads, N, N) maps per window for the backward
+        // pass; recomputed, it keeps qkv alone.
+        if needs_grad(&[qkv]) && !needs_grad(&[&self.biases]) {
+            let attn = self.clone();
+            return recomputed(qkv, "msa-recomputed-tinyvit-attention", move |qkv| {
+                attn.attend_ops(qkv, &bias)
+            });
+        }
+        self.attend_ops(qkv, &bias)
+    }
+
+    /// `attend` with candle's ops, given the grid's bias.
+    fn attend_ops(&self, qkv: &Tensor, bias: &Tensor) -> Result<Tensor> {
+        let (b, n, c3) = qkv.dims3()?;
+        let (heads, d) = (self.num_heads, c3 / 3 / self.num_heads);
+        let scale = (d as f64).powf(-0.5);
         let qkv = qkv.reshape((b, n, heads, 3 * d))?;
         let part = |i: usize| -> Result<Tensor> {
             qkv.narrow(D::Minus1, i * d, d)?
@@ -384,6 +402,9 @@ impl TinyVitMlp {
     pub fn residual(&self, x: &Tensor, h: &Tensor) -> Result<Tensor> {
         if let Some(op) = self.frozen_op(h)? {
             return h.contiguous()?.apply_op1(op)? + x;
+        }
+        if let Some(y) = Linear::frozen_pair(h, &self.fc1, &self.fc2, Activation::Gelu)? {
+            return y + x;
         }
         let hidden = self.fc1.forward_act(h, None, Epilogue::Gelu)?;
         self.fc2.forward_act(&hidden, Some(x), Epilogue::None)

@@ -3,6 +3,7 @@
 use super::adapter::{AdapterConfig, BlockAdapters, Lora};
 use super::attention::{window_partition_filled, window_unpartition, Attention};
 use super::config::VitConfig;
+use super::frozen::Activation;
 use super::image_encoder::{closest_factors, depth_tokens_to_slices, slices_to_depth_tokens, Neck};
 use super::nn::{gelu, LayerNorm, Linear, PatchConv};
 use super::recompute::{run_block, Recompute};
@@ -18,6 +19,9 @@ pub struct EncoderMlp {
 
 impl EncoderMlp {
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        if let Some(y) = Linear::frozen_pair(x, &self.lin1, &self.lin2, Activation::Gelu)? {
+            return Ok(y);
+        }
         self.lin2.forward(&gelu(&self.lin1.forward(x)?)?)
     }
 }

@@ -1,0 +1,148 @@
+//! `model::frozen`'s layers (a forward pass outside the graph, an input-gradient formula of
+//! their own) against the same maths in candle's composed ops, whose gradients candle's
+//! autograd derives. In f64 on the CPU, which is the path GPUs take.
+
+use candle_core::{DType, Device, Result, Tensor, Var, D};
+use msa::model::frozen::{self, Activation};
+
+fn randn(shape: &[usize], seed: u64) -> Tensor {
+    // A fixed, seed-dependent pattern with both signs and varied magnitudes.
+    let n: usize = shape.iter().product();
+    let v: Vec<f64> = (0..n)
+        .map(|i| {
+            let t = (i as f64 + 1.0) * (0.37 + seed as f64 * 0.11);
+            (t.sin() * 1.7 + (3.1 * t).cos() * 0.6) * (1.0 + (i % 3) as f64 * 0.2)
+        })
+        .collect();
+    Tensor::from_vec(v, shape, &Device::Cpu).unwrap()
+}
+
+/// y and dL/dx for L = Σ y ⊙ r, with `f` applied to a variable x.
+fn value_and_grad(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> (Tensor, Tensor) {
+    let x = Var::from_tensor(x).unwrap();
+    let y = f(x.as_tensor()).unwrap();
+    let r = randn(y.dims(), 9).to_dtype(y.dtype()).unwrap();
+    let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
+    (
+        y,
+        grads.get(x.as_tensor()).expect("x has a gradient").clone(),
+    )
+}
+
+fn max_diff(a: &Tensor, b: &Tensor) -> f64 {
+    (a - b)
+        .unwrap()
+        .abs()
+        .unwrap()
+        .flatten_all()
+        .unwrap()
+        .max(0)
+        .unwrap()
+        .to_scalar::<f64>()
+        .unwrap()
+}
+
+/// The frozen form and the composed one agree on the output and the input gradient.
+fn check(
+    what: &str,
+    x: &Tensor,
+    ours: impl Fn(&Tensor) -> Result<Tensor>,
+    composed: impl Fn(&Tensor) -> Result<Tensor>,
+) {
+    let (y, dx) = value_and_grad(x, ours);
+    let (y_ref, dx_ref) = value_and_grad(x, composed);
+    let (ey, edx) = (max_diff(&y, &y_ref), max_diff(&dx, &dx_ref));
+    eprintln!("{what}: output {ey:e}, input gradient {edx:e}");
+    assert!(ey < 1e-12 && edx < 1e-12, "{what}: {ey:e} {edx:e}");
+    assert!(max_diff(&dx_ref, &dx_ref.zeros_like().unwrap()) > 1e-3);
+}
+
+fn affine(x: &Tensor, w: &Tensor, b: &Tensor) -> Result<Tensor> {
+    x.broadcast_matmul(&w.t()?)?.broadcast_add(b)
+}
+
+#[test]
+fn frozen_linear_matches_composed_ops() {
+    let (w, b) = (randn(&[5, 7], 1), randn(&[5], 2));
+    let x = randn(&[2, 3, 7], 3);
+    check(
+        "linear",
+        &x,
+        |x| frozen::linear(x, &w, Some(&b)),
+        |x| affine(x, &w, &b),
+    );
+}
+
+#[test]
+fn frozen_mlp_matches_composed_ops_for_both_activations() {
+    let (w1, b1) = (randn(&[12, 6], 4), randn(&[12], 5));
+    let (w2, b2) = (randn(&[6, 12], 6), randn(&[6], 7));
+    let x = randn(&[3, 4, 6], 8);
+    for act in [Activation::Gelu, Activation::Relu] {
+        check(
+            &format!("mlp {act:?}"),
+            &x,
+            |x| frozen::mlp(x, (&w1, Some(&b1)), (&w2, Some(&b2)), act),
+            |x| {
+                let z = affine(x, &w1, &b1)?;
+                // GELU spelt out: candle's own gelu_erf backward rounds 1/√(2π) to 6 digits.
+                let h = match act {
+                    Activation::Gelu => {
+                        ((z.affine(0.5f64.sqrt(), 0.)?.erf()? + 1.)? * 0.5)?.mul(&z)?
+                    }
+                    Activation::Relu => z.relu()?,
+                };
+                affine(&h, &w2, &b2)
+            },
+        );
+    }
+}
+
+#[test]
+fn frozen_layer_norm_matches_composed_ops() {
+    let (w, b) = (randn(&[16], 10), randn(&[16], 11));
+    let x = randn(&[3, 5, 16], 12).affine(3.0, 0.5).unwrap();
+    check(
+        "layer norm",
+        &x,
+        |x| frozen::layer_norm(x, &w, &b, 1e-6),
+        |x| {
+            let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
+            let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
+            xc.broadcast_div(&(var + 1e-6)?.sqrt()?)?
+                .broadcast_mul(&w)?
+                .broadcast_add(&b)
+        },
+    );
+}
+
+#[test]
+fn frozen_softmax_matches_composed_ops() {
+    let x = (randn(&[2, 6, 9], 13) * 4.0).unwrap();
+    check("softmax", &x, frozen::softmax, |x| {
+        let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?.exp()?;
+        e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
+    });
+}
+
+/// Reduced precision: the forward is candle's kernel in the input's dtype, the backward
+/// works in f32 and hands the gradient back in the input's dtype.
+#[test]
+fn frozen_layers_keep_the_input_dtype_in_f16() {
+    let (w, b) = (randn(&[16], 10), randn(&[16], 11));
+    let half = |t: &Tensor| t.to_dtype(DType::F16).unwrap();
+    let x = randn(&[4, 16], 12);
+    let (y, dx) = value_and_grad(&half(&x), |x| {
+        frozen::layer_norm(x, &half(&w), &half(&b), 1e-6)
+    });
+    let (y_ref, dx_ref) = value_and_grad(&x, |x| frozen::layer_norm(x, &w, &b, 1e-6));
+    assert_eq!((y.dtype(), dx.dtype()), (DType::F16, DType::F16));
+    let up = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
+    let scale = max_diff(&dx_ref, &dx_ref.zeros_like().unwrap());
+    let (ey, edx) = (
+        max_diff(&up(&y), &y_ref),
+        max_diff(&up(&dx), &dx_ref) / scale,
+    );
+    eprintln!("layer norm in f16: output {ey:e}, input gradient {edx:e} (relative)");
+    assert!(ey < 2e-2 && edx < 5e-3, "{ey:e} {edx:e}");
+}
