@@ -1,7 +1,8 @@
 //! The Medical SAM Adapter pieces: bottleneck `Adapter`s in the encoder blocks and the
 //! decoder layers, the prompt-conditioned Hyper-Prompting Adapter (HyP-Adpt), and LoRA.
 
-use super::nn::{gelu, LayerNorm, Linear};
+use super::nn::{gelu, is_cpu_f32, needs_grad, LayerNorm, Linear};
+use super::own_backward::{adapter_linear, Activation};
 use super::precision::in_f32;
 use crate::params::{Init, Params};
 use candle_core::{Result, Tensor, D};
@@ -114,6 +115,45 @@ impl Adapter {
 
     /// In f32 whatever the encoder's precision (see `precision`).
     pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
+        self.forward_scaled(x, 1.0)
+    }
+
+    /// `scale * forward(x)`.
+    pub fn forward_scaled(&self, x: &Tensor, scale: f64) -> Result<Tensor> {
+        if let Some(y) = self.own_backward(x, scale)? {
+            return Ok(y);
+        }
+        let y = self.forward_composed(x)?;
+        match scale == 1.0 {
+            true => Ok(y),
+            false => y * scale,
+        }
+    }
+
+    /// Off the CPU's f32 kernels, in training: two layers of `own_backward::adapter_linear`,
+    /// the first from the encoder's dtype to f32, the second back, so that the step keeps
+    /// neither an f32 copy of the input nor the layers' intermediates.
+    fn own_backward(&self, x: &Tensor, scale: f64) -> Result<Option<Tensor>> {
+        let (Some(b1), Some(b2)) = (&self.fc1.bias, &self.fc2.bias) else {
+            return Ok(None);
+        };
+        if is_cpu_f32(x) || !(needs_grad(&[x]) || self.fc1.trains() || self.fc2.trains()) {
+            return Ok(None);
+        }
+        let f32 = self.fc1.weight.dtype();
+        let h = adapter_linear(x, (&self.fc1.weight, b1), Some(Activation::Gelu), f32, 1.0)?;
+        if !self.skip {
+            return adapter_linear(&h, (&self.fc2.weight, b2), None, x.dtype(), scale).map(Some);
+        }
+        let y = adapter_linear(&h, (&self.fc2.weight, b2), None, x.dtype(), 1.0)?;
+        let y = (x + y)?;
+        match scale == 1.0 {
+            true => Ok(Some(y)),
+            false => (y * scale).map(Some),
+        }
+    }
+
+    fn forward_composed(&self, x: &Tensor) -> Result<Tensor> {
         in_f32(x, |x| {
             let y = self.fc2.forward(&gelu(&self.fc1.forward(x)?)?)?;
             if self.skip {
@@ -172,7 +212,7 @@ impl BlockAdapters {
     /// `x` plus the MLP adapter of the normalised input `h`, scaled.
     pub fn beside_mlp(&self, x: Tensor, h: &Tensor) -> Result<Tensor> {
         match &self.mlp {
-            Some(ma) => x + (ma.forward(h)? * self.mlp_scale)?,
+            Some(ma) => x + ma.forward_scaled(h, self.mlp_scale)?,
             None => Ok(x),
         }
     }

@@ -2,8 +2,8 @@
 //! and the window partition around it.
 
 use super::adapter::Lora;
-use super::frozen::with_backward;
 use super::nn::{is_cpu_f32, needs_grad, softmax, Linear};
+use super::own_backward::with_backward;
 use crate::kernels::windows as window_ops;
 use crate::kernels::{attention_grad, flash_attention};
 use crate::params::{Params, Resize};

@@ -4,10 +4,10 @@
 
 use super::adapter::AdapterConfig;
 use super::config::{EncoderConfig, SamConfig};
-use super::frozen::with_backward;
 use super::nn::{
     is_cpu_f32, needs_grad, to_channels_first, to_channels_last, Derived, LayerNorm, Linear,
 };
+use super::own_backward::with_backward;
 use super::recompute::Recompute;
 use super::tiny_vit::TinyVitEncoder;
 use super::vit::VitEncoder;

@@ -3,8 +3,8 @@
 
 use super::adapter::{mean_prompt, Adapter, AdapterConfig, HyperAdapter};
 use super::config::SamConfig;
-use super::frozen::Activation;
 use super::nn::{gelu, is_cpu_f32, needs_grad, softmax, LayerNorm, Linear, Mlp, UpConv2x2};
+use super::own_backward::Activation;
 use crate::kernels::linear::Epilogue;
 use crate::kernels::{attention_cpu, flash_attention, with_slice};
 use crate::params::Params;

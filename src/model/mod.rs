@@ -3,10 +3,10 @@
 pub mod adapter;
 pub mod attention;
 pub mod config;
-pub mod frozen;
 pub mod image_encoder;
 pub mod mask_decoder;
 pub mod nn;
+pub mod own_backward;
 pub mod precision;
 pub mod prompt_encoder;
 pub mod recompute;

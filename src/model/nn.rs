@@ -4,7 +4,7 @@
 //! input, the same maths is written with differentiable primitive ops instead (candle's
 //! fused layer-norm and softmax have no backward).
 
-use super::frozen;
+use super::own_backward;
 use crate::kernels::{with_opt_slice, with_slice};
 use crate::params::Params;
 use candle_core::{DType, Result, Tensor, D};
@@ -47,9 +47,9 @@ impl Linear {
             );
         }
         if needs_grad(&[x]) && !self.trains() {
-            return frozen::linear(x, &self.weight, self.bias.as_ref());
+            return own_backward::linear(x, &self.weight, self.bias.as_ref());
         }
-        frozen::affine(x, &self.weight, self.bias.as_ref())
+        own_backward::affine(x, &self.weight, self.bias.as_ref())
     }
 
     /// act(x Wᵀ + b [+ residual]). When nothing needs a gradient on the CPU it is one
@@ -120,20 +120,20 @@ impl Linear {
         needs_grad(&ts)
     }
 
-    /// fc2(act(fc1(x))) by `frozen::mlp` where it applies: off the CPU's f32 kernels, on an
+    /// fc2(act(fc1(x))) by `own_backward::mlp` where it applies: off the CPU's f32 kernels, on an
     /// input that needs a gradient, through two frozen layers.
     pub fn frozen_pair(
         x: &Tensor,
         fc1: &Linear,
         fc2: &Linear,
-        act: frozen::Activation,
+        act: own_backward::Activation,
     ) -> Result<Option<Tensor>> {
         if is_cpu_f32(x) || !needs_grad(&[x]) || fc1.trains() || fc2.trains() {
             return Ok(None);
         }
         let layer = |l: &Linear| (l.weight.clone(), l.bias.clone());
         let ((w1, b1), (w2, b2)) = (layer(fc1), layer(fc2));
-        frozen::mlp(x, (&w1, b1.as_ref()), (&w2, b2.as_ref()), act).map(Some)
+        own_backward::mlp(x, (&w1, b1.as_ref()), (&w2, b2.as_ref()), act).map(Some)
     }
 
     pub fn out_dim(&self) -> usize {
@@ -177,7 +177,7 @@ impl LayerNorm {
         }
         let (w, b) = (&self.weight, &self.bias);
         if needs_grad(&[x]) && !needs_grad(&[w, b]) {
-            return frozen::layer_norm(x, w, b, self.eps);
+            return own_backward::layer_norm(x, w, b, self.eps);
         }
         if needs_grad(&[x, w, b]) {
             let mean = x.mean_keepdim(D::Minus1)?;
@@ -186,7 +186,7 @@ impl LayerNorm {
             let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
             xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
         } else {
-            frozen::layer_norm_forward(&x.contiguous()?, w, b, self.eps)
+            own_backward::layer_norm_forward(&x.contiguous()?, w, b, self.eps)
         }
     }
 }
@@ -199,7 +199,7 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
             .apply_op1(crate::kernels::softmax::SoftmaxLastDim);
     }
     if needs_grad(&[x]) {
-        return frozen::softmax(x);
+        return own_backward::softmax(x);
     }
     candle_nn::ops::softmax_last_dim(&x.contiguous()?)
 }

@@ -4,7 +4,7 @@
 //! layers whose composed form keeps many times its output (on GPUs, where the CPU's fused
 //! ops do not run).
 
-use super::frozen::with_backward;
+use super::own_backward::with_backward;
 use candle_core::{Result, Tensor, Var};
 
 /// `f(x)` with the memory of one input: the backward recomputes `f` from `x`. Only `x`

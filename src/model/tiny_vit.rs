@@ -5,11 +5,11 @@
 use super::adapter::{AdapterConfig, BlockAdapters, Lora};
 use super::attention::{window_partition_filled, window_unpartition};
 use super::config::{SamConfig, TinyVitConfig};
-use super::frozen::Activation;
 use super::image_encoder::{closest_factors, depth_tokens_to_slices, slices_to_depth_tokens, Neck};
 use super::nn::{
     gelu, is_cpu_f32, needs_grad, softmax, to_channels_last, Derived, LayerNorm, Linear,
 };
+use super::own_backward::Activation;
 use super::recompute::{run_block, Recompute};
 use super::recomputed::recomputed;
 use crate::kernels::attention_grad::TableAttention;

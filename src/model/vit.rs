@@ -3,9 +3,9 @@
 use super::adapter::{AdapterConfig, BlockAdapters, Lora};
 use super::attention::{window_partition_filled, window_unpartition, Attention};
 use super::config::VitConfig;
-use super::frozen::Activation;
 use super::image_encoder::{closest_factors, depth_tokens_to_slices, slices_to_depth_tokens, Neck};
 use super::nn::{gelu, LayerNorm, Linear, PatchConv};
+use super::own_backward::Activation;
 use super::recompute::{run_block, Recompute};
 use crate::params::{Params, Resize};
 use candle_core::{Result, Tensor};

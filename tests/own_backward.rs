@@ -1,9 +1,9 @@
-//! `model::frozen`'s layers (a forward pass outside the graph, an input-gradient formula of
+//! `model::own_backward`'s layers (a forward pass outside the graph, an input-gradient formula of
 //! their own) against the same maths in candle's composed ops, whose gradients candle's
 //! autograd derives. In f64 on the CPU, which is the path GPUs take.
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
-use msa::model::frozen::{self, Activation};
+use msa::model::own_backward::{self, Activation};
 
 fn randn(shape: &[usize], seed: u64) -> Tensor {
     // A fixed, seed-dependent pattern with both signs and varied magnitudes.
@@ -68,7 +68,7 @@ fn frozen_linear_matches_composed_ops() {
     check(
         "linear",
         &x,
-        |x| frozen::linear(x, &w, Some(&b)),
+        |x| own_backward::linear(x, &w, Some(&b)),
         |x| affine(x, &w, &b),
     );
 }
@@ -82,7 +82,7 @@ fn frozen_mlp_matches_composed_ops_for_both_activations() {
         check(
             &format!("mlp {act:?}"),
             &x,
-            |x| frozen::mlp(x, (&w1, Some(&b1)), (&w2, Some(&b2)), act),
+            |x| own_backward::mlp(x, (&w1, Some(&b1)), (&w2, Some(&b2)), act),
             |x| {
                 let z = affine(x, &w1, &b1)?;
                 // GELU spelt out: candle's own gelu_erf backward rounds 1/√(2π) to 6 digits.
@@ -105,7 +105,7 @@ fn frozen_layer_norm_matches_composed_ops() {
     check(
         "layer norm",
         &x,
-        |x| frozen::layer_norm(x, &w, &b, 1e-6),
+        |x| own_backward::layer_norm(x, &w, &b, 1e-6),
         |x| {
             let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
             let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
@@ -119,7 +119,7 @@ fn frozen_layer_norm_matches_composed_ops() {
 #[test]
 fn frozen_softmax_matches_composed_ops() {
     let x = (randn(&[2, 6, 9], 13) * 4.0).unwrap();
-    check("softmax", &x, frozen::softmax, |x| {
+    check("softmax", &x, own_backward::softmax, |x| {
         let e = x.broadcast_sub(&x.max_keepdim(D::Minus1)?)?.exp()?;
         e.broadcast_div(&e.sum_keepdim(D::Minus1)?)
     });
@@ -133,9 +133,9 @@ fn frozen_layers_keep_the_input_dtype_in_f16() {
     let half = |t: &Tensor| t.to_dtype(DType::F16).unwrap();
     let x = randn(&[4, 16], 12);
     let (y, dx) = value_and_grad(&half(&x), |x| {
-        frozen::layer_norm(x, &half(&w), &half(&b), 1e-6)
+        own_backward::layer_norm(x, &half(&w), &half(&b), 1e-6)
     });
-    let (y_ref, dx_ref) = value_and_grad(&x, |x| frozen::layer_norm(x, &w, &b, 1e-6));
+    let (y_ref, dx_ref) = value_and_grad(&x, |x| own_backward::layer_norm(x, &w, &b, 1e-6));
     assert_eq!((y.dtype(), dx.dtype()), (DType::F16, DType::F16));
     let up = |t: &Tensor| t.to_dtype(DType::F64).unwrap();
     let scale = max_diff(&dx_ref, &dx_ref.zeros_like().unwrap());

@@ -1,6 +1,7 @@
-//! Frozen layers with a backward pass of their own, for the input alone, written in candle's
-//! ops so that it runs on any device. They serve where the CPU's f32 kernels do not: on
-//! GPUs, and on the CPU in other dtypes.
+//! Layers with a backward pass of their own, written in candle's ops so that it runs on any
+//! device: frozen layers, which give their input a gradient and nothing else, and the
+//! adapters' layers. They serve where the CPU's f32 kernels do not: on GPUs, and on the CPU
+//! in other dtypes.
 //!
 //! candle's autograd computes a gradient for every operand of an op, frozen or not. The
 //! gradient of a frozen operand is never consumed, and the gradient store keeps it until the
@@ -11,10 +12,11 @@
 //! pass that needs only the input.
 //!
 //! Here the forward pass runs outside the graph. A custom op attaches its result to the
-//! input, and its backward pass computes the input gradient from the formula.
+//! input, and its backward pass computes the gradients from the formula.
 
 use candle_core::backend::BackendStorage;
-use candle_core::{CustomOp1, DType, Layout, Result, Shape, Storage, Tensor, D};
+use candle_core::{CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
+use std::sync::Mutex;
 
 type Backward = dyn Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync;
 
@@ -24,20 +26,134 @@ pub fn with_backward<B>(x: &Tensor, y: Tensor, what: &'static str, back: B) -> R
 where
     B: Fn(&Tensor, &Tensor, &Tensor) -> Result<Tensor> + Send + Sync + 'static,
 {
-    let y = if y.is_contiguous() && y.layout().start_offset() == 0 {
-        y
-    } else {
-        y.copy()?
-    };
+    let y = Mutex::new(Some(contiguous_from_zero(y)?));
     let back: Box<Backward> = Box::new(back);
     x.apply_op1(OwnBackward { y, what, back })
 }
 
 struct OwnBackward {
-    /// Contiguous from offset 0, computed from the detached input.
-    y: Tensor,
+    /// Contiguous from offset 0, computed from the detached input. The forward pass hands
+    /// its storage to the op's output and drops it, so the graph does not hold it twice
+    /// (the backward pass gets the output itself).
+    y: Mutex<Option<Tensor>>,
     what: &'static str,
     back: Box<Backward>,
+}
+
+impl OwnBackward {
+    fn result<S: BackendStorage>(
+        &self,
+        pick: impl Fn(&Storage) -> Option<&S>,
+    ) -> Result<(S, Shape)> {
+        handed_over(&self.y, self.what, pick)
+    }
+}
+
+/// The storage of the output held in `y`, which is emptied.
+fn handed_over<S: BackendStorage>(
+    y: &Mutex<Option<Tensor>>,
+    what: &str,
+    pick: impl Fn(&Storage) -> Option<&S>,
+) -> Result<(S, Shape)> {
+    // A panic elsewhere while holding the lock leaves an Option that is still whole.
+    let y = y.lock().unwrap_or_else(|e| e.into_inner()).take();
+    match y {
+        Some(y) => precomputed_result(&y, what, pick),
+        None => candle_core::bail!("{what}: its forward pass ran twice"),
+    }
+}
+
+/// `y = f(x, w, b)`, computed without a graph, attached to the graph of its three operands
+/// with the backward pass `back(x, w, b, dy)`, which gives the gradients of those that need
+/// one (each operand comes with its `track_op`, the values detached).
+pub fn with_backward3<B>(
+    (x, w, b): (&Tensor, &Tensor, &Tensor),
+    y: Tensor,
+    what: &'static str,
+    back: B,
+) -> Result<Tensor>
+where
+    B: Fn([(&Tensor, bool); 3], &Tensor) -> Result<[Option<Tensor>; 3]> + Send + Sync + 'static,
+{
+    let y = Mutex::new(Some(contiguous_from_zero(y)?));
+    let back: Box<Backward3> = Box::new(back);
+    x.apply_op3(w, b, OwnBackward3 { y, what, back })
+}
+
+type Backward3 = dyn Fn([(&Tensor, bool); 3], &Tensor) -> Result<[Option<Tensor>; 3]> + Send + Sync;
+
+struct OwnBackward3 {
+    y: Mutex<Option<Tensor>>,
+    what: &'static str,
+    back: Box<Backward3>,
+}
+
+impl CustomOp3 for OwnBackward3 {
+    fn name(&self) -> &'static str {
+        self.what
+    }
+
+    fn cpu_fwd(
+        &self,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+        _: &candle_core::CpuStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CpuStorage, Shape)> {
+        handed_over(&self.y, self.what, |s| match s {
+            Storage::Cpu(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    #[cfg(feature = "cuda")]
+    fn cuda_fwd(
+        &self,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+        _: &candle_core::CudaStorage,
+        _: &Layout,
+    ) -> Result<(candle_core::CudaStorage, Shape)> {
+        handed_over(&self.y, self.what, |s| match s {
+            Storage::Cuda(c) => Some(c),
+            _ => None,
+        })
+    }
+
+    #[allow(clippy::type_complexity)]
+    fn bwd(
+        &self,
+        x: &Tensor,
+        w: &Tensor,
+        b: &Tensor,
+        _: &Tensor,
+        grad: &Tensor,
+    ) -> Result<(Option<Tensor>, Option<Tensor>, Option<Tensor>)> {
+        let (xd, wd, bd) = (x.detach(), w.detach(), b.detach());
+        let args = [
+            (&xd, x.track_op()),
+            (&wd, w.track_op()),
+            (&bd, b.track_op()),
+        ];
+        let [dx, dw, db] = (self.back)(args, &grad.detach())?;
+        for (d, t) in [(&dx, x), (&dw, w), (&db, b)] {
+            if let Some(d) = d {
+                if d.dims() != t.dims() {
+                    candle_core::bail!(
+                        "{}: gradient {:?} for an operand {:?}",
+                        self.what,
+                        d.dims(),
+                        t.dims()
+                    );
+                }
+            }
+        }
+        Ok((dx, dw, db))
+    }
 }
 
 impl CustomOp1 for OwnBackward {
@@ -50,7 +166,7 @@ impl CustomOp1 for OwnBackward {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> Result<(candle_core::CpuStorage, Shape)> {
-        precomputed_result(&self.y, self.what, |s| match s {
+        self.result(|s| match s {
             Storage::Cpu(c) => Some(c),
             _ => None,
         })
@@ -62,7 +178,7 @@ impl CustomOp1 for OwnBackward {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        precomputed_result(&self.y, self.what, |s| match s {
+        self.result(|s| match s {
             Storage::Cuda(c) => Some(c),
             _ => None,
         })
@@ -79,6 +195,13 @@ impl CustomOp1 for OwnBackward {
             );
         }
         Ok(Some(dx))
+    }
+}
+
+fn contiguous_from_zero(y: Tensor) -> Result<Tensor> {
+    match y.is_contiguous() && y.layout().start_offset() == 0 {
+        true => Ok(y),
+        false => y.copy(),
     }
 }
 
@@ -246,4 +369,48 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
         let dot = (&dy * &y)?.sum_keepdim(D::Minus1)?;
         (dy.broadcast_sub(&dot)? * y)?.to_dtype(x.dtype())
     })
+}
+
+/// A trainable layer of an adapter: `scale * act(x Wᵀ + b)` computed in W's dtype (f32)
+/// whatever x's, the result in `out_dtype`. The step keeps x alone (not the f32 copy, the
+/// product or the activation): the backward pass recomputes the product when there is an
+/// activation.
+pub fn adapter_linear(
+    x: &Tensor,
+    (w, b): (&Tensor, &Tensor),
+    act: Option<Activation>,
+    out_dtype: DType,
+    scale: f64,
+) -> Result<Tensor> {
+    let wd = w.dtype();
+    let z = affine(&x.detach().to_dtype(wd)?, w, Some(b))?;
+    let h = match act {
+        Some(a) => a.apply(&z)?,
+        None => z,
+    };
+    let y = (h * scale)?.to_dtype(out_dtype)?;
+    with_backward3(
+        (x, w, b),
+        y,
+        "msa-adapter-linear",
+        move |[(x, x_trains), (w, w_trains), (b, b_trains)], dy| {
+            let xw = x.to_dtype(wd)?;
+            let mut g = (dy.to_dtype(wd)? * scale)?;
+            if let Some(a) = act {
+                let z = affine(&xw, w, Some(b))?;
+                g = (g * a.derivative(&z)?.to_dtype(wd)?)?;
+            }
+            let (out_dim, in_dim) = w.dims2()?;
+            let rows = g.elem_count() / out_dim.max(1);
+            let g2 = g.reshape((rows, out_dim))?;
+            let dx = x_trains
+                .then(|| affine_input_grad(&g, w, x.dims())?.to_dtype(x.dtype()))
+                .transpose()?;
+            let dw = w_trains
+                .then(|| g2.t()?.matmul(&xw.reshape((rows, in_dim))?))
+                .transpose()?;
+            let db = b_trains.then(|| g2.sum(0)).transpose()?;
+            Ok([dx, dw, db])
+        },
+    )
 }
