@@ -25,7 +25,8 @@ for t in $B/test-*; do
 done
 : > "$OUT/gpu.jsonl"
 ours() { "$@" --json | sed 's/^{/{"impl":"msa",/' | tee -a "$OUT/gpu.jsonl"; }
-for r in 1 2; do
+# ROUNDS=0 runs the parity tests alone.
+for r in $(seq 1 "${ROUNDS:-2}"); do
     # The vit_b encoder at batch 1: f32 (ours with candle's attention, then with the flash
     # kernels) and bf16; PyTorch in f32 (official attention and SDPA) and bf16 (SDPA).
     ours $B/msa bench encoder --preset vit_b --size 1024 --runs 10 --precision f32

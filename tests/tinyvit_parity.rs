@@ -115,6 +115,10 @@ fn adapted_tinyvit_loss_and_adapter_gradients_match_reference() {
 
 #[test]
 fn tinyvit_adapter_gradients_through_the_device_generic_ops_match_reference() {
+    // A GPU takes these ops in f32 already, in the test above.
+    if !device().is_cpu() {
+        return;
+    }
     check_adapted(DType::F64);
 }
 
