@@ -15,7 +15,7 @@ nsys=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-system
 profiled() {
     local name=$1
     shift
-    "$nsys" profile -q -t cuda,nvtx -o "/tmp/prof-$name" --force-overwrite true "$@" > "$OUT/profile-$name.log" 2>&1
+    "$nsys" profile -q -t cuda,nvtx -o "/tmp/prof-$name" --force-overwrite true "$@" > "/tmp/prof-$name.log" 2>&1 || tail -5 "/tmp/prof-$name.log"
     "$nsys" stats -q --report cuda_gpu_kern_sum,cuda_gpu_mem_time_sum,cuda_api_sum \
         --format csv "/tmp/prof-$name.nsys-rep" > "/tmp/prof-$name.csv" 2>&1
     "$py" - "/tmp/prof-$name.csv" > "$OUT/profile-$name.txt" <<'PY'

@@ -56,7 +56,8 @@ if [ "${PACK:-0}" = 1 ]; then
     stage=$work/pack && rm -rf "$stage" && mkdir -p "$stage" .gpu
     for t in "${tests[@]}"; do
         exe=$(cargo test --release --features cuda --target-dir "$work/target" --test "$t" --no-run \
-            --message-format=json 2>/dev/null | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
+            --message-format=json 2>/dev/null | grep '"kind":\["test"\]' \
+            | grep -o '"executable":"[^"]*"' | tail -1 | cut -d'"' -f4)
         cp "$exe" "$stage/test-$t" && strip "$stage/test-$t"
     done
     cp "$work/target/release/msa" "$stage/msa" && strip "$stage/msa"
