@@ -8,15 +8,18 @@ cd "$(dirname "$0")/.."
 OUT=${OUT:-/tmp}
 source bench/gpu_env.sh
 [ -x /tmp/gpu/msa ] || { mkdir -p /tmp/gpu && tar xJf .gpu/gpu.tar.xz -C /tmp/gpu; }
-nsys=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys 2>/dev/null | head -1)
+nsys=$(command -v nsys || ls /usr/local/cuda*/bin/nsys /opt/nvidia/nsight-systems/*/bin/nsys \
+    /opt/nvidia/nsight-compute/*/host/target-linux-x64/nsys 2>/dev/null | head -1)
 [ -n "$nsys" ] || { echo "no nsys on this machine"; exit 1; }
 
 # profiled NAME CMD...: an nsys trace of CMD, summarised into $OUT/profile-NAME.txt.
 profiled() {
     local name=$1
     shift
-    "$nsys" profile -q -t cuda,nvtx -o "/tmp/prof-$name" --force-overwrite true "$@" > "/tmp/prof-$name.log" 2>&1 || tail -5 "/tmp/prof-$name.log"
-    "$nsys" stats -q --report cuda_gpu_kern_sum,cuda_gpu_mem_time_sum,cuda_api_sum \
+    "$nsys" profile -t cuda,nvtx -o "/tmp/prof-$name" --force-overwrite true "$@" > "/tmp/prof-$name.log" 2>&1
+    tail -3 "/tmp/prof-$name.log"
+    ls /tmp/prof-"$name"*
+    "$nsys" stats --report cuda_gpu_kern_sum,cuda_gpu_mem_time_sum,cuda_api_sum \
         --format csv "/tmp/prof-$name.nsys-rep" > "/tmp/prof-$name.csv" 2>&1
     "$py" - "/tmp/prof-$name.csv" > "$OUT/profile-$name.txt" <<'PY'
 import csv, sys
@@ -34,10 +37,10 @@ PY
     head -40 "$OUT/profile-$name.txt"
 }
 
-step() { /tmp/gpu/msa bench train-step --precision bf16 --runs 2 --json "$@"; }
-profiled msa-vit_b-b2 step --preset vit_b --size 1024 --batch 2
-profiled msa-lite_medsam-b16 step --preset lite_medsam --size 256 --batch 16
-profiled pytorch-vit_b-b2 "$py" bench/pytorch_train_step.py --device cuda --precision bf16 \
+step=(/tmp/gpu/msa bench train-step --precision bf16 --runs 2 --json)
+profiled msa-vit_b-b2 "${step[@]}" --preset vit_b --size 1024 --batch 2
+profiled msa-lite_medsam-b16 "${step[@]}" --preset lite_medsam --size 256 --batch 16
+[ "${TORCH:-1}" = 1 ] && profiled pytorch-vit_b-b2 "$py" bench/pytorch_train_step.py --device cuda --precision bf16 \
     --attention sdpa --size 1024 --batch 2 --runs 2
 # The device memory after every TinyViT block of a LiteMedSAM step (train::memory::trace).
 MSA_LOG=msa::memory=debug /tmp/gpu/msa bench train-step --preset lite_medsam --size 256 \
