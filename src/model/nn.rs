@@ -131,9 +131,11 @@ impl Linear {
         if is_cpu_f32(x) || !needs_grad(&[x]) || fc1.trains() || fc2.trains() {
             return Ok(None);
         }
-        let layer = |l: &Linear| (l.weight.clone(), l.bias.clone());
-        let ((w1, b1), (w2, b2)) = (layer(fc1), layer(fc2));
-        own_backward::mlp(x, (&w1, b1.as_ref()), (&w2, b2.as_ref()), act).map(Some)
+        let (l1, l2) = (
+            (&fc1.weight, fc1.bias.as_ref()),
+            (&fc2.weight, fc2.bias.as_ref()),
+        );
+        own_backward::mlp(x, l1, l2, act).map(Some)
     }
 
     pub fn out_dim(&self) -> usize {

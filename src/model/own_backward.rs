@@ -40,12 +40,18 @@ struct OwnBackward {
     back: Box<Backward>,
 }
 
-impl OwnBackward {
-    fn result<S: BackendStorage>(
-        &self,
-        pick: impl Fn(&Storage) -> Option<&S>,
-    ) -> Result<(S, Shape)> {
-        handed_over(&self.y, self.what, pick)
+fn cpu(s: &Storage) -> Option<&candle_core::CpuStorage> {
+    match s {
+        Storage::Cpu(c) => Some(c),
+        _ => None,
+    }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda(s: &Storage) -> Option<&candle_core::CudaStorage> {
+    match s {
+        Storage::Cuda(c) => Some(c),
+        _ => None,
     }
 }
 
@@ -102,10 +108,7 @@ impl CustomOp3 for OwnBackward3 {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> Result<(candle_core::CpuStorage, Shape)> {
-        handed_over(&self.y, self.what, |s| match s {
-            Storage::Cpu(c) => Some(c),
-            _ => None,
-        })
+        handed_over(&self.y, self.what, cpu)
     }
 
     #[cfg(feature = "cuda")]
@@ -118,10 +121,7 @@ impl CustomOp3 for OwnBackward3 {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        handed_over(&self.y, self.what, |s| match s {
-            Storage::Cuda(c) => Some(c),
-            _ => None,
-        })
+        handed_over(&self.y, self.what, cuda)
     }
 
     #[allow(clippy::type_complexity)]
@@ -166,10 +166,7 @@ impl CustomOp1 for OwnBackward {
         _: &candle_core::CpuStorage,
         _: &Layout,
     ) -> Result<(candle_core::CpuStorage, Shape)> {
-        self.result(|s| match s {
-            Storage::Cpu(c) => Some(c),
-            _ => None,
-        })
+        handed_over(&self.y, self.what, cpu)
     }
 
     #[cfg(feature = "cuda")]
@@ -178,10 +175,7 @@ impl CustomOp1 for OwnBackward {
         _: &candle_core::CudaStorage,
         _: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
-        self.result(|s| match s {
-            Storage::Cuda(c) => Some(c),
-            _ => None,
-        })
+        handed_over(&self.y, self.what, cuda)
     }
 
     fn bwd(&self, x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
