@@ -14,6 +14,15 @@ use candle_core::{DType, Result, Tensor};
 /// memory of global attention at 1024 px (12 heads x 4096² logits would be 805 MB).
 const LOGITS_BUDGET_BYTES: usize = 96 << 20;
 
+/// `LOGITS_BUDGET_BYTES`, or `MSA_LOGITS_BUDGET_MB` when set (for measuring the chunking's
+/// cost on large GPUs).
+fn logits_budget() -> usize {
+    std::env::var("MSA_LOGITS_BUDGET_MB")
+        .ok()
+        .and_then(|v| v.parse::<usize>().ok())
+        .map_or(LOGITS_BUDGET_BYTES, |mb| mb << 20)
+}
+
 #[derive(Debug, Clone)]
 pub struct Attention {
     pub qkv: Linear,
@@ -49,7 +58,7 @@ impl Attention {
             scale: (head_dim as f64).powf(-0.5),
             rel_pos,
             lora: None,
-            logits_budget: LOGITS_BUDGET_BYTES,
+            logits_budget: logits_budget(),
             flash: p.flash_attention(),
         })
     }
