@@ -18,6 +18,13 @@ profiled() {
     shift
     "$nsys" profile -t cuda,nvtx -o "/tmp/prof-$name" --force-overwrite true "$@" > "/tmp/prof-$name.log" 2>&1
     tail -3 "/tmp/prof-$name.log"
+    # Nsight Compute's nsys leaves a raw .qdstrm; its importer needs the carried libdw.
+    if [ ! -f "/tmp/prof-$name.nsys-rep" ] && [ -f "/tmp/prof-$name.qdstrm" ]; then
+        local imp
+        imp=$(ls "$(dirname "$nsys")"/../*/QdstrmImporter "$(dirname "$nsys")"/QdstrmImporter 2>/dev/null | head -1)
+        LD_LIBRARY_PATH="$PWD/.gpu/libdw:${LD_LIBRARY_PATH:-}" "$imp" -i "/tmp/prof-$name.qdstrm" \
+            > "/tmp/prof-$name.import.log" 2>&1 || tail -3 "/tmp/prof-$name.import.log"
+    fi
     ls /tmp/prof-"$name"*
     "$nsys" stats --report cuda_gpu_kern_sum,cuda_gpu_mem_time_sum,cuda_api_sum \
         --format csv "/tmp/prof-$name.nsys-rep" > "/tmp/prof-$name.csv" 2>&1

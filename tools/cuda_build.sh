@@ -81,5 +81,13 @@ with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as z:
             data = b"\n".join(l for l in data.split(b"\n") if b".pth," not in l)
         z.writestr(info, data)
 PY
-    ls -l .gpu .whl
+    # The GPU machine's nsys (Nsight Compute's host copy) records traces, but its importer
+    # needs elfutils' libdw, which that machine lacks (bench/gpu_profile.sh).
+    deb=$(mktemp -d) && mkdir -p .gpu/libdw
+    (cd "$deb" && apt-get download -q libdw1 libelf1 >/dev/null 2>&1 \
+        && for d in *.deb; do dpkg-deb -x "$d" x; done \
+        && cp -L x/usr/lib/x86_64-linux-gnu/lib{dw,elf}.so.1 /lib/x86_64-linux-gnu/libbz2.so.1.0 \
+            "$OLDPWD/.gpu/libdw/") || echo "libdw not fetched: gpu_profile.sh will not import"
+    rm -rf "$deb"
+    ls -l .gpu .gpu/libdw .whl
 fi
