@@ -7,7 +7,7 @@
 use super::own_backward;
 use crate::kernels::{with_opt_slice, with_slice};
 use crate::params::Params;
-use candle_core::{DType, Result, Tensor, D};
+use candle_core::{DType, Result, Tensor};
 
 /// y = x Wᵀ + b over the last dim, with all leading dims folded into one matmul.
 #[derive(Debug, Clone)]
@@ -182,11 +182,7 @@ impl LayerNorm {
             return own_backward::layer_norm(x, w, b, self.eps);
         }
         if needs_grad(&[x, w, b]) {
-            let mean = x.mean_keepdim(D::Minus1)?;
-            let xc = x.broadcast_sub(&mean)?;
-            let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
-            let xn = xc.broadcast_div(&(var + self.eps)?.sqrt()?)?;
-            xn.broadcast_mul(&self.weight)?.broadcast_add(&self.bias)
+            own_backward::layer_norm_ops(x, w, b, self.eps)
         } else {
             own_backward::layer_norm_forward(&x.contiguous()?, w, b, self.eps)
         }

@@ -55,6 +55,18 @@ fn cuda(s: &Storage) -> Option<&candle_core::CudaStorage> {
     }
 }
 
+/// A backward formula's gradient must have its operand's shape.
+fn check_shape(what: &str, grad: &Tensor, operand: &Tensor) -> Result<()> {
+    if grad.dims() != operand.dims() {
+        candle_core::bail!(
+            "{what}: gradient {:?} for an operand {:?}",
+            grad.dims(),
+            operand.dims()
+        );
+    }
+    Ok(())
+}
+
 /// The storage of the output held in `y`, which is emptied.
 fn handed_over<S: BackendStorage>(
     y: &Mutex<Option<Tensor>>,
@@ -142,14 +154,7 @@ impl CustomOp3 for OwnBackward3 {
         let [dx, dw, db] = (self.back)(args, &grad.detach())?;
         for (d, t) in [(&dx, x), (&dw, w), (&db, b)] {
             if let Some(d) = d {
-                if d.dims() != t.dims() {
-                    candle_core::bail!(
-                        "{}: gradient {:?} for an operand {:?}",
-                        self.what,
-                        d.dims(),
-                        t.dims()
-                    );
-                }
+                check_shape(self.what, d, t)?;
             }
         }
         Ok((dx, dw, db))
@@ -180,14 +185,7 @@ impl CustomOp1 for OwnBackward {
 
     fn bwd(&self, x: &Tensor, y: &Tensor, grad: &Tensor) -> Result<Option<Tensor>> {
         let dx = (self.back)(&x.detach(), &y.detach(), &grad.detach())?;
-        if dx.dims() != x.dims() {
-            candle_core::bail!(
-                "{}: input gradient {:?} for an input {:?}",
-                self.what,
-                dx.dims(),
-                x.dims()
-            );
-        }
+        check_shape(self.what, &dx, x)?;
         Ok(Some(dx))
     }
 }
@@ -347,6 +345,16 @@ pub(crate) fn layer_norm_forward(
     if x.dtype() != DType::F64 {
         return candle_nn::ops::layer_norm(x, weight, bias, eps as f32);
     }
+    layer_norm_ops(x, weight, bias, eps)
+}
+
+/// LayerNorm over the last dim in candle's composed ops (differentiable in every operand).
+pub(crate) fn layer_norm_ops(
+    x: &Tensor,
+    weight: &Tensor,
+    bias: &Tensor,
+    eps: f64,
+) -> Result<Tensor> {
     let xc = x.broadcast_sub(&x.mean_keepdim(D::Minus1)?)?;
     let var = xc.sqr()?.mean_keepdim(D::Minus1)?;
     xc.broadcast_div(&(var + eps)?.sqrt()?)?
