@@ -2,13 +2,15 @@
 //! attention through `bias_as_columns` (a 14 x 14 window and a 32 x 32 global grid) and the
 //! decoder's cross-attentions (few tokens over many image tokens, and back), output and
 //! gradients. On the CPU this checks the loops that `cuda/attention.cu` runs; with
-//! MSA_TEST_DEVICE=cuda in a `--features cuda` build it checks the CUDA kernels.
+//! MSA_TEST_DEVICE=cuda in a `--features cuda` build it checks the CUDA kernels, and the
+//! tensor-core kernels of `kernels::flash_tc` in bf16 and f16.
 
 mod common;
 
 use candle_core::{Tensor, Var, D};
 use msa::kernels::flash_attention::FlashAttention;
-use msa::model::rel_pos_columns::bias_as_columns;
+use msa::kernels::flash_tc;
+use msa::model::rel_pos_columns::{bias_as_columns, rel_terms};
 
 fn softmax(x: &Tensor) -> Tensor {
     let max = x.max_keepdim(D::Minus1).unwrap().detach();
@@ -116,4 +118,72 @@ fn flash_attention_names_shapes_it_cannot_take() {
         e.contains("382 together") && e.contains("256 and 128"),
         "{e}"
     );
+}
+
+#[test]
+fn tensor_core_attention_matches_composed_ops_on_a_gpu() {
+    let dev = common::device();
+    if !flash_tc::supports(
+        &Tensor::zeros(1, candle_core::DType::BF16, &dev).unwrap(),
+        64,
+    ) {
+        eprintln!("skipped: the tensor-core kernels need MSA_TEST_DEVICE=cuda in a CUDA build");
+        return;
+    }
+    // SAM's 14 x 14 window (196 tokens: partial tiles) and a 32 x 32 global grid, in both
+    // half precisions, against f32 composed ops on the same rounded inputs.
+    for dtype in [candle_core::DType::BF16, candle_core::DType::F16] {
+        for (bh, h, w) in [(6usize, 14usize, 14usize), (2, 32, 32)] {
+            let (n, hd) = (h * w, 64);
+            let scale = (hd as f64).powf(-0.5);
+            let round = |t: Var| {
+                let r = t
+                    .as_tensor()
+                    .to_dtype(dtype)
+                    .unwrap()
+                    .to_dtype(candle_core::DType::F32);
+                Var::from_tensor(&r.unwrap()).unwrap()
+            };
+            let (q, k, v) = (
+                round(var(&[bh, n, hd], 1.0)),
+                round(var(&[bh, n, hd], 1.0)),
+                round(var(&[bh, n, hd], 1.0)),
+            );
+            let (rh, rw) = (round(var(&[h, h, hd], 0.3)), round(var(&[w, w, hd], 0.3)));
+            let (qw, kw) = bias_as_columns(
+                q.as_tensor(),
+                k.as_tensor(),
+                rh.as_tensor(),
+                rw.as_tensor(),
+                (h, w),
+                scale,
+            )
+            .unwrap();
+            let composed = softmax(&qw.matmul(&kw.t().unwrap()).unwrap())
+                .matmul(v.as_tensor())
+                .unwrap();
+            let half = |x: &Var| x.as_tensor().to_dtype(dtype).unwrap();
+            let rel = rel_terms(&half(&q), &half(&rh), &half(&rw), (h, w)).unwrap();
+            let fused =
+                flash_tc::attention(&half(&q), &half(&k), &half(&v), Some(&rel), (h, w), scale)
+                    .unwrap()
+                    .to_dtype(candle_core::DType::F32)
+                    .unwrap();
+            let what = format!("{dtype:?} {h}x{w}");
+            let e = common::relative_error(&fused, &composed);
+            eprintln!("{what}: output relative error {e:e}");
+            assert!(e < 2e-2, "{what}: output relative error {e:e}");
+            let weights = Tensor::randn(0f32, 1f32, composed.dims(), &dev).unwrap();
+            let (gf, gc) = (
+                common::weighted_grads(&fused, &weights),
+                common::weighted_grads(&composed, &weights),
+            );
+            for (name, x) in [("q", &q), ("k", &k), ("v", &v), ("Rh", &rh), ("Rw", &rw)] {
+                let f = gf.get(x.as_tensor()).expect("a fused gradient");
+                let e = common::relative_error(f, gc.get(x.as_tensor()).unwrap());
+                eprintln!("{what}: d{name} relative error {e:e}");
+                assert!(e < 3e-2, "{what}: d{name} relative error {e:e}");
+            }
+        }
+    }
 }

@@ -96,11 +96,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     cfg.img_size = args.size;
     cfg.validate()?;
     if args.part == Part::TrainStep {
-        let (times, trainable) = time_train_step(&cfg, args, &device)?;
+        let (times, counts) = time_train_step(&cfg, args, &device)?;
         let timings = Timings {
             times: &times,
             uncached: None,
-            trainable: Some(trainable),
+            step: Some(counts),
         };
         return report(args, &cfg, &timings, &device);
     }
@@ -122,7 +122,7 @@ pub fn run(args: &BenchArgs) -> Result<()> {
     let timings = Timings {
         times: &times,
         uncached: uncached.as_deref(),
-        trainable: None,
+        step: None,
     };
     report(args, &cfg, &timings, &device)
 }
@@ -209,6 +209,15 @@ fn time_decoder(sam: &Sam, runs: usize, device: &Device, cached: bool) -> Result
     })
 }
 
+/// What a training step holds besides its time.
+#[derive(Clone, Copy)]
+struct TrainStepCounts {
+    /// Trainable parameters.
+    trainable: usize,
+    /// Tensors the last step created (`runtime::tensors_created`).
+    tensors: usize,
+}
+
 /// Forward, BCE loss, backward and an Adam update on random weights and data, with the
 /// encoder's Space and MLP adapters trainable (as the PyTorch reference step), or with
 /// every weight trainable (`--full`).
@@ -216,7 +225,7 @@ fn time_train_step(
     cfg: &SamConfig,
     args: &BenchArgs,
     device: &Device,
-) -> Result<(Vec<f64>, usize)> {
+) -> Result<(Vec<f64>, TrainStepCounts)> {
     use crate::model::{AdapterConfig, MaskSelection};
     let random = Source::Random { std: 0.02 };
     let (params, ad) = if args.full {
@@ -257,8 +266,10 @@ fn time_train_step(
         .checkpoint_blocks
         .then(|| crate::model::recompute::Recompute::new(vars.values()));
     let mut adam = crate::train::optim::Adam::default();
+    let mut tensors = 0;
     let times = time_runs(args.runs, device, || {
         let t0 = Instant::now();
+        let first = crate::runtime::tensors_created();
         let emb = sam.encode_for_training(&x, args.depth, recompute.as_ref())?;
         let out = sam.decode(&emb, &prompts)?;
         let (low, _) = out.select(MaskSelection::Classes(1))?;
@@ -275,6 +286,7 @@ fn time_train_step(
         }
         let t2 = Instant::now();
         adam.step(&vars, &g, 1e-4)?;
+        tensors = crate::runtime::tensors_created() - first;
         tracing::debug!(
             forward_ms = (t1 - t0).as_secs_f64() * 1e3,
             backward_ms = (t2 - t1).as_secs_f64() * 1e3,
@@ -284,7 +296,7 @@ fn time_train_step(
         Ok(())
     })?;
     let trainable = vars.values().map(|v| v.elem_count()).sum();
-    Ok((times, trainable))
+    Ok((times, TrainStepCounts { trainable, tensors }))
 }
 
 /// Peak resident memory of this process (VmHWM), in MiB.
@@ -308,8 +320,8 @@ struct Timings<'a> {
     times: &'a [f64],
     /// Decoder only: the timings without the per-image context.
     uncached: Option<&'a [f64]>,
-    /// Training only: the trainable parameters.
-    trainable: Option<usize>,
+    /// Training only.
+    step: Option<TrainStepCounts>,
 }
 
 fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Result<()> {
@@ -337,6 +349,7 @@ fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Re
                 Device::Cpu => None,
                 d => crate::train::memory::peak_mib(d),
             },
+            "peak_allocated_mib": crate::train::memory::peak_allocated_mib(device),
             "device": device_name,
             "threads": rayon::current_num_threads(),
             "batch": args.batch,
@@ -346,7 +359,8 @@ fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Re
             "checkpoint_blocks": args.checkpoint_blocks,
             "precision": precision(args, device)?,
             "flash_attention": crate::kernels::flash_attention::enabled(),
-            "trainable": t.trainable,
+            "trainable": t.step.map(|c| c.trainable),
+            "tensors_per_step": t.step.map(|c| c.tensors),
             "uncached_median_ms": uncached.map(|u| u.0),
             "uncached_min_ms": uncached.map(|u| u.1),
         });

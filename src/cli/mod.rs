@@ -116,7 +116,7 @@ pub fn run(cli: Cli) -> Result<()> {
 pub fn default_device() -> Result<candle_core::Device> {
     #[cfg(feature = "cuda")]
     {
-        Ok(candle_core::Device::new_cuda(0)?)
+        Ok(crate::runtime::cuda_device(0)?)
     }
     #[cfg(not(feature = "cuda"))]
     {

@@ -9,6 +9,7 @@ pub mod attention_grad;
 pub mod conv3x3;
 pub mod depthwise;
 pub mod flash_attention;
+pub mod flash_tc;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;

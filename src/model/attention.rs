@@ -5,7 +5,7 @@ use super::adapter::Lora;
 use super::nn::{is_cpu_f32, needs_grad, softmax, Linear};
 use super::own_backward::with_backward;
 use crate::kernels::windows as window_ops;
-use crate::kernels::{attention_grad, flash_attention};
+use crate::kernels::{attention_grad, flash_attention, flash_tc};
 use crate::params::{Params, Resize};
 use crate::resize;
 use candle_core::{DType, Result, Tensor};
@@ -98,6 +98,9 @@ impl Attention {
         if self.flash {
             return self.core_flash(qkv);
         }
+        if self.tensor_cores(qkv) {
+            return self.core_tensor_cores(qkv);
+        }
         if is_cpu_f32(qkv) {
             return self.core_fused(qkv);
         }
@@ -172,6 +175,33 @@ impl Attention {
         } else {
             Tensor::cat(&outs, 0)?
         };
+        merge_heads(&out, (b, h, w))
+    }
+
+    /// Whether `kernels::flash_tc` takes this attention (`MSA_FUSED_ATTENTION=1`, a GPU,
+    /// bf16 or f16, 64-wide heads).
+    fn tensor_cores(&self, qkv: &Tensor) -> bool {
+        let head_dim = qkv.dim(3).unwrap_or(0) / 3 / self.num_heads.max(1);
+        flash_tc::enabled() && flash_tc::supports(qkv, head_dim)
+    }
+
+    /// `kernels::flash_tc`: the tensor-core kernels, with the rel-pos bias as each query's
+    /// row and column terms.
+    fn core_tensor_cores(&self, qkv: &Tensor) -> Result<Tensor> {
+        let (b, h, w, _) = qkv.dims4()?;
+        let heads = self.split_heads(qkv)?;
+        let rel = match &heads.rel {
+            Some((rh, rw)) => Some(super::rel_pos_columns::rel_terms(&heads.q, rh, rw, (h, w))?),
+            None => None,
+        };
+        let out = flash_tc::attention(
+            &heads.q,
+            &heads.k,
+            &heads.v,
+            rel.as_ref(),
+            (h, w),
+            self.scale,
+        )?;
         merge_heads(&out, (b, h, w))
     }
 

@@ -20,6 +20,19 @@ pub fn bias_as_columns(
     (h, w): (usize, usize),
     scale: f64,
 ) -> Result<(Tensor, Tensor)> {
+    let (bh, n, _) = q.dims3()?;
+    let q_wide = Tensor::cat(&[(q * scale)?, rel_terms(q, rh, rw, (h, w))?], D::Minus1)?;
+    let indicators = one_hot_positions((h, w), k.dtype(), k.device())?
+        .unsqueeze(0)?
+        .broadcast_as((bh, n, h + w))?;
+    let k_wide = Tensor::cat(&[k.clone(), indicators.contiguous()?], D::Minus1)?;
+    Ok((q_wide, k_wide))
+}
+
+/// Each query's bias terms (BH, N, h + w): its h row terms `<q, rh[qy, ky]>`, then its w
+/// column terms `<q, rw[qx, kx]>`, from q (BH, N, hd) unscaled on an h x w grid. A key at
+/// (ky, kx) adds the query's terms ky and h + kx to its score.
+pub fn rel_terms(q: &Tensor, rh: &Tensor, rw: &Tensor, (h, w): (usize, usize)) -> Result<Tensor> {
     let (bh, n, hd) = q.dims3()?;
     if n != h * w {
         candle_core::bail!("{n} tokens are not an {h} x {w} grid");
@@ -37,19 +50,10 @@ pub fn bias_as_columns(
         .matmul(&rw.transpose(1, 2)?.contiguous()?)?
         .reshape((w, bh, h, w))?
         .permute((1, 2, 0, 3))?;
-    let q_wide = Tensor::cat(
-        &[
-            (q * scale)?,
-            rel_h.reshape((bh, n, h))?,
-            rel_w.reshape((bh, n, w))?,
-        ],
+    Tensor::cat(
+        &[rel_h.reshape((bh, n, h))?, rel_w.reshape((bh, n, w))?],
         D::Minus1,
-    )?;
-    let indicators = one_hot_positions((h, w), k.dtype(), k.device())?
-        .unsqueeze(0)?
-        .broadcast_as((bh, n, h + w))?;
-    let k_wide = Tensor::cat(&[k.clone(), indicators.contiguous()?], D::Minus1)?;
-    Ok((q_wide, k_wide))
+    )
 }
 
 /// (N, h + w): token t's row one-hot, then its column one-hot.

@@ -1,7 +1,10 @@
 //! The peak memory of a run, for `log.jsonl` and the progress line. On the CPU it is the
 //! process's peak resident set. On a GPU it is the device memory in use (cuMemGetInfo:
 //! total minus free, so the CUDA context and anything else on the card count too), sampled
-//! after every forward and backward pass (`sample`), where a training step peaks.
+//! after every forward and backward pass (`sample`), where a training step peaks. The memory
+//! pool keeps what is freed (`runtime::cuda_device`), so that figure is the pool's high
+//! water mark, as nvidia-smi shows it. What the allocations themselves hold, now and at
+//! their peak, comes from the pool's own counters (`trace`, `peak_allocated_mib`).
 
 use candle_core::Device;
 #[cfg(feature = "cuda")]
@@ -48,7 +51,10 @@ pub fn trace(device: &Device, what: impl FnOnce() -> String) {
     let used = match device {
         Device::Cpu => resident_bytes(),
         #[cfg(feature = "cuda")]
-        Device::Cuda(cuda) => device_used_bytes(cuda),
+        Device::Cuda(cuda) => {
+            use candle_core::cuda_backend::cudarc::driver::sys::CUmemPool_attribute as A;
+            pool_bytes(cuda, A::CU_MEMPOOL_ATTR_USED_MEM_CURRENT)
+        }
         _ => None,
     };
     if let Some(used) = used {
@@ -72,6 +78,35 @@ fn device_used_bytes(cuda: &candle_core::CudaDevice) -> Option<u64> {
     cuda.cuda_stream().context().bind_to_thread().ok()?;
     let (free, total) = mem_get_info().ok()?;
     Some(total.saturating_sub(free) as u64)
+}
+
+/// The most the allocations held at once on a GPU, in MiB (PyTorch's
+/// `max_memory_allocated`): the pool's own high-water mark, without the CUDA context and
+/// without what the pool keeps in reserve.
+pub fn peak_allocated_mib(device: &Device) -> Option<f64> {
+    #[cfg(feature = "cuda")]
+    if let Device::Cuda(cuda) = device {
+        use candle_core::cuda_backend::cudarc::driver::sys::CUmemPool_attribute as A;
+        return pool_bytes(cuda, A::CU_MEMPOOL_ATTR_USED_MEM_HIGH).map(|b| b as f64 / MIB);
+    }
+    let _ = device;
+    None
+}
+
+/// One of the memory pool's byte counters.
+#[cfg(feature = "cuda")]
+fn pool_bytes(
+    cuda: &candle_core::CudaDevice,
+    attr: candle_core::cuda_backend::cudarc::driver::sys::CUmemPool_attribute,
+) -> Option<u64> {
+    use candle_core::cuda_backend::cudarc::driver::sys;
+    let pool = crate::runtime::default_pool(cuda).ok()?;
+    let mut bytes = 0u64;
+    // SAFETY: the pool is the device's, and the byte counters are u64.
+    unsafe { sys::cuMemPoolGetAttribute(pool, attr, (&mut bytes as *mut u64).cast()) }
+        .result()
+        .ok()?;
+    Some(bytes)
 }
 
 fn peak_rss_mib() -> Option<f64> {

@@ -16,12 +16,22 @@ pub fn fixture(name: &str) -> PathBuf {
 }
 
 /// The device parity tests run on: CPU, or the first GPU when `MSA_TEST_DEVICE=cuda`
-/// (in a `--features cuda` build).
+/// (in a `--features cuda` build), set up as `msa` sets it up.
 pub fn device() -> Device {
     match std::env::var("MSA_TEST_DEVICE").as_deref() {
-        Ok("cuda") => Device::new_cuda(0).expect("MSA_TEST_DEVICE=cuda needs a CUDA build and GPU"),
+        Ok("cuda") => cuda_device(),
         _ => Device::Cpu,
     }
+}
+
+#[cfg(feature = "cuda")]
+fn cuda_device() -> Device {
+    msa::runtime::cuda_device(0).expect("MSA_TEST_DEVICE=cuda needs a GPU")
+}
+
+#[cfg(not(feature = "cuda"))]
+fn cuda_device() -> Device {
+    panic!("MSA_TEST_DEVICE=cuda needs a --features cuda build")
 }
 
 /// Fixture tensors, on `device()`.
