@@ -1,6 +1,10 @@
 //! `model::own_backward`'s layers (a forward pass outside the graph, an input-gradient formula of
 //! their own) against the same maths in candle's composed ops, whose gradients candle's
-//! autograd derives. In f64 on the CPU, which is the path GPUs take.
+//! autograd derives. In f64 on the CPU, which is the path GPUs take; with
+//! MSA_TEST_DEVICE=cuda also on the GPU, where the backward passes are the fused kernels of
+//! `kernels::fused_backward`.
+
+mod common;
 
 use candle_core::{DType, Device, Result, Tensor, Var, D};
 use msa::model::own_backward::{self, Activation};
@@ -21,7 +25,11 @@ fn randn(shape: &[usize], seed: u64) -> Tensor {
 fn value_and_grad(x: &Tensor, f: impl Fn(&Tensor) -> Result<Tensor>) -> (Tensor, Tensor) {
     let x = Var::from_tensor(x).unwrap();
     let y = f(x.as_tensor()).unwrap();
-    let r = randn(y.dims(), 9).to_dtype(y.dtype()).unwrap();
+    let r = randn(y.dims(), 9)
+        .to_dtype(y.dtype())
+        .unwrap()
+        .to_device(y.device())
+        .unwrap();
     let grads = (&y * r).unwrap().sum_all().unwrap().backward().unwrap();
     (
         y,
@@ -145,4 +153,75 @@ fn frozen_layers_keep_the_input_dtype_in_f16() {
     );
     eprintln!("layer norm in f16: output {ey:e}, input gradient {edx:e} (relative)");
     assert!(ey < 2e-2 && edx < 5e-3, "{ey:e} {edx:e}");
+}
+
+/// `f` on the GPU in `dtype` against `f` in f64 on the CPU: output and input gradient,
+/// relative to the reference's largest value.
+fn check_on(
+    what: &str,
+    dev: &Device,
+    dtype: DType,
+    tol: f64,
+    x: &Tensor,
+    f: impl Fn(&Tensor, &dyn Fn(&Tensor) -> Tensor) -> Result<Tensor>,
+) {
+    let there = |t: &Tensor| t.to_dtype(dtype).unwrap().to_device(dev).unwrap();
+    let (y, dx) = value_and_grad(&there(x), |x| f(x, &there));
+    let (y_ref, dx_ref) = value_and_grad(x, |x| f(x, &|t| t.clone()));
+    let back = |t: &Tensor| {
+        t.to_device(&Device::Cpu)
+            .unwrap()
+            .to_dtype(DType::F64)
+            .unwrap()
+    };
+    let rel =
+        |a: &Tensor, b: &Tensor| max_diff(&back(a), b) / max_diff(b, &b.zeros_like().unwrap());
+    let (ey, edx) = (rel(&y, &y_ref), rel(&dx, &dx_ref));
+    eprintln!("{what} {dtype:?}: output {ey:e}, input gradient {edx:e} (relative)");
+    assert!(ey < tol && edx < tol, "{what} {dtype:?}: {ey:e} {edx:e}");
+    assert_eq!(
+        dx.dtype(),
+        dtype,
+        "{what}: the gradient keeps the input's dtype"
+    );
+}
+
+#[test]
+fn frozen_layers_on_the_gpu_match_composed_ops() {
+    let dev = common::device();
+    if !dev.is_cuda() {
+        eprintln!("skipped: needs MSA_TEST_DEVICE=cuda in a CUDA build");
+        return;
+    }
+    let (w, b) = (randn(&[768], 10), randn(&[768], 11));
+    let (w1, b1) = ((randn(&[96, 40], 4) * 0.2).unwrap(), randn(&[96], 5));
+    let (w2, b2) = ((randn(&[40, 96], 6) * 0.2).unwrap(), randn(&[40], 7));
+    let x_ln = randn(&[5, 7, 768], 12).affine(3.0, 0.5).unwrap();
+    let x_sm = (randn(&[3, 37, 196], 13) * 4.0).unwrap();
+    let x_mlp = randn(&[6, 11, 40], 8);
+    for (dtype, tol) in [(DType::F32, 1e-4), (DType::BF16, 8e-2), (DType::F16, 1e-2)] {
+        check_on("layer norm", &dev, dtype, tol, &x_ln, |x, on| {
+            own_backward::layer_norm(x, &on(&w), &on(&b), 1e-6)
+        });
+        check_on("softmax", &dev, dtype, tol, &x_sm, |x, _| {
+            own_backward::softmax(x)
+        });
+        for act in [Activation::Gelu, Activation::Relu] {
+            check_on(
+                &format!("mlp {act:?}"),
+                &dev,
+                dtype,
+                tol,
+                &x_mlp,
+                |x, on| {
+                    own_backward::mlp(
+                        x,
+                        (&on(&w1), Some(&on(&b1))),
+                        (&on(&w2), Some(&on(&b2))),
+                        act,
+                    )
+                },
+            );
+        }
+    }
 }

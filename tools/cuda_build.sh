@@ -52,7 +52,7 @@ cargo build --release --features cuda --target-dir "$work/target"
 echo "built $work/target/release/msa (compute capability $CUDA_COMPUTE_CAP)"
 if [ "${PACK:-0}" = 1 ]; then
     # The parity tests that honour MSA_TEST_DEVICE=cuda, stripped, beside msa.
-    tests=(sam_parity msa_parity tinyvit_parity precision recompute flash_attention)
+    tests=(sam_parity msa_parity tinyvit_parity precision recompute flash_attention own_backward)
     stage=$work/pack && rm -rf "$stage" && mkdir -p "$stage" .gpu
     for t in "${tests[@]}"; do
         exe=$(cargo test --release --features cuda --target-dir "$work/target" --test "$t" --no-run \

@@ -10,6 +10,7 @@ pub mod conv3x3;
 pub mod depthwise;
 pub mod flash_attention;
 pub mod flash_tc;
+pub mod fused_backward;
 pub mod gelu;
 pub mod layer_norm;
 pub mod linear;

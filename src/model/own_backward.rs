@@ -14,6 +14,7 @@
 //! Here the forward pass runs outside the graph. A custom op attaches its result to the
 //! input, and its backward pass computes the gradients from the formula.
 
+use crate::kernels::fused_backward;
 use candle_core::backend::BackendStorage;
 use candle_core::{CustomOp1, CustomOp3, DType, Layout, Result, Shape, Storage, Tensor, D};
 use std::sync::Mutex;
@@ -276,6 +277,18 @@ impl Activation {
         }
     }
 
+    /// dz = dh act'(z), in z's dtype: one kernel on GPUs, composed in f32 (f64) elsewhere.
+    fn backward(self, z: &Tensor, dh: &Tensor) -> Result<Tensor> {
+        if fused_backward::serves(z) {
+            return fused_backward::activation(
+                z,
+                &dh.to_dtype(z.dtype())?,
+                self == Activation::Gelu,
+            );
+        }
+        (wide(dh)? * self.derivative(z)?)?.to_dtype(z.dtype())
+    }
+
     /// The derivative at z, in f32 (f64 for f64).
     fn derivative(self, z: &Tensor) -> Result<Tensor> {
         let z = wide(z)?;
@@ -306,8 +319,7 @@ pub fn mlp(
     with_backward(x, y, "msa-frozen-mlp", move |x, _, dy| {
         let z = affine(x, &w1, b1.as_ref())?;
         let dh = affine_input_grad(dy, &w2, z.dims())?;
-        let dz = (wide(&dh)? * act.derivative(&z)?)?.to_dtype(z.dtype())?;
-        affine_input_grad(&dz, &w1, x.dims())
+        affine_input_grad(&act.backward(&z, &dh)?, &w1, x.dims())
     })
 }
 
@@ -316,8 +328,12 @@ pub fn mlp(
 /// recomputes the statistics in f32 (f64 for f64).
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let y = layer_norm_forward(&x.detach().contiguous()?, weight, bias, eps)?;
-    let w = wide(weight)?;
+    let w = weight.clone();
     with_backward(x, y, "msa-frozen-layer-norm", move |x, _, dy| {
+        if fused_backward::serves(x) {
+            return fused_backward::layer_norm(x, &w.to_dtype(x.dtype())?, dy, eps);
+        }
+        let w = wide(&w)?;
         let xw = wide(x)?;
         let xc = xw.broadcast_sub(&xw.mean_keepdim(D::Minus1)?)?;
         let rstd = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?
@@ -367,6 +383,9 @@ pub(crate) fn layer_norm_ops(
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
     let y = candle_nn::ops::softmax_last_dim(&x.detach().contiguous()?)?;
     with_backward(x, y, "msa-frozen-softmax", |x, y, dy| {
+        if fused_backward::serves(y) {
+            return fused_backward::softmax(y, &dy.to_dtype(y.dtype())?);
+        }
         let (y, dy) = (wide(y)?, wide(dy)?);
         let dot = (&dy * &y)?.sum_keepdim(D::Minus1)?;
         (dy.broadcast_sub(&dot)? * y)?.to_dtype(x.dtype())
@@ -399,8 +418,7 @@ pub fn adapter_linear(
             let xw = x.to_dtype(wd)?;
             let mut g = (dy.to_dtype(wd)? * scale)?;
             if let Some(a) = act {
-                let z = affine(&xw, w, Some(b))?;
-                g = (g * a.derivative(&z)?.to_dtype(wd)?)?;
+                g = a.backward(&affine(&xw, w, Some(b))?, &g)?;
             }
             let (out_dim, in_dim) = w.dims2()?;
             let rows = g.elem_count() / out_dim.max(1);

@@ -25,6 +25,7 @@ struct emu_dim3 {
     unsigned x = 0, y = 0, z = 0;
 };
 inline thread_local emu_dim3 threadIdx, blockIdx;
+inline emu_dim3 blockDim;
 inline thread_local std::barrier<>* emu_barrier = nullptr;
 alignas(128) inline unsigned char smem[256 * 1024];
 inline float emu_exchange[1024];
@@ -132,6 +133,7 @@ void emu_launch(unsigned grid_x, unsigned grid_y, unsigned threads, F kernel) {
     for (unsigned by = 0; by < grid_y; ++by)
         for (unsigned bx = 0; bx < grid_x; ++bx) {
             std::barrier<> bar(threads);
+            blockDim = {threads, 1, 1};
             std::vector<std::thread> pool;
             for (unsigned t = 0; t < threads; ++t)
                 pool.emplace_back([&, t] {
