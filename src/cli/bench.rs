@@ -359,6 +359,8 @@ fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Re
             "checkpoint_blocks": args.checkpoint_blocks,
             "precision": precision(args, device)?,
             "flash_attention": crate::kernels::flash_attention::enabled(),
+            "fused_attention": crate::kernels::flash_tc::enabled(),
+            "cuda_runtime": std::env::var("MSA_CUDA_RUNTIME").unwrap_or_else(|_| "tuned".into()),
             "trainable": t.step.map(|c| c.trainable),
             "tensors_per_step": t.step.map(|c| c.tensors),
             "uncached_median_ms": uncached.map(|u| u.0),
