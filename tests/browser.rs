@@ -66,7 +66,7 @@ async fn lite_medsam_server() -> Running {
         ModelSet::load(
             &[PathBuf::from("lite_medsam")],
             &[],
-            None,
+            &Default::default(),
             &candle_core::Device::Cpu,
         )
     })

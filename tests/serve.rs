@@ -10,6 +10,7 @@ use msa::io::Volume;
 use msa::model::SamConfig;
 use msa::serve::models::ModelSet;
 use msa::serve::{start, Running, Settings};
+use msa::weights::LoadOptions;
 use serde_json::{json, Value};
 use std::path::Path;
 use std::process::Command;
@@ -19,7 +20,10 @@ fn tiny_models() -> ModelSet {
     ModelSet::load(
         &[fixture("sam_tiny.pth")],
         &[],
-        Some(&cfg),
+        &LoadOptions {
+            config: Some(&cfg),
+            ..Default::default()
+        },
         &candle_core::Device::Cpu,
     )
     .unwrap()
@@ -37,6 +41,23 @@ fn serve_models(models: ModelSet) -> Running {
 }
 
 /// `msa predict-volume` on the tiny model (with `adapters` if given); the labels written.
+/// The tiny model served with its encoder in `dtype`.
+fn serve_in(dtype: candle_core::DType) -> Running {
+    let cfg = SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap();
+    let models = ModelSet::load(
+        &[fixture("sam_tiny.pth")],
+        &[],
+        &LoadOptions {
+            config: Some(&cfg),
+            encoder_dtype: Some(dtype),
+            ..Default::default()
+        },
+        &candle_core::Device::Cpu,
+    )
+    .unwrap();
+    serve_models(models)
+}
+
 fn cli_predict_volume(
     input: &Path,
     prompts: &Value,
@@ -73,7 +94,10 @@ fn serve_with_adapters(file: &Path) -> Running {
     let models = ModelSet::load(
         &[fixture("sam_tiny.pth")],
         &[file.to_path_buf()],
-        Some(&cfg),
+        &LoadOptions {
+            config: Some(&cfg),
+            ..Default::default()
+        },
         &candle_core::Device::Cpu,
     )
     .unwrap();
@@ -615,7 +639,10 @@ fn adapter_files_are_offered_on_their_base_and_used_when_named() {
     let e = ModelSet::load(
         std::slice::from_ref(&base),
         &[wrong],
-        Some(&cfg),
+        &LoadOptions {
+            config: Some(&cfg),
+            ..Default::default()
+        },
         &candle_core::Device::Cpu,
     )
     .err()
@@ -782,4 +809,57 @@ fn every_image_kind_uploads_at_its_size() {
             "{what}"
         );
     }
+}
+
+#[test]
+fn the_served_precision_is_reported_and_masks_equal_predict_at_that_precision() {
+    let dir = tempfile::tempdir().unwrap();
+    let png = disk_png(90, 70);
+    let image_path = dir.path().join("disk.png");
+    std::fs::write(&image_path, &png).unwrap();
+    let body = json!({"points": [[40, 38, 1]], "box": [20, 15, 70, 60], "slice": 0});
+    let prompts_path = dir.path().join("prompts.json");
+    let file = json!({"points": body["points"], "box": body["box"]});
+    std::fs::write(&prompts_path, file.to_string()).unwrap();
+    let mut masks = vec![];
+    for (dtype, name) in [
+        (candle_core::DType::F16, "f16"),
+        (candle_core::DType::F32, "f32"),
+    ] {
+        let server = serve_in(dtype);
+        let (_, models) = call_json(&server, "GET", "/api/models", None);
+        assert_eq!(models["models"][0]["precision"], name, "{models}");
+        let id = upload(&server, &png)["id"].as_str().unwrap().to_string();
+        let path = format!("/api/images/{id}/predict");
+        let (status, got) = call_json(&server, "POST", &path, Some(body.to_string().as_bytes()));
+        assert_eq!(status, 200, "{got}");
+        let mask = decode_mask(&got);
+        let out = dir.path().join(format!("mask-{name}.png"));
+        let status = Command::new(env!("CARGO_BIN_EXE_msa"))
+            .args(["predict", "--precision", name, "--checkpoint"])
+            .arg(fixture("sam_tiny.pth"))
+            .arg("--config")
+            .arg(fixture("sam_tiny.json"))
+            .arg("--image")
+            .arg(&image_path)
+            .arg("--prompts")
+            .arg(&prompts_path)
+            .arg("--out")
+            .arg(&out)
+            .status()
+            .unwrap();
+        assert!(status.success());
+        assert_eq!(
+            image::open(&out).unwrap().to_luma8(),
+            mask,
+            "{name}: serve and predict"
+        );
+        masks.push(mask);
+    }
+    let differ = masks[0]
+        .pixels()
+        .zip(masks[1].pixels())
+        .filter(|(a, b)| a != b)
+        .count();
+    eprintln!("f16 and f32 masks differ in {differ} of {} pixels", 90 * 70);
 }

@@ -22,7 +22,12 @@ pub struct ServeBench<'a> {
 
 pub fn run(b: &ServeBench) -> Result<()> {
     let device = super::default_device()?;
-    let models = ModelSet::load(&[b.checkpoint.to_path_buf()], &[], None, &device)?;
+    let models = ModelSet::load(
+        &[b.checkpoint.to_path_buf()],
+        &[],
+        &Default::default(),
+        &device,
+    )?;
     let model = models.bases[0].name.clone();
     let server = start(
         models,

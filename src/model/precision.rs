@@ -22,6 +22,15 @@ impl Precision {
         }
     }
 
+    /// The precision an encoder dtype stands for (None: f32, what loading defaults to).
+    pub fn of(dtype: Option<DType>) -> Precision {
+        match dtype {
+            Some(DType::BF16) => Precision::Bf16,
+            Some(DType::F16) => Precision::F16,
+            _ => Precision::F32,
+        }
+    }
+
     /// The precision asked for, else the device's default: bf16 on GPUs, f32 on the CPU
     /// (whose fast kernels are f32).
     pub fn resolve(asked: Option<Precision>, device: &Device) -> Result<Precision> {

@@ -2,7 +2,8 @@
 //! was trained for. All are loaded at start, so that a bad file stops the server at once
 //! rather than a user's click later.
 
-use crate::model::{Sam, SamConfig};
+use crate::model::precision::Precision;
+use crate::model::Sam;
 use crate::weights::{load_model, LoadOptions};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
@@ -33,6 +34,8 @@ pub struct BaseInfo {
     pub preset: String,
     pub backbone: String,
     pub image_size: usize,
+    /// The image encoder's dtype (`--precision`).
+    pub precision: Precision,
     pub default: bool,
 }
 
@@ -52,12 +55,12 @@ pub struct ModelSet {
 }
 
 impl ModelSet {
-    /// Loads every checkpoint (the first is the default) and places each adapter file on
-    /// the first base it fits.
+    /// Loads every checkpoint (the first is the default) as `base` says (architecture,
+    /// encoder dtype), and places each adapter file on the first base it fits.
     pub fn load(
         checkpoints: &[PathBuf],
         adapter_files: &[PathBuf],
-        config: Option<&SamConfig>,
+        base: &LoadOptions,
         device: &Device,
     ) -> Result<Self> {
         if checkpoints.is_empty() {
@@ -69,26 +72,23 @@ impl ModelSet {
             adapters: vec![],
         };
         for path in checkpoints {
-            set.add_base(path, config, device)?;
+            set.add_base(path, base, device)?;
         }
         for file in adapter_files {
-            set.add_adapters(checkpoints, file, config, device)?;
+            set.add_adapters(checkpoints, file, base, device)?;
         }
         Ok(set)
     }
 
-    fn add_base(&mut self, path: &Path, config: Option<&SamConfig>, device: &Device) -> Result<()> {
-        let opts = LoadOptions {
-            config,
-            ..Default::default()
-        };
-        let loaded = load_model(path, &opts, device)?;
+    fn add_base(&mut self, path: &Path, base: &LoadOptions, device: &Device) -> Result<()> {
+        let loaded = load_model(path, base, device)?;
         let name = unique_name(stem(path), self.bases.iter().map(|b| &b.name));
         self.bases.push(BaseInfo {
             name: name.clone(),
             preset: loaded.preset.clone(),
             backbone: loaded.sam.config.backbone_name().to_string(),
             image_size: loaded.sam.config.img_size,
+            precision: Precision::of(base.encoder_dtype),
             default: self.bases.is_empty(),
         });
         self.models.push(ServedModel {
@@ -103,15 +103,14 @@ impl ModelSet {
         &mut self,
         checkpoints: &[PathBuf],
         file: &Path,
-        config: Option<&SamConfig>,
+        base_opts: &LoadOptions,
         device: &Device,
     ) -> Result<()> {
         let mut reasons = vec![];
         for (ckpt, base) in checkpoints.iter().zip(self.bases.clone()) {
             let opts = LoadOptions {
-                config,
                 adapters_file: Some(file),
-                ..Default::default()
+                ..base_opts.clone()
             };
             match load_model(ckpt, &opts, device) {
                 Ok(loaded) => {
