@@ -51,6 +51,9 @@ struct Inner {
     encoder_dtype: std::cell::Cell<DType>,
     /// Attention runs on `kernels::flash_attention` (default: `MSA_FLASH_ATTENTION=1`).
     flash_attention: std::cell::Cell<bool>,
+    /// The encoder's attention runs on `kernels::flash_tc` where it can (default:
+    /// `MSA_FUSED_ATTENTION=1`).
+    fused_attention: std::cell::Cell<bool>,
 }
 
 /// How a trainable tensor starts when the checkpoint does not hold it.
@@ -108,6 +111,7 @@ impl Params {
                 train_all,
                 encoder_dtype: std::cell::Cell::new(DType::F32),
                 flash_attention: std::cell::Cell::new(crate::kernels::flash_attention::enabled()),
+                fused_attention: std::cell::Cell::new(crate::kernels::flash_tc::enabled()),
             }),
             prefix: String::new(),
         }
@@ -182,8 +186,6 @@ impl Params {
         self.maybe_trainable(name, t)
     }
 
-    /// Frozen image-encoder tensors are read in `dtype` from now on (`--precision`);
-    /// trainable ones stay f32.
     /// Whether the attention layers loaded from here run on `kernels::flash_attention`.
     pub fn set_flash_attention(&self, on: bool) {
         self.inner.flash_attention.set(on);
@@ -193,6 +195,18 @@ impl Params {
         self.inner.flash_attention.get()
     }
 
+    /// Whether the encoder attention loaded from here runs on `kernels::flash_tc` where it
+    /// can (`flash_tc::supports`).
+    pub fn set_fused_attention(&self, on: bool) {
+        self.inner.fused_attention.set(on);
+    }
+
+    pub fn fused_attention(&self) -> bool {
+        self.inner.fused_attention.get()
+    }
+
+    /// Frozen image-encoder tensors are read in `dtype` from now on (`--precision`);
+    /// trainable ones stay f32.
     pub fn set_encoder_dtype(&self, dtype: DType) {
         self.inner.encoder_dtype.set(dtype);
     }

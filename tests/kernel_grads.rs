@@ -462,6 +462,7 @@ fn recomputed_attention_matches_the_composed_path() {
         lora: None,
         logits_budget: 1 << 20,
         flash: false,
+        fused: false,
     };
     let qkv = Var::from_tensor(&f64t(rand(&[b, h, w, 3 * c], 33))).unwrap();
     let weights = f64t(rand(&[b, h, w, c], 34));

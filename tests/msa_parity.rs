@@ -1,6 +1,6 @@
 //! The adapted model against the MSA reference: encoder outputs (2D and 3D), the
 //! MSA-convention decoder, the BCE loss, and the gradient of every adapter parameter; all of
-//! it also with attention on `kernels::flash_attention`.
+//! it also with attention on `kernels::flash_attention`, and on `kernels::flash_tc`.
 
 mod common;
 
@@ -18,10 +18,16 @@ fn adapted(train: bool, flash: bool) -> (Sam, Params) {
 /// The encoder computing in `dtype`: f64 on the CPU takes the device-generic ops that GPUs
 /// run (`model::frozen`), not the CPU's f32 kernels.
 fn adapted_in(train: bool, flash: bool, dtype: DType) -> (Sam, Params) {
+    adapted_with(train, (flash, false), dtype)
+}
+
+/// `adapted_in`, with the attention on (`kernels::flash_attention`, `kernels::flash_tc`).
+fn adapted_with(train: bool, (flash, fused): (bool, bool), dtype: DType) -> (Sam, Params) {
     let cfg = SamConfig::from_json_file(&fixture("msa_tiny.json")).unwrap();
     let ckpt = Checkpoint::read(&fixture("msa_tiny.safetensors")).unwrap();
     let params = Params::with_options(Source::from(ckpt), &device(), train, 0);
     params.set_flash_attention(flash);
+    params.set_fused_attention(fused);
     params.set_encoder_dtype(dtype);
     let ad = AdapterConfig {
         depth: true,
@@ -55,8 +61,23 @@ fn adapter_gradients_through_the_device_generic_ops_match_reference() {
     check_adapted(false, DType::F64);
 }
 
+/// The encoder's attention through `kernels::flash_tc`: on the CPU its f64 reference loops,
+/// which check the model's wiring of the op (heads, bias terms, gradients back to the
+/// adapters). On a GPU the kernels take bf16 and f16 only: tests/precision.rs.
+#[test]
+fn adapter_gradients_through_the_fused_attention_match_reference() {
+    if !device().is_cpu() {
+        return;
+    }
+    check_adapted_with(false, true, DType::F64);
+}
+
 fn check_adapted(flash: bool, dtype: DType) {
-    let (sam, params) = adapted_in(true, flash, dtype);
+    check_adapted_with(flash, false, dtype)
+}
+
+fn check_adapted_with(flash: bool, fused: bool, dtype: DType) {
+    let (sam, params) = adapted_with(true, (flash, fused), dtype);
     let t = load_cases("msa_tiny_cases.safetensors");
     let emb = sam
         .encode(&sam.preprocess(&t["msa2d.image"]).unwrap())

@@ -1,7 +1,7 @@
 //! Flash attention on tensor cores for SAM's image encoder on CUDA
 //! (`cuda/flash_tc.cu`): softmax(scale q kᵀ + bias) v with SAM's decomposed bias, forward
-//! and backward, never holding an attention matrix. q, k and v are (BH, N, 64) in bf16 or
-//! f16; the bias arrives as each query's row and column terms (`rel_pos_columns::rel_terms`),
+//! and backward, never holding an attention matrix. q, k and v are (BH, N, D) in bf16 or
+//! f16, D one of `HEAD_DIMS` (SAM ViT-B and ViT-L have 64); the bias arrives as each query's row and column terms (`rel_pos_columns::rel_terms`),
 //! whose gradient the backward pass returns so that candle's autograd carries it on to q
 //! and the tables.
 //!
@@ -17,8 +17,8 @@
 use crate::model::own_backward::with_backward;
 use candle_core::{CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
-/// The head width the kernels are compiled for (SAM ViT-B and ViT-L).
-pub const HEAD_DIM: usize = 64;
+/// The head widths the kernels are compiled for.
+pub const HEAD_DIMS: [usize; 3] = [16, 32, 64];
 
 /// Whether `MSA_FUSED_ATTENTION=1` asks for the kernels.
 pub fn enabled() -> bool {
@@ -26,14 +26,15 @@ pub fn enabled() -> bool {
     *ON.get_or_init(|| std::env::var("MSA_FUSED_ATTENTION").is_ok_and(|v| v == "1"))
 }
 
-/// Whether attention over heads of `head_dim` on tensors like `t` can run on the kernels:
-/// a CUDA build with them compiled, a GPU tensor in bf16 or f16, heads 64 wide.
+/// Whether attention over heads of `head_dim` on tensors like `t` can take the op: on a GPU,
+/// a CUDA build with the kernels compiled and bf16 or f16; on the CPU, where the op runs its
+/// f64 reference loops (for tests), any float dtype.
 pub fn supports(t: &Tensor, head_dim: usize) -> bool {
-    cfg!(feature = "cuda")
-        && t.device().is_cuda()
-        && matches!(t.dtype(), DType::BF16 | DType::F16)
-        && head_dim == HEAD_DIM
-        && compiled()
+    let device = match t.device() {
+        candle_core::Device::Cpu => t.dtype().is_float(),
+        d => d.is_cuda() && matches!(t.dtype(), DType::BF16 | DType::F16) && compiled(),
+    };
+    device && HEAD_DIMS.contains(&head_dim)
 }
 
 #[cfg(feature = "cuda")]
@@ -46,22 +47,20 @@ fn compiled() -> bool {
     false
 }
 
-// The CPU build only type-checks the ops around the CUDA launches.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 #[derive(Debug, Clone, Copy)]
 struct Dims {
     bh: usize,
     n: usize,
+    d: usize,
     gh: usize,
     gw: usize,
     bias: bool,
     scale: f32,
 }
 
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 impl Dims {
     fn qkv_len(&self) -> usize {
-        self.bh * self.n * HEAD_DIM
+        self.bh * self.n * self.d
     }
 
     fn rel_len(&self) -> usize {
@@ -77,8 +76,8 @@ impl Dims {
     }
 }
 
-/// softmax(scale q kᵀ + bias) v for q, k, v (BH, N, 64) of one dtype (bf16 or f16), on an
-/// h x w grid of N tokens. `rel` (BH, N, h + w), in the same dtype, holds each query's
+/// softmax(scale q kᵀ + bias) v for q, k, v (BH, N, D) of one dtype, on an h x w grid of N
+/// tokens (see `supports`). `rel` (BH, N, h + w), in the same dtype, holds each query's
 /// bias terms: a key at (ky, kx) adds terms ky and h + kx.
 pub fn attention(
     q: &Tensor,
@@ -92,14 +91,15 @@ pub fn attention(
     let dims = Dims {
         bh,
         n,
+        d: hd,
         gh: h,
         gw: w,
         bias: rel.is_some(),
         scale: scale as f32,
     };
-    if hd != HEAD_DIM || n != h * w || k.dims() != q.dims() || v.dims() != q.dims() {
+    if !HEAD_DIMS.contains(&hd) || n != h * w || k.dims() != q.dims() || v.dims() != q.dims() {
         candle_core::bail!(
-            "fused attention takes q, k, v of shape (BH, {h} x {w}, {HEAD_DIM}), got {:?}, {:?}, {:?}",
+            "fused attention takes q, k, v of shape (BH, {h} x {w}, D) with D in {HEAD_DIMS:?}, got {:?}, {:?}, {:?}",
             q.dims(),
             k.dims(),
             v.dims()
@@ -135,21 +135,15 @@ pub fn attention(
     })
 }
 
-fn cuda_only<T>(what: &str) -> Result<T> {
-    candle_core::bail!("{what} runs on CUDA GPUs only")
-}
-
-/// Each query's log-sum-exp (BH, N), f32, from the packed inputs.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+/// Each query's log-sum-exp (BH, N), f32 (f64 for f64 on the CPU), from the packed
+/// inputs.
 struct Lse(Dims);
 
-/// The output (BH, N, 64) from the packed inputs and the log-sum-exp.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
+/// The output (BH, N, D) from the packed inputs and the log-sum-exp.
 struct Out(Dims);
 
 /// The packed inputs' gradient (dq, dk, dv, then the bias terms'), f32, from the packed
 /// inputs, the output and its gradient.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct Backward {
     dims: Dims,
     lse: Tensor,
@@ -162,10 +156,14 @@ impl CustomOp1 for Lse {
 
     fn cpu_fwd(
         &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
+        packed: &candle_core::CpuStorage,
+        l: &Layout,
     ) -> Result<(candle_core::CpuStorage, Shape)> {
-        cuda_only(self.name())
+        let lse = cpu::lse(&cpu::values(packed, l)?, self.0);
+        Ok((
+            cpu::stored_wide(lse, packed),
+            Shape::from((self.0.bh, self.0.n)),
+        ))
     }
 
     #[cfg(feature = "cuda")]
@@ -186,12 +184,14 @@ impl CustomOp2 for Out {
 
     fn cpu_fwd(
         &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
+        packed: &candle_core::CpuStorage,
+        l: &Layout,
+        lse: &candle_core::CpuStorage,
+        ll: &Layout,
     ) -> Result<(candle_core::CpuStorage, Shape)> {
-        cuda_only(self.name())
+        let out = cpu::out(&cpu::values(packed, l)?, &cpu::values(lse, ll)?, self.0);
+        let shape = Shape::from((self.0.bh, self.0.n, self.0.d));
+        Ok((cpu::stored(out, packed), shape))
     }
 
     #[cfg(feature = "cuda")]
@@ -203,7 +203,7 @@ impl CustomOp2 for Out {
         ll: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let out = cuda::out(packed, l, lse, ll, self.0)?;
-        Ok((out, Shape::from((self.0.bh, self.0.n, HEAD_DIM))))
+        Ok((out, Shape::from((self.0.bh, self.0.n, self.0.d))))
     }
 }
 
@@ -214,14 +214,29 @@ impl CustomOp3 for Backward {
 
     fn cpu_fwd(
         &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
+        packed: &candle_core::CpuStorage,
+        l: &Layout,
+        out: &candle_core::CpuStorage,
+        lo: &Layout,
+        dout: &candle_core::CpuStorage,
+        ld: &Layout,
     ) -> Result<(candle_core::CpuStorage, Shape)> {
-        cuda_only(self.name())
+        let lse = self
+            .lse
+            .flatten_all()?
+            .to_dtype(DType::F64)?
+            .to_vec1::<f64>()?;
+        let grads = cpu::backward(
+            &cpu::values(packed, l)?,
+            &cpu::values(out, lo)?,
+            &cpu::values(dout, ld)?,
+            &lse,
+            self.dims,
+        );
+        Ok((
+            cpu::stored(grads, packed),
+            Shape::from(self.dims.packed_len()),
+        ))
     }
 
     #[cfg(feature = "cuda")]
@@ -239,9 +254,161 @@ impl CustomOp3 for Backward {
     }
 }
 
+/// The same maths on the CPU, in f64, one row at a time: the reference the tests run the
+/// model's wiring against (the kernels themselves are checked by tests/flash_tc_emulated.rs).
+mod cpu {
+    use super::Dims;
+    use candle_core::backend::BackendStorage;
+    use candle_core::{CpuStorage, Layout, Result};
+
+    /// A contiguous float storage's values, widened to f64.
+    pub(super) fn values(s: &CpuStorage, l: &Layout) -> Result<Vec<f64>> {
+        let (a, b) = l.contiguous_offsets().ok_or_else(|| {
+            candle_core::Error::Msg("fused attention needs contiguous inputs".into())
+        })?;
+        Ok(match s {
+            CpuStorage::F64(v) => v[a..b].to_vec(),
+            CpuStorage::F32(v) => v[a..b].iter().map(|&x| x as f64).collect(),
+            CpuStorage::F16(v) => v[a..b].iter().map(|x| x.to_f64()).collect(),
+            CpuStorage::BF16(v) => v[a..b].iter().map(|x| x.to_f64()).collect(),
+            other => candle_core::bail!("fused attention takes floats, not {:?}", other.dtype()),
+        })
+    }
+
+    /// `v` as a storage of `like`'s dtype.
+    pub(super) fn stored(v: Vec<f64>, like: &CpuStorage) -> CpuStorage {
+        match like {
+            CpuStorage::F64(_) => CpuStorage::F64(v),
+            CpuStorage::F16(_) => CpuStorage::F16(v.into_iter().map(half::f16::from_f64).collect()),
+            CpuStorage::BF16(_) => {
+                CpuStorage::BF16(v.into_iter().map(half::bf16::from_f64).collect())
+            }
+            _ => CpuStorage::F32(v.into_iter().map(|x| x as f32).collect()),
+        }
+    }
+
+    /// `v` in f64 for f64 inputs, else f32 (statistics: f16 would lose the exponent's
+    /// precision).
+    pub(super) fn stored_wide(v: Vec<f64>, like: &CpuStorage) -> CpuStorage {
+        match like {
+            CpuStorage::F64(_) => CpuStorage::F64(v),
+            _ => CpuStorage::F32(v.into_iter().map(|x| x as f32).collect()),
+        }
+    }
+
+    fn dot(a: &[f64], b: &[f64]) -> f64 {
+        a.iter().zip(b).map(|(x, y)| x * y).sum()
+    }
+
+    /// The parts of a packed input, and the score of query row i against key j (rows of
+    /// the whole (BH, N) range, j within i's head).
+    struct Parts<'a> {
+        q: &'a [f64],
+        k: &'a [f64],
+        v: &'a [f64],
+        rel: &'a [f64],
+        dm: Dims,
+    }
+
+    impl<'a> Parts<'a> {
+        fn of(p: &'a [f64], dm: Dims) -> Self {
+            let m = dm.qkv_len();
+            Self {
+                q: &p[..m],
+                k: &p[m..2 * m],
+                v: &p[2 * m..3 * m],
+                rel: &p[3 * m..],
+                dm,
+            }
+        }
+
+        fn row<'b>(&self, t: &'b [f64], r: usize) -> &'b [f64] {
+            let d = self.dm.d;
+            &t[r * d..(r + 1) * d]
+        }
+
+        fn score(&self, i: usize, key: usize) -> f64 {
+            let dm = self.dm;
+            let j = key % dm.n;
+            let mut s = dm.scale as f64 * dot(self.row(self.q, i), self.row(self.k, key));
+            if dm.bias {
+                let g = dm.gh + dm.gw;
+                s += self.rel[i * g + j / dm.gw] + self.rel[i * g + dm.gh + j % dm.gw];
+            }
+            s
+        }
+
+        /// The keys of query row i's head.
+        fn keys(&self, i: usize) -> std::ops::Range<usize> {
+            let head = i / self.dm.n * self.dm.n;
+            head..head + self.dm.n
+        }
+    }
+
+    pub(super) fn lse(packed: &[f64], dm: Dims) -> Vec<f64> {
+        let p = Parts::of(packed, dm);
+        (0..dm.bh * dm.n)
+            .map(|i| {
+                let s: Vec<f64> = p.keys(i).map(|key| p.score(i, key)).collect();
+                let m = s.iter().cloned().fold(f64::NEG_INFINITY, f64::max);
+                m + s.iter().map(|x| (x - m).exp()).sum::<f64>().ln()
+            })
+            .collect()
+    }
+
+    pub(super) fn out(packed: &[f64], lse: &[f64], dm: Dims) -> Vec<f64> {
+        let p = Parts::of(packed, dm);
+        let mut out = vec![0.0; dm.qkv_len()];
+        for (i, o) in out.chunks_mut(dm.d).enumerate() {
+            for key in p.keys(i) {
+                let pr = (p.score(i, key) - lse[i]).exp();
+                o.iter_mut()
+                    .zip(p.row(p.v, key))
+                    .for_each(|(a, x)| *a += pr * x);
+            }
+        }
+        out
+    }
+
+    /// dq, dk, dv and the bias terms' gradient, one after the other.
+    pub(super) fn backward(
+        packed: &[f64],
+        out: &[f64],
+        dout: &[f64],
+        lse: &[f64],
+        dm: Dims,
+    ) -> Vec<f64> {
+        let p = Parts::of(packed, dm);
+        let (m, g, scale, d) = (dm.qkv_len(), dm.gh + dm.gw, dm.scale as f64, dm.d);
+        let mut grads = vec![0.0; dm.packed_len()];
+        let (dq, rest) = grads.split_at_mut(m);
+        let (dk, rest) = rest.split_at_mut(m);
+        let (dv, drel) = rest.split_at_mut(m);
+        for i in 0..dm.bh * dm.n {
+            let dor = p.row(dout, i);
+            let delta = dot(dor, p.row(out, i));
+            for key in p.keys(i) {
+                let pr = (p.score(i, key) - lse[i]).exp();
+                let ds = pr * (dot(dor, p.row(p.v, key)) - delta);
+                for c in 0..d {
+                    dq[i * d + c] += scale * ds * p.k[key * d + c];
+                    dk[key * d + c] += scale * ds * p.q[i * d + c];
+                    dv[key * d + c] += pr * dor[c];
+                }
+                if dm.bias {
+                    let j = key % dm.n;
+                    drel[i * g + j / dm.gw] += ds;
+                    drel[i * g + dm.gh + j % dm.gw] += ds;
+                }
+            }
+        }
+        grads
+    }
+}
+
 #[cfg(feature = "cuda")]
 mod cuda {
-    use super::{Dims, HEAD_DIM};
+    use super::Dims;
     use candle_core::backend::BackendStorage;
     use candle_core::cuda_backend::cudarc::driver::sys::CUfunction_attribute_enum as Attr;
     use candle_core::cuda_backend::cudarc::driver::CudaFunction;
@@ -256,33 +423,40 @@ mod cuda {
     pub(super) const PTX: &str = include_str!(concat!(env!("OUT_DIR"), "/flash_tc.ptx"));
     const MODULE: &str = "msa_flash_tc";
 
-    // The tile sizes of cuda/flash_tc.cu, for the shared memory each kernel needs.
+    // The tile sizes of cuda/flash_tc.cu, for the shared memory each kernel needs; `t` is
+    // the element size, `d` the head width (a T tile's rows are d + 8 long).
     const WARPS: usize = 4;
     const ROWS: usize = WARPS * 16;
     const TK: usize = 64;
     const TB: usize = 32;
-    const LDT: usize = HEAD_DIM + 8;
     const DEFAULT_SHARED: usize = 48 * 1024;
     const MAX_SHARED: usize = 227 * 1024;
+    const T: usize = 2;
 
-    fn forward_shared(t: usize) -> usize {
-        2 * TK * LDT * t + WARPS * 16 * (TK + 4) * 4 + WARPS * 16 * (TK + 8) * t
+    fn forward_shared(d: usize) -> usize {
+        2 * TK * (d + 8) * T + WARPS * 16 * (TK + 4) * 4 + WARPS * 16 * (TK + 8) * T
     }
 
-    fn backward_shared(t: usize) -> usize {
-        2 * TB * LDT * t + WARPS * 16 * 2 * (TB + 4) * 4 + WARPS * 16 * (TB + 8) * t
+    fn backward_shared(d: usize) -> usize {
+        2 * TB * (d + 8) * T + WARPS * 16 * 2 * (TB + 4) * 4 + WARPS * 16 * (TB + 8) * T
     }
 
-    fn dq_shared(t: usize, g: usize) -> usize {
-        backward_shared(t) + ROWS * g * 4
+    fn dq_shared(d: usize, g: usize) -> usize {
+        backward_shared(d) + ROWS * g * 4
     }
 
-    fn dkv_shared(t: usize) -> usize {
-        backward_shared(t) + 2 * TB * 4
+    fn dkv_shared(d: usize) -> usize {
+        backward_shared(d) + 2 * TB * 4
     }
 
-    /// Kernel `name` for dtype `t`, allowed `shared` bytes of dynamic shared memory.
-    fn kernel(dev: &CudaDevice, name: &str, t: DType, shared: usize) -> Result<CudaFunction> {
+    /// Kernel `name` for dtype `t` and head width `d`, allowed `shared` bytes of dynamic
+    /// shared memory.
+    fn kernel(
+        dev: &CudaDevice,
+        name: &str,
+        (t, d): (DType, usize),
+        shared: usize,
+    ) -> Result<CudaFunction> {
         if shared > MAX_SHARED {
             candle_core::bail!(
                 "fused attention: {name} needs {shared} bytes of shared memory, more than {MAX_SHARED}"
@@ -294,7 +468,7 @@ mod cuda {
             other => candle_core::bail!("fused attention takes bf16 or f16, not {other:?}"),
         };
         let f = dev
-            .get_or_load_custom_func(&format!("{name}_{suffix}"), MODULE, PTX)?
+            .get_or_load_custom_func(&format!("{name}_{suffix}_d{d}"), MODULE, PTX)?
             .into_cuda_function();
         if shared > DEFAULT_SHARED {
             f.set_attribute(
@@ -387,8 +561,8 @@ mod cuda {
     ) -> Result<CudaStorage> {
         let dev = s.device();
         let p = Packed::<T>::of(s, l, dm)?;
-        let shared = forward_shared(2);
-        let f = kernel(dev, "flash_lse", s.dtype(), shared)?;
+        let shared = forward_shared(dm.d);
+        let f = kernel(dev, "flash_lse", (s.dtype(), dm.d), shared)?;
         let mut lse = dev.alloc_zeros::<f32>(dm.bh * dm.n)?;
         let (n, gh, gw) = ints(dm);
         let null = 0u64;
@@ -397,7 +571,7 @@ mod cuda {
         b.arg(&p.q).arg(&p.k);
         push_rel(&mut b, &p.rel, &null);
         b.arg(&mut lse).arg(&n).arg(&gh).arg(&gw).arg(&dm.scale);
-        // SAFETY: the views hold (BH, N, 64) rows and (BH, N, gh + gw) terms, lse BH * N.
+        // SAFETY: the views hold (BH, N, D) rows and (BH, N, gh + gw) terms, lse BH * N.
         unsafe { b.launch(config(row_tiles(dm), shared)) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(lse, dev.clone()))
     }
@@ -426,8 +600,8 @@ mod cuda {
         let dev = s.device();
         let p = Packed::<T>::of(s, l, dm)?;
         let lse = view::<f32>(lse, ll)?;
-        let shared = forward_shared(2);
-        let f = kernel(dev, "flash_out", s.dtype(), shared)?;
+        let shared = forward_shared(dm.d);
+        let f = kernel(dev, "flash_out", (s.dtype(), dm.d), shared)?;
         // SAFETY: the kernel writes every row of the output.
         let mut out = unsafe { dev.alloc::<T>(dm.qkv_len()) }?;
         let (n, gh, gw) = ints(dm);
@@ -442,7 +616,7 @@ mod cuda {
             .arg(&gh)
             .arg(&gw)
             .arg(&dm.scale);
-        // SAFETY: as in `lse_typed`; out holds (BH, N, 64).
+        // SAFETY: as in `lse_typed`; out holds (BH, N, D).
         unsafe { b.launch(config(row_tiles(dm), shared)) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(out, dev.clone()))
     }
@@ -478,7 +652,7 @@ mod cuda {
         let p = Packed::<T>::of(s, l, dm)?;
         let (out, dout) = (view::<T>(o, lo)?, view::<T>(d, ld)?);
         let rows = dm.bh * dm.n;
-        let delta = row_deltas(dev, t, &out, &dout, rows)?;
+        let delta = row_deltas(dev, (t, dm.d), &out, &dout, rows)?;
         let mut grads = dev.alloc_zeros::<f32>(dm.packed_len())?;
         let m = dm.qkv_len();
         let (mut dq, mut rest) = grads.split_at_mut(m);
@@ -487,27 +661,27 @@ mod cuda {
         let (n, gh, gw) = ints(dm);
         let null = 0u64;
 
-        let shared = dq_shared(2, dm.gh + dm.gw);
-        let f = kernel(dev, "flash_dq", t, shared)?;
+        let shared = dq_shared(dm.d, dm.gh + dm.gw);
+        let f = kernel(dev, "flash_dq", (t, dm.d), shared)?;
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&f);
         b.arg(&p.q).arg(&p.k).arg(&p.v).arg(&dout);
         push_rel(&mut b, &p.rel, &null);
         b.arg(lse).arg(&delta).arg(&mut dq).arg(&mut drel);
         b.arg(&n).arg(&gh).arg(&gw).arg(&dm.scale);
-        // SAFETY: every view has the rows the kernel reads; dq holds (BH, N, 64), drel the
+        // SAFETY: every view has the rows the kernel reads; dq holds (BH, N, D), drel the
         // bias terms' shape (empty and unused without a bias).
         unsafe { b.launch(config(row_tiles(dm), shared)) }.w()?;
 
-        let shared = dkv_shared(2);
-        let f = kernel(dev, "flash_dkv", t, shared)?;
+        let shared = dkv_shared(dm.d);
+        let f = kernel(dev, "flash_dkv", (t, dm.d), shared)?;
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&f);
         b.arg(&p.q).arg(&p.k).arg(&p.v).arg(&dout);
         push_rel(&mut b, &p.rel, &null);
         b.arg(lse).arg(&delta).arg(&mut dk).arg(&mut dv);
         b.arg(&n).arg(&gh).arg(&gw).arg(&dm.scale);
-        // SAFETY: as above; dk and dv hold (BH, N, 64).
+        // SAFETY: as above; dk and dv hold (BH, N, D).
         unsafe { b.launch(config(row_tiles(dm), shared)) }.w()?;
         Ok(CudaStorage::wrap_cuda_slice(grads, dev.clone()))
     }
@@ -515,7 +689,7 @@ mod cuda {
     /// delta_i = dO_i . O_i for every query row.
     fn row_deltas<T: CudaDType + DeviceRepr>(
         dev: &CudaDevice,
-        t: DType,
+        t: (DType, usize),
         out: &CudaView<T>,
         dout: &CudaView<T>,
         rows: usize,
@@ -526,7 +700,7 @@ mod cuda {
         let stream = dev.cuda_stream();
         let mut b = stream.launch_builder(&f);
         b.arg(out).arg(dout).arg(&mut delta).arg(&rows_i);
-        // SAFETY: out and dout hold `rows` rows of 64, delta `rows` values.
+        // SAFETY: out and dout hold `rows` rows of the head width, delta `rows` values.
         unsafe { b.launch(config((rows.div_ceil(WARPS), 1), 0)) }.w()?;
         Ok(delta)
     }

@@ -36,6 +36,8 @@ pub struct Attention {
     pub logits_budget: usize,
     /// Runs on `kernels::flash_attention` (`Params::flash_attention`).
     pub flash: bool,
+    /// Runs on `kernels::flash_tc` where it can (`Params::fused_attention`).
+    pub fused: bool,
 }
 
 impl Attention {
@@ -60,6 +62,7 @@ impl Attention {
             lora: None,
             logits_budget: logits_budget(),
             flash: p.flash_attention(),
+            fused: p.fused_attention(),
         })
     }
 
@@ -178,11 +181,11 @@ impl Attention {
         merge_heads(&out, (b, h, w))
     }
 
-    /// Whether `kernels::flash_tc` takes this attention (`MSA_FUSED_ATTENTION=1`, a GPU,
-    /// bf16 or f16, 64-wide heads).
+    /// Whether `kernels::flash_tc` takes this attention (`fused`, and what
+    /// `flash_tc::supports`: on GPUs bf16 or f16).
     fn tensor_cores(&self, qkv: &Tensor) -> bool {
         let head_dim = qkv.dim(3).unwrap_or(0) / 3 / self.num_heads.max(1);
-        flash_tc::enabled() && flash_tc::supports(qkv, head_dim)
+        self.fused && flash_tc::supports(qkv, head_dim)
     }
 
     /// `kernels::flash_tc`: the tensor-core kernels, with the rel-pos bias as each query's

@@ -189,10 +189,16 @@ impl VitEncoder {
         depth: Option<usize>,
         recompute: Option<&Arc<Recompute>>,
     ) -> Result<Tensor> {
+        use crate::train::memory::trace;
+        let dev = x.device().clone();
         let mut x = self.embed(x)?;
-        for block in &self.blocks {
+        trace(&dev, || "vit patch_embed".into());
+        for (i, block) in self.blocks.iter().enumerate() {
             x = run_block(recompute, &x, block, move |b, x| b.forward(x, depth))?;
+            trace(&dev, || format!("vit block {i}"));
         }
-        self.neck.forward(&x)
+        let out = self.neck.forward(&x)?;
+        trace(&dev, || "vit neck".into());
+        Ok(out)
     }
 }

@@ -41,9 +41,10 @@ pub fn sample(device: &Device) {
 }
 
 /// Logs the memory in use after `what`, with `MSA_LOG=msa::memory=debug`, to find where a
-/// step's memory goes: the device memory on a GPU, the resident set on the CPU. Nothing is
-/// measured when the target is off. A GPU runs ahead of the host, so its figure is what the
-/// queued work has allocated.
+/// step's memory goes: the device memory on a GPU, the resident set on the CPU; and the
+/// tensors made since the last trace (`runtime::tensors_created`), to find where a GPU
+/// step's launches go. Nothing is measured when the target is off. A GPU runs ahead of the
+/// host, so its figure is what the queued work has allocated.
 pub fn trace(device: &Device, what: impl FnOnce() -> String) {
     if !tracing::enabled!(target: "msa::memory", tracing::Level::DEBUG) {
         return;
@@ -57,10 +58,11 @@ pub fn trace(device: &Device, what: impl FnOnce() -> String) {
         }
         _ => None,
     };
-    if let Some(used) = used {
-        let mib = used as f64 / MIB;
-        tracing::debug!(target: "msa::memory", "{}: {mib:.0} MiB in use", what());
-    }
+    static LAST: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let now = crate::runtime::tensors_created();
+    let since = now.saturating_sub(LAST.swap(now, std::sync::atomic::Ordering::Relaxed));
+    let mib = used.map_or(f64::NAN, |u| u as f64 / MIB);
+    tracing::debug!(target: "msa::memory", "{}: {mib:.0} MiB in use, {since} tensors since the last trace", what());
 }
 
 /// The resident set now (Linux: /proc/self/statm, in pages).

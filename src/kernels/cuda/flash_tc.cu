@@ -1,6 +1,7 @@
 // Flash attention on tensor cores for SAM's image encoder, forward and backward:
 // softmax(scale q kᵀ + bias) v without the attention matrix, for q, k, v and out of shape
-// (BH, N, 64) in bf16 or f16 (contiguous), with products on WMMA fragments and softmax
+// (BH, N, D) in bf16 or f16 (contiguous; D = 16, 32 or 64), with products on WMMA fragments
+// and softmax
 // statistics, accumulators and gradients in f32 (kernels::flash_tc launches it).
 //
 // SAM's decomposed relative-position bias arrives as per-query terms `rel` (BH, N, GH + GW)
@@ -28,13 +29,12 @@
 #endif
 using namespace nvcuda;
 
-#define D 64               // head width
 #define WARPS 4
 #define THREADS (WARPS * 32)
 #define ROWS (WARPS * 16)  // rows a block owns
 #define TK 64              // keys per tile, forward pass
 #define TB 32              // keys (dq) or queries (dk, dv) per tile, backward pass
-#define LDT (D + 8)        // shared row stride of a T tile, in elements
+#define LDT (D + 8)        // shared row stride of a T tile, in elements (D: the head width)
 #define NEG_INF __int_as_float(0xff800000)
 
 __device__ __forceinline__ float to_f(float x) { return x; }
@@ -54,7 +54,7 @@ template <typename T> using ColB = wmma::fragment<wmma::matrix_b, 16, 16, 16, T,
 
 // Rows [row0, row0 + count) of a (N, D) matrix into a shared tile of stride LDT; rows past n
 // are zeros. All threads of the block take part.
-template <typename T>
+template <typename T, int D>
 __device__ void load_rows(T* dst, const T* src, int row0, int count, int n) {
     for (int i = threadIdx.x; i < count * D; i += THREADS) {
         const int r = i / D, c = i % D;
@@ -63,12 +63,12 @@ __device__ void load_rows(T* dst, const T* src, int row0, int count, int n) {
 }
 
 // The warp's 16 rows of a shared tile as A fragments, one per 16 columns of D.
-template <typename T> __device__ void load_strip(RowA<T>* a, const T* tile) {
+template <typename T, int D> __device__ void load_strip(RowA<T>* a, const T* tile) {
     for (int kk = 0; kk < D / 16; ++kk) wmma::load_matrix_sync(a[kk], tile + kk * 16, LDT);
 }
 
 // out (16 x cols, stride ld, f32) = A (16 x D, fragments) · tileᵀ, tile (cols x D) in shared.
-template <typename T>
+template <typename T, int D>
 __device__ void strip_times_tile_t(float* out, int ld, const RowA<T>* a, const T* tile, int cols) {
     for (int j = 0; j < cols / 16; ++j) {
         Acc acc;
@@ -83,7 +83,7 @@ __device__ void strip_times_tile_t(float* out, int ld, const RowA<T>* a, const T
 }
 
 // acc (16 x D) += P (16 x cols, shared, stride ldp) · tile (cols x D, shared).
-template <typename T>
+template <typename T, int D>
 __device__ void strip_times_tile(Acc* acc, const T* p, int ldp, const T* tile, int cols) {
     for (int kk = 0; kk < cols / 16; ++kk) {
         RowA<T> a;
@@ -98,7 +98,7 @@ __device__ void strip_times_tile(Acc* acc, const T* p, int ldp, const T* tile, i
 
 // The warp's 16 x D accumulator, times `scale`, into rows [row0, row0 + 16) of out (N, D),
 // through a 16 x (D + 4) f32 scratch in shared memory.
-template <typename O>
+template <typename O, int D>
 __device__ void store_strip(O* out, Acc* acc, float* scratch, int row0, int n, float scale) {
     const int lane = threadIdx.x % 32;
     for (int j = 0; j < D / 16; ++j)
@@ -122,9 +122,9 @@ __device__ __forceinline__ float bias(const T* relq, int k, int gh, int gw) {
 // strip (which first stages the block's queries) and a 16 x (TK + 8) T probability strip.
 #define FWD_LDS (TK + 4)
 #define FWD_LDP (TK + 8)
-static_assert(FWD_LDS >= D + 4, "the score strip doubles as the output scratch");
+static_assert(FWD_LDS >= 64 + 4, "the score strip doubles as the output scratch");
 
-template <typename T> struct Fwd {
+template <typename T, int D> struct Fwd {
     T* ks;
     T* vs;
     float* s;  // this warp's score strip
@@ -142,9 +142,9 @@ template <typename T> struct Fwd {
         float* scores = (float*)(vs + TK * LDT);
         s = scores + warp * 16 * FWD_LDS;
         p = (T*)(scores + WARPS * 16 * FWD_LDS) + warp * 16 * FWD_LDP;
-        load_rows((T*)scores, q, blockIdx.x * ROWS, ROWS, n);
+        load_rows<T, D>((T*)scores, q, blockIdx.x * ROWS, ROWS, n);
         __syncthreads();
-        load_strip(qa, (T*)scores + warp * 16 * LDT);
+        load_strip<T, D>(qa, (T*)scores + warp * 16 * LDT);
         __syncthreads();
         row = blockIdx.x * ROWS + warp * 16 + lane / 2;
         half = lane % 2;
@@ -155,7 +155,7 @@ template <typename T> struct Fwd {
     // time through `f(column, key, score)`; keys past n are skipped.
     template <typename F>
     __device__ void scores(int t0, int n, const T* relq, int gh, int gw, float scale, F f) {
-        strip_times_tile_t(s, FWD_LDS, qa, ks, TK);
+        strip_times_tile_t<T, D>(s, FWD_LDS, qa, ks, TK);
         __syncwarp();
         const int r = threadIdx.x % 32 / 2;
         for (int c = half * (TK / 2); c < (half + 1) * (TK / 2); ++c) {
@@ -166,16 +166,16 @@ template <typename T> struct Fwd {
 };
 
 // Each query row's log-sum-exp over the keys.
-template <typename T>
+template <typename T, int D>
 __device__ void lse_rows(const T* q, const T* k, const T* rel, float* lse, int n, int gh, int gw,
                          float scale, unsigned char* smem) {
     const size_t base = (size_t)blockIdx.y * n * D;
-    Fwd<T> f(q + base, n, smem);
+    Fwd<T, D> f(q + base, n, smem);
     const size_t qi = (size_t)blockIdx.y * n + f.row;
     const T* relq = rel && f.live ? rel + qi * (gh + gw) : 0;
     float m = NEG_INF, l = 0.f;
     for (int t0 = 0; t0 < n; t0 += TK) {
-        load_rows(f.ks, k + base, t0, TK, n);
+        load_rows<T, D>(f.ks, k + base, t0, TK, n);
         __syncthreads();
         f.scores(t0, n, relq, gh, gw, scale, [&](int, int, float x) {
             const float m2 = fmaxf(m, x);
@@ -193,11 +193,11 @@ __device__ void lse_rows(const T* q, const T* k, const T* rel, float* lse, int n
 }
 
 // out = Σ_k p_k v_k with the exact probabilities p_k = exp(score - lse).
-template <typename T>
+template <typename T, int D>
 __device__ void out_rows(const T* q, const T* k, const T* v, const T* rel, const float* lse,
                          T* out, int n, int gh, int gw, float scale, unsigned char* smem) {
     const size_t base = (size_t)blockIdx.y * n * D;
-    Fwd<T> f(q + base, n, smem);
+    Fwd<T, D> f(q + base, n, smem);
     const size_t qi = (size_t)blockIdx.y * n + f.row;
     const T* relq = rel && f.live ? rel + qi * (gh + gw) : 0;
     const float row_lse = f.live ? lse[qi] : 0.f;
@@ -205,8 +205,8 @@ __device__ void out_rows(const T* q, const T* k, const T* v, const T* rel, const
     Acc acc[D / 16];
     for (int j = 0; j < D / 16; ++j) wmma::fill_fragment(acc[j], 0.f);
     for (int t0 = 0; t0 < n; t0 += TK) {
-        load_rows(f.ks, k + base, t0, TK, n);
-        load_rows(f.vs, v + base, t0, TK, n);
+        load_rows<T, D>(f.ks, k + base, t0, TK, n);
+        load_rows<T, D>(f.vs, v + base, t0, TK, n);
         __syncthreads();
         for (int c = f.half * (TK / 2); c < (f.half + 1) * (TK / 2); ++c)
             f.p[r * FWD_LDP + c] = from_f<T>(0.f);
@@ -214,15 +214,15 @@ __device__ void out_rows(const T* q, const T* k, const T* v, const T* rel, const
             f.p[r * FWD_LDP + c] = from_f<T>(__expf(x - row_lse));
         });
         __syncwarp();
-        strip_times_tile(acc, f.p, FWD_LDP, f.vs, TK);
+        strip_times_tile<T, D>(acc, f.p, FWD_LDP, f.vs, TK);
         __syncthreads();
     }
-    store_strip(out + base, acc, f.s, blockIdx.x * ROWS + threadIdx.x / 32 * 16, n, 1.f);
+    store_strip<T, D>(out + base, acc, f.s, blockIdx.x * ROWS + threadIdx.x / 32 * 16, n, 1.f);
 }
 
 // ---------------------------------------------------------------------------------------
 // delta_i = dO_i . O_i, one warp per row.
-template <typename T>
+template <typename T, int D>
 __device__ void delta_rows(const T* out, const T* dout, float* delta, int rows) {
     const int row = blockIdx.x * WARPS + threadIdx.x / 32, lane = threadIdx.x % 32;
     float acc = 0.f;
@@ -240,7 +240,7 @@ __device__ void delta_rows(const T* out, const T* dout, float* delta, int rows) 
 #define BWD_LDP (TB + 8)
 #define BWD_WARP_F32 (16 * (2 * BWD_LDS))
 
-template <typename T>
+template <typename T, int D>
 __device__ void dq_drel(const T* q, const T* k, const T* v, const T* dout, const T* rel,
                         const float* lse, const float* delta, float* dq, float* drel, int n, int gh,
                         int gw, float scale, unsigned char* smem) {
@@ -260,13 +260,13 @@ __device__ void dq_drel(const T* q, const T* k, const T* v, const T* dout, const
     // The queries and output gradients of the block, staged through the K and V tiles'
     // space (ROWS x LDT each fits in TB x LDT twice over).
     RowA<T> qa[D / 16], da[D / 16];
-    load_rows(ks, q + base, block0, ROWS, n);
+    load_rows<T, D>(ks, q + base, block0, ROWS, n);
     __syncthreads();
-    load_strip(qa, ks + warp * 16 * LDT);
+    load_strip<T, D>(qa, ks + warp * 16 * LDT);
     __syncthreads();
-    load_rows(ks, dout + base, block0, ROWS, n);
+    load_rows<T, D>(ks, dout + base, block0, ROWS, n);
     __syncthreads();
-    load_strip(da, ks + warp * 16 * LDT);
+    load_strip<T, D>(da, ks + warp * 16 * LDT);
     if (rel)
         for (int i = threadIdx.x; i < ROWS * g; i += THREADS) drel_s[i] = 0.f;
     __syncthreads();
@@ -280,11 +280,11 @@ __device__ void dq_drel(const T* q, const T* k, const T* v, const T* dout, const
     Acc acc[D / 16];
     for (int j = 0; j < D / 16; ++j) wmma::fill_fragment(acc[j], 0.f);
     for (int t0 = 0; t0 < n; t0 += TB) {
-        load_rows(ks, k + base, t0, TB, n);
-        load_rows(vs, v + base, t0, TB, n);
+        load_rows<T, D>(ks, k + base, t0, TB, n);
+        load_rows<T, D>(vs, v + base, t0, TB, n);
         __syncthreads();
-        strip_times_tile_t(s, BWD_LDS, qa, ks, TB);
-        strip_times_tile_t(dp, BWD_LDS, da, vs, TB);
+        strip_times_tile_t<T, D>(s, BWD_LDS, qa, ks, TB);
+        strip_times_tile_t<T, D>(dp, BWD_LDS, da, vs, TB);
         __syncwarp();
         for (int c = half * (TB / 2); c < (half + 1) * (TB / 2); ++c) {
             const int key = t0 + c;
@@ -300,10 +300,10 @@ __device__ void dq_drel(const T* q, const T* k, const T* v, const T* dout, const
             ds[r * BWD_LDP + c] = from_f<T>(d);
         }
         __syncwarp();
-        strip_times_tile(acc, ds, BWD_LDP, ks, TB);
+        strip_times_tile<T, D>(acc, ds, BWD_LDP, ks, TB);
         __syncthreads();
     }
-    store_strip(dq + base, acc, s, row0, n, scale);
+    store_strip<float, D>(dq + base, acc, s, row0, n, scale);
     if (rel)
         for (int i = threadIdx.x; i < ROWS * g; i += THREADS) {
             const int row = block0 + i / g;
@@ -315,7 +315,7 @@ __device__ void dq_drel(const T* q, const T* k, const T* v, const T* dout, const
 // dk = scale Σ_q dSᵀ q and dv = Σ_q Pᵀ dO, per key tile (a warp's 16 rows are keys).
 // Shared: Q and dO tiles (TB x LDT), the tile's lse and delta, per warp the f32 block of
 // the Sᵀ and dPᵀ strips and a T strip for Pᵀ, then dSᵀ.
-template <typename T>
+template <typename T, int D>
 __device__ void dk_dv(const T* q, const T* k, const T* v, const T* dout, const T* rel,
                       const float* lse, const float* delta, float* dk, float* dv, int n, int gh, int gw,
                       float scale, unsigned char* smem) {
@@ -333,13 +333,13 @@ __device__ void dk_dv(const T* q, const T* k, const T* v, const T* dout, const T
     T* pt = pts + warp * 16 * BWD_LDP;
 
     RowA<T> ka[D / 16], va[D / 16];
-    load_rows(qs, k + base, block0, ROWS, n);
+    load_rows<T, D>(qs, k + base, block0, ROWS, n);
     __syncthreads();
-    load_strip(ka, qs + warp * 16 * LDT);
+    load_strip<T, D>(ka, qs + warp * 16 * LDT);
     __syncthreads();
-    load_rows(qs, v + base, block0, ROWS, n);
+    load_rows<T, D>(qs, v + base, block0, ROWS, n);
     __syncthreads();
-    load_strip(va, qs + warp * 16 * LDT);
+    load_strip<T, D>(va, qs + warp * 16 * LDT);
     __syncthreads();
 
     const int r = lane / 2, half = lane % 2, key = row0 + r;
@@ -350,16 +350,16 @@ __device__ void dk_dv(const T* q, const T* k, const T* v, const T* dout, const T
         wmma::fill_fragment(gv[j], 0.f);
     }
     for (int t0 = 0; t0 < n; t0 += TB) {
-        load_rows(qs, q + base, t0, TB, n);
-        load_rows(dos, dout + base, t0, TB, n);
+        load_rows<T, D>(qs, q + base, t0, TB, n);
+        load_rows<T, D>(dos, dout + base, t0, TB, n);
         for (int i = threadIdx.x; i < TB; i += THREADS) {
             const bool in = t0 + i < n;
             stats[i] = in ? lse[(size_t)bh * n + t0 + i] : 0.f;
             stats[TB + i] = in ? delta[(size_t)bh * n + t0 + i] : 0.f;
         }
         __syncthreads();
-        strip_times_tile_t(st, BWD_LDS, ka, qs, TB);
-        strip_times_tile_t(dpt, BWD_LDS, va, dos, TB);
+        strip_times_tile_t<T, D>(st, BWD_LDS, ka, qs, TB);
+        strip_times_tile_t<T, D>(dpt, BWD_LDS, va, dos, TB);
         __syncwarp();
         float pr[TB / 2];
         for (int i = 0; i < TB / 2; ++i) {
@@ -372,54 +372,58 @@ __device__ void dk_dv(const T* q, const T* k, const T* v, const T* dout, const T
             pt[r * BWD_LDP + c] = from_f<T>(pr[i]);
         }
         __syncwarp();
-        strip_times_tile(gv, pt, BWD_LDP, dos, TB);
+        strip_times_tile<T, D>(gv, pt, BWD_LDP, dos, TB);
         __syncwarp();
         for (int i = 0; i < TB / 2; ++i) {
             const int c = half * (TB / 2) + i;
             pt[r * BWD_LDP + c] = from_f<T>(pr[i] * (dpt[r * BWD_LDS + c] - stats[TB + c]));
         }
         __syncwarp();
-        strip_times_tile(gk, pt, BWD_LDP, qs, TB);
+        strip_times_tile<T, D>(gk, pt, BWD_LDP, qs, TB);
         __syncthreads();
     }
-    store_strip(dk + base, gk, st, row0, n, scale);
-    store_strip(dv + base, gv, st, row0, n, 1.f);
+    store_strip<float, D>(dk + base, gk, st, row0, n, scale);
+    store_strip<float, D>(dv + base, gv, st, row0, n, 1.f);
 }
 
 // ---------------------------------------------------------------------------------------
 // Entry points, one per dtype. The launcher gives every kernel THREADS threads and the
 // dynamic shared memory its layout above needs.
-#define ENTRIES(T, NAME)                                                                       \
+#define ENTRIES(T, NAME, D)                                                                       \
     extern "C" __global__ void __launch_bounds__(THREADS)                                      \
-        flash_lse_##NAME(const T* q, const T* k, const T* rel, float* lse, int n, int gh,      \
+        flash_lse_##NAME##_d##D(const T* q, const T* k, const T* rel, float* lse, int n, int gh,      \
                          int gw, float scale) {                                                \
         extern __shared__ __align__(128) unsigned char smem[];                                 \
-        lse_rows<T>(q, k, rel, lse, n, gh, gw, scale, smem);                                   \
+        lse_rows<T, D>(q, k, rel, lse, n, gh, gw, scale, smem);                                   \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(THREADS)                                      \
-        flash_out_##NAME(const T* q, const T* k, const T* v, const T* rel, const float* lse,   \
+        flash_out_##NAME##_d##D(const T* q, const T* k, const T* v, const T* rel, const float* lse,   \
                          T* out, int n, int gh, int gw, float scale) {                         \
         extern __shared__ __align__(128) unsigned char smem[];                                 \
-        out_rows<T>(q, k, v, rel, lse, out, n, gh, gw, scale, smem);                           \
+        out_rows<T, D>(q, k, v, rel, lse, out, n, gh, gw, scale, smem);                           \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(THREADS)                                      \
-        flash_delta_##NAME(const T* out, const T* dout, float* delta, int rows) {              \
-        delta_rows<T>(out, dout, delta, rows);                                                 \
+        flash_delta_##NAME##_d##D(const T* out, const T* dout, float* delta, int rows) {              \
+        delta_rows<T, D>(out, dout, delta, rows);                                                 \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(THREADS)                                      \
-        flash_dq_##NAME(const T* q, const T* k, const T* v, const T* dout, const T* rel,       \
+        flash_dq_##NAME##_d##D(const T* q, const T* k, const T* v, const T* dout, const T* rel,       \
                         const float* lse, const float* delta, float* dq, float* drel, int n,   \
                         int gh, int gw, float scale) {                                         \
         extern __shared__ __align__(128) unsigned char smem[];                                 \
-        dq_drel<T>(q, k, v, dout, rel, lse, delta, dq, drel, n, gh, gw, scale, smem);          \
+        dq_drel<T, D>(q, k, v, dout, rel, lse, delta, dq, drel, n, gh, gw, scale, smem);          \
     }                                                                                          \
     extern "C" __global__ void __launch_bounds__(THREADS)                                      \
-        flash_dkv_##NAME(const T* q, const T* k, const T* v, const T* dout, const T* rel,      \
+        flash_dkv_##NAME##_d##D(const T* q, const T* k, const T* v, const T* dout, const T* rel,      \
                          const float* lse, const float* delta, float* dk, float* dv, int n,    \
                          int gh, int gw, float scale) {                                        \
         extern __shared__ __align__(128) unsigned char smem[];                                 \
-        dk_dv<T>(q, k, v, dout, rel, lse, delta, dk, dv, n, gh, gw, scale, smem);              \
+        dk_dv<T, D>(q, k, v, dout, rel, lse, delta, dk, dv, n, gh, gw, scale, smem);              \
     }
 
-ENTRIES(__nv_bfloat16, bf16)
-ENTRIES(__half, f16)
+ENTRIES(__nv_bfloat16, bf16, 16)
+ENTRIES(__nv_bfloat16, bf16, 32)
+ENTRIES(__nv_bfloat16, bf16, 64)
+ENTRIES(__half, f16, 16)
+ENTRIES(__half, f16, 32)
+ENTRIES(__half, f16, 64)
