@@ -84,9 +84,69 @@ pub fn attention(
     k: &Tensor,
     v: &Tensor,
     rel: Option<&Tensor>,
-    (h, w): (usize, usize),
+    grid: (usize, usize),
     scale: f64,
 ) -> Result<Tensor> {
+    let (packed, dims) = pack(q, k, v, rel, grid, scale)?;
+    let lse = packed.apply_op1_no_bwd(&Lse(dims))?;
+    let out = packed.apply_op2_no_bwd(&lse, &Out(dims))?;
+    if !packed.track_op() {
+        return Ok(out);
+    }
+    with_backward(&packed, out, "msa-flash-tc", move |x, y, dy| {
+        packed_grad(x, y, dy, &lse, dims)
+    })
+}
+
+/// What `gradients` needs from `forward`: the packed inputs and each query's log-sum-exp.
+pub struct Saved {
+    packed: Tensor,
+    lse: Tensor,
+    dims: Dims,
+}
+
+/// `attention` without a graph, for a caller with a backward pass of its own: the output
+/// (BH, N, D), and what `gradients` needs.
+pub fn forward(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rel: Option<&Tensor>,
+    grid: (usize, usize),
+    scale: f64,
+) -> Result<(Tensor, Saved)> {
+    let rel = rel.map(Tensor::detach);
+    let (packed, dims) = pack(&q.detach(), &k.detach(), &v.detach(), rel.as_ref(), grid, scale)?;
+    let lse = packed.apply_op1_no_bwd(&Lse(dims))?;
+    let out = packed.apply_op2_no_bwd(&lse, &Out(dims))?;
+    Ok((out, Saved { packed, lse, dims }))
+}
+
+/// The gradients of q, k, v and (with a bias) the bias terms, in their dtype, given the
+/// output of `forward` and its gradient.
+pub fn gradients(saved: &Saved, out: &Tensor, dout: &Tensor) -> Result<Vec<Tensor>> {
+    let Saved { packed, lse, dims } = saved;
+    let flat = packed_grad(packed, out, dout, lse, *dims)?;
+    let (m, shape) = (dims.qkv_len(), (dims.bh, dims.n, dims.d));
+    let mut grads = (0..3)
+        .map(|i| flat.narrow(0, i * m, m)?.reshape(shape))
+        .collect::<Result<Vec<_>>>()?;
+    if dims.bias {
+        let terms = (dims.bh, dims.n, dims.gh + dims.gw);
+        grads.push(flat.narrow(0, 3 * m, dims.rel_len())?.reshape(terms)?);
+    }
+    Ok(grads)
+}
+
+/// q, k, v and the bias terms flattened into one tensor, and their dimensions.
+fn pack(
+    q: &Tensor,
+    k: &Tensor,
+    v: &Tensor,
+    rel: Option<&Tensor>,
+    (h, w): (usize, usize),
+    scale: f64,
+) -> Result<(Tensor, Dims)> {
     let (bh, n, hd) = q.dims3()?;
     let dims = Dims {
         bh,
@@ -116,23 +176,18 @@ pub fn attention(
     }
     let mut parts = vec![q.flatten_all()?, k.flatten_all()?, v.flatten_all()?];
     parts.extend(rel.map(|r| r.flatten_all()).transpose()?);
-    let packed = Tensor::cat(&parts, 0)?;
-    let lse = packed.apply_op1_no_bwd(&Lse(dims))?;
-    let out = packed.apply_op2_no_bwd(&lse, &Out(dims))?;
-    if !packed.track_op() {
-        return Ok(out);
-    }
-    with_backward(&packed, out, "msa-flash-tc", move |x, y, dy| {
-        x.apply_op3_no_bwd(
-            y,
-            &dy.contiguous()?,
-            &Backward {
-                dims,
-                lse: lse.clone(),
-            },
-        )?
-        .to_dtype(x.dtype())
-    })
+    Ok((Tensor::cat(&parts, 0)?, dims))
+}
+
+/// The packed inputs' gradient, in their dtype.
+fn packed_grad(packed: &Tensor, out: &Tensor, dout: &Tensor, lse: &Tensor, dims: Dims) -> Result<Tensor> {
+    let backward = Backward {
+        dims,
+        lse: lse.clone(),
+    };
+    packed
+        .apply_op3_no_bwd(&out.contiguous()?, &dout.contiguous()?, &backward)?
+        .to_dtype(packed.dtype())
 }
 
 /// Each query's log-sum-exp (BH, N), f32 (f64 for f64 on the CPU), from the packed

@@ -4,6 +4,7 @@
 use super::adapter::Lora;
 use super::nn::{is_cpu_f32, needs_grad, softmax, Linear};
 use super::own_backward::with_backward;
+use super::rel_pos_columns::rel_terms;
 use crate::kernels::windows as window_ops;
 use crate::kernels::{attention_grad, flash_attention, flash_tc};
 use crate::params::{Params, Resize};
@@ -189,23 +190,33 @@ impl Attention {
     }
 
     /// `kernels::flash_tc`: the tensor-core kernels, with the rel-pos bias as each query's
-    /// row and column terms.
+    /// row and column terms. When qkv alone needs a gradient, the whole of it is one op with
+    /// the backward pass below (`fused_grad`); candle's autograd would otherwise walk about
+    /// 40 view, copy and product nodes per block, each costing it a zero fill and an add.
     fn core_tensor_cores(&self, qkv: &Tensor) -> Result<Tensor> {
         let (b, h, w, _) = qkv.dims4()?;
-        let heads = self.split_heads(qkv)?;
+        let graph = !needs_grad(&[qkv]) || !self.tables_frozen();
+        let heads = self.split_heads(&if graph { qkv.clone() } else { qkv.detach() })?;
         let rel = match &heads.rel {
-            Some((rh, rw)) => Some(super::rel_pos_columns::rel_terms(&heads.q, rh, rw, (h, w))?),
+            Some((rh, rw)) => Some(rel_terms(&heads.q, rh, rw, (h, w))?),
             None => None,
         };
-        let out = flash_tc::attention(
-            &heads.q,
-            &heads.k,
-            &heads.v,
-            rel.as_ref(),
-            (h, w),
-            self.scale,
-        )?;
-        merge_heads(&out, (b, h, w))
+        let (q, k, v) = (&heads.q, &heads.k, &heads.v);
+        if graph {
+            let out = flash_tc::attention(q, k, v, rel.as_ref(), (h, w), self.scale)?;
+            return merge_heads(&out, (b, h, w));
+        }
+        let (out, saved) = flash_tc::forward(q, k, v, rel.as_ref(), (h, w), self.scale)?;
+        let y = merge_heads(&out, (b, h, w))?;
+        let (tables, heads_n) = (heads.rel, self.num_heads);
+        with_backward(qkv, y, "msa-fused-attention", move |_, y, dy| {
+            let (out, dout) = (split_rows(y, heads_n)?, split_rows(dy, heads_n)?);
+            let mut grads = flash_tc::gradients(&saved, &out, &dout)?;
+            if let (Some((rh, rw)), Some(drel)) = (&tables, grads.get(3)) {
+                grads[0] = (&grads[0] + rel_terms_grad(drel, rh, rw, (h, w))?)?;
+            }
+            merge_qkv_grads(&grads[0], &grads[1], &grads[2], (b, h, w))
+        })
     }
 
     /// `kernels::flash_attention`, in f32, with the rel-pos bias
@@ -348,6 +359,56 @@ fn merge_heads(out: &Tensor, (b, h, w): (usize, usize, usize)) -> Result<Tensor>
         .permute((0, 2, 3, 1, 4))?
         .contiguous()?
         .reshape((b, h, w, nh * hd))
+}
+
+/// The gradient of qkv (B, H, W, 3C) from those of q, k and v (B * heads, H*W, hd): the
+/// inverse of `Attention::split_heads`.
+fn merge_qkv_grads(
+    dq: &Tensor,
+    dk: &Tensor,
+    dv: &Tensor,
+    (b, h, w): (usize, usize, usize),
+) -> Result<Tensor> {
+    let (bn, n, hd) = dq.dims3()?;
+    let nh = bn / b.max(1);
+    Tensor::stack(&[dq, dk, dv], 0)?
+        .reshape((3, b, nh, n, hd))?
+        .permute((1, 3, 0, 2, 4))?
+        .contiguous()?
+        .reshape((b, h, w, 3 * nh * hd))
+}
+
+/// The gradient that the bias terms' gradient drel (BH, N, h + w) gives q (BH, N, hd), for
+/// terms made by `rel_terms` from the gathered tables rh (h, h, hd) and rw (w, w, hd).
+fn rel_terms_grad(
+    drel: &Tensor,
+    rh: &Tensor,
+    rw: &Tensor,
+    (h, w): (usize, usize),
+) -> Result<Tensor> {
+    let (bh, n, _) = drel.dims3()?;
+    let hd = rh.dim(2)?;
+    // dq[b, qy, qx] += Σ_ky drel_h[b, qy, qx, ky] rh[qy, ky]: one product per query row.
+    let by_row = drel
+        .narrow(2, 0, h)?
+        .reshape((bh, h, w, h))?
+        .permute((1, 0, 2, 3))?
+        .contiguous()?
+        .reshape((h, bh * w, h))?
+        .matmul(&rh.contiguous()?)?
+        .reshape((h, bh, w, hd))?
+        .permute((1, 0, 2, 3))?;
+    // dq[b, qy, qx] += Σ_kx drel_w[b, qy, qx, kx] rw[qx, kx]: one per query column.
+    let by_col = drel
+        .narrow(2, h, w)?
+        .reshape((bh, h, w, w))?
+        .permute((2, 0, 1, 3))?
+        .contiguous()?
+        .reshape((w, bh * h, w))?
+        .matmul(&rw.contiguous()?)?
+        .reshape((w, bh, h, hd))?
+        .permute((1, 2, 0, 3))?;
+    (by_row + by_col)?.reshape((bh, n, hd))
 }
 
 /// (B, H, W, heads * hd) -> (B * heads, H*W, hd), the inverse of `merge_heads`.
