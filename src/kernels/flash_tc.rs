@@ -116,7 +116,14 @@ pub fn forward(
     scale: f64,
 ) -> Result<(Tensor, Saved)> {
     let rel = rel.map(Tensor::detach);
-    let (packed, dims) = pack(&q.detach(), &k.detach(), &v.detach(), rel.as_ref(), grid, scale)?;
+    let (packed, dims) = pack(
+        &q.detach(),
+        &k.detach(),
+        &v.detach(),
+        rel.as_ref(),
+        grid,
+        scale,
+    )?;
     let lse = packed.apply_op1_no_bwd(&Lse(dims))?;
     let out = packed.apply_op2_no_bwd(&lse, &Out(dims))?;
     Ok((out, Saved { packed, lse, dims }))
@@ -180,7 +187,13 @@ fn pack(
 }
 
 /// The packed inputs' gradient, in their dtype.
-fn packed_grad(packed: &Tensor, out: &Tensor, dout: &Tensor, lse: &Tensor, dims: Dims) -> Result<Tensor> {
+fn packed_grad(
+    packed: &Tensor,
+    out: &Tensor,
+    dout: &Tensor,
+    lse: &Tensor,
+    dims: Dims,
+) -> Result<Tensor> {
     let backward = Backward {
         dims,
         lse: lse.clone(),
@@ -313,34 +326,8 @@ impl CustomOp3 for Backward {
 /// model's wiring against (the kernels themselves are checked by tests/flash_tc_emulated.rs).
 mod cpu {
     use super::Dims;
-    use candle_core::backend::BackendStorage;
-    use candle_core::{CpuStorage, Layout, Result};
-
-    /// A contiguous float storage's values, widened to f64.
-    pub(super) fn values(s: &CpuStorage, l: &Layout) -> Result<Vec<f64>> {
-        let (a, b) = l.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("fused attention needs contiguous inputs".into())
-        })?;
-        Ok(match s {
-            CpuStorage::F64(v) => v[a..b].to_vec(),
-            CpuStorage::F32(v) => v[a..b].iter().map(|&x| x as f64).collect(),
-            CpuStorage::F16(v) => v[a..b].iter().map(|x| x.to_f64()).collect(),
-            CpuStorage::BF16(v) => v[a..b].iter().map(|x| x.to_f64()).collect(),
-            other => candle_core::bail!("fused attention takes floats, not {:?}", other.dtype()),
-        })
-    }
-
-    /// `v` as a storage of `like`'s dtype.
-    pub(super) fn stored(v: Vec<f64>, like: &CpuStorage) -> CpuStorage {
-        match like {
-            CpuStorage::F64(_) => CpuStorage::F64(v),
-            CpuStorage::F16(_) => CpuStorage::F16(v.into_iter().map(half::f16::from_f64).collect()),
-            CpuStorage::BF16(_) => {
-                CpuStorage::BF16(v.into_iter().map(half::bf16::from_f64).collect())
-            }
-            _ => CpuStorage::F32(v.into_iter().map(|x| x as f32).collect()),
-        }
-    }
+    pub(super) use crate::kernels::{f64_values as values, from_f64 as stored};
+    use candle_core::CpuStorage;
 
     /// `v` in f64 for f64 inputs, else f32 (statistics: f16 would lose the exponent's
     /// precision).

@@ -2,14 +2,18 @@
 //! `model::own_backward` on GPUs: LayerNorm, softmax, and the activation between an MLP's
 //! layers. candle's composed ops take a dozen kernels and as many f32 copies of the map for
 //! each. Inputs and outputs keep their dtype (f32, bf16 or f16); the arithmetic is f32.
-//! tests/fused_backward_emulated.rs checks the kernels on the CPU; tests/own_backward.rs
-//! checks them on a GPU against candle's autograd.
+//! On the CPU the same formulas run as loops in f64, so that the CPU's generic path takes
+//! the GPU's ops one for one. tests/fused_backward_emulated.rs checks the kernels on the
+//! CPU; tests/own_backward.rs checks the ops against candle's autograd on either device.
 
 use candle_core::{CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-/// Whether the kernels serve `t`: a CUDA build and a GPU tensor.
+/// Whether the ops serve `t`: a float tensor on the CPU, or on a GPU in a CUDA build.
 pub fn serves(t: &Tensor) -> bool {
-    cfg!(feature = "cuda") && t.device().is_cuda()
+    match t.device() {
+        candle_core::Device::Cpu => t.dtype().is_float(),
+        d => cfg!(feature = "cuda") && d.is_cuda(),
+    }
 }
 
 /// dx of LayerNorm over the last dim, with weight `w`, at input `x`, given dy.
@@ -30,15 +34,8 @@ pub fn activation(z: &Tensor, dh: &Tensor, gelu: bool) -> Result<Tensor> {
         .apply_op2_no_bwd(&dh.contiguous()?, &ActivationBackward { gelu })
 }
 
-fn cuda_only<T>(what: &str) -> Result<T> {
-    candle_core::bail!("{what} runs on CUDA GPUs only")
-}
-
-// The CPU build only type-checks the ops around the CUDA launches.
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct LayerNormBackward(f32);
 struct SoftmaxBackward;
-#[cfg_attr(not(feature = "cuda"), allow(dead_code))]
 struct ActivationBackward {
     gelu: bool,
 }
@@ -50,14 +47,20 @@ impl CustomOp3 for LayerNormBackward {
 
     fn cpu_fwd(
         &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
+        x: &candle_core::CpuStorage,
+        lx: &Layout,
+        w: &candle_core::CpuStorage,
+        lw: &Layout,
+        dy: &candle_core::CpuStorage,
+        ld: &Layout,
     ) -> Result<(candle_core::CpuStorage, Shape)> {
-        cuda_only(self.name())
+        let (x64, w64, g64) = (
+            cpu::values(x, lx)?,
+            cpu::values(w, lw)?,
+            cpu::values(dy, ld)?,
+        );
+        let dx = cpu::layer_norm(&x64, &w64, &g64, self.0 as f64);
+        Ok((cpu::stored(dx, x), lx.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -82,12 +85,14 @@ impl CustomOp2 for SoftmaxBackward {
 
     fn cpu_fwd(
         &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
+        y: &candle_core::CpuStorage,
+        ly: &Layout,
+        dy: &candle_core::CpuStorage,
+        ld: &Layout,
     ) -> Result<(candle_core::CpuStorage, Shape)> {
-        cuda_only(self.name())
+        let cols = ly.dims().last().copied().unwrap_or(1).max(1);
+        let dx = cpu::softmax(&cpu::values(y, ly)?, &cpu::values(dy, ld)?, cols);
+        Ok((cpu::stored(dx, y), ly.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -110,12 +115,13 @@ impl CustomOp2 for ActivationBackward {
 
     fn cpu_fwd(
         &self,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
-        _: &candle_core::CpuStorage,
-        _: &Layout,
+        z: &candle_core::CpuStorage,
+        lz: &Layout,
+        dh: &candle_core::CpuStorage,
+        ld: &Layout,
     ) -> Result<(candle_core::CpuStorage, Shape)> {
-        cuda_only(self.name())
+        let dz = cpu::activation(&cpu::values(z, lz)?, &cpu::values(dh, ld)?, self.gelu);
+        Ok((cpu::stored(dz, z), lz.shape().clone()))
     }
 
     #[cfg(feature = "cuda")]
@@ -128,6 +134,66 @@ impl CustomOp2 for ActivationBackward {
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let dz = cuda::activation((z, lz), (dh, ld), self.gelu)?;
         Ok((dz, lz.shape().clone()))
+    }
+}
+
+/// The kernels' formulas as loops, in f64.
+mod cpu {
+    pub(super) use crate::kernels::{f64_values as values, from_f64 as stored};
+
+    fn rows<'a>(x: &'a [f64], cols: usize) -> impl Iterator<Item = &'a [f64]> {
+        x.chunks(cols.max(1))
+    }
+
+    pub(super) fn layer_norm(x: &[f64], w: &[f64], dy: &[f64], eps: f64) -> Vec<f64> {
+        let cols = w.len().max(1);
+        let mut dx = Vec::with_capacity(x.len());
+        for (xr, gr) in rows(x, cols).zip(rows(dy, cols)) {
+            let mean = xr.iter().sum::<f64>() / cols as f64;
+            let var = xr.iter().map(|v| (v - mean) * (v - mean)).sum::<f64>() / cols as f64;
+            let rstd = 1.0 / (var + eps).sqrt();
+            let g: Vec<f64> = gr.iter().zip(w).map(|(a, b)| a * b).collect();
+            let xhat: Vec<f64> = xr.iter().map(|v| (v - mean) * rstd).collect();
+            let mean_g = g.iter().sum::<f64>() / cols as f64;
+            let mean_gx = g.iter().zip(&xhat).map(|(a, b)| a * b).sum::<f64>() / cols as f64;
+            dx.extend(
+                g.iter()
+                    .zip(&xhat)
+                    .map(|(g, xh)| rstd * (g - mean_g - xh * mean_gx)),
+            );
+        }
+        dx
+    }
+
+    pub(super) fn softmax(y: &[f64], dy: &[f64], cols: usize) -> Vec<f64> {
+        let mut dx = Vec::with_capacity(y.len());
+        for (yr, gr) in rows(y, cols).zip(rows(dy, cols)) {
+            let dot: f64 = yr.iter().zip(gr).map(|(a, b)| a * b).sum();
+            dx.extend(yr.iter().zip(gr).map(|(y, g)| y * (g - dot)));
+        }
+        dx
+    }
+
+    pub(super) fn activation(z: &[f64], dh: &[f64], gelu: bool) -> Vec<f64> {
+        let inv_sqrt_2pi = 0.5 * std::f64::consts::FRAC_2_SQRT_PI * std::f64::consts::FRAC_1_SQRT_2;
+        z.iter()
+            .zip(dh)
+            .map(|(&x, g)| {
+                let d = if gelu {
+                    0.5 * (1.0 + erf(x * std::f64::consts::FRAC_1_SQRT_2))
+                        + x * inv_sqrt_2pi * (-0.5 * x * x).exp()
+                } else if x > 0.0 {
+                    1.0
+                } else {
+                    0.0
+                };
+                g * d
+            })
+            .collect()
+    }
+
+    fn erf(x: f64) -> f64 {
+        candle_core::cpu::erf::erf_f64(x)
     }
 }
 

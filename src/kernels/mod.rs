@@ -241,3 +241,30 @@ where
         .collect();
     partials.into_iter().reduce(add)
 }
+
+/// A contiguous float storage's values, widened to f64 (the reference loops of the CUDA
+/// ops compute in f64).
+pub(crate) fn f64_values(s: &candle_core::CpuStorage, l: &candle_core::Layout) -> Result<Vec<f64>> {
+    use candle_core::CpuStorage as S;
+    let (a, b) = l
+        .contiguous_offsets()
+        .ok_or_else(|| candle_core::Error::Msg("expected a contiguous input".into()))?;
+    Ok(match s {
+        S::F64(v) => v[a..b].to_vec(),
+        S::F32(v) => v[a..b].iter().map(|&x| x as f64).collect(),
+        S::F16(v) => v[a..b].iter().map(|x| x.to_f64()).collect(),
+        S::BF16(v) => v[a..b].iter().map(|x| x.to_f64()).collect(),
+        other => candle_core::bail!("expected floats, not {:?}", other.dtype()),
+    })
+}
+
+/// `v` as a storage of `like`'s float dtype.
+pub(crate) fn from_f64(v: Vec<f64>, like: &candle_core::CpuStorage) -> candle_core::CpuStorage {
+    use candle_core::CpuStorage as S;
+    match like {
+        S::F64(_) => S::F64(v),
+        S::F16(_) => S::F16(v.into_iter().map(half::f16::from_f64).collect()),
+        S::BF16(_) => S::BF16(v.into_iter().map(half::bf16::from_f64).collect()),
+        _ => S::F32(v.into_iter().map(|x| x as f32).collect()),
+    }
+}
