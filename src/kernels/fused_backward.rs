@@ -141,7 +141,7 @@ impl CustomOp2 for ActivationBackward {
 mod cpu {
     pub(super) use crate::kernels::{f64_values as values, from_f64 as stored};
 
-    fn rows<'a>(x: &'a [f64], cols: usize) -> impl Iterator<Item = &'a [f64]> {
+    fn rows(x: &[f64], cols: usize) -> impl Iterator<Item = &[f64]> {
         x.chunks(cols.max(1))
     }
 
