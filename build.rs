@@ -13,6 +13,7 @@ const KERNELS: [(&str, u32); 2] = [("flash_tc", 80), ("backward", 0)];
 fn main() {
     println!("cargo:rerun-if-env-changed=CUDA_COMPUTE_CAP");
     println!("cargo:rerun-if-env-changed=NVCC");
+    println!("cargo:rerun-if-changed=src/kernels/cuda/convert.cuh");
     for (name, _) in KERNELS {
         println!("cargo:rerun-if-changed=src/kernels/cuda/{name}.cu");
     }

@@ -120,6 +120,27 @@ fn flash_attention_names_shapes_it_cannot_take() {
     );
 }
 
+/// SAM's biased attention in candle's composed ops, through `bias_as_columns`.
+fn composed_biased(
+    [q, k, v]: [&Var; 3],
+    (rh, rw): (&Var, &Var),
+    grid: (usize, usize),
+    scale: f64,
+) -> Tensor {
+    let (qw, kw) = bias_as_columns(
+        q.as_tensor(),
+        k.as_tensor(),
+        rh.as_tensor(),
+        rw.as_tensor(),
+        grid,
+        scale,
+    )
+    .unwrap();
+    softmax(&qw.matmul(&kw.t().unwrap()).unwrap())
+        .matmul(v.as_tensor())
+        .unwrap()
+}
+
 /// `kernels::flash_tc` against composed ops on the same rounded inputs: SAM's 14 x 14 window
 /// (196 tokens: partial tiles) and a 32 x 32 global grid, 64-wide heads, and the tiny
 /// model's 16-wide heads. On a GPU the tensor-core kernels in bf16 and f16; on the CPU the
@@ -152,18 +173,7 @@ fn tensor_core_attention_matches_composed_ops() {
                 round(var(&[bh, n, hd], 1.0)),
             );
             let (rh, rw) = (round(var(&[h, h, hd], 0.3)), round(var(&[w, w, hd], 0.3)));
-            let (qw, kw) = bias_as_columns(
-                q.as_tensor(),
-                k.as_tensor(),
-                rh.as_tensor(),
-                rw.as_tensor(),
-                (h, w),
-                scale,
-            )
-            .unwrap();
-            let composed = softmax(&qw.matmul(&kw.t().unwrap()).unwrap())
-                .matmul(v.as_tensor())
-                .unwrap();
+            let composed = composed_biased([&q, &k, &v], (&rh, &rw), (h, w), scale);
             let there = |x: &Var| x.as_tensor().to_dtype(dtype).unwrap();
             assert!(flash_tc::supports(&there(&q), hd), "{dtype:?} {hd}");
             let rel = rel_terms(&there(&q), &there(&rh), &there(&rw), (h, w)).unwrap();

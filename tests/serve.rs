@@ -58,6 +58,25 @@ fn serve_in(dtype: candle_core::DType) -> Running {
     serve_models(models)
 }
 
+/// `msa predict` with the tiny model at `precision` on one image and prompt file: its mask.
+fn cli_predict(image: &Path, prompts: &Path, out: &Path, precision: &str) -> image::GrayImage {
+    let status = Command::new(env!("CARGO_BIN_EXE_msa"))
+        .args(["predict", "--precision", precision, "--checkpoint"])
+        .arg(fixture("sam_tiny.pth"))
+        .arg("--config")
+        .arg(fixture("sam_tiny.json"))
+        .arg("--image")
+        .arg(image)
+        .arg("--prompts")
+        .arg(prompts)
+        .arg("--out")
+        .arg(out)
+        .status()
+        .unwrap();
+    assert!(status.success());
+    image::open(out).unwrap().to_luma8()
+}
+
 fn cli_predict_volume(
     input: &Path,
     prompts: &Value,
@@ -242,21 +261,7 @@ fn masks_from_the_api_equal_the_predictor_and_the_command_line() {
     std::fs::write(&image_path, &png).unwrap();
     let file = json!({"points": body["points"], "box": body["box"]});
     std::fs::write(&prompts_path, file.to_string()).unwrap();
-    let status = Command::new(env!("CARGO_BIN_EXE_msa"))
-        .args(["predict", "--checkpoint"])
-        .arg(fixture("sam_tiny.pth"))
-        .arg("--config")
-        .arg(fixture("sam_tiny.json"))
-        .arg("--image")
-        .arg(&image_path)
-        .arg("--prompts")
-        .arg(&prompts_path)
-        .arg("--out")
-        .arg(&out)
-        .status()
-        .unwrap();
-    assert!(status.success());
-    assert_eq!(image::open(&out).unwrap().to_luma8(), mask);
+    assert_eq!(cli_predict(&image_path, &prompts_path, &out, "f32"), mask);
 
     // The display of slice 0 is the image itself.
     let (status, shown) = call(&server, "GET", &format!("/api/images/{id}/slices/0"), None);
@@ -835,25 +840,8 @@ fn the_served_precision_is_reported_and_masks_equal_predict_at_that_precision() 
         assert_eq!(status, 200, "{got}");
         let mask = decode_mask(&got);
         let out = dir.path().join(format!("mask-{name}.png"));
-        let status = Command::new(env!("CARGO_BIN_EXE_msa"))
-            .args(["predict", "--precision", name, "--checkpoint"])
-            .arg(fixture("sam_tiny.pth"))
-            .arg("--config")
-            .arg(fixture("sam_tiny.json"))
-            .arg("--image")
-            .arg(&image_path)
-            .arg("--prompts")
-            .arg(&prompts_path)
-            .arg("--out")
-            .arg(&out)
-            .status()
-            .unwrap();
-        assert!(status.success());
-        assert_eq!(
-            image::open(&out).unwrap().to_luma8(),
-            mask,
-            "{name}: serve and predict"
-        );
+        let cli = cli_predict(&image_path, &prompts_path, &out, name);
+        assert_eq!(cli, mask, "{name}: serve and predict");
         masks.push(mask);
     }
     let differ = masks[0]

@@ -182,11 +182,12 @@ impl Attention {
         merge_heads(&out, (b, h, w))
     }
 
-    /// Whether `kernels::flash_tc` takes this attention (`fused`, and what
-    /// `flash_tc::supports`: on GPUs bf16 or f16).
+    /// Whether `kernels::flash_tc` takes this attention: `fused`, and what
+    /// `flash_tc::supports` (on GPUs bf16 or f16). The CPU's f32 path keeps its own fused
+    /// kernel; its other dtypes take the op's reference loops, which the tests check.
     fn tensor_cores(&self, qkv: &Tensor) -> bool {
         let head_dim = qkv.dim(3).unwrap_or(0) / 3 / self.num_heads.max(1);
-        self.fused && flash_tc::supports(qkv, head_dim)
+        self.fused && !is_cpu_f32(qkv) && flash_tc::supports(qkv, head_dim)
     }
 
     /// `kernels::flash_tc`: the tensor-core kernels, with the rel-pos bias as each query's

@@ -204,3 +204,39 @@ pub fn weighted_grads(out: &Tensor, weights: &Tensor) -> candle_core::backprop::
         .backward()
         .unwrap()
 }
+
+/// Compiles `tests/cuda_emu/<name>.cpp`, which runs CUDA kernel sources on the CPU against
+/// `cuda_emu.h`, with the system's C++ compiler (`CXX`, default `c++`), runs it and returns
+/// its report; fails the test, report attached, when the kernels and their check disagree.
+pub fn run_emulated(name: &str) -> String {
+    use std::process::Command;
+    let repo = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
+    let exe = std::path::Path::new(env!("CARGO_TARGET_TMPDIR")).join(name);
+    let cxx = std::env::var("CXX").unwrap_or_else(|_| "c++".into());
+    let built = Command::new(&cxx)
+        .args(["-std=c++20", "-O2", "-DMSA_EMULATE", "-pthread"])
+        .arg("-I")
+        .arg(repo.join("tests/cuda_emu"))
+        .arg("-I")
+        .arg(repo.join("src/kernels/cuda"))
+        .arg("-o")
+        .arg(&exe)
+        .arg(repo.join(format!("tests/cuda_emu/{name}.cpp")))
+        .output()
+        .unwrap_or_else(|e| panic!("running the C++ compiler `{cxx}` (set CXX): {e}"));
+    assert!(
+        built.status.success(),
+        "compiling {name}.cpp failed:\n{}",
+        String::from_utf8_lossy(&built.stderr)
+    );
+    let run = Command::new(&exe)
+        .output()
+        .expect("the emulated kernels run");
+    let report = String::from_utf8_lossy(&run.stdout).to_string();
+    eprintln!("{report}");
+    assert!(
+        run.status.success(),
+        "the kernels and their check disagree:\n{report}"
+    );
+    report
+}

@@ -37,15 +37,7 @@ using namespace nvcuda;
 #define LDT (D + 8)        // shared row stride of a T tile, in elements (D: the head width)
 #define NEG_INF __int_as_float(0xff800000)
 
-__device__ __forceinline__ float to_f(float x) { return x; }
-__device__ __forceinline__ float to_f(__nv_bfloat16 x) { return __bfloat162float(x); }
-__device__ __forceinline__ float to_f(__half x) { return __half2float(x); }
-template <typename T> __device__ __forceinline__ T from_f(float x);
-template <> __device__ __forceinline__ float from_f<float>(float x) { return x; }
-template <> __device__ __forceinline__ __nv_bfloat16 from_f<__nv_bfloat16>(float x) {
-    return __float2bfloat16(x);
-}
-template <> __device__ __forceinline__ __half from_f<__half>(float x) { return __float2half(x); }
+#include "convert.cuh"
 
 typedef wmma::fragment<wmma::accumulator, 16, 16, 16, float> Acc;
 template <typename T> using RowA = wmma::fragment<wmma::matrix_a, 16, 16, 16, T, wmma::row_major>;
