@@ -225,3 +225,81 @@ fn frozen_layers_on_the_gpu_match_composed_ops() {
         }
     }
 }
+
+/// The mask decoder's attention with a gradient to compute is one op with its own backward
+/// pass (`DecoderAttention::attend_grad`): against the same attention in composed ops, in
+/// f64, with every input needing a gradient and with some not.
+#[test]
+fn decoder_attention_matches_composed_ops() {
+    use msa::model::mask_decoder::DecoderAttention;
+    use msa::model::nn::Linear;
+    let linear = |o: usize, i: usize, s: u64| Linear {
+        weight: (randn(&[o, i], s) * 0.3).unwrap(),
+        bias: Some(randn(&[o], s + 1)),
+    };
+    let (heads, inner, dim) = (2, 8, 12);
+    let attn = DecoderAttention {
+        q_proj: linear(inner, dim, 20),
+        k_proj: linear(inner, dim, 22),
+        v_proj: linear(inner, dim, 24),
+        out_proj: linear(dim, inner, 26),
+        num_heads: heads,
+        flash: false,
+    };
+    let composed = |q: &Tensor, k: &Tensor, v: &Tensor| -> Result<Tensor> {
+        let split = |x: &Tensor| -> Result<Tensor> {
+            let (b, n, c) = x.dims3()?;
+            x.reshape((b, n, heads, c / heads))?
+                .transpose(1, 2)?
+                .contiguous()
+        };
+        let (qh, kh, vh) = (split(q)?, split(k)?, split(v)?);
+        let s = (qh.matmul(&kh.t()?)? / ((inner / heads) as f64).sqrt())?;
+        let e = s.broadcast_sub(&s.max_keepdim(D::Minus1)?)?.exp()?;
+        let p = e.broadcast_div(&e.sum_keepdim(D::Minus1)?)?;
+        let o = p.matmul(&vh)?.transpose(1, 2)?.contiguous()?;
+        let (b, n, _, _) = o.dims4()?;
+        attn.out_proj.forward(&o.reshape((b, n, inner))?)
+    };
+    let (q, k, v) = (
+        randn(&[2, 5, inner], 30),
+        randn(&[2, 9, inner], 31),
+        randn(&[2, 9, inner], 32),
+    );
+    for trains in [
+        [true, true, true],
+        [true, false, true],
+        [false, true, false],
+    ] {
+        let vars: Vec<Var> = [&q, &k, &v]
+            .iter()
+            .map(|t| Var::from_tensor(t).unwrap())
+            .collect();
+        let input = |i: usize| match trains[i] {
+            true => vars[i].as_tensor().clone(),
+            false => vars[i].as_tensor().detach(),
+        };
+        let r = randn(&[2, 5, dim], 9);
+        let grads_of = |y: Tensor| (&y * &r).unwrap().sum_all().unwrap().backward().unwrap();
+        let ours = attn
+            .attend_projected(&input(0), &input(1), &input(2))
+            .unwrap();
+        let reference = composed(&input(0), &input(1), &input(2)).unwrap();
+        assert!(max_diff(&ours, &reference) < 1e-12, "output");
+        let (g, g_ref) = (grads_of(ours), grads_of(reference));
+        for (i, name) in ["q", "k", "v"].iter().enumerate() {
+            match (g.get(vars[i].as_tensor()), g_ref.get(vars[i].as_tensor())) {
+                (Some(a), Some(b)) => {
+                    let e = max_diff(a, b);
+                    eprintln!("decoder attention {trains:?}: d{name} {e:e}");
+                    assert!(
+                        e < 1e-12 && max_diff(b, &b.zeros_like().unwrap()) > 1e-3,
+                        "d{name}"
+                    );
+                }
+                (None, None) => assert!(!trains[i]),
+                _ => panic!("d{name}: one side has a gradient, the other not"),
+            }
+        }
+    }
+}

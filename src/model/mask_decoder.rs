@@ -4,7 +4,7 @@
 use super::adapter::{mean_prompt, Adapter, AdapterConfig, HyperAdapter};
 use super::config::SamConfig;
 use super::nn::{gelu, is_cpu_f32, needs_grad, softmax, LayerNorm, Linear, Mlp, UpConv2x2};
-use super::own_backward::Activation;
+use super::own_backward::{with_backward3, Activation};
 use crate::kernels::linear::Epilogue;
 use crate::kernels::{attention_cpu, flash_attention, with_slice};
 use crate::params::Params;
@@ -265,14 +265,66 @@ impl DecoderAttention {
             .to_dtype(q.dtype())
     }
 
+    /// softmax(q kᵀ / √c) v over heads, in candle's ops. With a gradient to compute it is one
+    /// op with the backward pass below: candle's autograd would otherwise walk the head
+    /// split, the products and the merge, 18 nodes, spending a zero fill and an add on each.
     fn attend_ops(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let q = self.heads(q)?;
-        let k = self.heads(k)?;
-        let v = self.heads(v)?;
-        let (b, h, n, c) = q.dims4()?;
+        if !needs_grad(&[q, k, v]) {
+            return self.attend_heads(q, k, v);
+        }
+        let y = self.attend_heads(&q.detach(), &k.detach(), &v.detach())?;
+        let attn = self.clone();
+        with_backward3(
+            (q, k, v),
+            y,
+            "msa-decoder-attention",
+            move |[q, k, v], dy| attn.attend_grad([q, k, v], dy),
+        )
+    }
+
+    fn attend_heads(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
+        let (q, k, v) = (self.heads(q)?, self.heads(k)?, self.heads(v)?);
+        let c = q.dim(3)?;
         let attn = (q.matmul(&k.t()?)? / (c as f64).sqrt())?;
-        let out = softmax(&attn)?.matmul(&v)?;
-        out.transpose(1, 2)?.contiguous()?.reshape((b, n, h * c))
+        self.merge(&softmax(&attn)?.matmul(&v)?)
+    }
+
+    /// (B, heads, N, c) -> (B, N, heads * c), the inverse of `heads`.
+    fn merge(&self, x: &Tensor) -> Result<Tensor> {
+        let (b, h, n, c) = x.dims4()?;
+        x.transpose(1, 2)?.contiguous()?.reshape((b, n, h * c))
+    }
+
+    /// The gradients of q, k and v (those that need one) given dy: with P the
+    /// probabilities and dP = dO vᵀ, dS = P (dP - Σ dP P), dq = dS k / √c, dk = dSᵀ q / √c
+    /// and dv = Pᵀ dO.
+    fn attend_grad(
+        &self,
+        [(q, dq_on), (k, dk_on), (v, dv_on)]: [(&Tensor, bool); 3],
+        dy: &Tensor,
+    ) -> Result<[Option<Tensor>; 3]> {
+        let (qh, kh, vh, d_out) = (
+            self.heads(q)?,
+            self.heads(k)?,
+            self.heads(v)?,
+            self.heads(dy)?,
+        );
+        let scale = (qh.dim(3)? as f64).powf(-0.5);
+        let p = softmax(&(qh.matmul(&kh.t()?)? * scale)?)?;
+        let dv = dv_on
+            .then(|| self.merge(&p.t()?.matmul(&d_out)?))
+            .transpose()?;
+        if !dq_on && !dk_on {
+            return Ok([None, None, dv]);
+        }
+        let dp = d_out.matmul(&vh.t()?)?;
+        let ds = ((&dp - (&dp * &p)?.sum_keepdim(3)?.broadcast_as(dp.shape())?)? * &p)?;
+        let ds = (ds * scale)?;
+        let dq = dq_on.then(|| self.merge(&ds.matmul(&kh)?)).transpose()?;
+        let dk = dk_on
+            .then(|| self.merge(&ds.t()?.matmul(&qh)?))
+            .transpose()?;
+        Ok([dq, dk, dv])
     }
 }
 
