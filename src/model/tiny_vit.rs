@@ -9,7 +9,7 @@ use super::image_encoder::{closest_factors, depth_tokens_to_slices, slices_to_de
 use super::nn::{
     gelu, is_cpu_f32, needs_grad, softmax, to_channels_last, Derived, LayerNorm, Linear,
 };
-use super::own_backward::Activation;
+use super::own_backward::{with_backward, Activation};
 use super::recompute::{run_block, Recompute};
 use super::recomputed::recomputed;
 use crate::kernels::attention_grad::TableAttention;
@@ -172,7 +172,23 @@ impl DepthwiseConvBn {
             return x.contiguous()?.apply_op3(taps, bias, op);
         }
         // The composed form keeps about 27 maps of the output's size for the backward pass
-        // (BENCHMARKS.md, LiteMedSAM on the GPU); recomputed, it keeps the input alone.
+        // (BENCHMARKS.md, LiteMedSAM on the GPU). With stride 1 the input's gradient is the
+        // same convolution of dy with the taps reversed, so the step keeps the input alone
+        // and autograd walks one node; otherwise the composed form is recomputed.
+        if needs_grad(&[x]) && !needs_grad(&[taps, bias]) && self.geometry.stride == 1 {
+            let (taps, g) = (taps.clone(), self.geometry);
+            let y = depthwise_conv_ops(&x.detach(), &taps, bias, g)?;
+            return with_backward(x, y, "msa-frozen-depthwise", move |_, _, dy| {
+                let reversed = taps.flip(&[0])?;
+                let zero = reversed.get(0)?.zeros_like()?;
+                depthwise_conv_ops(
+                    dy,
+                    &reversed.to_dtype(dy.dtype())?,
+                    &zero.to_dtype(dy.dtype())?,
+                    g,
+                )
+            });
+        }
         if needs_grad(&[x]) && !needs_grad(&[taps, bias]) {
             let (taps, bias, g) = (taps.clone(), bias.clone(), self.geometry);
             return recomputed(x, "msa-recomputed-depthwise", move |x| {
