@@ -8,14 +8,6 @@
 
 use candle_core::{CustomOp2, CustomOp3, Layout, Result, Shape, Tensor};
 
-/// Whether the ops serve `t`: a float tensor on the CPU, or on a GPU in a CUDA build.
-pub fn serves(t: &Tensor) -> bool {
-    match t.device() {
-        candle_core::Device::Cpu => t.dtype().is_float(),
-        d => cfg!(feature = "cuda") && d.is_cuda(),
-    }
-}
-
 /// dx of LayerNorm over the last dim, with weight `w`, at input `x`, given dy.
 pub fn layer_norm(x: &Tensor, w: &Tensor, dy: &Tensor, eps: f64) -> Result<Tensor> {
     let (x, dy) = (x.contiguous()?, dy.contiguous()?);

@@ -215,14 +215,6 @@ fn precomputed_result<S: BackendStorage>(
     Ok((s.try_clone(layout)?, out.shape().clone()))
 }
 
-/// The dtype a backward pass computes in: f32, or f64 for f64 inputs.
-fn wide(t: &Tensor) -> Result<Tensor> {
-    match t.dtype() {
-        DType::F64 => Ok(t.clone()),
-        _ => t.to_dtype(DType::F32),
-    }
-}
-
 /// x Wᵀ + b over the last dim, all leading dims folded into one matrix product.
 pub fn affine(x: &Tensor, weight: &Tensor, bias: Option<&Tensor>) -> Result<Tensor> {
     let dims = x.dims().to_vec();
@@ -277,31 +269,10 @@ impl Activation {
         }
     }
 
-    /// dz = dh act'(z), in z's dtype: one kernel on GPUs, composed in f32 (f64) elsewhere.
+    /// dz = dh act'(z), in z's dtype (`kernels::fused_backward`).
     fn backward(self, z: &Tensor, dh: &Tensor) -> Result<Tensor> {
-        if fused_backward::serves(z) {
-            return fused_backward::activation(
-                z,
-                &dh.to_dtype(z.dtype())?,
-                self == Activation::Gelu,
-            );
-        }
-        (wide(dh)? * self.derivative(z)?)?.to_dtype(z.dtype())
-    }
-
-    /// The derivative at z, in f32 (f64 for f64).
-    fn derivative(self, z: &Tensor) -> Result<Tensor> {
-        let z = wide(z)?;
-        match self {
-            // Φ(z) + z φ(z)
-            Activation::Gelu => {
-                let cdf = ((z.affine(std::f64::consts::FRAC_1_SQRT_2, 0.)?.erf()? + 1.)? * 0.5)?;
-                let inv_sqrt_2pi = 0.5 * std::f64::consts::FRAC_2_SQRT_PI * 0.5f64.sqrt();
-                let pdf = (z.sqr()?.affine(-0.5, 0.)?.exp()? * inv_sqrt_2pi)?;
-                cdf + (z * pdf)?
-            }
-            Activation::Relu => z.gt(0.)?.to_dtype(z.dtype()),
-        }
+        let dh = dh.to_dtype(z.dtype())?;
+        fused_backward::activation(z, &dh, self == Activation::Gelu)
     }
 }
 
@@ -325,29 +296,12 @@ pub fn mlp(
 
 /// LayerNorm over the last dim with a frozen weight and bias, on an input that needs a
 /// gradient: candle's fused kernel forward, keeping the input alone; the backward pass
-/// recomputes the statistics in f32 (f64 for f64).
+/// (`kernels::fused_backward`) recomputes the statistics.
 pub fn layer_norm(x: &Tensor, weight: &Tensor, bias: &Tensor, eps: f64) -> Result<Tensor> {
     let y = layer_norm_forward(&x.detach().contiguous()?, weight, bias, eps)?;
     let w = weight.clone();
     with_backward(x, y, "msa-frozen-layer-norm", move |x, _, dy| {
-        if fused_backward::serves(x) {
-            return fused_backward::layer_norm(x, &w.to_dtype(x.dtype())?, dy, eps);
-        }
-        let w = wide(&w)?;
-        let xw = wide(x)?;
-        let xc = xw.broadcast_sub(&xw.mean_keepdim(D::Minus1)?)?;
-        let rstd = (xc.sqr()?.mean_keepdim(D::Minus1)? + eps)?
-            .sqrt()?
-            .recip()?;
-        let xhat = xc.broadcast_mul(&rstd)?;
-        let gw = wide(dy)?.broadcast_mul(&w)?;
-        let mean_g = gw.mean_keepdim(D::Minus1)?;
-        let mean_gx = (&gw * &xhat)?.mean_keepdim(D::Minus1)?;
-        let dx = gw
-            .broadcast_sub(&mean_g)?
-            .sub(&xhat.broadcast_mul(&mean_gx)?)?
-            .broadcast_mul(&rstd)?;
-        dx.to_dtype(x.dtype())
+        fused_backward::layer_norm(x, &w.to_dtype(x.dtype())?, dy, eps)
     })
 }
 
@@ -379,16 +333,11 @@ pub(crate) fn layer_norm_ops(
 }
 
 /// Softmax over the last dim on an input that needs a gradient: candle's fused kernel
-/// forward; dx = y (dy - Σ dy y), in f32 (f64 for f64).
+/// forward; dx = y (dy - Σ dy y) (`kernels::fused_backward`).
 pub fn softmax(x: &Tensor) -> Result<Tensor> {
     let y = candle_nn::ops::softmax_last_dim(&x.detach().contiguous()?)?;
-    with_backward(x, y, "msa-frozen-softmax", |x, y, dy| {
-        if fused_backward::serves(y) {
-            return fused_backward::softmax(y, &dy.to_dtype(y.dtype())?);
-        }
-        let (y, dy) = (wide(y)?, wide(dy)?);
-        let dot = (&dy * &y)?.sum_keepdim(D::Minus1)?;
-        (dy.broadcast_sub(&dot)? * y)?.to_dtype(x.dtype())
+    with_backward(x, y, "msa-frozen-softmax", |_, y, dy| {
+        fused_backward::softmax(y, &dy.to_dtype(y.dtype())?)
     })
 }
 
