@@ -37,7 +37,12 @@ ln -sf "$nccl" "$lib/libnccl.so"
 # No driver here: link against a stub libcuda.so.1 exporting the driver API names cudarc
 # binds; the real library is found at run time on the GPU machine.
 if [ ! -f "$lib/libcuda.so" ]; then
-    sysrs=$(ls -d ~/.cargo/registry/src/*/cudarc-0.19.*/src/driver/sys/mod.rs | head -1)
+    # cudarc's source names them. On a fresh machine no build has unpacked it yet: cargo
+    # metadata fetches every package the CUDA build resolves to and says where it lies.
+    cudarc=$(cargo metadata --format-version 1 --locked --features cuda \
+        | python3 -c 'import json, sys; print(next(p["manifest_path"] for p in json.load(sys.stdin)["packages"] if p["name"] == "cudarc"))')
+    sysrs=$(dirname "$cudarc")/src/driver/sys/mod.rs
+    [ -f "$sysrs" ] || { echo "cudarc's driver bindings are not at $sysrs" >&2; exit 1; }
     grep -ho "fn cu[A-Za-z0-9_]*" "$sysrs" | sort -u | sed 's/fn \(.*\)/void \1(void) {}/' > "$lib/stub.c"
     gcc -shared -fPIC -Wl,-soname,libcuda.so.1 -o "$lib/libcuda.so" "$lib/stub.c"
 fi
