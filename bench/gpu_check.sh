@@ -32,7 +32,7 @@ for r in $(seq 1 "${ROUNDS:-2}"); do
     ours $B/msa bench encoder --preset vit_b --size 1024 --runs 10 --precision f32
     MSA_FLASH_ATTENTION=1 ours $B/msa bench encoder --preset vit_b --size 1024 --runs 10 --precision f32
     ours $B/msa bench encoder --preset vit_b --size 1024 --runs 10 --precision bf16
-    MSA_FUSED_ATTENTION=1 ours $B/msa bench encoder --preset vit_b --size 1024 --runs 10 --precision bf16
+    MSA_TENSOR_CORE_ATTENTION=1 ours $B/msa bench encoder --preset vit_b --size 1024 --runs 10 --precision bf16
     for pa in "f32 official" "f32 sdpa" "bf16 sdpa"; do
         set -- $pa
         "$py" bench/pytorch_sam.py encoder --device cuda --runs 10 --precision $1 --attention $2 | tee -a "$OUT/gpu.jsonl"

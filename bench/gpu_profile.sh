@@ -49,7 +49,7 @@ profiled msa-vit_b-b2 "${step[@]}" --preset vit_b --size 1024 --batch 2
 profiled msa-lite_medsam-b16 "${step[@]}" --preset lite_medsam --size 256 --batch 16
 [ "${TORCH:-1}" = 1 ] && profiled pytorch-vit_b-b2 "$py" bench/pytorch_train_step.py --device cuda --precision bf16 \
     --attention sdpa --size 1024 --batch 2 --runs 2
-# The device memory after every TinyViT block of a LiteMedSAM step (train::memory::trace).
+# The device memory after every TinyViT block of a LiteMedSAM step (runtime::memory::trace).
 MSA_LOG=msa::memory=debug /tmp/gpu/msa bench train-step --preset lite_medsam --size 256 \
     --batch 4 --runs 1 --precision bf16 2>&1 | grep -E "memory|train_step" \
     | sed 's/\x1b\[[0-9;]*m//g' > "$OUT/memory-trace-lite_medsam-b4.txt"

@@ -49,13 +49,13 @@ for b in 2 4; do
     measured msa 1024 $b ours --preset vit_b --size 1024 --batch $b --runs 5 --checkpoint-blocks
     measured pytorch 1024 $b torch_step --size 1024 --batch $b --runs 5 --checkpoint-blocks
 done
-# The tensor-core attention (MSA_FUSED_ATTENTION=1), and the same with candle's own CUDA
+# The tensor-core attention (MSA_TENSOR_CORE_ATTENTION=1), and the same with candle's own CUDA
 # runtime settings (MSA_CUDA_RUNTIME=plain: events per buffer, no pool cache, parameters
-# uploaded per launch) to measure what runtime::cuda_device changes. FUSED=0 skips these.
+# uploaded per launch) to measure what runtime::device::cuda_device changes. FUSED=0 skips these.
 [ "${FUSED:-1}" = 1 ] && for b in 2 4; do
-    MSA_FUSED_ATTENTION=1 measured msa 1024 $b ours --preset vit_b --size 1024 --batch $b --runs 5
+    MSA_TENSOR_CORE_ATTENTION=1 measured msa 1024 $b ours --preset vit_b --size 1024 --batch $b --runs 5
 done
-[ "${FUSED:-1}" = 1 ] && MSA_FUSED_ATTENTION=1 MSA_CUDA_RUNTIME=plain \
+[ "${FUSED:-1}" = 1 ] && MSA_TENSOR_CORE_ATTENTION=1 MSA_CUDA_RUNTIME=plain \
     measured msa 1024 2 ours --preset vit_b --size 1024 --batch 2 --runs 5
 [ "${FUSED:-1}" = 1 ] && MSA_CUDA_RUNTIME=plain \
     measured msa 256 16 ours --preset lite_medsam --size 256 --batch 16 --runs 5

@@ -97,8 +97,8 @@ fn prompts(data: &[u8]) {
     if let Ok(p) = serde_json::from_slice::<crate::infer::volume::VolumePrompts>(data) {
         let _ = p.per_slice(64);
     }
-    if let Ok(p) = serde_json::from_slice::<crate::infer::PromptFile>(data) {
-        if let Ok(u) = crate::infer::UserPrompt::from_parts(&p.points, p.bbox) {
+    if let Ok(p) = serde_json::from_slice::<crate::io::prompt::PromptFile>(data) {
+        if let Ok(u) = crate::io::prompt::UserPrompt::from_parts(&p.points, p.bbox) {
             let _ = u.check_inside(64, 64);
         }
     }

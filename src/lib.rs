@@ -17,3 +17,8 @@ pub mod runtime;
 pub mod serve;
 pub mod train;
 pub mod weights;
+
+/// The README's Rust example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

@@ -1,5 +1,3 @@
-use clap::Parser;
-
 fn main() {
     msa::runtime::init();
     tracing_subscriber::fmt()
@@ -9,8 +7,7 @@ fn main() {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = msa::cli::Cli::parse();
-    if let Err(e) = msa::cli::run(cli) {
+    if let Err(e) = msa::cli::main() {
         eprintln!("error: {e:#}");
         std::process::exit(1);
     }

@@ -47,13 +47,6 @@ struct Inner {
     train: bool,
     /// Every parameter trains (full fine-tuning), not only adapters.
     train_all: bool,
-    /// The dtype of the frozen tensors under `image_encoder.` (f32 unless `--precision`).
-    encoder_dtype: std::cell::Cell<DType>,
-    /// Attention runs on `kernels::flash_attention` (default: `MSA_FLASH_ATTENTION=1`).
-    flash_attention: std::cell::Cell<bool>,
-    /// The encoder's attention runs on `kernels::flash_tc` where it can (default:
-    /// `MSA_FUSED_ATTENTION=1`).
-    fused_attention: std::cell::Cell<bool>,
 }
 
 /// How a trainable tensor starts when the checkpoint does not hold it.
@@ -67,11 +60,14 @@ pub enum Init {
     },
 }
 
-/// A handle on a parameter source under a key prefix (`image_encoder.blocks.0.`).
+/// A handle on a parameter source under a key prefix (`image_encoder.blocks.0.`), reading
+/// frozen tensors in the handle's dtype.
 #[derive(Clone)]
 pub struct Params {
     inner: Rc<Inner>,
     prefix: String,
+    /// The dtype frozen tensors are read in (`frozen_in`); f32 unless asked.
+    frozen_dtype: DType,
 }
 
 /// How a table whose grid differs from the model's is brought to the model's size.
@@ -109,11 +105,9 @@ impl Params {
                 buffers: RefCell::new(BTreeMap::new()),
                 train,
                 train_all,
-                encoder_dtype: std::cell::Cell::new(DType::F32),
-                flash_attention: std::cell::Cell::new(crate::kernels::flash_attention::enabled()),
-                fused_attention: std::cell::Cell::new(crate::kernels::flash_tc::enabled()),
             }),
             prefix: String::new(),
+            frozen_dtype: DType::F32,
         }
     }
 
@@ -167,6 +161,25 @@ impl Params {
         Self {
             inner: self.inner.clone(),
             prefix: format!("{}{name}.", self.prefix),
+            frozen_dtype: self.frozen_dtype,
+        }
+    }
+
+    /// The same handle, reading frozen tensors in `dtype` (the encoder's `--precision`);
+    /// trainable tensors stay f32, and under full fine-tuning every tensor trains.
+    pub fn frozen_in(&self, dtype: DType) -> Self {
+        Self {
+            frozen_dtype: self.computes_in(dtype),
+            ..self.clone()
+        }
+    }
+
+    /// The dtype frozen tensors asked to be read in `dtype` are computed in: f32 under full
+    /// fine-tuning, where none is frozen.
+    pub fn computes_in(&self, dtype: DType) -> DType {
+        match self.inner.train_all {
+            true => DType::F32,
+            false => dtype,
         }
     }
 
@@ -186,46 +199,10 @@ impl Params {
         self.maybe_trainable(name, t)
     }
 
-    /// Whether the attention layers loaded from here run on `kernels::flash_attention`.
-    pub fn set_flash_attention(&self, on: bool) {
-        self.inner.flash_attention.set(on);
-    }
-
-    pub fn flash_attention(&self) -> bool {
-        self.inner.flash_attention.get()
-    }
-
-    /// Whether the encoder attention loaded from here runs on `kernels::flash_tc` where it
-    /// can (`flash_tc::supports`).
-    pub fn set_fused_attention(&self, on: bool) {
-        self.inner.fused_attention.set(on);
-    }
-
-    pub fn fused_attention(&self) -> bool {
-        self.inner.fused_attention.get()
-    }
-
-    /// Frozen image-encoder tensors are read in `dtype` from now on (`--precision`);
-    /// trainable ones stay f32.
-    pub fn set_encoder_dtype(&self, dtype: DType) {
-        self.inner.encoder_dtype.set(dtype);
-    }
-
-    /// The dtype the frozen encoder computes in: f32 under full fine-tuning, where every
-    /// tensor trains.
-    pub fn encoder_dtype(&self) -> DType {
-        match self.inner.train_all {
-            true => DType::F32,
-            false => self.inner.encoder_dtype.get(),
-        }
-    }
-
-    /// `t` in the encoder's dtype when it is a frozen image-encoder tensor.
-    fn frozen_dtype(&self, name: &str, t: Tensor) -> Result<Tensor> {
-        let dtype = self.inner.encoder_dtype.get();
-        let frozen_encoder = !self.inner.train_all && self.key(name).starts_with("image_encoder.");
-        match frozen_encoder && dtype != t.dtype() {
-            true => t.to_dtype(dtype),
+    /// A frozen tensor in the handle's dtype.
+    fn in_frozen_dtype(&self, t: Tensor) -> Result<Tensor> {
+        match self.frozen_dtype != t.dtype() {
+            true => t.to_dtype(self.frozen_dtype),
             false => Ok(t),
         }
     }
@@ -233,7 +210,7 @@ impl Params {
     /// A module buffer in the PyTorch model (not a parameter): never trainable, even under
     /// full fine-tuning.
     pub fn buffer(&self, name: &str, shape: &[usize]) -> Result<Tensor> {
-        let t = self.frozen_dtype(name, self.get_inner(name, shape, None)?)?;
+        let t = self.in_frozen_dtype(self.get_inner(name, shape, None)?)?;
         self.inner
             .buffers
             .borrow_mut()
@@ -266,7 +243,7 @@ impl Params {
     /// Under full fine-tuning, a SAM weight becomes a `Var` too.
     fn maybe_trainable(&self, name: &str, t: Tensor) -> Result<Tensor> {
         if !self.inner.train_all {
-            return self.frozen_dtype(name, t);
+            return self.in_frozen_dtype(t);
         }
         let var = Var::from_tensor(&t.contiguous()?)?;
         let out = var.as_tensor().clone();

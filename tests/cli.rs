@@ -31,13 +31,13 @@ fn err<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
     String::from_utf8_lossy(&out.stderr).to_string()
 }
 
-/// `CMD --checkpoint tests/fixtures/CKPT --config tests/fixtures/sam_tiny.json REST...`.
+/// `CMD --checkpoint tests/fixtures/CKPT --model-config tests/fixtures/sam_tiny.json REST...`.
 fn tiny(cmd: &str, ckpt: &str, rest: &[&str]) -> Vec<String> {
     let mut args = vec![
         cmd.to_string(),
         "--checkpoint".into(),
         s(&fixture(ckpt)),
-        "--config".into(),
+        "--model-config".into(),
         s(&fixture("sam_tiny.json")),
     ];
     args.extend(rest.iter().map(|a| a.to_string()));
@@ -155,7 +155,7 @@ fn cli_masks_equal_the_library_predictor() {
         .sam;
     let mut p = msa::infer::Predictor::new(&sam);
     p.set_image(&image::open(img).unwrap().to_rgb8()).unwrap();
-    let prompt = msa::infer::UserPrompt {
+    let prompt = msa::io::prompt::UserPrompt {
         points: vec![],
         bbox: Some([20.0, 10.0, 80.0, 60.0]),
     };
@@ -228,7 +228,7 @@ fn bad_prompts_and_files_get_clear_errors() {
     let e = predict_err(&missing, &["--point", "3,4"]);
     assert!(e.contains("nope.png"), "{e}");
     let e = err(&["info", &ckpt]);
-    assert!(e.contains("--config"), "{e}");
+    assert!(e.contains("--model-config"), "{e}");
 }
 
 #[test]
@@ -658,9 +658,9 @@ fn predict_volume_writes_labels_on_the_input_grid() {
         .sam;
     let range = msa::io::Intensity::MRI.range(&input.volume);
     let mut p = msa::infer::Predictor::new(&sam);
-    p.set_image(&msa::infer::volume::slice_image(&input.volume, 4, range).unwrap())
+    p.set_image(&msa::io::volume::slice_image(&input.volume, 4, range).unwrap())
         .unwrap();
-    let prompt = msa::infer::UserPrompt {
+    let prompt = msa::io::prompt::UserPrompt {
         points: vec![(20.0, 15.0, 1), (2.0, 2.0, 0)],
         bbox: None,
     };
@@ -835,4 +835,32 @@ fn volume_prompts_come_one_per_class_and_labelled_slice() {
     assert_eq!(p[&1].iter().map(|(c, _)| *c).collect::<Vec<_>>(), [1, 2]);
     // The only voxel of class 2 on slice 1 is x = 5 % 4, y = 5 / 4.
     assert_eq!(p[&1][1].1.points, vec![(1.0, 1.0, 1)]);
+}
+
+/// `msa train --help` says every default, and every run-config field has a flag.
+#[test]
+fn train_help_shows_the_defaults_and_every_run_setting() {
+    let help = ok(&["train", "--help"]);
+    for flag in [
+        "--epochs <EPOCHS>",
+        "--lr-step <LR_STEP>",
+        "--lr-gamma <LR_GAMMA>",
+        "--lora-rank <LORA_RANK>",
+        "--val-fraction <VAL_FRACTION>",
+        "--samples <SAMPLES>",
+        "--model-config <MODEL_CONFIG>",
+    ] {
+        assert!(help.contains(flag), "no {flag} in:\n{help}");
+    }
+    let c = msa::train::config::TrainConfig::new("c".into(), "d".into(), "o".into());
+    for shown in [
+        format!("[default: {}]", c.epochs),
+        format!("[default: {}]", c.lr),
+        format!("[default: {}]", c.lr_gamma),
+        format!("[default: {}]", c.val_fraction),
+        "[default: adapters]".to_string(),
+        "[default: click]".to_string(),
+    ] {
+        assert!(help.contains(&shown), "no {shown} in:\n{help}");
+    }
 }

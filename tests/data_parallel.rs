@@ -15,7 +15,7 @@ fn config(data: &Path, out: &Path, batch: usize) -> TrainConfig {
         data.to_path_buf(),
         out.to_path_buf(),
     );
-    c.config = Some(fixture("sam_tiny.json"));
+    c.model_config = Some(fixture("sam_tiny.json"));
     c.epochs = 2;
     c.batch_size = batch;
     c.lr = 3e-3;

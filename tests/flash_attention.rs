@@ -1,15 +1,15 @@
-//! `kernels::flash_attention` against the same maths in candle's composed ops: SAM's biased
+//! `kernels::attention::flash` against the same maths in candle's composed ops: SAM's biased
 //! attention through `bias_as_columns` (a 14 x 14 window and a 32 x 32 global grid) and the
 //! decoder's cross-attentions (few tokens over many image tokens, and back), output and
 //! gradients. On the CPU this checks the loops that `cuda/attention.cu` runs; with
 //! MSA_TEST_DEVICE=cuda in a `--features cuda` build it checks the CUDA kernels, and the
-//! tensor-core kernels of `kernels::flash_tc` in bf16 and f16.
+//! tensor-core kernels of `kernels::attention::tensor_cores` in bf16 and f16.
 
 mod common;
 
 use candle_core::{Tensor, Var, D};
-use msa::kernels::flash_attention::FlashAttention;
-use msa::kernels::flash_tc;
+use msa::kernels::attention::flash::FlashAttention;
+use msa::kernels::attention::tensor_cores;
 use msa::model::rel_pos_columns::{bias_as_columns, rel_terms};
 
 fn softmax(x: &Tensor) -> Tensor {
@@ -141,7 +141,7 @@ fn composed_biased(
         .unwrap()
 }
 
-/// `kernels::flash_tc` against composed ops on the same rounded inputs: SAM's 14 x 14 window
+/// `kernels::attention::tensor_cores` against composed ops on the same rounded inputs: SAM's 14 x 14 window
 /// (196 tokens: partial tiles) and a 32 x 32 global grid, 64-wide heads, and the tiny
 /// model's 16-wide heads. On a GPU the tensor-core kernels in bf16 and f16; on the CPU the
 /// op's f64 reference loops, which check the packing and the gradients' way back to q, k, v
@@ -175,9 +175,9 @@ fn tensor_core_attention_matches_composed_ops() {
             let (rh, rw) = (round(var(&[h, h, hd], 0.3)), round(var(&[w, w, hd], 0.3)));
             let composed = composed_biased([&q, &k, &v], (&rh, &rw), (h, w), scale);
             let there = |x: &Var| x.as_tensor().to_dtype(dtype).unwrap();
-            assert!(flash_tc::supports(&there(&q), hd), "{dtype:?} {hd}");
+            assert!(tensor_cores::supports(&there(&q), hd), "{dtype:?} {hd}");
             let rel = rel_terms(&there(&q), &there(&rh), &there(&rw), (h, w)).unwrap();
-            let fused = flash_tc::attention(
+            let fused = tensor_cores::attention(
                 &there(&q),
                 &there(&k),
                 &there(&v),

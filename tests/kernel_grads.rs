@@ -1,4 +1,4 @@
-//! The CPU training ops (fused attention, window partition, GELU, LayerNorm, Linear) against
+//! The CPU training ops (the CPU attention, window partition, GELU, LayerNorm, Linear) against
 //! the same maths written with candle's differentiable primitives: outputs and input
 //! gradients. The shapes are chosen to reach the paths the small parity fixtures do not:
 //! several query-row blocks per head, non-square grids, padding on both sides.
@@ -6,7 +6,7 @@
 mod common;
 
 use candle_core::{DType, Device, Tensor, Var, D};
-use msa::kernels::attention_grad::FusedAttention;
+use msa::kernels::attention::cpu_backward::CpuAttention;
 use msa::kernels::gelu::Gelu;
 use msa::kernels::layer_norm::FrozenLayerNorm;
 use msa::kernels::windows::{WindowPartition, WindowUnpartition, Windows};
@@ -132,7 +132,7 @@ fn attention_reference(
 }
 
 #[test]
-fn fused_attention_matches_composed_ops_with_several_row_blocks() {
+fn cpu_attention_matches_composed_ops_with_several_row_blocks() {
     // 12 x 11 = 132 query rows: blocks of 64, 64 and 4.
     let (b, h, w, heads, hd) = (2, 12, 11, 3, 8);
     let c = heads * hd;
@@ -142,7 +142,7 @@ fn fused_attention_matches_composed_ops_with_several_row_blocks() {
     let rw = (rand(&[w, w, hd], 3) * 0.5).unwrap();
     let weights = rand(&[b, h * w, c], 4);
 
-    let op = FusedAttention {
+    let op = CpuAttention {
         grid: (h, w),
         heads,
         head_dim: hd,
@@ -162,8 +162,8 @@ fn fused_attention_matches_composed_ops_with_several_row_blocks() {
 
 /// `--train all`: the gathered relative-position tables train too.
 #[test]
-fn fused_attention_gives_the_tables_gradients() {
-    use msa::kernels::attention_grad::FusedAttentionTables;
+fn cpu_attention_gives_the_tables_gradients() {
+    use msa::kernels::attention::cpu_backward::CpuAttentionTables;
     let (b, h, w, heads, hd) = (2, 12, 11, 3, 8);
     let c = heads * hd;
     let scale = (hd as f64).powf(-0.5);
@@ -171,7 +171,7 @@ fn fused_attention_gives_the_tables_gradients() {
     let rh = Var::from_tensor(&(rand(&[h, h, hd], 42) * 0.5).unwrap()).unwrap();
     let rw = Var::from_tensor(&(rand(&[w, w, hd], 43) * 0.5).unwrap()).unwrap();
     let weights = rand(&[b, h * w, c], 44);
-    let op = FusedAttentionTables {
+    let op = CpuAttentionTables {
         grid: (h, w),
         heads,
         head_dim: hd,
@@ -201,14 +201,14 @@ fn fused_attention_gives_the_tables_gradients() {
 }
 
 #[test]
-fn fused_attention_without_bias_matches_composed_ops() {
+fn cpu_attention_without_bias_matches_composed_ops() {
     let (b, h, w, heads, hd) = (1, 5, 4, 2, 4);
     let c = heads * hd;
     let scale = (hd as f64).powf(-0.5);
     let qkv = Var::from_tensor(&rand(&[b, h * w, 3 * c], 5)).unwrap();
     let zeros_h = Tensor::zeros((h, h, hd), DType::F32, &Device::Cpu).unwrap();
     let zeros_w = Tensor::zeros((w, w, hd), DType::F32, &Device::Cpu).unwrap();
-    let op = FusedAttention {
+    let op = CpuAttention {
         grid: (h, w),
         heads,
         head_dim: hd,
@@ -436,7 +436,7 @@ fn filled_window_partition_puts_the_fill_in_the_padding_only() {
     }
 }
 
-/// Without the fused kernel (GPUs; here float64 on the CPU stands in), training attention
+/// Without the CPU attention op (GPUs; here float64 on the CPU stands in), training attention
 /// keeps no logits: its backward recomputes them a chunk of heads at a time. Output and qkv
 /// gradient equal the composed path's, with one chunk and with several.
 #[test]
@@ -462,7 +462,7 @@ fn recomputed_attention_matches_the_composed_path() {
         lora: None,
         logits_budget: 1 << 20,
         flash: false,
-        fused: false,
+        tensor_cores: false,
     };
     let qkv = Var::from_tensor(&f64t(rand(&[b, h, w, 3 * c], 33))).unwrap();
     let weights = f64t(rand(&[b, h, w, c], 34));
@@ -566,7 +566,7 @@ fn table_attention_reference(qkv: &Tensor, table: &Tensor, (heads, hd): (usize, 
 
 #[test]
 fn table_attention_matches_composed_ops_with_several_row_blocks() {
-    use msa::kernels::attention_grad::TableAttention;
+    use msa::kernels::attention::cpu_backward::TableAttention;
     // 150 tokens: three query-row blocks per head, the last one short.
     let (b, n, heads, hd) = (2, 150, 3, 8);
     let qkv = Var::from_tensor(&rand(&[b, n, 3 * heads * hd], 31)).unwrap();
@@ -666,7 +666,7 @@ fn frozen_mlp_matches_composed_ops_and_their_input_gradient() {
 
 #[test]
 fn attention_with_few_keys_matches_composed_ops_for_several_items() {
-    use msa::kernels::attention_cpu::{attention_general, Bias, Dims, Operand};
+    use msa::kernels::attention::cpu::{attention_general, Bias, Dims, Operand};
     // Two items of 300 queries (a partial 256-row chunk each) against 7 keys.
     let (b, nq, nk, heads, hd) = (2, 300, 7, 2, 8);
     let c = heads * hd;
@@ -724,7 +724,7 @@ fn attention_with_few_keys_matches_composed_ops_for_several_items() {
 
 /// The gradients of the training ops' parameters, computed on `threads` threads.
 fn parameter_grads(threads: usize) -> Vec<Vec<f32>> {
-    use msa::kernels::attention_grad::TableAttention;
+    use msa::kernels::attention::cpu_backward::TableAttention;
     use msa::kernels::depthwise::{DepthwiseConv, DepthwiseGeometry};
     use msa::kernels::layer_norm::TrainableLayerNorm;
     use msa::kernels::linear::TrainableLinear;
@@ -859,13 +859,13 @@ fn relative_position_bias_as_extra_columns_is_exact() {
     }
 }
 
-/// A layer run through `model::recomputed` (no graph kept, rebuilt in the backward) gives the
+/// A layer run through `backward_op::recomputed` (no graph kept, rebuilt in the backward) gives the
 /// composed layer's output and input gradient: here the depthwise convolution, which GPUs
 /// run that way.
 #[test]
 fn recomputed_depthwise_conv_matches_the_composed_one() {
+    use msa::kernels::backward_op::recomputed;
     use msa::kernels::depthwise::{depthwise_conv_ops, DepthwiseGeometry};
-    use msa::model::recomputed::recomputed;
     let (b, h, w, c) = (2, 9, 7, 5);
     for stride in [1, 2] {
         let g = DepthwiseGeometry {

@@ -1,12 +1,14 @@
 //! The adapted model against the MSA reference: encoder outputs (2D and 3D), the
 //! MSA-convention decoder, the BCE loss, and the gradient of every adapter parameter; all of
-//! it also with attention on `kernels::flash_attention`, and on `kernels::flash_tc`.
+//! it also with attention on `kernels::attention::flash`, and on `kernels::attention::tensor_cores`.
 
 mod common;
 
 use candle_core::{DType, Tensor};
 use common::{assert_close, check_golden_grads, device, fixture, load_cases};
-use msa::model::{AdapterConfig, MaskSelection, Prompts, Sam, SamConfig};
+use msa::model::{
+    AdapterConfig, AttentionKernel, MaskSelection, ModelOptions, Prompts, Sam, SamConfig,
+};
 use msa::resize::bilinear;
 use msa::train::loss::bce_with_logits;
 use msa::weights::{Checkpoint, Params, Source};
@@ -21,19 +23,25 @@ fn adapted_in(train: bool, flash: bool, dtype: DType) -> (Sam, Params) {
     adapted_with(train, (flash, false), dtype)
 }
 
-/// `adapted_in`, with the attention on (`kernels::flash_attention`, `kernels::flash_tc`).
-fn adapted_with(train: bool, (flash, fused): (bool, bool), dtype: DType) -> (Sam, Params) {
+/// `adapted_in`, with the attention on (`kernels::attention::flash`, `kernels::attention::tensor_cores`).
+fn adapted_with(train: bool, (flash, tensor_cores): (bool, bool), dtype: DType) -> (Sam, Params) {
     let cfg = SamConfig::from_json_file(&fixture("msa_tiny.json")).unwrap();
     let ckpt = Checkpoint::read(&fixture("msa_tiny.safetensors")).unwrap();
     let params = Params::with_options(Source::from(ckpt), &device(), train, 0);
-    params.set_flash_attention(flash);
-    params.set_fused_attention(fused);
-    params.set_encoder_dtype(dtype);
+    let attention = match (flash, tensor_cores) {
+        (true, _) => AttentionKernel::Flash,
+        (false, true) => AttentionKernel::TensorCores,
+        (false, false) => AttentionKernel::Standard,
+    };
+    let opts = ModelOptions {
+        attention,
+        encoder_dtype: dtype,
+    };
     let ad = AdapterConfig {
         depth: true,
         ..AdapterConfig::default()
     };
-    let sam = Sam::load_adapted(&params, &cfg, &ad).unwrap();
+    let sam = Sam::load_with(&params, &cfg, &ad, &opts).unwrap();
     assert!(
         params.unused_keys().is_empty(),
         "{:?}",
@@ -61,7 +69,7 @@ fn adapter_gradients_through_the_device_generic_ops_match_reference() {
     check_adapted(false, DType::F64);
 }
 
-/// The encoder's attention through `kernels::flash_tc`: on the CPU its f64 reference loops,
+/// The encoder's attention through `kernels::attention::tensor_cores`: on the CPU its f64 reference loops,
 /// which check the model's wiring of the op (heads, bias terms, gradients back to the
 /// adapters). On a GPU the kernels take bf16 and f16 only: tests/precision.rs.
 #[test]

@@ -227,7 +227,7 @@ fn frozen_layers_on_the_gpu_match_composed_ops() {
 }
 
 /// The mask decoder's attention with a gradient to compute is one op with its own backward
-/// pass (`DecoderAttention::attend_grad`): against the same attention in composed ops, in
+/// pass (`nn::MultiHeadAttention`): against the same attention in composed ops, in
 /// f64, with every input needing a gradient and with some not.
 #[test]
 fn decoder_attention_matches_composed_ops() {

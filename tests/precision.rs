@@ -7,7 +7,9 @@ mod common;
 
 use candle_core::DType;
 use common::{device, fixture, load_cases, relative_error};
-use msa::model::{AdapterConfig, MaskSelection, Prompts, Sam, SamConfig};
+use msa::model::{
+    AdapterConfig, AttentionKernel, MaskSelection, ModelOptions, Prompts, Sam, SamConfig,
+};
 use msa::resize::bilinear;
 use msa::train::loss::bce_with_logits;
 use msa::train::loss_scale::LossScale;
@@ -36,23 +38,28 @@ fn model(file: &str, cfg: &SamConfig, ad: &AdapterConfig, dtype: DType) -> (Sam,
     model_with(file, cfg, ad, dtype, false)
 }
 
-/// `model`, with the ViT's attention on `kernels::flash_tc` when `fused` (the tensor-core
+/// `model`, with the ViT's attention on `kernels::attention::tensor_cores` when `tensor_cores` (the tensor-core
 /// kernels on a GPU, their f64 reference loops on the CPU).
 fn model_with(
     file: &str,
     cfg: &SamConfig,
     ad: &AdapterConfig,
     dtype: DType,
-    fused: bool,
+    tensor_cores: bool,
 ) -> (Sam, Params) {
     let mut ckpt = Checkpoint::read(&fixture(file)).unwrap();
     if !ad.any() {
         ckpt.tensors.retain(|k, _| !is_adapter_key(k));
     }
     let params = Params::with_options(Source::from(ckpt), &device(), true, 0);
-    params.set_encoder_dtype(dtype);
-    params.set_fused_attention(fused);
-    let sam = Sam::load_adapted(&params, cfg, ad).unwrap();
+    let opts = ModelOptions {
+        attention: match tensor_cores {
+            true => AttentionKernel::TensorCores,
+            false => AttentionKernel::Standard,
+        },
+        encoder_dtype: dtype,
+    };
+    let sam = Sam::load_with(&params, cfg, ad, &opts).unwrap();
     (sam, params)
 }
 
@@ -60,9 +67,9 @@ fn model_with(
 fn vit_embeddings_in_reduced_precision_match_the_golden_ones() {
     let cfg = SamConfig::from_json_file(&fixture("sam_tiny.json")).unwrap();
     let t = load_cases("sam_tiny_cases.safetensors");
-    for (dtype, fused) in reduced().into_iter().flat_map(|d| [(d, false), (d, true)]) {
+    for (dtype, tensor_cores) in reduced().into_iter().flat_map(|d| [(d, false), (d, true)]) {
         let none = AdapterConfig::none();
-        let (sam, _) = model_with("sam_tiny.safetensors", &cfg, &none, dtype, fused);
+        let (sam, _) = model_with("sam_tiny.safetensors", &cfg, &none, dtype, tensor_cores);
         let x = sam.preprocess(&t["model.raw_image"]).unwrap();
         let emb = sam.encode(&x).unwrap();
         assert_eq!(
@@ -71,7 +78,11 @@ fn vit_embeddings_in_reduced_precision_match_the_golden_ones() {
             "embeddings leave the encoder as f32"
         );
         let e = relative_error(&emb, &t["model.image_embeddings"]);
-        let on = if fused { ", fused attention" } else { "" };
+        let on = if tensor_cores {
+            ", tensor-core attention"
+        } else {
+            ""
+        };
         eprintln!("vit {dtype:?}{on}: embeddings relative error {e:e}");
         assert!(e <= tolerance(dtype), "{dtype:?}{on}: relative error {e:e}");
     }
@@ -153,7 +164,7 @@ fn an_f16_training_run_learns_like_the_f32_run() {
             data.clone(),
             out.clone(),
         );
-        c.config = Some(fixture("sam_tiny.json"));
+        c.model_config = Some(fixture("sam_tiny.json"));
         c.epochs = 2;
         c.batch_size = 4;
         c.lr = 3e-3;
@@ -198,7 +209,7 @@ fn a_resumed_f16_run_keeps_its_loss_scale() {
         data.clone(),
         out.clone(),
     );
-    c.config = Some(fixture("sam_tiny.json"));
+    c.model_config = Some(fixture("sam_tiny.json"));
     c.batch_size = 2;
     c.seed = 5;
     c.precision = Some(Precision::F16);

@@ -4,7 +4,8 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::{assert_close, fixture, load_cases};
-use msa::infer::{Predictor, UserPrompt};
+use msa::infer::Predictor;
+use msa::io::prompt::UserPrompt;
 use msa::model::SamConfig;
 use msa::preprocess::resize_longest_side;
 use msa::weights::load_sam;

@@ -1,5 +1,5 @@
 //! Every tensor of the official-SAM golden cases, reproduced from the tiny checkpoint in both
-//! file formats, and again with attention on `kernels::flash_attention`.
+//! file formats, and again with attention on `kernels::attention::flash`.
 
 mod common;
 

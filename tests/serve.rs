@@ -4,8 +4,9 @@
 mod common;
 
 use common::{fixture, nifti_claiming, png_claiming};
-use msa::infer::{Predictor, UserPrompt};
+use msa::infer::Predictor;
 use msa::io::nifti::{self, NiftiVolume};
+use msa::io::prompt::UserPrompt;
 use msa::io::Volume;
 use msa::model::SamConfig;
 use msa::serve::models::ModelSet;

@@ -6,7 +6,7 @@ mod common;
 
 use candle_core::{DType, Tensor};
 use common::{assert_close, check_golden_grads, device, fixture, load_cases};
-use msa::model::{AdapterConfig, MaskSelection, Prompts, Sam, SamConfig};
+use msa::model::{AdapterConfig, MaskSelection, ModelOptions, Prompts, Sam, SamConfig};
 use msa::resize::bilinear;
 use msa::train::loss::bce_with_logits;
 use msa::weights::{detect, is_adapter_key, Checkpoint, Params, Source};
@@ -31,8 +31,11 @@ fn model(ckpt: Checkpoint, ad: &AdapterConfig, train: bool) -> (Sam, Params) {
 /// run (`model::frozen`, `model::recomputed`), not the CPU's f32 kernels.
 fn model_in(ckpt: Checkpoint, ad: &AdapterConfig, train: bool, dtype: DType) -> (Sam, Params) {
     let params = Params::with_options(Source::from(ckpt), &device(), train, 0);
-    params.set_encoder_dtype(dtype);
-    let sam = Sam::load_adapted(&params, &config(), ad).unwrap();
+    let opts = ModelOptions {
+        encoder_dtype: dtype,
+        ..Default::default()
+    };
+    let sam = Sam::load_with(&params, &config(), ad, &opts).unwrap();
     let unused = params.unused_keys();
     assert!(unused.is_empty(), "unused keys: {unused:?}");
     (sam, params)

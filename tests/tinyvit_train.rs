@@ -42,7 +42,7 @@ fn base(dir: &Path) -> PathBuf {
 
 fn train(base: &Path, data: &Path, out: &Path, mode: TrainMode) {
     let mut c = TrainConfig::new(base.to_path_buf(), data.to_path_buf(), out.to_path_buf());
-    c.config = Some(fixture("tinyvit_tiny.json"));
+    c.model_config = Some(fixture("tinyvit_tiny.json"));
     c.train = mode;
     c.epochs = 1;
     c.batch_size = 2;

@@ -18,7 +18,7 @@ use std::path::Path;
 
 fn config(base: &Path, data: &Path, out: &Path, epochs: usize) -> TrainConfig {
     let mut c = TrainConfig::new(base.to_path_buf(), data.to_path_buf(), out.to_path_buf());
-    c.config = Some(fixture("sam_tiny.json"));
+    c.model_config = Some(fixture("sam_tiny.json"));
     c.epochs = epochs;
     c.batch_size = 4;
     c.lr = 3e-3;

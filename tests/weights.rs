@@ -129,7 +129,7 @@ fn garbage_and_missing_files_are_reported() {
 fn custom_architecture_without_config_asks_for_one() {
     let err = load_err(&fixture("sam_tiny.pth"), None);
     assert!(
-        err.contains("--config") && err.contains("embed_dim 64"),
+        err.contains("--model-config") && err.contains("embed_dim 64"),
         "{err}"
     );
 }

@@ -29,8 +29,8 @@ pub struct BenchArgs {
     #[arg(long, default_value = "vit_b")]
     pub preset: String,
     /// Custom architecture instead of a preset.
-    #[arg(long)]
-    pub config: Option<std::path::PathBuf>,
+    #[arg(long = "model-config", alias = "config")]
+    pub model_config: Option<std::path::PathBuf>,
     #[arg(long, default_value_t = 1024)]
     pub size: usize,
     #[arg(long, default_value_t = 5)]
@@ -88,8 +88,8 @@ pub fn run(args: &BenchArgs) -> Result<()> {
             json: args.json,
         });
     }
-    let device = super::default_device()?;
-    let mut cfg = match &args.config {
+    let device = crate::runtime::device::default_device()?;
+    let mut cfg = match &args.model_config {
         Some(path) => SamConfig::from_json_file(path)?,
         None => SamConfig::preset(&args.preset)?,
     };
@@ -105,11 +105,11 @@ pub fn run(args: &BenchArgs) -> Result<()> {
         return report(args, &cfg, &timings, &device);
     }
     let params = Params::new(Source::Random { std: 0.02 }, &device);
-    params.set_encoder_dtype(precision(args, &device)?.dtype());
-    let sam = match args.depth {
-        Some(d) => Sam::load_adapted(&params, &cfg, &depth_adapters(d, false))?,
-        None => Sam::load(&params, &cfg)?,
+    let ad = match args.depth {
+        Some(d) => depth_adapters(d, false),
+        None => crate::model::AdapterConfig::none(),
     };
+    let sam = Sam::load_with(&params, &cfg, &ad, &model_options(args, &device)?)?;
     let times = match args.part {
         Part::Encoder => time_encoder(&sam, args.runs, &device)?,
         Part::Decoder => time_decoder(&sam, args.runs, &device, true)?,
@@ -134,6 +134,14 @@ fn precision(args: &BenchArgs, device: &Device) -> Result<Precision> {
         (asked, _) => Some(asked.unwrap_or(Precision::F32)),
     };
     Ok(Precision::resolve(asked, device)?)
+}
+
+/// The attention kernel the environment names, and the encoder in `precision`.
+fn model_options(args: &BenchArgs, device: &Device) -> Result<crate::model::ModelOptions> {
+    Ok(crate::model::ModelOptions {
+        encoder_dtype: precision(args, device)?.dtype(),
+        ..Default::default()
+    })
 }
 
 fn sync(device: &Device) -> Result<()> {
@@ -247,8 +255,7 @@ fn time_train_step(
         };
         (Params::with_options(random, device, true, 0), ad)
     };
-    params.set_encoder_dtype(precision(args, device)?.dtype());
-    let sam = Sam::load_adapted(&params, cfg, &ad)?;
+    let sam = Sam::load_with(&params, cfg, &ad, &model_options(args, device)?)?;
     let vars = params.trainables();
     let (b, s) = (args.batch, cfg.img_size);
     let x = Tensor::randn(0f32, 1f32, (b, 3, s, s), device)?;
@@ -276,11 +283,11 @@ fn time_train_step(
         let logits = crate::resize::bilinear(&low, s, s)?;
         let loss = crate::train::loss::bce_with_logits(&logits, &target, 2.0)?;
         let t1 = Instant::now();
-        crate::train::memory::sample(device);
-        crate::train::memory::trace(device, || "step: forward and loss".into());
+        crate::runtime::memory::sample(device);
+        crate::runtime::memory::trace(device, || "step: forward and loss".into());
         let mut g = loss.backward()?;
-        crate::train::memory::sample(device);
-        crate::train::memory::trace(device, || "step: backward".into());
+        crate::runtime::memory::sample(device);
+        crate::runtime::memory::trace(device, || "step: backward".into());
         if let Some(r) = &recompute {
             r.merge_into(&mut g)?;
         }
@@ -297,14 +304,6 @@ fn time_train_step(
     })?;
     let trainable = vars.values().map(|v| v.elem_count()).sum();
     Ok((times, TrainStepCounts { trainable, tensors }))
-}
-
-/// Peak resident memory of this process (VmHWM), in MiB.
-pub fn peak_rss_mib() -> Option<f64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
-    let kb: f64 = line.split_whitespace().nth(1)?.parse().ok()?;
-    Some(kb / 1024.0)
 }
 
 /// Median, min and mean of a non-empty list of timings.
@@ -344,12 +343,12 @@ fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Re
             "median_ms": median,
             "min_ms": min,
             "mean_ms": mean,
-            "peak_rss_mib": peak_rss_mib(),
+            "peak_rss_mib": crate::runtime::memory::peak_rss_mib(),
             "peak_device_mib": match device {
                 Device::Cpu => None,
-                d => crate::train::memory::peak_mib(d),
+                d => crate::runtime::memory::peak_mib(d),
             },
-            "peak_allocated_mib": crate::train::memory::peak_allocated_mib(device),
+            "peak_allocated_mib": crate::runtime::memory::peak_allocated_mib(device),
             "device": device_name,
             "threads": rayon::current_num_threads(),
             "batch": args.batch,
@@ -358,8 +357,8 @@ fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Re
             "full": args.full,
             "checkpoint_blocks": args.checkpoint_blocks,
             "precision": precision(args, device)?,
-            "flash_attention": crate::kernels::flash_attention::enabled(),
-            "fused_attention": crate::kernels::flash_tc::enabled(),
+            "flash_attention": crate::kernels::attention::flash::enabled(),
+            "tensor_core_attention": crate::kernels::attention::tensor_cores::enabled(),
             "cuda_runtime": std::env::var("MSA_CUDA_RUNTIME").unwrap_or_else(|_| "tuned".into()),
             "trainable": t.step.map(|c| c.trainable),
             "tensors_per_step": t.step.map(|c| c.tensors),
@@ -373,7 +372,7 @@ fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Re
             cfg.preset_name().unwrap_or("custom"),
             cfg.img_size,
             times.len(),
-            peak_rss_mib().unwrap_or(f64::NAN)
+            crate::runtime::memory::peak_rss_mib().unwrap_or(f64::NAN)
         );
         if let Some((m, mn, _)) = uncached {
             println!("  without the per-image decoder context: median {m:.1} ms, min {mn:.1} ms");

@@ -21,7 +21,7 @@ pub struct ServeBench<'a> {
 }
 
 pub fn run(b: &ServeBench) -> Result<()> {
-    let device = super::default_device()?;
+    let device = crate::runtime::device::default_device()?;
     let models = ModelSet::load(
         &[b.checkpoint.to_path_buf()],
         &[],
@@ -79,7 +79,7 @@ pub fn run(b: &ServeBench) -> Result<()> {
                        "seconds": r.seconds, "requests_per_s": r.per_second(),
                        "p50_ms": r.percentile(0.5), "p95_ms": r.percentile(0.95),
                        "server_p50_ms": r.server_p50, "first_ms": first_ms,
-                       "peak_rss_mib": super::bench::peak_rss_mib()})
+                       "peak_rss_mib": crate::runtime::memory::peak_rss_mib()})
             );
         } else {
             println!(

@@ -9,8 +9,9 @@ use std::path::PathBuf;
 pub struct InfoArgs {
     /// SAM checkpoint: official .pth or safetensors, or a named model (`lite_medsam`).
     pub checkpoint: PathBuf,
-    #[arg(long)]
-    pub config: Option<PathBuf>,
+    /// JSON architecture description for a custom checkpoint.
+    #[arg(long = "model-config", alias = "config")]
+    pub model_config: Option<PathBuf>,
     /// An adapter file to apply over the checkpoint.
     #[arg(long)]
     pub adapters: Option<PathBuf>,
@@ -22,10 +23,10 @@ pub struct InfoArgs {
 pub fn run(args: &InfoArgs) -> Result<()> {
     let model = ModelArgs {
         checkpoint: args.checkpoint.clone(),
-        config: args.config.clone(),
+        model_config: args.model_config.clone(),
         image_size: None,
         adapters: args.adapters.clone(),
-        precision: None,
+        precision: crate::model::precision::Precision::F32,
     };
     let loaded = model.load(&candle_core::Device::Cpu)?;
     let frozen: usize = loaded.part_params.values().sum();

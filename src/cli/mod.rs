@@ -3,13 +3,12 @@
 pub mod bench;
 mod bench_serve;
 pub mod demo;
-mod demo_volume;
 pub mod eval;
-pub mod eval_volume;
 pub mod fetch;
 pub mod info;
 pub mod predict;
 pub mod predict_volume;
+pub mod serve;
 pub mod train;
 
 use anyhow::Result;
@@ -49,7 +48,7 @@ pub enum Command {
     /// Dice, IoU and HD95 per case on a dataset's test split.
     Eval(eval::EvalArgs),
     /// Serve a web page and JSON API: click or box to segment images and volumes.
-    Serve(crate::serve::ServeArgs),
+    Serve(serve::ServeArgs),
 }
 
 /// Options shared by every command that loads a model.
@@ -59,8 +58,8 @@ pub struct ModelArgs {
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// JSON architecture description for a custom model (fields of sam_tiny.json's `config`).
-    #[arg(long)]
-    pub config: Option<PathBuf>,
+    #[arg(long = "model-config", alias = "config")]
+    pub model_config: Option<PathBuf>,
     /// Model input size; position tables are resized when it differs from the checkpoint's.
     #[arg(long)]
     pub image_size: Option<usize>,
@@ -69,31 +68,42 @@ pub struct ModelArgs {
     pub adapters: Option<PathBuf>,
     /// The image encoder's dtype: f32 (the default, which reproduces the official
     /// outputs), or bf16 (GPUs only) or f16 for less memory and time on a GPU.
-    #[arg(long, value_enum)]
-    pub precision: Option<crate::model::precision::Precision>,
+    #[arg(long, value_enum, default_value = "f32")]
+    pub precision: crate::model::precision::Precision,
 }
 
 impl ModelArgs {
     pub fn load(&self, device: &candle_core::Device) -> Result<crate::weights::Loaded> {
-        let cfg = self
-            .config
-            .as_deref()
-            .map(crate::model::SamConfig::from_json_file)
-            .transpose()?;
-        use crate::model::precision::Precision;
-        let precision = Precision::resolve(Some(self.precision.unwrap_or(Precision::F32)), device)?;
+        let flags = crate::weights::ModelFlags::read(
+            self.model_config.as_deref(),
+            Some(self.precision),
+            device,
+        )?;
         let opts = crate::weights::LoadOptions {
-            config: cfg.as_ref(),
             image_size: self.image_size,
             adapters_file: self.adapters.as_deref(),
-            encoder_dtype: Some(precision.dtype()),
-            ..Default::default()
+            ..flags.load_options()
         };
         crate::weights::load_model(&self.checkpoint, &opts, device)
     }
 }
 
-pub fn run(cli: Cli) -> Result<()> {
+/// Parses the command line (exiting with clap's message when it does not parse) and runs it.
+pub fn main() -> Result<()> {
+    use clap::{CommandFactory, FromArgMatches};
+    let matches = Cli::command().get_matches();
+    let cli = Cli::from_arg_matches(&matches).unwrap_or_else(|e| e.exit());
+    let given = |id: &str| {
+        matches.subcommand().is_some_and(|(_, sub)| {
+            sub.value_source(id) == Some(clap::parser::ValueSource::CommandLine)
+        })
+    };
+    run(cli, given)
+}
+
+/// Runs a parsed command line; `given(id)` says whether the subcommand's flag `id` was on
+/// the command line rather than at its default.
+pub fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<()> {
     match cli.command {
         Command::Info(a) => info::run(&a),
         Command::Predict(a) => predict::run(&a),
@@ -106,20 +116,8 @@ pub fn run(cli: Cli) -> Result<()> {
         Command::Fetch(a) => fetch::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::Demo(a) => demo::run(&a),
-        Command::Train(a) => train::run(&a),
+        Command::Train(a) => train::run(&a, given),
         Command::Eval(a) => eval::run(&a),
-        Command::Serve(a) => crate::serve::run(&a),
-    }
-}
-
-/// The device commands run on: the first CUDA GPU in a `--features cuda` build, else CPU.
-pub fn default_device() -> Result<candle_core::Device> {
-    #[cfg(feature = "cuda")]
-    {
-        Ok(crate::runtime::cuda_device(0)?)
-    }
-    #[cfg(not(feature = "cuda"))]
-    {
-        Ok(candle_core::Device::Cpu)
+        Command::Serve(a) => serve::run(&a),
     }
 }

@@ -1,8 +1,9 @@
 //! `msa predict`: masks from a user's clicks and box, no ground truth anywhere.
 
 use super::ModelArgs;
-use crate::infer::{Prediction, Predictor, UserPrompt};
+use crate::infer::{Prediction, Predictor};
 use crate::io::image::{load_rgb, overlay, save_mask};
+use crate::io::prompt::UserPrompt;
 use crate::model::MaskSelection;
 use crate::weights::save_safetensors;
 use anyhow::{bail, Context, Result};
@@ -85,11 +86,11 @@ pub fn parse_box(s: &str) -> Result<[f32; 4], String> {
 }
 
 pub fn run(args: &PredictArgs) -> Result<()> {
-    let device = super::default_device()?;
+    let device = crate::runtime::device::default_device()?;
     let loaded = args.model.load(&device)?;
     let img = load_rgb(&args.image)?;
     let mut prompt = match &args.prompts {
-        Some(path) => crate::infer::PromptFile::load(path)?,
+        Some(path) => crate::io::prompt::PromptFile::load(path)?,
         None => UserPrompt::default(),
     };
     prompt.points.extend(args.points.iter().copied());

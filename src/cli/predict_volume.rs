@@ -30,7 +30,7 @@ pub struct PredictVolumeArgs {
 }
 
 pub fn run(args: &PredictVolumeArgs) -> Result<()> {
-    let device = super::default_device()?;
+    let device = crate::runtime::device::default_device()?;
     let input = read_input(&args.image)?;
     let vol = &input.volume;
     let intensity = match &args.window {

@@ -3,45 +3,58 @@
 use crate::data::layout::DatasetKind;
 use crate::data::prompts::PromptKind;
 use crate::model::AdapterInit;
-use crate::train::config::{TrainConfig, TrainMode};
+use crate::train::config::{defaults, TrainConfig, TrainMode};
 use crate::train::launch::{self, Topology, Worker};
 use anyhow::{bail, Context, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct TrainArgs {
-    /// Base SAM checkpoint (stays frozen).
+    /// Base SAM checkpoint (stays frozen), or a named model; required without --run-config.
     #[arg(long)]
     pub checkpoint: Option<PathBuf>,
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Dataset folder.
+    /// JSON architecture description for a custom checkpoint.
+    #[arg(long = "model-config", alias = "config")]
+    pub model_config: Option<PathBuf>,
+    /// Dataset folder; required without --run-config.
     #[arg(long)]
     pub data: Option<PathBuf>,
-    #[arg(long, value_enum)]
-    pub dataset: Option<DatasetKind>,
+    #[arg(long, value_enum, default_value_t = defaults::DATASET)]
+    pub dataset: DatasetKind,
+    /// Model input size; default: the checkpoint's.
     #[arg(long)]
     pub image_size: Option<usize>,
-    #[arg(long)]
-    pub epochs: Option<usize>,
-    #[arg(long)]
-    pub batch_size: Option<usize>,
-    #[arg(long)]
-    pub lr: Option<f64>,
-    #[arg(long, value_enum)]
-    pub prompt: Option<PromptKind>,
-    /// What trains: adapters (default), decoder, lora, or all (full fine-tuning).
-    #[arg(long, value_enum)]
-    pub train: Option<TrainMode>,
-    /// Validate every K epochs.
-    #[arg(long)]
-    pub val_every: Option<usize>,
-    #[arg(long)]
-    pub seed: Option<u64>,
+    #[arg(long, default_value_t = defaults::EPOCHS)]
+    pub epochs: usize,
+    /// Images per step (volume chunks with --3d, where the default is 1).
+    #[arg(long, default_value_t = defaults::BATCH_SIZE)]
+    pub batch_size: usize,
+    /// Adam's learning rate.
+    #[arg(long, default_value_t = defaults::LR)]
+    pub lr: f64,
+    /// The learning rate is multiplied by --lr-gamma every N epochs.
+    #[arg(long, default_value_t = defaults::LR_STEP)]
+    pub lr_step: usize,
+    #[arg(long, default_value_t = defaults::LR_GAMMA)]
+    pub lr_gamma: f64,
+    /// Prompts drawn from the ground truth for every training sample.
+    #[arg(long, value_enum, default_value_t = defaults::PROMPT)]
+    pub prompt: PromptKind,
+    /// What trains: adapters, decoder (adapters), lora, or all (full fine-tuning).
+    #[arg(long, value_enum, default_value_t = defaults::TRAIN)]
+    pub train: TrainMode,
+    /// Validate every K epochs (and after the last).
+    #[arg(long, default_value_t = defaults::VAL_EVERY)]
+    pub val_every: usize,
+    /// Share of the training cases held out for validation when the data names none.
+    #[arg(long, default_value_t = defaults::VAL_FRACTION)]
+    pub val_fraction: f64,
+    #[arg(long, default_value_t = defaults::SEED)]
+    pub seed: u64,
     /// Data-loading threads.
-    #[arg(long)]
-    pub workers: Option<usize>,
-    /// Run folder.
+    #[arg(long, default_value_t = defaults::WORKERS)]
+    pub workers: usize,
+    /// Run folder; required without --run-config.
     #[arg(long)]
     pub out: Option<PathBuf>,
     /// Continue the run in --out from its last saved epoch.
@@ -53,28 +66,37 @@ pub struct TrainArgs {
     /// Skip unreadable or inconsistent cases with a warning instead of stopping.
     #[arg(long)]
     pub skip_bad: bool,
-    #[arg(long, value_enum)]
-    pub adapter_init: Option<AdapterInit>,
-    #[arg(long)]
-    pub adapter_ratio: Option<f64>,
+    /// How the adapters' up-projections start.
+    #[arg(long, value_enum, default_value_t = defaults::ADAPTER_INIT)]
+    pub adapter_init: AdapterInit,
+    /// Adapter bottleneck as a fraction of the width.
+    #[arg(long, default_value_t = defaults::ADAPTER_RATIO)]
+    pub adapter_ratio: f64,
+    /// Rank of the low-rank qkv update with --train lora.
+    #[arg(long, default_value_t = defaults::LORA_RANK)]
+    pub lora_rank: usize,
+    /// Overlays written per validation.
+    #[arg(long, default_value_t = defaults::SAMPLES)]
+    pub samples: usize,
     /// Turn off flips and intensity augmentation. With a frozen encoder (--train decoder)
     /// the image embeddings are then computed once and reused every epoch.
     #[arg(long)]
     pub no_augment: bool,
-    /// Only the first N training and validation cases (a quick trial).
+    /// Only the first N training and validation cases (a quick trial); default: all.
     #[arg(long)]
     pub limit: Option<usize>,
     /// Volumes (--dataset decathlon): train depth adapters on chunks of --chunk slices.
     #[arg(long = "3d")]
     pub three_d: bool,
     /// Consecutive slices per chunk that the depth adapters attend across.
-    #[arg(long)]
-    pub chunk: Option<usize>,
-    /// Volumes: chunks drawn per volume and epoch (default: enough to cover its labelled
-    /// slices once on average).
-    #[arg(long)]
-    pub chunks_per_case: Option<usize>,
-    /// Volumes: label values that become classes, `1,2,6` or a JSON map `{"6": 1, "7": 1}`.
+    #[arg(long, default_value_t = defaults::CHUNK)]
+    pub chunk: usize,
+    /// Volumes: chunks drawn per volume and epoch (0: enough to cover its labelled slices
+    /// once on average).
+    #[arg(long, default_value_t = defaults::CHUNKS_PER_CASE)]
+    pub chunks_per_case: usize,
+    /// Volumes: label values that become classes, `1,2,6` or a JSON map `{"6": 1, "7": 1}`;
+    /// default: every label dataset.json names.
     #[arg(long)]
     pub labels: Option<String>,
     /// Volumes: intensity scaling, `LO,HI` (CT window), a preset (`abdomen`, `lung`, ...)
@@ -82,8 +104,8 @@ pub struct TrainArgs {
     #[arg(long)]
     pub window: Option<String>,
     /// Volumes: hold the last N cases (sorted by id) out of training and validation.
-    #[arg(long)]
-    pub holdout: Option<usize>,
+    #[arg(long, default_value_t = defaults::HOLDOUT)]
+    pub holdout: usize,
     /// Keep no activations of the encoder's blocks; recompute each block in the backward
     /// pass (less memory for about one more encoder forward per step).
     #[arg(long)]
@@ -110,8 +132,10 @@ pub struct TrainArgs {
 }
 
 impl TrainArgs {
-    /// The run configuration: the --run-config file (if any) with the flags on top.
-    pub fn resolve(&self) -> Result<TrainConfig> {
+    /// The run configuration: the --run-config file (if any) with the flags on top. `given`
+    /// says whether a flag (by its field name) was on the command line: over a run config
+    /// only those count, as the others hold their defaults.
+    pub fn resolve(&self, given: impl Fn(&str) -> bool) -> Result<TrainConfig> {
         let mut c = match &self.run_config {
             Some(path) => {
                 let text = std::fs::read_to_string(path)
@@ -127,55 +151,65 @@ impl TrainArgs {
                 self.out.clone().context("--out is required")?,
             ),
         };
+        let fresh = self.run_config.is_none();
         macro_rules! set {
-            ($($field:ident),*) => { $( if let Some(v) = &self.$field { c.$field = v.clone(); } )* };
+            ($($field:ident),*) => { $(
+                if fresh || given(stringify!($field)) {
+                    c.$field = self.$field.clone();
+                }
+            )* };
         }
         set!(
-            checkpoint,
-            data,
-            out,
             dataset,
             epochs,
-            batch_size,
             lr,
+            lr_step,
+            lr_gamma,
             prompt,
             train,
             val_every,
+            val_fraction,
             seed,
             workers,
             adapter_init,
             adapter_ratio,
+            lora_rank,
+            samples,
             chunk,
             chunks_per_case,
             holdout
         );
-        if self.labels.is_some() {
-            c.labels = self.labels.clone();
+        macro_rules! set_some {
+            ($($field:ident),*) => { $(
+                if let Some(v) = &self.$field {
+                    c.$field = v.clone().into();
+                }
+            )* };
         }
-        if self.window.is_some() {
-            c.window = self.window.clone();
+        set_some!(
+            checkpoint,
+            data,
+            out,
+            model_config,
+            image_size,
+            limit,
+            labels,
+            window,
+            precision
+        );
+        let batch_given = given("batch_size");
+        if fresh || batch_given {
+            c.batch_size = self.batch_size;
         }
-        if self.three_d && !c.three_d && self.batch_size.is_none() {
+        if self.three_d && !c.three_d && !batch_given {
             c.batch_size = 1; // a chunk of D slices is already a batch of D images
         }
         c.three_d |= self.three_d;
         if c.three_d && c.dataset != DatasetKind::Decathlon {
             bail!("--3d trains on volumes: pass --dataset decathlon");
         }
-        if self.config.is_some() {
-            c.config = self.config.clone();
-        }
-        if self.image_size.is_some() {
-            c.image_size = self.image_size;
-        }
-        if self.limit.is_some() {
-            c.limit = self.limit;
-        }
         c.skip_bad |= self.skip_bad;
         c.checkpoint_blocks |= self.checkpoint_blocks;
-        if self.precision.is_some() {
-            c.precision = self.precision;
-        }
         if self.no_augment {
             c.augment = false;
         }
@@ -183,8 +217,9 @@ impl TrainArgs {
     }
 }
 
-pub fn run(args: &TrainArgs) -> Result<()> {
-    let cfg = args.resolve()?;
+/// `given(id)`: whether the flag with that id was on the command line.
+pub fn run(args: &TrainArgs, given: impl Fn(&str) -> bool) -> Result<()> {
+    let cfg = args.resolve(given)?;
     if let Some(worker) = Worker::from_env()? {
         let device = worker.device()?;
         let comm = worker.join(&device)?;
@@ -207,7 +242,7 @@ pub fn run(args: &TrainArgs) -> Result<()> {
             master_port: args.master_port,
         });
     }
-    let device = super::default_device()?;
+    let device = crate::runtime::device::default_device()?;
     let result = crate::train::run::run(&cfg, &device, args.resume)?;
     report(&cfg, &result);
     Ok(())

@@ -86,6 +86,20 @@ impl Decathlon {
         })
     }
 
+    /// How slices become 8-bit images, in words: `intensity` when given (`--window`), else
+    /// the modality's window, else a window chosen per volume.
+    pub fn intensity_how(&self, intensity: Option<&crate::io::Intensity>) -> String {
+        use crate::io::Intensity;
+        match (intensity, &self.modality) {
+            (Some(i), _) => format!("{i:?} (--window)"),
+            (None, Some(m)) => format!(
+                "{:?} (modality `{m}` in dataset.json)",
+                Intensity::for_modality(m).0
+            ),
+            (None, None) => "chosen per volume from its values".to_string(),
+        }
+    }
+
     /// Names of the classes `labels` makes: dataset.json's names, unless the labels were
     /// remapped (then `class N`).
     pub fn class_names(&self, labels: &LabelMap, remapped: bool) -> Vec<String> {

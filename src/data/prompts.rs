@@ -2,7 +2,7 @@
 //! Inference never comes here: users give their own clicks and boxes.
 
 use super::synthetic::SplitMix;
-use crate::infer::UserPrompt;
+use crate::io::prompt::UserPrompt;
 use serde::{Deserialize, Serialize};
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize, clap::ValueEnum)]

@@ -89,17 +89,6 @@ pub fn styled_lesion_image(
     (img, mask)
 }
 
-/// The centre of mass of a mask as (x, y), if it has any pixel.
-pub fn mask_centroid(mask: &[bool], width: usize) -> Option<(f32, f32)> {
-    let (mut sx, mut sy, mut n) = (0f64, 0f64, 0usize);
-    for (i, _) in mask.iter().enumerate().filter(|(_, &m)| m) {
-        sx += (i % width) as f64 + 0.5;
-        sy += (i / width) as f64 + 0.5;
-        n += 1;
-    }
-    (n > 0).then(|| ((sx / n as f64) as f32, (sy / n as f64) as f32))
-}
-
 /// Writes `n` lesion images as a generic folder dataset (`images/<id>.png`,
 /// `masks/<id>.png`) and returns the ids.
 pub fn write_folder_dataset(

@@ -4,7 +4,7 @@
 use super::prompts::{from_mask, PromptKind};
 use super::sample::Sample;
 use super::synthetic::SplitMix;
-use crate::infer::UserPrompt;
+use crate::io::prompt::UserPrompt;
 use crate::model::SamConfig;
 use crate::preprocess::model_input;
 use image::RgbImage;

@@ -6,8 +6,9 @@ use crate::data::layout::Item;
 use crate::data::prompts::{from_mask, PromptKind};
 use crate::data::sample::{load_item, Sample};
 use crate::data::synthetic::SplitMix;
-use crate::infer::{EmbeddingCache, Predictor, UserPrompt};
+use crate::infer::{EmbeddingCache, Predictor};
 use crate::io::image::overlay;
+use crate::io::prompt::UserPrompt;
 use crate::model::Sam;
 use anyhow::{Context, Result};
 use serde::Serialize;
@@ -56,7 +57,8 @@ pub fn prompt_for(sample: &Sample, source: &PromptSource) -> Result<Option<UserP
     }
 }
 
-/// Evaluates `items`; writes overlays of the first `n_overlays` cases into `overlay_dir`.
+/// Evaluates `items`; with `overlay_dir` = (dir, n), writes overlays of the first n cases
+/// into dir.
 /// With a cache, image embeddings are taken from it (and added to it) by case id.
 pub fn evaluate(
     sam: &Sam,

@@ -15,4 +15,4 @@ pub mod predictor;
 pub mod volume;
 
 pub use embedding_cache::EmbeddingCache;
-pub use predictor::{Embedded, Prediction, Predictor, PromptFile, UserPrompt};
+pub use predictor::{Embedded, Prediction, Predictor};

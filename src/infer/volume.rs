@@ -1,11 +1,12 @@
 //! Segmenting a volume slice by slice from a user's prompts (no ground truth): the prompt
 //! file of `msa predict-volume`, and the loop that runs the 2D model on each prompted slice.
 
-use super::predictor::{Predictor, UserPrompt};
+use super::predictor::Predictor;
 use super::EmbeddingCache;
 use crate::io::image::overlay;
-use crate::io::volume::plane;
-use crate::io::{Intensity, Volume};
+use crate::io::prompt::UserPrompt;
+use crate::io::volume::{chunk_slices, plane, slice_image};
+use crate::io::Volume;
 use crate::model::Sam;
 use crate::preprocess::{model_input, preprocess_shape};
 use anyhow::{bail, Context, Result};
@@ -131,15 +132,6 @@ impl VolumePrompts {
             .map(|(k, by_label)| (k, by_label.into_iter().collect()))
             .collect())
     }
-}
-
-/// Slice k as an 8-bit RGB image (gray repeated), width nx and height ny.
-pub fn slice_image(vol: &Volume, k: usize, range: (f32, f32)) -> Result<RgbImage> {
-    let gray = Intensity::to_gray(vol.slice(k)?, range);
-    let rgb: Vec<u8> = gray.iter().flat_map(|&g| [g, g, g]).collect();
-    let [nx, ny, _] = vol.dims;
-    RgbImage::from_raw(nx as u32, ny as u32, rgb)
-        .with_context(|| format!("slice {k} does not hold {nx} x {ny} pixels"))
 }
 
 /// Colours for classes 1, 2, ... (cycled).
@@ -284,13 +276,6 @@ pub fn chunk_plan(nz: usize, d: usize) -> Vec<Chunk> {
         covered = end;
     }
     plan
-}
-
-/// The d slice indices of a chunk starting at `start`, clamped to the volume.
-pub fn chunk_slices(start: usize, d: usize, nz: usize) -> Vec<usize> {
-    (start..start + d)
-        .map(|k| k.min(nz.saturating_sub(1)))
-        .collect()
 }
 
 /// Embeddings of some slices of a volume, with the input size they share.

@@ -1,5 +1,5 @@
-//! Files in and out, for `data/` and `infer/` alike: 2D images (PNG, JPEG, TIFF, BMP) and
-//! 3D volumes (NIfTI-1), with the intensity scaling that turns a CT or MRI slice into the
+//! Files in and out, for `data/` and `infer/` alike: 2D images (PNG, JPEG, TIFF, BMP),
+//! 3D volumes (NIfTI-1, DICOM series) and prompt files, with the intensity scaling that turns a CT or MRI slice into the
 //! 8-bit image SAM expects.
 
 // No panic on user data (RELIABILITY.md): an index or unwrap here is either an error or
@@ -12,10 +12,12 @@
     clippy::unreachable
 )]
 
+pub mod atomic;
 pub mod dicom;
 pub mod image;
 pub mod intensity;
 pub mod nifti;
+pub mod prompt;
 pub mod volume;
 
 pub use intensity::Intensity;

@@ -50,3 +50,20 @@ pub fn plane<T>(data: &[T], dims: [usize; 3], k: usize) -> anyhow::Result<&[T]> 
             )
         })
 }
+
+/// Slice k as an 8-bit RGB image (gray repeated), width nx and height ny.
+pub fn slice_image(vol: &Volume, k: usize, range: (f32, f32)) -> anyhow::Result<::image::RgbImage> {
+    use anyhow::Context;
+    let gray = super::Intensity::to_gray(vol.slice(k)?, range);
+    let rgb: Vec<u8> = gray.iter().flat_map(|&g| [g, g, g]).collect();
+    let [nx, ny, _] = vol.dims;
+    ::image::RgbImage::from_raw(nx as u32, ny as u32, rgb)
+        .with_context(|| format!("slice {k} does not hold {nx} x {ny} pixels"))
+}
+
+/// The d slice indices of a chunk starting at `start`, clamped to the volume.
+pub fn chunk_slices(start: usize, d: usize, nz: usize) -> Vec<usize> {
+    (start..start + d)
+        .map(|k| k.min(nz.saturating_sub(1)))
+        .collect()
+}

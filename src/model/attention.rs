@@ -3,10 +3,11 @@
 
 use super::adapter::Lora;
 use super::nn::{is_cpu_f32, needs_grad, softmax, Linear};
-use super::own_backward::with_backward;
+use super::options::AttentionKernel;
 use super::rel_pos_columns::rel_terms;
+use crate::kernels::attention::{cpu_backward, flash, tensor_cores};
+use crate::kernels::backward_op::with_backward;
 use crate::kernels::windows as window_ops;
-use crate::kernels::{attention_grad, flash_attention, flash_tc};
 use crate::params::{Params, Resize};
 use crate::resize;
 use candle_core::{DType, Result, Tensor};
@@ -35,15 +36,22 @@ pub struct Attention {
     pub lora: Option<Lora>,
     /// Bytes of logits the composed path computes at once (a few heads at a time above it).
     pub logits_budget: usize,
-    /// Runs on `kernels::flash_attention` (`Params::flash_attention`).
+    /// Runs on `kernels::attention::flash` (`AttentionKernel::Flash`).
     pub flash: bool,
-    /// Runs on `kernels::flash_tc` where it can (`Params::fused_attention`).
-    pub fused: bool,
+    /// Runs on `kernels::attention::tensor_cores` where it can
+    /// (`AttentionKernel::TensorCores`).
+    pub tensor_cores: bool,
 }
 
 impl Attention {
     /// `size` is the side of the attention grid the tables were made for.
-    pub fn load(p: &Params, dim: usize, num_heads: usize, rel: bool, size: usize) -> Result<Self> {
+    pub fn load(
+        p: &Params,
+        dim: usize,
+        num_heads: usize,
+        (rel, size): (bool, usize),
+        kernel: AttentionKernel,
+    ) -> Result<Self> {
         let head_dim = dim / num_heads;
         let rel_pos = if rel {
             let shape = [2 * size - 1, head_dim];
@@ -62,8 +70,8 @@ impl Attention {
             rel_pos,
             lora: None,
             logits_budget: logits_budget(),
-            flash: p.flash_attention(),
-            fused: p.fused_attention(),
+            flash: kernel == AttentionKernel::Flash,
+            tensor_cores: kernel == AttentionKernel::TensorCores,
         })
     }
 
@@ -96,17 +104,17 @@ impl Attention {
     /// softmax(q kᵀ scale + bias) v for every head, before `proj`: (B, H, W, 3C) -> (B, H, W, C).
     pub fn core(&self, qkv: &Tensor) -> Result<Tensor> {
         // The flash kernels run on any device when asked for (on the CPU, to check them).
-        // Otherwise the CPU's fused kernel serves inference and training alike (its
+        // Otherwise the CPU's attention op serves inference and training alike (its
         // backward gives the qkv gradient, and the tables' when they train), and GPUs take
         // candle's ops.
         if self.flash {
             return self.core_flash(qkv);
         }
-        if self.tensor_cores(qkv) {
+        if self.takes_tensor_cores(qkv) {
             return self.core_tensor_cores(qkv);
         }
         if is_cpu_f32(qkv) {
-            return self.core_fused(qkv);
+            return self.core_cpu(qkv);
         }
         if needs_grad(&[qkv]) && self.tables_frozen() {
             return self.core_recomputed(qkv);
@@ -130,7 +138,7 @@ impl Attention {
         }
     }
 
-    fn core_fused(&self, qkv: &Tensor) -> Result<Tensor> {
+    fn core_cpu(&self, qkv: &Tensor) -> Result<Tensor> {
         let (_, h, w, c3) = qkv.dims4()?;
         let (grid, heads, scale) = ((h, w), self.num_heads, self.scale as f32);
         let head_dim = c3 / 3 / heads;
@@ -139,7 +147,7 @@ impl Attention {
             Some((rh, rw)) if !self.tables_frozen() => qkv.apply_op3(
                 &rh.contiguous()?,
                 &rw.contiguous()?,
-                attention_grad::FusedAttentionTables {
+                cpu_backward::CpuAttentionTables {
                     grid,
                     heads,
                     head_dim,
@@ -154,7 +162,7 @@ impl Attention {
                     )),
                     None => None,
                 };
-                qkv.apply_op1(attention_grad::FusedAttention {
+                qkv.apply_op1(cpu_backward::CpuAttention {
                     grid,
                     heads,
                     head_dim,
@@ -182,17 +190,17 @@ impl Attention {
         merge_heads(&out, (b, h, w))
     }
 
-    /// Whether `kernels::flash_tc` takes this attention: `fused`, and what
-    /// `flash_tc::supports` (on GPUs bf16 or f16). The CPU's f32 path keeps its own fused
+    /// Whether `kernels::attention::tensor_cores` takes this attention: `tensor_cores`, and what
+    /// `tensor_cores::supports` (on GPUs bf16 or f16). The CPU's f32 path keeps its own
     /// kernel; its other dtypes take the op's reference loops, which the tests check.
-    fn tensor_cores(&self, qkv: &Tensor) -> bool {
+    fn takes_tensor_cores(&self, qkv: &Tensor) -> bool {
         let head_dim = qkv.dim(3).unwrap_or(0) / 3 / self.num_heads.max(1);
-        self.fused && !is_cpu_f32(qkv) && flash_tc::supports(qkv, head_dim)
+        self.tensor_cores && !is_cpu_f32(qkv) && tensor_cores::supports(qkv, head_dim)
     }
 
-    /// `kernels::flash_tc`: the tensor-core kernels, with the rel-pos bias as each query's
+    /// `kernels::attention::tensor_cores`: the tensor-core kernels, with the rel-pos bias as each query's
     /// row and column terms. When qkv alone needs a gradient, the whole of it is one op with
-    /// the backward pass below (`fused_grad`); candle's autograd would otherwise walk about
+    /// the backward pass below; candle's autograd would otherwise walk about
     /// 40 view, copy and product nodes per block, each costing it a zero fill and an add.
     fn core_tensor_cores(&self, qkv: &Tensor) -> Result<Tensor> {
         let (b, h, w, _) = qkv.dims4()?;
@@ -204,15 +212,15 @@ impl Attention {
         };
         let (q, k, v) = (&heads.q, &heads.k, &heads.v);
         if graph {
-            let out = flash_tc::attention(q, k, v, rel.as_ref(), (h, w), self.scale)?;
+            let out = tensor_cores::attention(q, k, v, rel.as_ref(), (h, w), self.scale)?;
             return merge_heads(&out, (b, h, w));
         }
-        let (out, saved) = flash_tc::forward(q, k, v, rel.as_ref(), (h, w), self.scale)?;
+        let (out, saved) = tensor_cores::forward(q, k, v, rel.as_ref(), (h, w), self.scale)?;
         let y = merge_heads(&out, (b, h, w))?;
         let (tables, heads_n) = (heads.rel, self.num_heads);
-        with_backward(qkv, y, "msa-fused-attention", move |_, y, dy| {
+        with_backward(qkv, y, "msa-tensor-core-attention", move |_, y, dy| {
             let (out, dout) = (split_rows(y, heads_n)?, split_rows(dy, heads_n)?);
-            let mut grads = flash_tc::gradients(&saved, &out, &dout)?;
+            let mut grads = tensor_cores::gradients(&saved, &out, &dout)?;
             if let (Some((rh, rw)), Some(drel)) = (&tables, grads.get(3)) {
                 grads[0] = (&grads[0] + rel_terms_grad(drel, rh, rw, (h, w))?)?;
             }
@@ -220,7 +228,7 @@ impl Attention {
         })
     }
 
-    /// `kernels::flash_attention`, in f32, with the rel-pos bias
+    /// `kernels::attention::flash`, in f32, with the rel-pos bias
     /// as extra q/k columns.
     fn core_flash(&self, qkv: &Tensor) -> Result<Tensor> {
         let (b, h, w, _) = qkv.dims4()?;
@@ -242,7 +250,7 @@ impl Attention {
         let out = q.contiguous()?.apply_op3(
             &k.contiguous()?,
             &f32(&heads.v)?.contiguous()?,
-            flash_attention::FlashAttention,
+            flash::FlashAttention,
         )?;
         merge_heads(&out.to_dtype(dtype)?, (b, h, w))
     }
@@ -288,7 +296,7 @@ impl Attention {
         )
     }
 
-    /// For autograd without the fused kernel (GPUs): the forward pass runs detached, so no
+    /// For autograd without the CPU's attention op (GPUs): the forward pass runs detached, so no
     /// logits, bias or probabilities are kept; the backward pass rebuilds the graph one
     /// chunk of heads at a time. At 1024 px that is 12 x 4096² floats (805 MB) per global
     /// block and tensor not held until the end of the step, for one more attention forward.

@@ -236,7 +236,7 @@ pub enum Preprocess {
 }
 
 /// Every number that fixes the shape of a SAM model. Field names follow the `config` object
-/// of the golden fixtures, so such a file can be passed as `--config` directly; without a
+/// of the golden fixtures, so such a file can be passed as `--model-config` directly; without a
 /// `backbone` field it is a ViT.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(default)]
@@ -435,10 +435,5 @@ impl SamConfig {
 
     pub fn num_mask_tokens(&self) -> usize {
         self.num_multimask_outputs + 1
-    }
-
-    /// Side of the low-resolution mask logits (4 x the embedding grid).
-    pub fn low_res_size(&self) -> usize {
-        4 * self.grid()
     }
 }

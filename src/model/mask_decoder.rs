@@ -3,12 +3,14 @@
 
 use super::adapter::{mean_prompt, Adapter, AdapterConfig, HyperAdapter};
 use super::config::SamConfig;
-use super::nn::{gelu, is_cpu_f32, needs_grad, softmax, LayerNorm, Linear, Mlp, UpConv2x2};
-use super::own_backward::{with_backward3, Activation};
+use super::nn::{
+    gelu, needs_grad, softmax, FeedForward, LayerNorm, Linear, Mlp, MultiHeadAttention, UpConv2x2,
+};
+use super::options::AttentionKernel;
+use super::own_backward::Activation;
 use crate::kernels::linear::Epilogue;
-use crate::kernels::{attention_cpu, flash_attention, with_slice};
 use crate::params::Params;
-use candle_core::{DType, Result, Tensor};
+use candle_core::{Result, Tensor};
 
 /// nn.LayerNorm's default, used throughout the decoder's transformer.
 const DECODER_LN_EPS: f64 = 1e-5;
@@ -20,12 +22,16 @@ pub struct DecoderAttention {
     pub v_proj: Linear,
     pub out_proj: Linear,
     pub num_heads: usize,
-    /// Runs on `kernels::flash_attention` (`Params::flash_attention`).
+    /// Runs on `kernels::attention::flash` (`AttentionKernel::Flash`).
     pub flash: bool,
 }
 
 impl DecoderAttention {
-    fn load(p: &Params, dim: usize, num_heads: usize, downsample: usize) -> Result<Self> {
+    fn load(
+        p: &Params,
+        (dim, num_heads, downsample): (usize, usize, usize),
+        kernel: AttentionKernel,
+    ) -> Result<Self> {
         let inner = dim / downsample;
         Ok(Self {
             q_proj: Linear::load(&p.pp("q_proj"), dim, inner, true)?,
@@ -33,15 +39,8 @@ impl DecoderAttention {
             v_proj: Linear::load(&p.pp("v_proj"), dim, inner, true)?,
             out_proj: Linear::load(&p.pp("out_proj"), inner, dim, true)?,
             num_heads,
-            flash: p.flash_attention(),
+            flash: kernel == AttentionKernel::Flash,
         })
-    }
-
-    fn heads(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, n, c) = x.dims3()?;
-        x.reshape((b, n, self.num_heads, c / self.num_heads))?
-            .transpose(1, 2)?
-            .contiguous()
     }
 
     /// q (B, Nq, D), k and v (B, Nk, D) -> (B, Nq, D).
@@ -54,14 +53,11 @@ impl DecoderAttention {
 
     /// The attention after the input projections, then `out_proj`.
     pub fn attend_projected(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let out = if self.flash {
-            self.attend_flash(q, k, v)?
-        } else if is_cpu_f32(q) && !needs_grad(&[q, k, v]) {
-            self.attend_fused(q, k, v)?
-        } else {
-            self.attend_ops(q, k, v)?
+        let attention = MultiHeadAttention {
+            num_heads: self.num_heads,
+            flash: self.flash,
         };
-        self.out_proj.forward(&out)
+        self.out_proj.forward(&attention.forward(q, k, v)?)
     }
 
     /// Token->image attention: projected token queries `q` (B, Nq, inner) over image
@@ -203,129 +199,6 @@ impl DecoderAttention {
             None => Ok(out),
         }
     }
-
-    /// The CPU kernel reads heads in place (no head transposes, no logits tensor).
-    fn attend_fused(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let (b, nq, c) = q.dims3()?;
-        let nk = k.dim(1)?;
-        let (q, k, v) = (q.contiguous()?, k.contiguous()?, v.contiguous()?);
-        fn op(data: &[f32], n: usize, c: usize, heads: usize) -> attention_cpu::Operand<'_> {
-            attention_cpu::Operand {
-                data,
-                row_stride: c,
-                batch_stride: n * c,
-                head_stride: c / heads,
-            }
-        }
-        let hd = c / self.num_heads;
-        let dims = attention_cpu::Dims {
-            b,
-            nq,
-            nk,
-            heads: self.num_heads,
-            head_dim: hd,
-            grid: (1, nk),
-        };
-        let out = with_slice(&q, |qs| {
-            with_slice(&k, |ks| {
-                with_slice(&v, |vs| {
-                    Ok(attention_cpu::attention_general(
-                        op(qs, nq, c, self.num_heads),
-                        op(ks, nk, c, self.num_heads),
-                        op(vs, nk, c, self.num_heads),
-                        dims,
-                        (hd as f32).powf(-0.5),
-                        attention_cpu::Bias::None,
-                    ))
-                })
-            })
-        })?;
-        Tensor::from_vec(out, (b, nq, c), q.device())
-    }
-
-    /// `kernels::flash_attention`, in f32.
-    fn attend_flash(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let (b, nq, c) = q.dims3()?;
-        let rows = |x: &Tensor| -> Result<Tensor> {
-            let (_, n, _) = x.dims3()?;
-            self.heads(&x.to_dtype(DType::F32)?)?.reshape((
-                b * self.num_heads,
-                n,
-                c / self.num_heads,
-            ))
-        };
-        let out = (rows(q)? * self.scale())?.contiguous()?.apply_op3(
-            &rows(k)?,
-            &rows(v)?,
-            flash_attention::FlashAttention,
-        )?;
-        out.reshape((b, self.num_heads, nq, c / self.num_heads))?
-            .transpose(1, 2)?
-            .reshape((b, nq, c))?
-            .to_dtype(q.dtype())
-    }
-
-    /// softmax(q kᵀ / √c) v over heads, in candle's ops. With a gradient to compute it is one
-    /// op with the backward pass below: candle's autograd would otherwise walk the head
-    /// split, the products and the merge, 18 nodes, spending a zero fill and an add on each.
-    fn attend_ops(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        if !needs_grad(&[q, k, v]) {
-            return self.attend_heads(q, k, v);
-        }
-        let y = self.attend_heads(&q.detach(), &k.detach(), &v.detach())?;
-        let attn = self.clone();
-        with_backward3(
-            (q, k, v),
-            y,
-            "msa-decoder-attention",
-            move |[q, k, v], dy| attn.attend_grad([q, k, v], dy),
-        )
-    }
-
-    fn attend_heads(&self, q: &Tensor, k: &Tensor, v: &Tensor) -> Result<Tensor> {
-        let (q, k, v) = (self.heads(q)?, self.heads(k)?, self.heads(v)?);
-        let c = q.dim(3)?;
-        let attn = (q.matmul(&k.t()?)? / (c as f64).sqrt())?;
-        self.merge(&softmax(&attn)?.matmul(&v)?)
-    }
-
-    /// (B, heads, N, c) -> (B, N, heads * c), the inverse of `heads`.
-    fn merge(&self, x: &Tensor) -> Result<Tensor> {
-        let (b, h, n, c) = x.dims4()?;
-        x.transpose(1, 2)?.contiguous()?.reshape((b, n, h * c))
-    }
-
-    /// The gradients of q, k and v (those that need one) given dy: with P the
-    /// probabilities and dP = dO vᵀ, dS = P (dP - Σ dP P), dq = dS k / √c, dk = dSᵀ q / √c
-    /// and dv = Pᵀ dO.
-    fn attend_grad(
-        &self,
-        [(q, dq_on), (k, dk_on), (v, dv_on)]: [(&Tensor, bool); 3],
-        dy: &Tensor,
-    ) -> Result<[Option<Tensor>; 3]> {
-        let (qh, kh, vh, d_out) = (
-            self.heads(q)?,
-            self.heads(k)?,
-            self.heads(v)?,
-            self.heads(dy)?,
-        );
-        let scale = (qh.dim(3)? as f64).powf(-0.5);
-        let p = softmax(&(qh.matmul(&kh.t()?)? * scale)?)?;
-        let dv = dv_on
-            .then(|| self.merge(&p.t()?.matmul(&d_out)?))
-            .transpose()?;
-        if !dq_on && !dk_on {
-            return Ok([None, None, dv]);
-        }
-        let dp = d_out.matmul(&vh.t()?)?;
-        let ds = ((&dp - (&dp * &p)?.sum_keepdim(3)?.broadcast_as(dp.shape())?)? * &p)?;
-        let ds = (ds * scale)?;
-        let dq = dq_on.then(|| self.merge(&ds.matmul(&kh)?)).transpose()?;
-        let dk = dk_on
-            .then(|| self.merge(&ds.t()?.matmul(&qh)?))
-            .transpose()?;
-        Ok([dq, dk, dv])
-    }
 }
 
 /// The image side of an image->token attention: the image tokens (+ PE) as they are, or
@@ -336,27 +209,12 @@ pub enum ImageQueries {
 }
 
 #[derive(Debug, Clone)]
-pub struct TokenMlp {
-    pub lin1: Linear,
-    pub lin2: Linear,
-}
-
-impl TokenMlp {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(y) = Linear::frozen_pair(x, &self.lin1, &self.lin2, Activation::Relu)? {
-            return Ok(y);
-        }
-        self.lin2.forward(&self.lin1.forward(x)?.relu()?)
-    }
-}
-
-#[derive(Debug, Clone)]
 pub struct TwoWayBlock {
     pub self_attn: DecoderAttention,
     pub norm1: LayerNorm,
     pub cross_token_to_image: DecoderAttention,
     pub norm2: LayerNorm,
-    pub mlp: TokenMlp,
+    pub mlp: FeedForward,
     pub norm3: LayerNorm,
     pub cross_image_to_token: DecoderAttention,
     pub norm4: LayerNorm,
@@ -371,29 +229,33 @@ pub struct TwoWayBlock {
 }
 
 impl TwoWayBlock {
-    fn load(p: &Params, cfg: &SamConfig, index: usize, ad: &AdapterConfig) -> Result<Self> {
+    fn load(
+        p: &Params,
+        cfg: &SamConfig,
+        (index, ad): (usize, &AdapterConfig),
+        kernel: AttentionKernel,
+    ) -> Result<Self> {
         let (d, heads) = (cfg.prompt_embed_dim, cfg.decoder_num_heads);
         let ln = |name: &str| LayerNorm::load(&p.pp(name), d, DECODER_LN_EPS);
         Ok(Self {
-            self_attn: DecoderAttention::load(&p.pp("self_attn"), d, heads, 1)?,
+            self_attn: DecoderAttention::load(&p.pp("self_attn"), (d, heads, 1), kernel)?,
             norm1: ln("norm1")?,
             cross_token_to_image: DecoderAttention::load(
                 &p.pp("cross_attn_token_to_image"),
-                d,
-                heads,
-                2,
+                (d, heads, 2),
+                kernel,
             )?,
             norm2: ln("norm2")?,
-            mlp: TokenMlp {
-                lin1: Linear::load(&p.pp("mlp.lin1"), d, cfg.decoder_mlp_dim, true)?,
-                lin2: Linear::load(&p.pp("mlp.lin2"), cfg.decoder_mlp_dim, d, true)?,
+            mlp: FeedForward {
+                fc1: Linear::load(&p.pp("mlp.lin1"), d, cfg.decoder_mlp_dim, true)?,
+                fc2: Linear::load(&p.pp("mlp.lin2"), cfg.decoder_mlp_dim, d, true)?,
+                act: Activation::Relu,
             },
             norm3: ln("norm3")?,
             cross_image_to_token: DecoderAttention::load(
                 &p.pp("cross_attn_image_to_token"),
-                d,
-                heads,
-                2,
+                (d, heads, 2),
+                kernel,
             )?,
             norm4: ln("norm4")?,
             skip_first_layer_pe: index == 0,
@@ -478,18 +340,22 @@ pub struct TwoWayTransformer {
 }
 
 impl TwoWayTransformer {
-    fn load(p: &Params, cfg: &SamConfig, ad: &AdapterConfig) -> Result<Self> {
+    fn load(
+        p: &Params,
+        cfg: &SamConfig,
+        ad: &AdapterConfig,
+        kernel: AttentionKernel,
+    ) -> Result<Self> {
         let d = cfg.prompt_embed_dim;
         let layers = (0..cfg.decoder_depth)
-            .map(|i| TwoWayBlock::load(&p.pp(&format!("layers.{i}")), cfg, i, ad))
+            .map(|i| TwoWayBlock::load(&p.pp(&format!("layers.{i}")), cfg, (i, ad), kernel))
             .collect::<Result<_>>()?;
         Ok(Self {
             layers,
             final_attn: DecoderAttention::load(
                 &p.pp("final_attn_token_to_image"),
-                d,
-                cfg.decoder_num_heads,
-                2,
+                (d, cfg.decoder_num_heads, 2),
+                kernel,
             )?,
             norm_final: LayerNorm::load(&p.pp("norm_final_attn"), d, DECODER_LN_EPS)?,
         })
@@ -539,7 +405,12 @@ pub struct DecoderOutput {
 }
 
 impl MaskDecoder {
-    pub fn load(p: &Params, cfg: &SamConfig, ad: &AdapterConfig) -> Result<Self> {
+    pub fn load(
+        p: &Params,
+        cfg: &SamConfig,
+        ad: &AdapterConfig,
+        kernel: AttentionKernel,
+    ) -> Result<Self> {
         let d = cfg.prompt_embed_dim;
         let t = cfg.num_mask_tokens();
         let hypernetworks = (0..t)
@@ -557,7 +428,7 @@ impl MaskDecoder {
         ));
         iou_dims.push(t);
         Ok(Self {
-            transformer: TwoWayTransformer::load(&p.pp("transformer"), cfg, ad)?,
+            transformer: TwoWayTransformer::load(&p.pp("transformer"), cfg, ad, kernel)?,
             iou_token: p.get("iou_token.weight", &[1, d])?,
             mask_tokens: p.get("mask_tokens.weight", &[t, d])?,
             upscale1: UpConv2x2::load(&p.pp("output_upscaling.0"), d, d / 4)?,

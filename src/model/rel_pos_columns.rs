@@ -1,5 +1,5 @@
 //! SAM's decomposed relative-position bias written as extra columns of q and k, so that a
-//! fused attention kernel without any bias computes SAM's biased attention exactly.
+//! flash attention kernel without any bias computes SAM's biased attention exactly.
 //!
 //! For a query at (qy, qx) and a key at (ky, kx) of an h x w grid, SAM adds
 //! `<q, Rh[qy, ky]> + <q, Rw[qx, kx]>` to `scale q.k`. Append to each query its h row terms

@@ -4,6 +4,7 @@ use super::adapter::AdapterConfig;
 use super::config::{Preprocess, SamConfig};
 use super::image_encoder::ImageEncoder;
 use super::mask_decoder::{DecoderOutput, ImageContext, MaskDecoder};
+use super::options::ModelOptions;
 use super::prompt_encoder::{PromptEncoder, Prompts};
 use crate::params::Params;
 use crate::resize::linear_matrix;
@@ -32,17 +33,28 @@ impl Sam {
     /// SAM with the adapters `ad` asks for; adapter tensors come from the same source when
     /// it holds them, else they are initialised (MSA-SPEC 2.4).
     pub fn load_adapted(p: &Params, config: &SamConfig, ad: &AdapterConfig) -> Result<Self> {
+        Self::load_with(p, config, ad, &ModelOptions::default())
+    }
+
+    /// `load_adapted`, the layers computing as `opts` says.
+    pub fn load_with(
+        p: &Params,
+        config: &SamConfig,
+        ad: &AdapterConfig,
+        opts: &ModelOptions,
+    ) -> Result<Self> {
+        let encoder = p.pp("image_encoder").frozen_in(opts.encoder_dtype);
         let prompt_encoder = PromptEncoder::load(&p.pp("prompt_encoder"), config)?;
         let dense_pe = prompt_encoder.dense_pe()?;
         let dev = p.device();
         Ok(Self {
             config: config.clone(),
             adapters: ad.clone(),
-            image_encoder: ImageEncoder::load(&p.pp("image_encoder"), config, ad)?,
+            image_encoder: ImageEncoder::load(&encoder, config, ad, opts)?,
             prompt_encoder,
-            mask_decoder: MaskDecoder::load(&p.pp("mask_decoder"), config, ad)?,
+            mask_decoder: MaskDecoder::load(&p.pp("mask_decoder"), config, ad, opts.attention)?,
             dense_pe,
-            encoder_dtype: p.encoder_dtype(),
+            encoder_dtype: p.computes_in(opts.encoder_dtype),
             pixel_mean: Tensor::new(&config.pixel_mean, dev)?.reshape((1, 3, 1, 1))?,
             pixel_std: Tensor::new(&config.pixel_std, dev)?.reshape((1, 3, 1, 1))?,
         })

@@ -5,20 +5,17 @@
 use super::adapter::{AdapterConfig, BlockAdapters, Lora};
 use super::attention::{window_partition_filled, window_unpartition};
 use super::config::{SamConfig, TinyVitConfig};
-use super::image_encoder::{closest_factors, depth_tokens_to_slices, slices_to_depth_tokens, Neck};
+use super::depth::{closest_factors, depth_tokens_to_slices, slices_to_depth_tokens};
+use super::neck::Neck;
 use super::nn::{
-    gelu, is_cpu_f32, needs_grad, softmax, to_channels_last, Derived, LayerNorm, Linear,
+    gelu, to_channels_last, BiasedAttention, DepthwiseConv, Derived, FeedForward, LayerNorm, Linear,
 };
-use super::own_backward::{with_backward, Activation};
+use super::own_backward::Activation;
 use super::recompute::{run_block, Recompute};
-use super::recomputed::recomputed;
-use crate::kernels::attention_grad::TableAttention;
-use crate::kernels::depthwise::{
-    depthwise_conv_ops, depthwise_forward, DepthwiseConv, DepthwiseGeometry,
-};
-use crate::kernels::linear::{Epilogue, FrozenMlp};
+use crate::kernels::depthwise::DepthwiseGeometry;
+use crate::kernels::linear::Epilogue;
 use crate::params::Params;
-use candle_core::{Result, Tensor, D};
+use candle_core::{Result, Tensor};
 use std::sync::Arc;
 
 const BN_EPS: f64 = 1e-5;
@@ -150,52 +147,16 @@ impl DepthwiseConvBn {
         self.forward_act(x, Epilogue::None)
     }
 
-    /// The convolution followed by `act`; one pass over the output when nothing needs a
-    /// gradient.
+    /// The convolution followed by `act`.
     pub fn forward_act(&self, x: &Tensor, act: Epilogue) -> Result<Tensor> {
         let k = self.geometry.kernel;
         let (taps, bias) = split_folded(&self.folded.get()?, self.channels, k * k)?;
-        if is_cpu_f32(x) && !needs_grad(&[x, &taps, &bias]) {
-            let gelu = act == Epilogue::Gelu;
-            return depthwise_forward(&x.contiguous()?, &taps, &bias, self.geometry, gelu);
-        }
-        let y = self.forward_graph(x, &taps, &bias)?;
-        match act {
-            Epilogue::Gelu => gelu(&y),
-            Epilogue::None => Ok(y),
-        }
-    }
-
-    fn forward_graph(&self, x: &Tensor, taps: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        if is_cpu_f32(x) {
-            let op = DepthwiseConv(self.geometry);
-            return x.contiguous()?.apply_op3(taps, bias, op);
-        }
-        // The composed form keeps about 27 maps of the output's size for the backward pass
-        // (BENCHMARKS.md, LiteMedSAM on the GPU). With stride 1 the input's gradient is the
-        // same convolution of dy with the taps reversed, so the step keeps the input alone
-        // and autograd walks one node; otherwise the composed form is recomputed.
-        if needs_grad(&[x]) && !needs_grad(&[taps, bias]) && self.geometry.stride == 1 {
-            let (taps, g) = (taps.clone(), self.geometry);
-            let y = depthwise_conv_ops(&x.detach(), &taps, bias, g)?;
-            return with_backward(x, y, "msa-frozen-depthwise", move |_, _, dy| {
-                let reversed = taps.flip(&[0])?;
-                let zero = reversed.get(0)?.zeros_like()?;
-                depthwise_conv_ops(
-                    dy,
-                    &reversed.to_dtype(dy.dtype())?,
-                    &zero.to_dtype(dy.dtype())?,
-                    g,
-                )
-            });
-        }
-        if needs_grad(&[x]) && !needs_grad(&[taps, bias]) {
-            let (taps, bias, g) = (taps.clone(), bias.clone(), self.geometry);
-            return recomputed(x, "msa-recomputed-depthwise", move |x| {
-                depthwise_conv_ops(x, &taps, &bias, g)
-            });
-        }
-        depthwise_conv_ops(x, taps, bias, self.geometry)
+        let conv = DepthwiseConv {
+            taps,
+            bias,
+            geometry: self.geometry,
+        };
+        conv.forward_act(x, act)
     }
 }
 
@@ -342,88 +303,16 @@ impl TinyVitAttention {
     /// softmax(scale q kᵀ + bias) v per head: qkv (B, N, 3C) of N tokens that form a
     /// gh x gw grid -> (B, N, C), before the output projection.
     pub fn attend(&self, qkv: &Tensor, grid: (usize, usize)) -> Result<Tensor> {
-        let c3 = qkv.dim(2)?;
-        let (heads, d) = (self.num_heads, c3 / 3 / self.num_heads);
-        let scale = (d as f64).powf(-0.5);
-        let bias = self.grid_bias(grid)?;
-        if is_cpu_f32(qkv) {
-            let op = TableAttention {
-                heads,
-                head_dim: d,
-                scale: scale as f32,
-            };
-            return qkv.contiguous()?.apply_op2(&bias.contiguous()?, op);
-        }
-        // The composed form keeps several (heads, N, N) maps per window for the backward
-        // pass; recomputed, it keeps qkv alone.
-        if needs_grad(&[qkv]) && !needs_grad(&[&self.biases]) {
-            let attn = self.clone();
-            return recomputed(qkv, "msa-recomputed-tinyvit-attention", move |qkv| {
-                attn.attend_ops(qkv, &bias)
-            });
-        }
-        self.attend_ops(qkv, &bias)
-    }
-
-    /// `attend` with candle's ops, given the grid's bias.
-    fn attend_ops(&self, qkv: &Tensor, bias: &Tensor) -> Result<Tensor> {
-        let (b, n, c3) = qkv.dims3()?;
-        let (heads, d) = (self.num_heads, c3 / 3 / self.num_heads);
-        let scale = (d as f64).powf(-0.5);
-        let qkv = qkv.reshape((b, n, heads, 3 * d))?;
-        let part = |i: usize| -> Result<Tensor> {
-            qkv.narrow(D::Minus1, i * d, d)?
-                .transpose(1, 2)?
-                .contiguous()
+        let attention = BiasedAttention {
+            num_heads: self.num_heads,
         };
-        let (q, k, v) = (part(0)?, part(1)?, part(2)?);
-        let logits = (q.matmul(&k.t()?)? * scale)?.broadcast_add(&bias.unsqueeze(0)?)?;
-        let o = softmax(&logits)?.matmul(&v)?;
-        o.transpose(1, 2)?.contiguous()?.reshape((b, n, c3 / 3))
+        attention.forward(qkv, &self.grid_bias(grid)?)
     }
 
     /// x (B, N, C), the N tokens a gh x gw grid -> (B, N, C).
     pub fn forward(&self, x: &Tensor, grid: (usize, usize)) -> Result<Tensor> {
         let qkv = self.qkv_of(&self.norm.forward(x)?)?;
         self.proj.forward(&self.attend(&qkv, grid)?)
-    }
-}
-
-/// The MLP of a TinyViT block: LayerNorm, Linear, GELU, Linear.
-#[derive(Debug, Clone)]
-pub struct TinyVitMlp {
-    pub norm: LayerNorm,
-    pub fc1: Linear,
-    pub fc2: Linear,
-}
-
-impl TinyVitMlp {
-    /// The one-op MLP, for a CPU input that needs a gradient through frozen layers.
-    fn frozen_op(&self, h: &Tensor) -> Result<Option<FrozenMlp>> {
-        let (fc1, fc2) = (&self.fc1, &self.fc2);
-        let (Some(b1), Some(b2)) = (&fc1.bias, &fc2.bias) else {
-            return Ok(None);
-        };
-        let params = [&fc1.weight, b1, &fc2.weight, b2];
-        if !is_cpu_f32(h) || !needs_grad(&[h]) || needs_grad(&params) {
-            return Ok(None);
-        }
-        Ok(Some(FrozenMlp {
-            fc1: (fc1.weight.contiguous()?, b1.contiguous()?),
-            fc2: (fc2.weight.contiguous()?, b2.contiguous()?),
-        }))
-    }
-
-    /// x + MLP(h), h the normalised x.
-    pub fn residual(&self, x: &Tensor, h: &Tensor) -> Result<Tensor> {
-        if let Some(op) = self.frozen_op(h)? {
-            return h.contiguous()?.apply_op1(op)? + x;
-        }
-        if let Some(y) = Linear::frozen_pair(h, &self.fc1, &self.fc2, Activation::Gelu)? {
-            return y + x;
-        }
-        let hidden = self.fc1.forward_act(h, None, Epilogue::Gelu)?;
-        self.fc2.forward_act(&hidden, Some(x), Epilogue::None)
     }
 }
 
@@ -437,7 +326,9 @@ impl TinyVitMlp {
 pub struct TinyVitBlock {
     pub attn: TinyVitAttention,
     pub local_conv: DepthwiseConvBn,
-    pub mlp: TinyVitMlp,
+    /// The MLP's own LayerNorm, then Linear, GELU, Linear.
+    pub mlp_norm: LayerNorm,
+    pub mlp: FeedForward,
     pub window: usize,
     pub adapters: BlockAdapters,
 }
@@ -454,10 +345,11 @@ impl TinyVitBlock {
         Ok(Self {
             attn,
             local_conv: DepthwiseConvBn::load(&p.pp("local_conv"), dim, t.local_conv_size, 1)?,
-            mlp: TinyVitMlp {
-                norm: LayerNorm::load(&p.pp("mlp.norm"), dim, LN_EPS)?,
+            mlp_norm: LayerNorm::load(&p.pp("mlp.norm"), dim, LN_EPS)?,
+            mlp: FeedForward {
                 fc1: Linear::load(&p.pp("mlp.fc1"), dim, mlp_dim, true)?,
                 fc2: Linear::load(&p.pp("mlp.fc2"), mlp_dim, dim, true)?,
+                act: Activation::Gelu,
             },
             window,
             adapters: BlockAdapters::load(p, dim, ad)?,
@@ -506,7 +398,7 @@ impl TinyVitBlock {
             .adapters
             .attention_branch(a, depth, |d| self.depth_attention(x, d))?;
         let x = self.local_conv.forward(&(x + a)?)?;
-        let h = self.mlp.norm.forward(&x)?;
+        let h = self.mlp_norm.forward(&x)?;
         let x = self.mlp.residual(&x, &h)?;
         self.adapters.beside_mlp(x, &h)
     }
@@ -571,19 +463,15 @@ impl TinyVitEncoder {
     }
 
     /// (B, 3, S, S) -> (B, 256, G, G); with `depth` the adapted blocks' depth branch runs.
-    pub fn forward_slices(&self, x: &Tensor, depth: Option<usize>) -> Result<Tensor> {
-        self.forward_recomputed(x, depth, None)
-    }
-
-    /// `forward_slices`, each attention block recomputed in the backward pass with
-    /// `recompute` (the convolution stage has no adapters, so nothing before it trains).
-    pub fn forward_recomputed(
+    /// With `recompute`, each attention block is recomputed in the backward pass (the
+    /// convolution stage has no adapters, so nothing before it trains).
+    pub fn forward(
         &self,
         x: &Tensor,
         depth: Option<usize>,
         recompute: Option<&Arc<Recompute>>,
     ) -> Result<Tensor> {
-        use crate::train::memory::trace;
+        use crate::runtime::memory::trace;
         let dev = x.device().clone();
         let mut x = self.patch_embed.forward(x)?;
         trace(&dev, || "tiny_vit patch_embed".into());

@@ -2,9 +2,11 @@
 
 use super::adapter::{AdapterConfig, BlockAdapters, Lora};
 use super::attention::{window_partition_filled, window_unpartition, Attention};
-use super::config::VitConfig;
-use super::image_encoder::{closest_factors, depth_tokens_to_slices, slices_to_depth_tokens, Neck};
-use super::nn::{gelu, LayerNorm, Linear, PatchConv};
+use super::config::{SamConfig, VitConfig};
+use super::depth::{closest_factors, depth_tokens_to_slices, slices_to_depth_tokens};
+use super::neck::Neck;
+use super::nn::{FeedForward, LayerNorm, Linear, PatchConv};
+use super::options::AttentionKernel;
 use super::own_backward::Activation;
 use super::recompute::{run_block, Recompute};
 use crate::params::{Params, Resize};
@@ -12,26 +14,11 @@ use candle_core::{Result, Tensor};
 use std::sync::Arc;
 
 #[derive(Debug, Clone)]
-pub struct EncoderMlp {
-    pub lin1: Linear,
-    pub lin2: Linear,
-}
-
-impl EncoderMlp {
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        if let Some(y) = Linear::frozen_pair(x, &self.lin1, &self.lin2, Activation::Gelu)? {
-            return Ok(y);
-        }
-        self.lin2.forward(&gelu(&self.lin1.forward(x)?)?)
-    }
-}
-
-#[derive(Debug, Clone)]
 pub struct Block {
     pub norm1: LayerNorm,
     pub attn: Attention,
     pub norm2: LayerNorm,
-    pub mlp: EncoderMlp,
+    pub mlp: FeedForward,
     /// 0 for global attention.
     pub window_size: usize,
     pub adapters: BlockAdapters,
@@ -40,15 +27,17 @@ pub struct Block {
 impl Block {
     /// Block `index` of an encoder whose token grid has side `grid`.
     pub fn load(p: &Params, cfg: &VitConfig, grid: usize, index: usize) -> Result<Self> {
-        Self::load_adapted(p, cfg, grid, index, &AdapterConfig::none())
+        let kernel = AttentionKernel::from_env();
+        Self::load_adapted(p, cfg, (grid, index), &AdapterConfig::none(), kernel)
     }
 
+    /// Block `index` of a grid of side `grid`, with the adapters `ad` asks for.
     pub fn load_adapted(
         p: &Params,
         cfg: &VitConfig,
-        grid: usize,
-        index: usize,
+        (grid, index): (usize, usize),
         ad: &AdapterConfig,
+        kernel: AttentionKernel,
     ) -> Result<Self> {
         let dim = cfg.embed_dim;
         let window_size = if cfg.is_global(index) {
@@ -62,8 +51,8 @@ impl Block {
             &p.pp("attn"),
             dim,
             cfg.num_heads,
-            cfg.use_rel_pos,
-            cfg.attn_size(index, grid),
+            (cfg.use_rel_pos, cfg.attn_size(index, grid)),
+            kernel,
         )?;
         if ad.lora_rank > 0 {
             attn.lora = Some(Lora::load(&p.pp("attn"), dim, 3 * dim, ad.lora_rank)?);
@@ -72,9 +61,10 @@ impl Block {
             norm1: LayerNorm::load(&p.pp("norm1"), dim, eps)?,
             attn,
             norm2: LayerNorm::load(&p.pp("norm2"), dim, eps)?,
-            mlp: EncoderMlp {
-                lin1: Linear::load(&p.pp("mlp.lin1"), dim, mlp_dim, true)?,
-                lin2: Linear::load(&p.pp("mlp.lin2"), mlp_dim, dim, true)?,
+            mlp: FeedForward {
+                fc1: Linear::load(&p.pp("mlp.lin1"), dim, mlp_dim, true)?,
+                fc2: Linear::load(&p.pp("mlp.lin2"), mlp_dim, dim, true)?,
+                act: Activation::Gelu,
             },
             window_size,
             adapters: BlockAdapters::load(p, dim, ad)?,
@@ -137,11 +127,12 @@ pub struct VitEncoder {
 impl VitEncoder {
     pub fn load(
         p: &Params,
+        sam: &SamConfig,
         cfg: &VitConfig,
-        img_size: usize,
-        in_chans: usize,
         ad: &AdapterConfig,
+        kernel: AttentionKernel,
     ) -> Result<Self> {
+        let (img_size, in_chans) = (sam.img_size, sam.in_chans);
         let g = img_size / cfg.patch_size;
         let patch_embed = PatchConv::load(
             &p.pp("patch_embed.proj"),
@@ -152,7 +143,7 @@ impl VitEncoder {
         let pos_embed =
             Some(p.get_resized("pos_embed", &[1, g, g, cfg.embed_dim], Resize::PosEmbed)?);
         let blocks = (0..cfg.depth)
-            .map(|i| Block::load_adapted(&p.pp(&format!("blocks.{i}")), cfg, g, i, ad))
+            .map(|i| Block::load_adapted(&p.pp(&format!("blocks.{i}")), cfg, (g, i), ad, kernel))
             .collect::<Result<_>>()?;
         Ok(Self {
             patch_embed,
@@ -171,25 +162,16 @@ impl VitEncoder {
         }
     }
 
-    /// (B, 3, S, S) preprocessed images -> (B, out_chans, S/16, S/16).
-    pub fn forward(&self, x: &Tensor) -> Result<Tensor> {
-        self.forward_slices(x, None)
-    }
-
-    /// Like `forward`; with `depth` = Some(D) the batch is volumes of D consecutive slices
-    /// and every block's depth branch runs.
-    pub fn forward_slices(&self, x: &Tensor, depth: Option<usize>) -> Result<Tensor> {
-        self.forward_recomputed(x, depth, None)
-    }
-
-    /// `forward_slices`, each block recomputed in the backward pass with `recompute`.
-    pub fn forward_recomputed(
+    /// (B, 3, S, S) preprocessed images -> (B, out_chans, S/16, S/16). With `depth` =
+    /// Some(D) the batch is volumes of D consecutive slices and every block's depth branch
+    /// runs; with `recompute`, every block is recomputed in the backward pass.
+    pub fn forward(
         &self,
         x: &Tensor,
         depth: Option<usize>,
         recompute: Option<&Arc<Recompute>>,
     ) -> Result<Tensor> {
-        use crate::train::memory::trace;
+        use crate::runtime::memory::trace;
         let dev = x.device().clone();
         let mut x = self.embed(x)?;
         trace(&dev, || "vit patch_embed".into());

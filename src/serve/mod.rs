@@ -24,45 +24,9 @@ use crate::io::DecodeLimits;
 use anyhow::{bail, Context, Result};
 use models::ModelSet;
 use std::net::{IpAddr, SocketAddr, TcpListener};
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
 use store::ImageStore;
-
-#[derive(clap::Args, Debug)]
-pub struct ServeArgs {
-    /// Base models to offer, the first being the default: checkpoints (.pth, safetensors)
-    /// or named models.
-    #[arg(long = "checkpoint", default_value = "lite_medsam")]
-    pub checkpoints: Vec<PathBuf>,
-    /// JSON architecture description for custom checkpoints.
-    #[arg(long)]
-    pub config: Option<PathBuf>,
-    /// Adapter files to offer; each is served on the first checkpoint it was trained for.
-    #[arg(long = "adapters")]
-    pub adapters: Vec<PathBuf>,
-    /// Address to listen on. Anything but loopback requires --token.
-    #[arg(long, default_value = "127.0.0.1")]
-    pub host: String,
-    #[arg(long, default_value_t = 8080)]
-    pub port: u16,
-    /// Token that clients must present (bearer header, or open the page with ?token=T).
-    #[arg(long, env = "MSA_TOKEN", hide_env_values = true)]
-    pub token: Option<String>,
-    /// Largest upload, in MiB.
-    #[arg(long, default_value_t = 512)]
-    pub max_upload_mib: usize,
-    /// Images kept in memory; the least recently used is dropped for a new one.
-    #[arg(long, default_value_t = 8)]
-    pub max_images: usize,
-    /// Minutes after which an unused image is dropped.
-    #[arg(long, default_value_t = 60)]
-    pub image_timeout_min: u64,
-    /// The image encoder's dtype: f32 (the default, which reproduces the official outputs),
-    /// or bf16 (GPUs only) or f16 for less memory and time on a GPU.
-    #[arg(long, value_enum)]
-    pub precision: Option<crate::model::precision::Precision>,
-}
 
 /// Bounds and settings of a server.
 #[derive(Debug, Clone)]
@@ -179,7 +143,7 @@ pub fn start(models: ModelSet, settings: Settings) -> Result<Running> {
 }
 
 /// A non-blocking listener on the settings' address, and the address it got.
-fn bind(settings: &Settings) -> Result<(TcpListener, SocketAddr)> {
+pub fn bind(settings: &Settings) -> Result<(TcpListener, SocketAddr)> {
     let listener = TcpListener::bind((settings.host, settings.port))
         .with_context(|| format!("cannot listen on {}:{}", settings.host, settings.port))?;
     listener.set_nonblocking(true)?;
@@ -187,7 +151,8 @@ fn bind(settings: &Settings) -> Result<(TcpListener, SocketAddr)> {
     Ok((listener, addr))
 }
 
-fn serve_until(
+/// Serves on `listener` until `stop` completes.
+pub fn serve_until(
     listener: TcpListener,
     models: ModelSet,
     settings: Settings,
@@ -241,57 +206,6 @@ async fn expire_images(state: Arc<ServerState>) {
             );
         }
     }
-}
-
-/// `msa serve`: loads the models, then serves until Ctrl-C.
-pub fn run(args: &ServeArgs) -> Result<()> {
-    let settings = Settings {
-        host: parse_host(&args.host)?,
-        port: args.port,
-        token: args.token.clone(),
-        max_upload_bytes: args.max_upload_mib << 20,
-        max_images: args.max_images,
-        image_timeout: Duration::from_secs(args.image_timeout_min.max(1) * 60),
-        ..Settings::default()
-    };
-    settings.check()?;
-    let device = crate::cli::default_device()?;
-    let config = args
-        .config
-        .as_deref()
-        .map(crate::model::SamConfig::from_json_file)
-        .transpose()?;
-    use crate::model::precision::Precision;
-    let precision = Precision::resolve(Some(args.precision.unwrap_or(Precision::F32)), &device)?;
-    let base = crate::weights::LoadOptions {
-        config: config.as_ref(),
-        encoder_dtype: Some(precision.dtype()),
-        ..Default::default()
-    };
-    let models = ModelSet::load(&args.checkpoints, &args.adapters, &base, &device)?;
-    let (listener, addr) = bind(&settings)?;
-    let names: Vec<&str> = models.bases.iter().map(|b| b.name.as_str()).collect();
-    println!(
-        "msa serve: models {names:?} ({precision:?}), {} adapter file(s); open http://{addr}/{}",
-        models.adapters.len(),
-        if settings.token.is_some() {
-            "?token=…"
-        } else {
-            ""
-        }
-    );
-    serve_until(listener, models, settings, async {
-        let _ = tokio::signal::ctrl_c().await;
-    })
-}
-
-fn parse_host(host: &str) -> Result<IpAddr> {
-    if host.eq_ignore_ascii_case("localhost") {
-        return Ok(IpAddr::from([127, 0, 0, 1]));
-    }
-    host.parse().with_context(|| {
-        format!("--host `{host}`: expected an IP address such as 127.0.0.1 or 0.0.0.0")
-    })
 }
 
 /// A label volume as `.nii.gz` bytes on the grid and affine of `like`.

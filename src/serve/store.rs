@@ -2,9 +2,9 @@
 //! least recently used goes first), each dropped after `ttl` without use, each with the
 //! embeddings computed for it so far.
 
-use crate::infer::volume::slice_image;
 use crate::infer::Embedded;
 use crate::io::nifti::NiftiVolume;
+use crate::io::volume::slice_image;
 use image::RgbImage;
 use sha2::{Digest, Sha256};
 use std::collections::{HashMap, VecDeque};

@@ -31,10 +31,37 @@ pub enum TrainMode {
     All,
 }
 
+/// The values a run takes when neither a flag nor a run config gives one; `msa train
+/// --help` shows them.
+pub mod defaults {
+    use super::{AdapterInit, DatasetKind, PromptKind, TrainMode};
+    pub const DATASET: DatasetKind = DatasetKind::Folder;
+    pub const EPOCHS: usize = 10;
+    pub const BATCH_SIZE: usize = 2;
+    pub const LR: f64 = 1e-4;
+    pub const LR_STEP: usize = 10;
+    pub const LR_GAMMA: f64 = 0.5;
+    pub const PROMPT: PromptKind = PromptKind::Click;
+    pub const TRAIN: TrainMode = TrainMode::Adapters;
+    pub const VAL_EVERY: usize = 1;
+    pub const VAL_FRACTION: f64 = 0.2;
+    pub const SEED: u64 = 0;
+    pub const WORKERS: usize = 2;
+    pub const ADAPTER_RATIO: f64 = 0.25;
+    pub const ADAPTER_INIT: AdapterInit = AdapterInit::Zero;
+    pub const LORA_RANK: usize = 4;
+    pub const SAMPLES: usize = 4;
+    pub const CHUNK: usize = 8;
+    pub const CHUNKS_PER_CASE: usize = 0;
+    pub const HOLDOUT: usize = 0;
+}
+
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct TrainConfig {
     pub checkpoint: PathBuf,
-    pub config: Option<PathBuf>,
+    /// A JSON architecture for a custom checkpoint (`--model-config`).
+    #[serde(alias = "config")]
+    pub model_config: Option<PathBuf>,
     pub data: PathBuf,
     pub dataset: DatasetKind,
     pub image_size: Option<usize>,
@@ -87,42 +114,42 @@ pub struct TrainConfig {
 }
 
 fn default_chunk() -> usize {
-    8
+    defaults::CHUNK
 }
 
 impl TrainConfig {
     pub fn new(checkpoint: PathBuf, data: PathBuf, out: PathBuf) -> Self {
         Self {
             checkpoint,
-            config: None,
+            model_config: None,
             data,
-            dataset: DatasetKind::Folder,
+            dataset: defaults::DATASET,
             image_size: None,
-            epochs: 10,
-            batch_size: 2,
-            lr: 1e-4,
-            lr_step: 10,
-            lr_gamma: 0.5,
-            prompt: PromptKind::Click,
-            train: TrainMode::Adapters,
-            val_every: 1,
-            val_fraction: 0.2,
-            seed: 0,
-            workers: 2,
+            epochs: defaults::EPOCHS,
+            batch_size: defaults::BATCH_SIZE,
+            lr: defaults::LR,
+            lr_step: defaults::LR_STEP,
+            lr_gamma: defaults::LR_GAMMA,
+            prompt: defaults::PROMPT,
+            train: defaults::TRAIN,
+            val_every: defaults::VAL_EVERY,
+            val_fraction: defaults::VAL_FRACTION,
+            seed: defaults::SEED,
+            workers: defaults::WORKERS,
             out,
             skip_bad: false,
-            adapter_ratio: 0.25,
-            adapter_init: AdapterInit::Zero,
-            lora_rank: 4,
+            adapter_ratio: defaults::ADAPTER_RATIO,
+            adapter_init: defaults::ADAPTER_INIT,
+            lora_rank: defaults::LORA_RANK,
             augment: true,
-            samples: 4,
+            samples: defaults::SAMPLES,
             limit: None,
             three_d: false,
-            chunk: default_chunk(),
-            chunks_per_case: 0,
+            chunk: defaults::CHUNK,
+            chunks_per_case: defaults::CHUNKS_PER_CASE,
             labels: None,
             window: None,
-            holdout: 0,
+            holdout: defaults::HOLDOUT,
             checkpoint_blocks: false,
             precision: None,
         }

@@ -1,6 +1,6 @@
 //! `curves.png`: training loss and validation Dice against epochs.
 
-use crate::weights::checkpoint::write_atomically;
+use crate::io::atomic::write_atomically;
 use anyhow::{anyhow, Context, Result};
 use plotters::prelude::*;
 use std::path::Path;

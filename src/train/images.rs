@@ -6,7 +6,7 @@ use super::config::TrainConfig;
 use super::loss::{bce_with_logits, dice_ce};
 use super::optim::Adam;
 use super::phase::{mark, Phase};
-use super::run::{apply_loss, epoch_bar, mean_loss, report_bad, Step, TrainData};
+use super::step::{apply_loss, epoch_bar, mean_loss, report_bad, Step, TrainData};
 use crate::data::layout::{discover, Splits};
 use crate::data::sample::check_items;
 use crate::data::transform::Prepared;
@@ -111,7 +111,7 @@ impl TrainData for ImageData {
             bar.set_message(format!(
                 "loss {:.4} ({rate:.2} img/s){}",
                 sum / count as f64,
-                super::memory::peak_label(step.sam.device())
+                crate::runtime::memory::peak_label(step.sam.device())
             ));
             bar.inc(1);
         }

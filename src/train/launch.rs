@@ -100,7 +100,7 @@ impl Worker {
     pub fn device(&self) -> Result<Device> {
         #[cfg(feature = "cuda")]
         {
-            crate::runtime::cuda_device(self.local_rank)
+            crate::runtime::device::cuda_device(self.local_rank)
                 .with_context(|| format!("rank {}: GPU {}", self.rank, self.local_rank))
         }
         #[cfg(not(feature = "cuda"))]

@@ -9,12 +9,13 @@ pub mod launch;
 pub mod lock;
 pub mod loss;
 pub mod loss_scale;
-pub mod memory;
 #[cfg(feature = "cuda")]
 mod nccl;
 pub mod optim;
 pub mod parallel;
 pub mod phase;
 pub mod run;
+mod run_folder;
+mod step;
 pub mod tcp_group;
 mod volume;

@@ -7,7 +7,7 @@ use super::config::TrainConfig;
 use super::loss::dice_ce_by_class;
 use super::optim::Adam;
 use super::phase::{mark, Phase};
-use super::run::{apply_loss, epoch_bar, mean_loss, report_bad, Step, TrainData};
+use super::step::{apply_loss, epoch_bar, mean_loss, report_bad, Step, TrainData};
 use crate::data::chunks::{epoch_len, scan, ChunkSpec, PreparedChunk, VolumeItem};
 use crate::data::decathlon::{Decathlon, LabelMap, VolumeCase};
 use crate::data::synthetic::SplitMix;
@@ -34,6 +34,8 @@ pub(crate) struct VolumeData {
     class_names: Vec<String>,
     modality: Option<String>,
     intensity: Option<Intensity>,
+    /// How slices become 8-bit images, in words (the run folder's `intensity.txt`).
+    intensity_how: String,
     how: String,
 }
 
@@ -83,18 +85,7 @@ impl VolumeData {
         if items.is_empty() {
             bail!("{}: no usable training volumes", cfg.data.display());
         }
-        let intensity_how = match (&intensity, &ds.modality) {
-            (Some(i), _) => format!("{i:?} (--window)"),
-            (None, Some(m)) => format!(
-                "{:?} (modality `{m}` in dataset.json)",
-                Intensity::for_modality(m).0
-            ),
-            (None, None) => "chosen per volume from its values".to_string(),
-        };
-        crate::weights::checkpoint::write_atomically(
-            &cfg.out.join("intensity.txt"),
-            format!("{intensity_how}\n").as_bytes(),
-        )?;
+        let intensity_how = ds.intensity_how(intensity.as_ref());
         println!("volumes: intensity {intensity_how}");
         Ok(Self {
             class_names: ds.class_names(&labels, cfg.labels.is_some()),
@@ -105,6 +96,7 @@ impl VolumeData {
             labels,
             modality: ds.modality,
             intensity,
+            intensity_how,
             how,
         })
     }
@@ -169,6 +161,10 @@ impl TrainData for VolumeData {
         !self.val.is_empty()
     }
 
+    fn notes(&self) -> Vec<(&'static str, String)> {
+        vec![("intensity.txt", format!("{}\n", self.intensity_how))]
+    }
+
     fn train_epoch(&mut self, step: &Step, adam: &mut Adam, epoch: usize) -> Result<f64> {
         let d = self.cfg.chunk;
         let per_step = self.cfg.batch_size.max(1);
@@ -194,7 +190,7 @@ impl TrainData for VolumeData {
             bar.set_message(format!(
                 "loss {:.4} ({rate:.2} slices/s){}",
                 sum / count.max(1) as f64,
-                super::memory::peak_label(step.sam.device())
+                crate::runtime::memory::peak_label(step.sam.device())
             ));
             bar.inc(1);
             Ok(())

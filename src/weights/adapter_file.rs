@@ -121,7 +121,7 @@ pub fn check_base(
     if meta.preprocess.is_some_and(|p| p != cfg.preprocess) {
         bail!(
             "{} were trained with {:?} preprocessing, but the model is set to {:?}; \
-             check `preprocess` in --config",
+             check `preprocess` in --model-config",
             adapters.display(),
             meta.preprocess.unwrap_or_default(),
             cfg.preprocess

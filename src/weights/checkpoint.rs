@@ -1,5 +1,6 @@
 //! Reading published checkpoints: PyTorch `.pth` (zip pickle) and safetensors.
 
+use crate::io::atomic::write_atomically;
 use anyhow::{bail, Context, Result};
 use candle_core::{DType, Device, Tensor};
 use std::collections::BTreeMap;
@@ -181,42 +182,6 @@ pub fn save_safetensors(
     let bytes = safetensors::tensor::serialize(contiguous, metadata)
         .with_context(|| format!("cannot serialise {}", path.display()))?;
     write_atomically(path, &bytes)
-}
-
-/// `bytes` to `path` through `tmp_path(path)`, synced, renamed, the folder synced.
-pub fn write_atomically(path: &Path, bytes: &[u8]) -> Result<()> {
-    use std::io::Write;
-    let tmp = tmp_path(path);
-    let written = std::fs::File::create(&tmp).and_then(|mut f| {
-        f.write_all(bytes)?;
-        f.sync_all()
-    });
-    if let Err(e) = written {
-        let _ = std::fs::remove_file(&tmp);
-        bail!(
-            "cannot write {} ({e}); the previous {} is untouched",
-            tmp.display(),
-            path.display()
-        );
-    }
-    std::fs::rename(&tmp, path)
-        .with_context(|| format!("cannot rename {} to {}", tmp.display(), path.display()))?;
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        // Makes the rename itself durable; a folder that cannot be opened is no error.
-        if let Ok(d) = std::fs::File::open(dir) {
-            let _ = d.sync_all();
-        }
-    }
-    Ok(())
-}
-
-/// `dir/.name.tmp`, beside the final file so that the rename stays on one filesystem.
-pub fn tmp_path(path: &Path) -> PathBuf {
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().to_string())
-        .unwrap_or_else(|| "out".into());
-    path.with_file_name(format!(".{name}.tmp"))
 }
 
 /// `msa convert`: any readable checkpoint to safetensors with the same keys and dtypes.

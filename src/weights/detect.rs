@@ -57,7 +57,7 @@ pub fn detect_preset(ckpt: &Checkpoint) -> Result<(String, SamConfig)> {
     }
     bail!(
         "{}: ViT encoder with embed_dim {embed_dim} and depth {depth} matches no preset \
-         (vit_b 768/12, vit_l 1024/24, vit_h 1280/32); describe it with --config FILE",
+         (vit_b 768/12, vit_l 1024/24, vit_h 1280/32); describe it with --model-config FILE",
         ckpt.display()
     )
 }
@@ -66,7 +66,7 @@ pub fn detect_preset(ckpt: &Checkpoint) -> Result<(String, SamConfig)> {
 fn dim(ckpt: &Checkpoint, key: &str, i: usize) -> Result<usize> {
     let Some(t) = ckpt.tensors.get(key) else {
         bail!(
-            "{}: no `{key}`; describe the architecture with --config FILE",
+            "{}: no `{key}`; describe the architecture with --model-config FILE",
             ckpt.display()
         );
     };

@@ -20,7 +20,8 @@ pub mod registry;
 pub use crate::params::{Init, Params, Resize, Source};
 pub use checkpoint::{convert, save_safetensors, Checkpoint};
 
-use crate::model::{AdapterConfig, Sam, SamConfig};
+use crate::model::precision::Precision;
+use crate::model::{AdapterConfig, AttentionKernel, ModelOptions, Sam, SamConfig};
 use anyhow::{bail, Context, Result};
 use candle_core::Device;
 use std::collections::BTreeMap;
@@ -69,8 +70,62 @@ pub struct LoadOptions<'a> {
     pub seed: u64,
     /// The dtype of the frozen image encoder (`--precision`); None: f32.
     pub encoder_dtype: Option<candle_core::DType>,
-    /// Attention on `kernels::flash_attention`; None: as `MSA_FLASH_ATTENTION` says.
+    /// Attention on `kernels::attention::flash`; None: as `MSA_FLASH_ATTENTION` says.
     pub flash_attention: Option<bool>,
+}
+
+/// What every command that loads a model reads from its flags: an architecture JSON
+/// (`--model-config`) and the encoder's precision, checked against the device.
+pub struct ModelFlags {
+    pub config: Option<SamConfig>,
+    pub precision: Precision,
+}
+
+impl ModelFlags {
+    /// `precision` None: the device's default (`Precision::resolve`).
+    pub fn read(
+        model_config: Option<&Path>,
+        precision: Option<Precision>,
+        device: &Device,
+    ) -> Result<Self> {
+        Ok(Self {
+            config: model_config.map(SamConfig::from_json_file).transpose()?,
+            precision: Precision::resolve(precision, device)?,
+        })
+    }
+
+    /// Load options with this architecture and precision, the rest default.
+    pub fn load_options(&self) -> LoadOptions<'_> {
+        LoadOptions {
+            config: self.config.as_ref(),
+            encoder_dtype: Some(self.precision.dtype()),
+            ..Default::default()
+        }
+    }
+}
+
+impl LoadOptions<'_> {
+    /// The precision the encoder computes in.
+    pub fn precision(&self) -> Precision {
+        Precision::of(self.encoder_dtype)
+    }
+
+    /// How the model's layers compute: the encoder's dtype, and the attention kernel asked
+    /// for, else the one the environment names.
+    pub fn model_options(&self) -> ModelOptions {
+        let mut model = ModelOptions::default();
+        if let Some(dtype) = self.encoder_dtype {
+            model.encoder_dtype = dtype;
+        }
+        match self.flash_attention {
+            Some(true) => model.attention = AttentionKernel::Flash,
+            Some(false) if model.attention == AttentionKernel::Flash => {
+                model.attention = AttentionKernel::Standard
+            }
+            _ => {}
+        }
+        model
+    }
 }
 
 /// Loads SAM from `path`. Without `config` the preset is detected from the shapes;
@@ -126,13 +181,8 @@ pub fn load_model(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Lo
     } else {
         Params::with_options(Source::from(ckpt), device, opts.train, opts.seed)
     };
-    if let Some(on) = opts.flash_attention {
-        params.set_flash_attention(on);
-    }
-    if let Some(dtype) = opts.encoder_dtype {
-        params.set_encoder_dtype(dtype);
-    }
-    let sam = Sam::load_adapted(&params, &cfg, &ad).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let sam = Sam::load_with(&params, &cfg, &ad, &opts.model_options())
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     check_unused(&params, path, &preset)?;
     let trainables = params.trainables();
     // Parameters only, as PyTorch counts them: buffers (BatchNorm statistics, the prompt
@@ -187,7 +237,7 @@ fn check_unused(params: &Params, path: &Path, preset: &str) -> Result<()> {
         .collect();
     bail!(
         "{}: {} key(s) are not part of the {preset} architecture with these adapters, e.g. {}; \
-         is --config right for this file?",
+         is --model-config right for this file?",
         path.display(),
         unexpected.len(),
         shown.join(", ")

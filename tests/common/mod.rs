@@ -26,7 +26,7 @@ pub fn device() -> Device {
 
 #[cfg(feature = "cuda")]
 fn cuda_device() -> Device {
-    msa::runtime::cuda_device(0).expect("MSA_TEST_DEVICE=cuda needs a GPU")
+    msa::runtime::device::cuda_device(0).expect("MSA_TEST_DEVICE=cuda needs a GPU")
 }
 
 #[cfg(not(feature = "cuda"))]

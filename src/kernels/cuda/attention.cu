@@ -1,5 +1,5 @@
 // Attention softmax(q k^T) v without the attention matrix, for the CUDA build
-// (kernels::attention_cuda). q is (BH, NQ, D), k (BH, NK, D), v (BH, NK, HD) and out
+// (kernels::attention::flash_cuda). q is (BH, NQ, D), k (BH, NK, D), v (BH, NK, HD) and out
 // (BH, NQ, HD), all f32 and contiguous. SAM's relative-position bias arrives folded into q and k as extra columns
 // (model::rel_pos_columns), so no scale or bias is applied here.
 //
@@ -7,11 +7,11 @@
 // Keys (or queries) stream through shared memory a tile at a time, and the softmax is
 // accumulated online (running maximum and sum), so memory grows with NQ + NK, never with
 // NQ x NK. The backward pass recomputes the probabilities from q, k and the row's
-// log-sum-exp. kernels::flash_attention runs the same loops on the CPU, where tests check
+// log-sum-exp. kernels::attention::flash runs the same loops on the CPU, where tests check
 // them against candle's composed ops.
 
-// The launcher (kernels::attention_cuda) prepends MSA_MAX_D and MSA_MAX_HD, the row widths
-// that kernels::flash_attention admits.
+// The launcher (kernels::attention::flash_cuda) prepends MSA_MAX_D and MSA_MAX_HD, the row widths
+// that kernels::attention::flash admits.
 #define ROWS 64
 #define TILE 32
 #define MAX_D MSA_MAX_D

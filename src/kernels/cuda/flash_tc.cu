@@ -2,7 +2,7 @@
 // softmax(scale q kᵀ + bias) v without the attention matrix, for q, k, v and out of shape
 // (BH, N, D) in bf16 or f16 (contiguous; D = 16, 32 or 64), with products on WMMA fragments
 // and softmax
-// statistics, accumulators and gradients in f32 (kernels::flash_tc launches it).
+// statistics, accumulators and gradients in f32 (kernels::attention::tensor_cores launches it).
 //
 // SAM's decomposed relative-position bias arrives as per-query terms `rel` (BH, N, GH + GW)
 // in the same dtype: a query's GH row terms, then its GW column terms

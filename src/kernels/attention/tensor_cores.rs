@@ -6,24 +6,30 @@
 //! and the tables.
 //!
 //! The four inputs travel as one packed tensor, so that the op has one operand and a
-//! backward pass of its own (`own_backward::with_backward`). The forward pass runs two
+//! backward pass of its own (`backward_op::with_backward`). The forward pass runs two
 //! kernels (each query's log-sum-exp, then the output); the backward pass three (the rows'
 //! delta, then dq with the bias gradient, and dk with dv).
 //!
 //! Off by default until the kernels have passed the parity tests on a GPU:
-//! `MSA_FUSED_ATTENTION=1` turns them on. tests/flash_tc_emulated.rs checks the kernel
+//! `MSA_TENSOR_CORE_ATTENTION=1` turns them on (`MSA_FUSED_ATTENTION=1`, its first name,
+//! too). tests/flash_tc_emulated.rs checks the kernel
 //! source on the CPU.
 
-use crate::model::own_backward::with_backward;
+use crate::kernels::backward_op::with_backward;
 use candle_core::{CustomOp1, CustomOp2, CustomOp3, DType, Layout, Result, Shape, Tensor};
 
 /// The head widths the kernels are compiled for.
 pub const HEAD_DIMS: [usize; 3] = [16, 32, 64];
 
-/// Whether `MSA_FUSED_ATTENTION=1` asks for the kernels.
+/// Whether `MSA_TENSOR_CORE_ATTENTION=1` (or its first name `MSA_FUSED_ATTENTION=1`) asks
+/// for the kernels.
 pub fn enabled() -> bool {
     static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
-    *ON.get_or_init(|| std::env::var("MSA_FUSED_ATTENTION").is_ok_and(|v| v == "1"))
+    *ON.get_or_init(|| {
+        ["MSA_TENSOR_CORE_ATTENTION", "MSA_FUSED_ATTENTION"]
+            .iter()
+            .any(|name| std::env::var(name).is_ok_and(|v| v == "1"))
+    })
 }
 
 /// Whether attention over heads of `head_dim` on tensors like `t` can take the op: on a GPU,
@@ -166,7 +172,7 @@ fn pack(
     };
     if !HEAD_DIMS.contains(&hd) || n != h * w || k.dims() != q.dims() || v.dims() != q.dims() {
         candle_core::bail!(
-            "fused attention takes q, k, v of shape (BH, {h} x {w}, D) with D in {HEAD_DIMS:?}, got {:?}, {:?}, {:?}",
+            "tensor-core attention takes q, k, v of shape (BH, {h} x {w}, D) with D in {HEAD_DIMS:?}, got {:?}, {:?}, {:?}",
             q.dims(),
             k.dims(),
             v.dims()
@@ -175,7 +181,7 @@ fn pack(
     if let Some(r) = rel {
         if r.dims() != [bh, n, h + w] {
             candle_core::bail!(
-                "fused attention takes bias terms of shape ({bh}, {n}, {}), got {:?}",
+                "tensor-core attention takes bias terms of shape ({bh}, {n}, {}), got {:?}",
                 h + w,
                 r.dims()
             );
@@ -501,13 +507,13 @@ mod cuda {
     ) -> Result<CudaFunction> {
         if shared > MAX_SHARED {
             candle_core::bail!(
-                "fused attention: {name} needs {shared} bytes of shared memory, more than {MAX_SHARED}"
+                "tensor-core attention: {name} needs {shared} bytes of shared memory, more than {MAX_SHARED}"
             );
         }
         let suffix = match t {
             DType::BF16 => "bf16",
             DType::F16 => "f16",
-            other => candle_core::bail!("fused attention takes bf16 or f16, not {other:?}"),
+            other => candle_core::bail!("tensor-core attention takes bf16 or f16, not {other:?}"),
         };
         let f = dev
             .get_or_load_custom_func(&format!("{name}_{suffix}_d{d}"), MODULE, PTX)?
@@ -539,7 +545,7 @@ mod cuda {
         l: &Layout,
     ) -> Result<CudaView<'a, T>> {
         let (a, b) = l.contiguous_offsets().ok_or_else(|| {
-            candle_core::Error::Msg("fused attention needs contiguous inputs".into())
+            candle_core::Error::Msg("tensor-core attention needs contiguous inputs".into())
         })?;
         Ok(s.as_cuda_slice::<T>()?.slice(a..b))
     }
@@ -557,7 +563,7 @@ mod cuda {
             let all = view::<T>(s, l)?;
             if all.len() != dm.packed_len() {
                 candle_core::bail!(
-                    "fused attention: packed input of {} values, expected {}",
+                    "tensor-core attention: packed input of {} values, expected {}",
                     all.len(),
                     dm.packed_len()
                 );
@@ -592,7 +598,7 @@ mod cuda {
         match s.dtype() {
             DType::BF16 => lse_typed::<half::bf16>(s, l, dm),
             DType::F16 => lse_typed::<half::f16>(s, l, dm),
-            other => candle_core::bail!("fused attention takes bf16 or f16, not {other:?}"),
+            other => candle_core::bail!("tensor-core attention takes bf16 or f16, not {other:?}"),
         }
     }
 
@@ -628,7 +634,7 @@ mod cuda {
         match s.dtype() {
             DType::BF16 => out_typed::<half::bf16>(s, l, lse, ll, dm),
             DType::F16 => out_typed::<half::f16>(s, l, lse, ll, dm),
-            other => candle_core::bail!("fused attention takes bf16 or f16, not {other:?}"),
+            other => candle_core::bail!("tensor-core attention takes bf16 or f16, not {other:?}"),
         }
     }
 
@@ -672,13 +678,13 @@ mod cuda {
     ) -> Result<CudaStorage> {
         let (lse_s, lse_l) = lse.storage_and_layout();
         let candle_core::Storage::Cuda(lse_s) = &*lse_s else {
-            candle_core::bail!("fused attention: the log-sum-exp is not on the GPU");
+            candle_core::bail!("tensor-core attention: the log-sum-exp is not on the GPU");
         };
         let lse = view::<f32>(lse_s, lse_l)?;
         match s.dtype() {
             DType::BF16 => backward_typed::<half::bf16>((s, l), (o, lo), (d, ld), &lse, dm),
             DType::F16 => backward_typed::<half::f16>((s, l), (o, lo), (d, ld), &lse, dm),
-            other => candle_core::bail!("fused attention takes bf16 or f16, not {other:?}"),
+            other => candle_core::bail!("tensor-core attention takes bf16 or f16, not {other:?}"),
         }
     }
 

@@ -1,14 +1,14 @@
-//! The CUDA launches behind `kernels::flash_attention` (`cuda/attention.cu`): the forward
+//! The CUDA launches behind `kernels::attention::flash` (`cuda/attention.cu`): the forward
 //! kernel, and the backward's delta, dq and dk/dv kernels. The source is compiled with
 //! NVRTC on first use.
 
-use super::flash_attention::{Dims, MAX_D, MAX_HD};
+use super::flash_dims::{Dims, MAX_D, MAX_HD};
 use candle_core::backend::BackendStorage;
 use candle_core::cuda_backend::cudarc::driver::{LaunchConfig, PushKernelArg};
 use candle_core::cuda_backend::{CudaDevice, CudaStorage, WrapErr};
 use candle_core::{Layout, Result, Tensor};
 
-const SOURCE: &str = include_str!("cuda/attention.cu");
+const SOURCE: &str = include_str!("../cuda/attention.cu");
 const MODULE: &str = "msa_attention";
 const ROWS: u32 = 64;
 const TILE: usize = 32;
@@ -32,7 +32,7 @@ fn ptx() -> Result<String> {
 fn slice<'a>(s: &'a CudaStorage, l: &Layout) -> Result<View<'a>> {
     let (a, b) = l
         .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("fused attention needs contiguous inputs".into()))?;
+        .ok_or_else(|| candle_core::Error::Msg("flash attention needs contiguous inputs".into()))?;
     Ok(s.as_cuda_slice::<f32>()?.slice(a..b))
 }
 

@@ -1,5 +1,5 @@
 //! Fused multi-head attention with decomposed relative-position bias on CPU: inference, and
-//! the forward pass of the training op in `attention_grad`.
+//! the forward pass of the training op in `attention::cpu_backward`.
 //!
 //! Works on the qkv projection as it comes out of the Linear layer, (B, N, 3, heads, hd)
 //! token-major, and writes (B, N, heads*hd), the layout `proj` takes. Each task handles a
@@ -7,7 +7,7 @@
 //! bias and softmax in place, and are multiplied by V right away, so the N x N logits of
 //! a head never exist in memory at once.
 
-use super::simd::{dot_body, softmax_row_body};
+use crate::kernels::simd::{dot_body, softmax_row_body};
 use gemm::{gemm, Parallelism};
 use rayon::prelude::*;
 
@@ -226,7 +226,7 @@ fn attention_few_keys(q: Operand, k: Operand, v: Operand, d: Dims, scale: f32) -
                         bi,
                         r0: t * rows_per_chunk,
                     };
-                    super::simd::with_avx2!(few_keys_rows_avx2, few_keys_rows, &task, out)
+                    crate::kernels::simd::with_avx2!(few_keys_rows_avx2, few_keys_rows, &task, out)
                 })
         });
     out
@@ -287,7 +287,7 @@ fn few_keys_rows(task: &FewKeys, out: &mut [f32]) {
             let mut sum = 0.0;
             for (j, l) in l.iter_mut().enumerate() {
                 *l = if j < nk {
-                    super::simd::exp_approx(*l * task.scale - max)
+                    crate::kernels::simd::exp_approx(*l * task.scale - max)
                 } else {
                     0.0
                 };
@@ -317,7 +317,7 @@ pub(crate) struct RowCtx<'a> {
 
 /// Relative-position bias and softmax for every row of a logits block.
 pub(crate) fn finish_rows(logits: &mut [f32], r0: usize, ctx: &RowCtx, bias: &mut [f32]) {
-    super::simd::with_avx2!(finish_rows_avx2, finish_rows_body, logits, r0, ctx, bias)
+    crate::kernels::simd::with_avx2!(finish_rows_avx2, finish_rows_body, logits, r0, ctx, bias)
 }
 
 #[cfg(target_arch = "x86_64")]

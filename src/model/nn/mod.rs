@@ -1,8 +1,16 @@
-//! Small building blocks shared by the three SAM parts.
-//!
-//! Fast fused kernels are used when nothing needs a gradient; when autograd tracks the
-//! input, the same maths is written with differentiable primitive ops instead (candle's
-//! fused layer-norm and softmax have no backward).
+//! The layers SAM's three parts are made of. A layer decides which backend computes it:
+//! on the CPU in f32 our own kernels (`kernels`), for inference and training alike; where
+//! a gradient is needed elsewhere (GPUs, other dtypes), one op with its own backward pass
+//! for frozen weights (`own_backward`); candle's composed ops otherwise. The model files
+//! call the layers and read like MSA-SPEC.
+
+mod attention;
+mod conv;
+mod feed_forward;
+
+pub use attention::{BiasedAttention, MultiHeadAttention};
+pub use conv::{Conv3x3, DepthwiseConv};
+pub use feed_forward::FeedForward;
 
 use super::own_backward;
 use crate::kernels::{with_opt_slice, with_slice};
@@ -118,24 +126,6 @@ impl Linear {
         let mut ts = vec![&self.weight];
         ts.extend(self.bias.iter());
         needs_grad(&ts)
-    }
-
-    /// fc2(act(fc1(x))) by `own_backward::mlp` where it applies: off the CPU's f32 kernels, on an
-    /// input that needs a gradient, through two frozen layers.
-    pub fn frozen_pair(
-        x: &Tensor,
-        fc1: &Linear,
-        fc2: &Linear,
-        act: own_backward::Activation,
-    ) -> Result<Option<Tensor>> {
-        if is_cpu_f32(x) || !needs_grad(&[x]) || fc1.trains() || fc2.trains() {
-            return Ok(None);
-        }
-        let (l1, l2) = (
-            (&fc1.weight, fc1.bias.as_ref()),
-            (&fc2.weight, fc2.bias.as_ref()),
-        );
-        own_backward::mlp(x, l1, l2, act).map(Some)
     }
 
     pub fn out_dim(&self) -> usize {

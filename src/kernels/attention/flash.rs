@@ -4,7 +4,7 @@
 //! (`model::rel_pos_columns`) and the scale is folded into q, so no bias or scale is
 //! applied here.
 //!
-//! On CUDA the kernels of `cuda/attention.cu` run (`kernels::attention_cuda`). On the CPU
+//! On CUDA the kernels of `cuda/attention.cu` run (`kernels::attention::flash_cuda`). On the CPU
 //! the same loops run here, one row at a time: the running maximum and sum of the online
 //! softmax in the forward pass, and the probabilities recomputed from each query row's
 //! log-sum-exp in the backward pass. The CPU form is what tests check against candle's
@@ -12,18 +12,12 @@
 //! threads. A model takes this op when loaded with it (`Params::set_flash_attention`,
 //! `LoadOptions::flash_attention`; default `MSA_FLASH_ATTENTION=1`). It stays an opt-in: the
 //! CUDA kernels pass the parity tests on an H200, but take 5x the time of candle's attention
-//! (one thread per row, no tensor cores). On the CPU it is slower than `attention_cpu`, and
+//! (one thread per row, no tensor cores). On the CPU it is slower than `attention::cpu`, and
 //! serves checks.
 
+use super::flash_dims::Dims;
 use candle_core::{CpuStorage, CustomOp3, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
-
-/// The widest q/k rows (`MAX_D`) and v rows (`MAX_HD`) the CUDA kernels hold per thread,
-/// and the widest pair together: a tile of 32 q or k rows, 32 v rows and 64 row statistics
-/// fills at most the 48 KiB of shared memory a block gets by default.
-pub const MAX_D: usize = 256;
-pub const MAX_HD: usize = 128;
-pub const MAX_D_PLUS_HD: usize = 48 * 1024 / (32 * 4) - 2;
 
 /// Whether the model's attention takes this op (`MSA_FLASH_ATTENTION=1`).
 pub fn enabled() -> bool {
@@ -40,47 +34,10 @@ pub(crate) struct FlashAttentionBackward {
     pub dout: Tensor,
 }
 
-#[derive(Debug, Clone, Copy)]
-pub(crate) struct Dims {
-    pub bh: usize,
-    pub nq: usize,
-    pub nk: usize,
-    pub d: usize,
-    pub hd: usize,
-}
-
-impl Dims {
-    pub fn of(lq: &Layout, lk: &Layout, lv: &Layout) -> Result<Self> {
-        let (bh, nq, d) = lq.shape().dims3()?;
-        let (bk, nk, dk) = lk.shape().dims3()?;
-        let (bv, nv, hd) = lv.shape().dims3()?;
-        if (bk, dk) != (bh, d) || (bv, nv) != (bh, nk) {
-            candle_core::bail!(
-                "fused attention: q {:?}, k {:?} and v {:?} do not fit (BH, NQ, D), (BH, NK, D), (BH, NK, HD)",
-                lq.dims(),
-                lk.dims(),
-                lv.dims()
-            );
-        }
-        if d > MAX_D || hd > MAX_HD || d + hd > MAX_D_PLUS_HD {
-            candle_core::bail!(
-                "fused attention takes rows up to {MAX_D} (q, k) and {MAX_HD} (v) wide, \
-                 {MAX_D_PLUS_HD} together, not {d} and {hd}"
-            );
-        }
-        Ok(Self { bh, nq, nk, d, hd })
-    }
-
-    /// The length of the flat (dq, dk, dv) buffer.
-    pub fn grads_len(&self) -> usize {
-        self.bh * (self.nq * self.d + self.nk * (self.d + self.hd))
-    }
-}
-
 fn cpu_slice<'a>(s: &'a CpuStorage, l: &Layout) -> Result<&'a [f32]> {
     let (a, b) = l
         .contiguous_offsets()
-        .ok_or_else(|| candle_core::Error::Msg("fused attention needs contiguous inputs".into()))?;
+        .ok_or_else(|| candle_core::Error::Msg("flash attention needs contiguous inputs".into()))?;
     Ok(&s.as_slice::<f32>()?[a..b])
 }
 
@@ -193,7 +150,7 @@ impl CustomOp3 for FlashAttention {
         lv: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let dm = Dims::of(lq, lk, lv)?;
-        let out = super::attention_cuda::forward_storage(q, lq, k, lk, v, lv, dm)?;
+        let out = super::flash_cuda::forward_storage(q, lq, k, lk, v, lv, dm)?;
         Ok((out, Shape::from((dm.bh, dm.nq, dm.hd))))
     }
 
@@ -262,7 +219,7 @@ impl CustomOp3 for FlashAttentionBackward {
         lv: &Layout,
     ) -> Result<(candle_core::CudaStorage, Shape)> {
         let dm = Dims::of(lq, lk, lv)?;
-        let grads = super::attention_cuda::backward_storage(q, lq, k, lk, v, lv, &self.dout, dm)?;
+        let grads = super::flash_cuda::backward_storage(q, lq, k, lk, v, lv, &self.dout, dm)?;
         Ok((grads, Shape::from(dm.grads_len())))
     }
 }

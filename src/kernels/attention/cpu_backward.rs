@@ -1,23 +1,23 @@
 //! Attention with decomposed relative-position bias as one differentiable CPU op.
 //!
-//! The forward pass is the inference kernel of `attention_cpu` and keeps nothing but its
+//! The forward pass is the inference kernel of `attention::cpu` and keeps nothing but its
 //! input (the qkv projection) and output. The backward pass recomputes the probabilities a
 //! block of query rows at a time, so neither the N x N probabilities nor any of the q/k/v
 //! copies, permutes and bias tensors of the composed version are ever stored: at 1024 px a
 //! global block would otherwise keep 12 x 4096² floats (805 MB) for the backward pass.
-//! `FusedAttention` takes frozen relative-position tables; `FusedAttentionTables` takes them
+//! `CpuAttention` takes frozen relative-position tables; `CpuAttentionTables` takes them
 //! as inputs and returns their gradients too (full fine-tuning).
 
-use super::attention_cpu::{
+use super::cpu::{
     attention, attention_general, finish_rows, Bias, Dims, Operand, RelTables, RowCtx, SharedOut,
     ROW_BLOCK,
 };
-use super::{gemm_into, grad_like, storage_slice, with_slice, Mat};
+use crate::kernels::{gemm_into, grad_like, storage_slice, with_slice, Mat};
 use candle_core::{CpuStorage, CustomOp1, CustomOp3, Layout, Result, Shape, Tensor};
 
 /// softmax(scale q kᵀ + bias) v over every head; input (B, H, W, 3C) (or (B, H*W, 3C)) as
 /// the qkv Linear gives it, output of the same shape with C channels.
-pub struct FusedAttention {
+pub struct CpuAttention {
     pub grid: (usize, usize),
     pub heads: usize,
     pub head_dim: usize,
@@ -26,7 +26,7 @@ pub struct FusedAttention {
     pub rel: Option<(Vec<f32>, Vec<f32>)>,
 }
 
-impl FusedAttention {
+impl CpuAttention {
     fn tables(&self) -> Option<RelTables<'_>> {
         self.rel.as_ref().map(|(rh, rw)| RelTables { rh, rw })
     }
@@ -49,20 +49,20 @@ impl FusedAttention {
         let per_item = self.grid.0 * self.grid.1 * 3 * self.heads * self.head_dim;
         if per_item == 0 || !elems.is_multiple_of(per_item) {
             candle_core::bail!(
-                "fused attention: {elems} qkv values are not a multiple of H*W*3C = {per_item}"
+                "CPU attention: {elems} qkv values are not a multiple of H*W*3C = {per_item}"
             );
         }
         Ok(elems / per_item)
     }
 }
 
-impl CustomOp1 for FusedAttention {
+impl CustomOp1 for CpuAttention {
     fn name(&self) -> &'static str {
-        "msa-fused-attention"
+        "msa-cpu-attention"
     }
 
     fn cpu_fwd(&self, storage: &CpuStorage, layout: &Layout) -> Result<(CpuStorage, Shape)> {
-        let qkv = storage_slice(storage, layout, "fused attention")?;
+        let qkv = storage_slice(storage, layout, "CPU attention")?;
         let b = self.batch(qkv.len())?;
         let out = attention(
             qkv,
@@ -92,27 +92,27 @@ impl CustomOp1 for FusedAttention {
     }
 }
 
-/// `FusedAttention` with trainable relative-position tables: the gathered tables Rh
+/// `CpuAttention` with trainable relative-position tables: the gathered tables Rh
 /// (H, H, hd) and Rw (W, W, hd) are the op's second and third inputs and get gradients.
-pub struct FusedAttentionTables {
+pub struct CpuAttentionTables {
     pub grid: (usize, usize),
     pub heads: usize,
     pub head_dim: usize,
     pub scale: f32,
 }
 
-impl FusedAttentionTables {
-    fn with_tables(&self, rh: &[f32], rw: &[f32]) -> Result<FusedAttention> {
+impl CpuAttentionTables {
+    fn with_tables(&self, rh: &[f32], rw: &[f32]) -> Result<CpuAttention> {
         let (h, w) = self.grid;
         let hd = self.head_dim;
         if rh.len() != h * h * hd || rw.len() != w * w * hd {
             candle_core::bail!(
-                "fused attention: tables of {} and {} values, expected ({h}, {h}, {hd}) and ({w}, {w}, {hd})",
+                "CPU attention: tables of {} and {} values, expected ({h}, {h}, {hd}) and ({w}, {w}, {hd})",
                 rh.len(),
                 rw.len()
             );
         }
-        Ok(FusedAttention {
+        Ok(CpuAttention {
             grid: self.grid,
             heads: self.heads,
             head_dim: hd,
@@ -122,9 +122,9 @@ impl FusedAttentionTables {
     }
 }
 
-impl CustomOp3 for FusedAttentionTables {
+impl CustomOp3 for CpuAttentionTables {
     fn name(&self) -> &'static str {
-        "msa-fused-attention-tables"
+        "msa-cpu-attention-tables"
     }
 
     fn cpu_fwd(
@@ -136,8 +136,8 @@ impl CustomOp3 for FusedAttentionTables {
         s3: &CpuStorage,
         l3: &Layout,
     ) -> Result<(CpuStorage, Shape)> {
-        let rh = storage_slice(s2, l2, "fused attention")?;
-        let rw = storage_slice(s3, l3, "fused attention")?;
+        let rh = storage_slice(s2, l2, "CPU attention")?;
+        let rw = storage_slice(s3, l3, "CPU attention")?;
         self.with_tables(rh, rw)?.cpu_fwd(s1, l1)
     }
 
@@ -232,7 +232,7 @@ pub(crate) fn attention_backward(qkv: &[f32], dout: &[f32], b: usize, op: &Spec)
     let rel_grads = op.rel_grads && op.rel.is_some();
     let table_grads = op.table_grads && op.table.is_some();
     let bias = op.bias();
-    let sums = super::ordered_reduce(
+    let sums = crate::kernels::ordered_reduce(
         b * heads,
         1,
         || {
@@ -461,7 +461,7 @@ struct GradRows<'a> {
 /// dq_i = Σ_ky (Σ_kx dS) Rh[qy, ky] + Σ_kx (Σ_ky dS) Rw[qx, kx] (zero without bias);
 /// with trainable tables also dRh[qy, ky] += (Σ_kx dS) q_i and dRw[qx, kx] += (Σ_ky dS) q_i.
 fn softmax_grad_rows(rows: GradRows, ctx: &RowCtx) {
-    super::simd::with_avx2!(softmax_grad_rows_avx2, softmax_grad_rows_body, rows, ctx)
+    crate::kernels::simd::with_avx2!(softmax_grad_rows_avx2, softmax_grad_rows_body, rows, ctx)
 }
 
 #[cfg(target_arch = "x86_64")]
@@ -486,7 +486,7 @@ fn softmax_grad_rows_body(rows: GradRows, ctx: &RowCtx) {
     let (h, w) = ctx.hw;
     let rows = p.chunks_exact(n).zip(ds.chunks_exact_mut(n));
     for (r, ((prow, drow), dq_row)) in rows.zip(dq.chunks_exact_mut(hd)).enumerate() {
-        let dot = super::simd::dot_body(prow, drow);
+        let dot = crate::kernels::simd::dot_body(prow, drow);
         for (d, &pv) in drow.iter_mut().zip(prow) {
             *d = pv * (*d - dot);
         }
@@ -504,7 +504,7 @@ fn softmax_grad_rows_body(rows: GradRows, ctx: &RowCtx) {
         let tables = !drh.is_empty();
         col_sums.fill(0.0);
         for (ky, seg) in drow.chunks_exact(w).enumerate() {
-            let row_sum = super::simd::lanes_sum(seg);
+            let row_sum = crate::kernels::simd::lanes_sum(seg);
             let at = (qy * h + ky) * hd..(qy * h + ky + 1) * hd;
             axpy(dq_row, row_sum, &t.rh[at.clone()]);
             if tables {
@@ -534,7 +534,7 @@ fn axpy(y: &mut [f32], a: f32, x: &[f32]) {
 /// TinyViT's attention as one differentiable CPU op: softmax(scale q kᵀ + bias) v over the
 /// N tokens of every item, with q, k, v laid out per head as TinyViT's qkv Linear gives
 /// them. Inputs: qkv (B, N, 3C) and the gathered bias table (heads, N, N); output
-/// (B, N, C). The backward pass recomputes the probabilities, as `FusedAttention` does.
+/// (B, N, C). The backward pass recomputes the probabilities, as `CpuAttention` does.
 pub struct TableAttention {
     pub heads: usize,
     pub head_dim: usize,

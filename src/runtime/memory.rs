@@ -2,7 +2,7 @@
 //! process's peak resident set. On a GPU it is the device memory in use (cuMemGetInfo:
 //! total minus free, so the CUDA context and anything else on the card count too), sampled
 //! after every forward and backward pass (`sample`), where a training step peaks. The memory
-//! pool keeps what is freed (`runtime::cuda_device`), so that figure is the pool's high
+//! pool keeps what is freed (`runtime::device::cuda_device`), so that figure is the pool's high
 //! water mark, as nvidia-smi shows it. What the allocations themselves hold, now and at
 //! their peak, comes from the pool's own counters (`trace`, `peak_allocated_mib`).
 
@@ -102,7 +102,7 @@ fn pool_bytes(
     attr: candle_core::cuda_backend::cudarc::driver::sys::CUmemPool_attribute,
 ) -> Option<u64> {
     use candle_core::cuda_backend::cudarc::driver::sys;
-    let pool = crate::runtime::default_pool(cuda).ok()?;
+    let pool = super::device::default_pool(cuda).ok()?;
     let mut bytes = 0u64;
     // SAFETY: the pool is the device's, and the byte counters are u64.
     unsafe { sys::cuMemPoolGetAttribute(pool, attr, (&mut bytes as *mut u64).cast()) }
@@ -111,7 +111,8 @@ fn pool_bytes(
     Some(bytes)
 }
 
-fn peak_rss_mib() -> Option<f64> {
+/// The process's peak resident set so far, in MiB (on Linux the same figure as VmHWM).
+pub fn peak_rss_mib() -> Option<f64> {
     // SAFETY: getrusage fills the struct it is given and reads nothing else.
     let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
     let ok = unsafe { libc::getrusage(libc::RUSAGE_SELF, &mut usage) } == 0;

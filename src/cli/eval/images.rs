@@ -1,0 +1,117 @@
+//! `msa eval` on 2D images: a folder or another 2D layout, prompts drawn from the ground
+//! truth (seeded) or given per case in a JSON file.
+
+use super::{Cases, EvalArgs};
+use crate::data::layout::{discover, Item, Splits};
+use crate::data::prompts::PromptKind;
+use crate::eval::evaluate::{evaluate, CaseResult, PromptSource, Summary};
+use crate::io::prompt::UserPrompt;
+use crate::model::Sam;
+use anyhow::{bail, Context, Result};
+use indicatif::ProgressBar;
+use std::collections::BTreeMap;
+use std::path::Path;
+
+pub(super) struct Images {
+    splits: Splits,
+    items: Vec<Item>,
+    source: PromptSource,
+}
+
+impl Images {
+    pub fn open(args: &EvalArgs) -> Result<Self> {
+        let splits = discover(args.dataset, &args.data, args.seed, 0.2)?;
+        let items = splits.eval_items();
+        if items.is_empty() {
+            bail!("{}: no cases to evaluate", args.data.display());
+        }
+        Ok(Self {
+            source: prompt_source(&args.prompt, args.seed)?,
+            splits,
+            items,
+        })
+    }
+}
+
+impl Cases for Images {
+    fn len(&self) -> usize {
+        self.items.len()
+    }
+
+    fn unit(&self) -> &'static str {
+        ""
+    }
+
+    fn evaluate(&self, sam: &Sam, args: &EvalArgs, bar: &ProgressBar) -> Result<Vec<CaseResult>> {
+        let overlays = args.out.join("overlays");
+        evaluate(
+            sam,
+            &self.items,
+            &self.splits.classes,
+            &self.source,
+            Some((&overlays, args.overlays)),
+            None,
+            |n| bar.set_position(n as u64),
+        )
+    }
+
+    fn print_summary(&self, summary: &Summary, args: &EvalArgs) {
+        println!(
+            "{} cases: Dice {:.4} ± {:.4}, IoU {:.4} ± {:.4}, HD95 {:.2} ± {:.2} px ({} undefined)",
+            summary.n_cases,
+            summary.dice.mean,
+            summary.dice.std,
+            summary.iou.mean,
+            summary.iou.std,
+            summary.hd95.mean,
+            summary.hd95.std,
+            summary.hd95_missing
+        );
+        println!("wrote {}", args.out.display());
+    }
+}
+
+#[derive(serde::Deserialize)]
+struct PromptEntry {
+    #[serde(default)]
+    points: Vec<[f32; 3]>,
+    #[serde(default, rename = "box")]
+    bbox: Option<[f32; 4]>,
+}
+
+fn prompt_source(arg: &str, seed: u64) -> Result<PromptSource> {
+    let kind = match arg {
+        "click" => Some(PromptKind::Click),
+        "box" => Some(PromptKind::Box),
+        "both" => Some(PromptKind::Both),
+        _ => None,
+    };
+    if let Some(kind) = kind {
+        return Ok(PromptSource::Drawn { kind, seed });
+    }
+    let path = Path::new(arg);
+    if !path.exists() {
+        bail!("--prompt `{arg}`: expected click, box, both or an existing PROMPTS.json");
+    }
+    let text = std::fs::read_to_string(path)?;
+    let map: BTreeMap<String, PromptEntry> = serde_json::from_str(&text).with_context(|| {
+        format!(
+            "{}: expected {{\"case\": {{\"points\": [[x,y,label]], \"box\": [x0,y0,x1,y1]}}}}",
+            path.display()
+        )
+    })?;
+    Ok(PromptSource::Given(
+        map.into_iter()
+            .map(|(k, e)| {
+                let points = e.points.iter().map(|p| (p[0], p[1], p[2] as i64)).collect();
+                (
+                    k,
+                    UserPrompt {
+                        points,
+                        bbox: e.bbox,
+                    },
+                )
+            })
+            .collect(),
+    ))
+}
