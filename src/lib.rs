@@ -12,6 +12,8 @@ pub mod kernels;
 pub mod model;
 pub mod params;
 pub mod preprocess;
+#[cfg(feature = "python")]
+mod python;
 pub mod resize;
 pub mod runtime;
 pub mod serve;

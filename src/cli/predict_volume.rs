@@ -1,9 +1,8 @@
 //! `msa predict-volume`: a label volume from a user's per-slice or 3D-box prompts.
 
 use super::ModelArgs;
-use crate::infer::volume::{class_overlay, segment_volume, VolumePrompts};
-use crate::io::nifti::{self, NiftiVolume};
-use crate::io::{dicom, Intensity};
+use crate::infer::volume::{class_overlay, segment_volume, SliceScaling, VolumePrompts};
+use crate::io::nifti;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -31,20 +30,17 @@ pub struct PredictVolumeArgs {
 
 pub fn run(args: &PredictVolumeArgs) -> Result<()> {
     let device = crate::runtime::device::default_device()?;
-    let input = read_input(&args.image)?;
+    let input = crate::io::volume_file::read(&args.image)?;
     let vol = &input.volume;
-    let intensity = match &args.window {
-        Some(w) => (Intensity::parse(w)?, "--window".to_string()),
-        None => Intensity::choose(None, vol),
-    };
-    let range = intensity.0.range(vol);
+    let scaling = SliceScaling::of(vol, args.window.as_deref())?;
+    let range = scaling.range;
     println!(
         "{}: {:?} voxels, spacing {:?} mm; intensity {:?} ({}): values {:.1}..{:.1} -> 0..255",
         args.image.display(),
         vol.dims,
         vol.spacing,
-        intensity.0,
-        intensity.1,
+        scaling.intensity,
+        scaling.why,
         range.0,
         range.1
     );
@@ -78,14 +74,6 @@ pub fn run(args: &PredictVolumeArgs) -> Result<()> {
         println!("overlays -> {}", dir.display());
     }
     Ok(())
-}
-
-/// A NIfTI file, or a DICOM series folder.
-pub fn read_input(path: &Path) -> Result<NiftiVolume> {
-    if path.is_dir() {
-        return Ok(NiftiVolume::from_volume(dicom::read_series(path)?));
-    }
-    nifti::read(path)
 }
 
 fn write_overlays(

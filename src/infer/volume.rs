@@ -6,7 +6,7 @@ use super::EmbeddingCache;
 use crate::io::image::overlay;
 use crate::io::prompt::UserPrompt;
 use crate::io::volume::{chunk_slices, plane, slice_image};
-use crate::io::Volume;
+use crate::io::{Intensity, Volume};
 use crate::model::Sam;
 use crate::preprocess::{model_input, preprocess_shape};
 use anyhow::{bail, Context, Result};
@@ -69,12 +69,14 @@ impl VolumePrompts {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path)
             .with_context(|| format!("cannot read prompts {}", path.display()))?;
-        serde_json::from_str(&text).with_context(|| {
-            format!(
-                "{}: expected {{\"classes\": {{\"<label>\": {{\"points\": {{\"<k>\": [[x, y, l]]}}, \"boxes\": {{\"<k>\": [x0, y0, x1, y1]}}, \"box3d\": [x0, y0, k0, x1, y1, k1]}}}}}}",
-                path.display()
-            )
-        })
+        Self::parse(&text).with_context(|| path.display().to_string())
+    }
+
+    /// Prompts from their JSON text.
+    pub fn parse(text: &str) -> Result<Self> {
+        serde_json::from_str(text).context(
+            "expected {\"classes\": {\"<label>\": {\"points\": {\"<k>\": [[x, y, l]]}, \"boxes\": {\"<k>\": [x0, y0, x1, y1]}, \"box3d\": [x0, y0, k0, x1, y1, k1]}}}",
+        )
     }
 
     /// Prompts per slice for a volume of `nz` slices. A 3D box gives every slice from k0
@@ -181,6 +183,31 @@ pub fn segment_volume(
     done: impl FnMut(usize),
 ) -> Result<Vec<u8>> {
     segment_volume_cached(sam, vol, range, prompts, None, done)
+}
+
+/// How a volume's slices became 8-bit images for the model: the scaling, why it was chosen,
+/// and the value range mapped to 0..255.
+pub struct SliceScaling {
+    pub intensity: Intensity,
+    pub why: String,
+    pub range: (f32, f32),
+}
+
+impl SliceScaling {
+    /// `window` (a CT window `LO,HI`, its name, or `mri`) when given, else chosen from the
+    /// volume's values.
+    pub fn of(vol: &Volume, window: Option<&str>) -> Result<Self> {
+        let (intensity, why) = match window {
+            Some(w) => (Intensity::parse(w)?, "--window".to_string()),
+            None => Intensity::choose(None, vol),
+        };
+        let range = intensity.range(vol);
+        Ok(Self {
+            intensity,
+            why,
+            range,
+        })
+    }
 }
 
 /// `segment_volume`, with each chunk's embeddings kept in `cache` under `<key>:<start>`

@@ -19,6 +19,7 @@ pub mod intensity;
 pub mod nifti;
 pub mod prompt;
 pub mod volume;
+pub mod volume_file;
 
 pub use intensity::Intensity;
 pub use limits::DecodeLimits;

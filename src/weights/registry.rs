@@ -92,11 +92,16 @@ pub fn resolve(arg: &Path) -> Result<PathBuf> {
     let name = arg.to_string_lossy();
     match find(&name) {
         Some(model) => fetch(model, false),
-        None => bail!(
-            "{}: no such file, and not a named model (named: {})",
-            arg.display(),
-            MODELS.map(|m| m.name).join(", ")
-        ),
+        // A not-found io error, so that callers can tell a missing file from a bad one.
+        None => Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!(
+                "{}: no such file, and not a named model (named: {})",
+                arg.display(),
+                MODELS.map(|m| m.name).join(", ")
+            ),
+        )
+        .into()),
     }
 }
 
