@@ -182,3 +182,40 @@ def test_the_gil_is_released_while_rust_computes(model):
         thread.join()
     # Holding the GIL through a call would let the thread tick about once per call.
     assert embed > 0.3 * idle and predict > 0.3 * idle, (idle, embed, predict)
+
+
+def train_options():
+    return dict(epochs=2, batch_size=2, lr=1e-3, prompt="click", train="decoder",
+                no_augment=True, limit=4, seed=3, samples=1)
+
+
+def test_train_makes_the_run_folder_msa_train_makes(tmp_path):
+    steps = []
+    result = msa.train("lite_medsam", SLICES, tmp_path / "py",
+                       callback=lambda *a: steps.append(a), **train_options())
+    assert [r["epoch"] for r in result["history"]] == [1, 2]
+    assert steps[-1][:3] == (2, 2, 2) and all(s[3] > 0 and s[4] > 0 for s in steps)
+    cli("train", "--checkpoint", "lite_medsam", "--data", SLICES, "--out", tmp_path / "cli",
+        "--epochs", 2, "--batch-size", 2, "--lr", 1e-3, "--prompt", "click",
+        "--train", "decoder", "--no-augment", "--limit", 4, "--seed", 3, "--samples", 1)
+    for name in ["metrics.csv", "split.json", "config.toml"]:
+        ours = (tmp_path / "py" / name).read_text().replace(str(tmp_path / "py"), "OUT")
+        theirs = (tmp_path / "cli" / name).read_text().replace(str(tmp_path / "cli"), "OUT")
+        assert ours == theirs, name
+    ours = msa.Model("lite_medsam", adapters=tmp_path / "py" / "adapters_last.safetensors")
+    assert ours.info["adapter_parameters"] > 0
+
+
+def test_ctrl_c_stops_training_and_resume_finishes_it(tmp_path):
+    def interrupt(epoch, step, steps, loss, rate):
+        if epoch == 2:
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        msa.train("lite_medsam", SLICES, tmp_path / "run", callback=interrupt, **train_options())
+    assert (tmp_path / "run" / "state_last.safetensors").exists()
+    done = msa.train("lite_medsam", SLICES, tmp_path / "run", resume=True, callback=None,
+                     **train_options())
+    assert [r["epoch"] for r in done["history"]] == [1, 2]
+    with pytest.raises(ValueError, match="unknown training option `epoch`"):
+        msa.train("lite_medsam", SLICES, tmp_path / "x", epoch=3)

@@ -6,6 +6,7 @@
 mod errors;
 mod image;
 mod model;
+mod train;
 mod volume;
 
 use pyo3::prelude::*;
@@ -32,6 +33,7 @@ fn _msa(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_class::<volume::Volume>()?;
     m.add_function(wrap_pyfunction!(volume::read_volume, m)?)?;
     m.add_function(wrap_pyfunction!(volume::write_labels, m)?)?;
+    m.add_function(wrap_pyfunction!(train::train, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

@@ -41,7 +41,7 @@ impl Embedding {
 }
 
 /// The device a `device=` string names.
-fn device(name: &str) -> PyResult<candle_core::Device> {
+pub fn device(name: &str) -> PyResult<candle_core::Device> {
     match name {
         "cpu" => Ok(candle_core::Device::Cpu),
         cuda if cuda == "cuda" || cuda.starts_with("cuda:") => cuda_device(cuda),

@@ -6,7 +6,7 @@ use super::config::TrainConfig;
 use super::loss::{bce_with_logits, dice_ce};
 use super::optim::Adam;
 use super::phase::{mark, Phase};
-use super::step::{apply_loss, epoch_bar, mean_loss, report_bad, Step, TrainData};
+use super::step::{apply_loss, mean_loss, report_bad, EpochProgress, Step, TrainData};
 use crate::data::layout::{discover, Splits};
 use crate::data::sample::check_items;
 use crate::data::transform::Prepared;
@@ -88,7 +88,7 @@ impl TrainData for ImageData {
             .items
             .len()
             .div_ceil(spec.batch_size.max(1) * spec.world);
-        let bar = epoch_bar(n_batches, epoch, cfg, step.comm.rank() == 0)?;
+        let progress = EpochProgress::new(step, cfg, (epoch, n_batches), "img")?;
         let parallel = step.comm.world() > 1;
         let start = std::time::Instant::now();
         let (mut sum, mut count, mut images) = (0.0, 0usize, 0usize);
@@ -108,14 +108,9 @@ impl TrainData for ImageData {
             count += 1;
             images += batch.len();
             let rate = images as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!(
-                "loss {:.4} ({rate:.2} img/s){}",
-                sum / count as f64,
-                crate::runtime::memory::peak_label(step.sam.device())
-            ));
-            bar.inc(1);
+            progress.advance(sum / count as f64, rate, step.sam.device())?;
         }
-        bar.finish_and_clear();
+        progress.finish();
         Ok(mean_loss(sum, count))
     }
 

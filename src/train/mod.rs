@@ -16,6 +16,6 @@ pub mod parallel;
 pub mod phase;
 pub mod run;
 mod run_folder;
-mod step;
+pub mod step;
 pub mod tcp_group;
 mod volume;

@@ -10,7 +10,7 @@ use super::phase::{mark, Phase};
 use super::run_folder::{
     adapter_meta, load_state, save_state, state_path, var_tensors, RunFolder, RunState,
 };
-use super::step::{Step, TrainData};
+use super::step::{Observer, Step, TrainData};
 use crate::model::precision::Precision;
 use crate::model::recompute::Recompute;
 use crate::weights::{load_model, LoadOptions, Loaded, ModelFlags};
@@ -31,6 +31,16 @@ pub struct RunResult {
 /// continues after its last finished epoch; without it, such a folder is refused.
 pub fn run(cfg: &TrainConfig, device: &Device, resume: bool) -> Result<RunResult> {
     run_rank(cfg, device, resume, &Single)
+}
+
+/// `run`, telling `observer` of every step.
+pub fn run_observed(
+    cfg: &TrainConfig,
+    device: &Device,
+    resume: bool,
+    observer: &dyn Observer,
+) -> Result<RunResult> {
+    rank_with(cfg, device, resume, (&Single, Some(observer)))
 }
 
 /// Trains `threads` data-parallel ranks in this process, each on its share of every global
@@ -80,6 +90,15 @@ pub fn run_rank(
     resume: bool,
     comm: &dyn Communicator,
 ) -> Result<RunResult> {
+    rank_with(cfg, device, resume, (comm, None))
+}
+
+fn rank_with(
+    cfg: &TrainConfig,
+    device: &Device,
+    resume: bool,
+    (comm, observer): (&dyn Communicator, Option<&dyn Observer>),
+) -> Result<RunResult> {
     if comm.world() > 1 && cfg.three_d {
         bail!("data-parallel training of volumes (--3d) is not supported yet");
     }
@@ -96,6 +115,7 @@ pub fn run_rank(
         loaded: &loaded,
         vars: &vars,
         comm,
+        observer,
         folder: folder.as_ref(),
         adam: Adam::default(),
         state: RunState::new(cfg),
@@ -151,6 +171,7 @@ struct Run<'a> {
     loaded: &'a Loaded,
     vars: &'a BTreeMap<String, Var>,
     comm: &'a dyn Communicator,
+    observer: Option<&'a dyn Observer>,
     /// The run folder, on the rank that writes it.
     folder: Option<&'a RunFolder>,
     adam: Adam,
@@ -237,6 +258,7 @@ impl Run<'_> {
                 comm: self.comm,
                 recompute: recompute.as_ref(),
                 loss_scale: loss_scale.as_ref(),
+                observer: self.observer,
             };
             let loss = data.train_epoch(&step, &mut self.adam, epoch)?;
             let (val_dice, val_iou) = self.validate(data, epoch)?;

@@ -25,6 +25,28 @@ pub(crate) struct Step<'a> {
     pub recompute: Option<&'a Arc<Recompute>>,
     /// Set when the encoder computes in f16.
     pub loss_scale: Option<&'a LossScale>,
+    /// Told after every step, on the first rank.
+    pub observer: Option<&'a dyn Observer>,
+}
+
+/// Where a run is after an optimisation step.
+#[derive(Debug, Clone, Copy)]
+pub struct StepReport {
+    /// Counted from 1, as the bar shows them.
+    pub epoch: usize,
+    pub step: usize,
+    /// Steps in this epoch.
+    pub steps: usize,
+    /// The epoch's mean loss so far.
+    pub loss: f64,
+    /// Images (slices of volume chunks) per second so far in this epoch.
+    pub rate: f64,
+}
+
+/// Told of every step of a run besides its bar (the Python API's callback). An error stops
+/// the run; what the run folder holds from its finished epochs stays.
+pub trait Observer: Sync {
+    fn step(&self, report: &StepReport) -> Result<()>;
 }
 
 /// What a run trains and validates on: 2D images or chunks of volumes.
@@ -44,26 +66,72 @@ pub(crate) trait TrainData {
     }
 }
 
-/// A progress bar for one epoch of `n` steps; hidden where not `shown` (ranks after the
-/// first).
-pub(crate) fn epoch_bar(
-    n: usize,
-    epoch: usize,
-    cfg: &TrainConfig,
-    shown: bool,
-) -> Result<ProgressBar> {
-    if !shown {
-        return Ok(ProgressBar::hidden());
+/// One epoch's progress: a bar (hidden on ranks after the first) and the run's observer.
+pub(crate) struct EpochProgress<'a> {
+    bar: ProgressBar,
+    report: std::cell::Cell<StepReport>,
+    /// What the rate counts ("img", "slices").
+    unit: &'static str,
+    observer: Option<&'a dyn Observer>,
+}
+
+impl<'a> EpochProgress<'a> {
+    /// For epoch `epoch` (from 0) of `steps` steps.
+    pub fn new(
+        step: &Step<'a>,
+        cfg: &TrainConfig,
+        (epoch, steps): (usize, usize),
+        unit: &'static str,
+    ) -> Result<Self> {
+        let first = step.comm.rank() == 0;
+        let bar = match first {
+            true => ProgressBar::new(steps as u64),
+            false => ProgressBar::hidden(),
+        };
+        bar.set_style(
+            ProgressStyle::with_template(
+                "epoch {prefix} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}",
+            )?
+            .progress_chars("=> "),
+        );
+        bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
+        let report = StepReport {
+            epoch: epoch + 1,
+            step: 0,
+            steps,
+            loss: f64::NAN,
+            rate: 0.0,
+        };
+        Ok(Self {
+            bar,
+            report: std::cell::Cell::new(report),
+            unit,
+            observer: step.observer.filter(|_| first),
+        })
     }
-    let bar = ProgressBar::new(n as u64);
-    bar.set_style(
-        ProgressStyle::with_template(
-            "epoch {prefix} [{bar:30}] {pos}/{len} {msg} {per_sec} eta {eta}",
-        )?
-        .progress_chars("=> "),
-    );
-    bar.set_prefix(format!("{}/{}", epoch + 1, cfg.epochs));
-    Ok(bar)
+
+    /// One more step, with the epoch's mean loss and rate so far.
+    pub fn advance(&self, loss: f64, rate: f64, device: &candle_core::Device) -> Result<()> {
+        self.bar.set_message(format!(
+            "loss {loss:.4} ({rate:.2} {}/s){}",
+            self.unit,
+            crate::runtime::memory::peak_label(device)
+        ));
+        self.bar.inc(1);
+        let mut r = self.report.get();
+        r.step += 1;
+        r.loss = loss;
+        r.rate = rate;
+        self.report.set(r);
+        match self.observer {
+            Some(o) => o.step(&r),
+            None => Ok(()),
+        }
+    }
+
+    pub fn finish(&self) {
+        self.bar.finish_and_clear();
+    }
 }
 
 /// Bad cases stop the run with every reason listed, or with `skip` are skipped with a warning.

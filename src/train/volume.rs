@@ -7,7 +7,7 @@ use super::config::TrainConfig;
 use super::loss::dice_ce_by_class;
 use super::optim::Adam;
 use super::phase::{mark, Phase};
-use super::step::{apply_loss, epoch_bar, mean_loss, report_bad, Step, TrainData};
+use super::step::{apply_loss, mean_loss, report_bad, EpochProgress, Step, TrainData};
 use crate::data::chunks::{epoch_len, scan, ChunkSpec, PreparedChunk, VolumeItem};
 use crate::data::decathlon::{Decathlon, LabelMap, VolumeCase};
 use crate::data::synthetic::SplitMix;
@@ -169,7 +169,8 @@ impl TrainData for VolumeData {
         let d = self.cfg.chunk;
         let per_step = self.cfg.batch_size.max(1);
         let n = epoch_len(&self.train, d, self.cfg.chunks_per_case);
-        let bar = epoch_bar(n.div_ceil(per_step), epoch, &self.cfg, true)?;
+        let progress =
+            EpochProgress::new(step, &self.cfg, (epoch, n.div_ceil(per_step)), "slices")?;
         let start = std::time::Instant::now();
         let (mut sum, mut count, mut slices) = (0.0, 0usize, 0usize);
         let chunks = epoch_chunks(
@@ -187,13 +188,7 @@ impl TrainData for VolumeData {
             slices += batch.len() * d;
             batch.clear();
             let rate = slices as f64 / start.elapsed().as_secs_f64().max(1e-9);
-            bar.set_message(format!(
-                "loss {:.4} ({rate:.2} slices/s){}",
-                sum / count.max(1) as f64,
-                crate::runtime::memory::peak_label(step.sam.device())
-            ));
-            bar.inc(1);
-            Ok(())
+            progress.advance(sum / count.max(1) as f64, rate, step.sam.device())
         };
         loop {
             mark(Phase::Data);
@@ -206,7 +201,7 @@ impl TrainData for VolumeData {
         if !batch.is_empty() {
             flush(&mut batch)?;
         }
-        bar.finish_and_clear();
+        progress.finish();
         Ok(mean_loss(sum, count))
     }
 
