@@ -219,3 +219,15 @@ def test_ctrl_c_stops_training_and_resume_finishes_it(tmp_path):
     assert [r["epoch"] for r in done["history"]] == [1, 2]
     with pytest.raises(ValueError, match="unknown training option `epoch`"):
         msa.train("lite_medsam", SLICES, tmp_path / "x", epoch=3)
+
+
+def test_evaluate_returns_what_msa_eval_writes(tmp_path):
+    got = msa.evaluate("lite_medsam", SLICES, tmp_path / "py", prompt="box", overlays=0)
+    cli("eval", "--checkpoint", "lite_medsam", "--data", SLICES, "--prompt", "box",
+        "--overlays", 0, "--out", tmp_path / "cli")
+    summary = json.loads((tmp_path / "cli" / "summary.json").read_text())
+    assert got["summary"] == summary and summary["n_cases"] == 30
+    assert (tmp_path / "py" / "per_case.csv").read_text() == (tmp_path / "cli" / "per_case.csv").read_text()
+    assert len(got["cases"]) == 30 and 0.5 < got["summary"]["dice"]["mean"] < 1.0
+    with pytest.raises(ValueError, match="dataset `mnist`"):
+        msa.evaluate("lite_medsam", SLICES, tmp_path / "x", dataset="mnist")

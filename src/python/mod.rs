@@ -4,6 +4,7 @@
 //! dtypes, prompts or values) or `RuntimeError`, each with msa's message.
 
 mod errors;
+mod evaluate;
 mod image;
 mod model;
 mod train;
@@ -34,6 +35,7 @@ fn _msa(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add_function(wrap_pyfunction!(volume::read_volume, m)?)?;
     m.add_function(wrap_pyfunction!(volume::write_labels, m)?)?;
     m.add_function(wrap_pyfunction!(train::train, m)?)?;
+    m.add_function(wrap_pyfunction!(evaluate::evaluate, m)?)?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
     Ok(())
 }

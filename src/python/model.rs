@@ -18,7 +18,7 @@ use std::path::PathBuf;
 /// A model: `Model("lite_medsam" | path, adapters=None, device="cpu", precision=None)`.
 #[pyclass(module = "msa._msa", frozen)]
 pub struct Model {
-    sam: Sam,
+    pub sam: Sam,
     preset: String,
     frozen_params: usize,
     adapter_params: usize,
@@ -181,7 +181,7 @@ fn masks_to_numpy<'py>(
 impl Model {
     #[new]
     #[pyo3(signature = (model, adapters=None, device="cpu", precision=None))]
-    fn new(
+    pub fn new(
         py: Python<'_>,
         model: PathBuf,
         adapters: Option<PathBuf>,

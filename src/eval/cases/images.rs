@@ -1,14 +1,13 @@
-//! `msa eval` on 2D images: a folder or another 2D layout, prompts drawn from the ground
-//! truth (seeded) or given per case in a JSON file.
+//! 2D images: a folder or another 2D layout, prompts drawn from the ground truth (seeded)
+//! or given per case in a JSON file.
 
-use super::{Cases, EvalArgs};
+use super::{Cases, EvalOptions};
 use crate::data::layout::{discover, Item, Splits};
 use crate::data::prompts::PromptKind;
-use crate::eval::evaluate::{evaluate, CaseResult, PromptSource, Summary};
+use crate::eval::evaluate::{evaluate, CaseResult, PromptSource};
 use crate::io::prompt::UserPrompt;
 use crate::model::Sam;
 use anyhow::{bail, Context, Result};
-use indicatif::ProgressBar;
 use std::collections::BTreeMap;
 use std::path::Path;
 
@@ -19,7 +18,7 @@ pub(super) struct Images {
 }
 
 impl Images {
-    pub fn open(args: &EvalArgs) -> Result<Self> {
+    pub fn open(args: &EvalOptions) -> Result<Self> {
         let splits = discover(args.dataset, &args.data, args.seed, 0.2)?;
         let items = splits.eval_items();
         if items.is_empty() {
@@ -34,7 +33,7 @@ impl Images {
 }
 
 impl Cases for Images {
-    fn len(&self) -> usize {
+    fn count(&self) -> usize {
         self.items.len()
     }
 
@@ -42,32 +41,26 @@ impl Cases for Images {
         ""
     }
 
-    fn evaluate(&self, sam: &Sam, args: &EvalArgs, bar: &ProgressBar) -> Result<Vec<CaseResult>> {
-        let overlays = args.out.join("overlays");
+    fn header(&self) -> Option<String> {
+        None
+    }
+
+    fn evaluate(
+        &self,
+        sam: &Sam,
+        opts: &EvalOptions,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<Vec<CaseResult>> {
+        let overlays = opts.out.join("overlays");
         evaluate(
             sam,
             &self.items,
             &self.splits.classes,
             &self.source,
-            Some((&overlays, args.overlays)),
+            Some((&overlays, opts.overlays)),
             None,
-            |n| bar.set_position(n as u64),
+            done,
         )
-    }
-
-    fn print_summary(&self, summary: &Summary, args: &EvalArgs) {
-        println!(
-            "{} cases: Dice {:.4} ± {:.4}, IoU {:.4} ± {:.4}, HD95 {:.2} ± {:.2} px ({} undefined)",
-            summary.n_cases,
-            summary.dice.mean,
-            summary.dice.std,
-            summary.iou.mean,
-            summary.iou.std,
-            summary.hd95.mean,
-            summary.hd95.std,
-            summary.hd95_missing
-        );
-        println!("wrote {}", args.out.display());
     }
 }
 

@@ -1,15 +1,14 @@
-//! `msa eval --dataset decathlon`: per-case and per-organ Dice, IoU and HD95 (mm) on
-//! volumes, prompts drawn per slice from the labels.
+//! Volumes (the Decathlon layout): per-case and per-organ Dice, IoU and HD95 (mm), prompts
+//! drawn per slice from the labels.
 
-use super::{Cases, EvalArgs};
+use super::{Cases, EvalOptions};
 use crate::data::decathlon::{Decathlon, LabelMap, VolumeCase};
 use crate::data::prompts::PromptKind;
-use crate::eval::evaluate::{CaseResult, Summary};
+use crate::eval::evaluate::CaseResult;
 use crate::eval::volume::{evaluate_case, write_montage, VolumeEvalSpec};
 use crate::io::Intensity;
 use crate::model::Sam;
 use anyhow::{bail, Context, Result};
-use indicatif::ProgressBar;
 
 pub(super) struct Volumes {
     ds: Decathlon,
@@ -23,7 +22,7 @@ pub(super) struct Volumes {
 }
 
 impl Volumes {
-    pub fn open(args: &EvalArgs) -> Result<Self> {
+    pub fn open(args: &EvalOptions) -> Result<Self> {
         let ds = Decathlon::open(&args.data)?;
         let cases = match (args.holdout, ds.validation.is_empty()) {
             (Some(n), _) => ds.holdout(n).1,
@@ -48,7 +47,6 @@ impl Volumes {
         let class_names = ds.class_names(&labels, args.labels.is_some());
         let intensity = args.window.as_deref().map(Intensity::parse).transpose()?;
         let intensity_how = ds.intensity_how(intensity.as_ref());
-        println!("{} volumes, classes {class_names:?}, prompts: one {:?} per class and slice; intensity {intensity_how}", cases.len(), kind);
         Ok(Self {
             ds,
             cases,
@@ -62,7 +60,7 @@ impl Volumes {
 }
 
 impl Cases for Volumes {
-    fn len(&self) -> usize {
+    fn count(&self) -> usize {
         self.cases.len()
     }
 
@@ -70,7 +68,22 @@ impl Cases for Volumes {
         " volumes"
     }
 
-    fn evaluate(&self, sam: &Sam, args: &EvalArgs, bar: &ProgressBar) -> Result<Vec<CaseResult>> {
+    fn header(&self) -> Option<String> {
+        Some(format!(
+            "{} volumes, classes {:?}, prompts: one {:?} per class and slice; intensity {}",
+            self.cases.len(),
+            self.class_names,
+            self.kind,
+            self.intensity_how
+        ))
+    }
+
+    fn evaluate(
+        &self,
+        sam: &Sam,
+        args: &EvalOptions,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<Vec<CaseResult>> {
         let spec = VolumeEvalSpec {
             labels: &self.labels,
             class_names: self.class_names.clone(),
@@ -93,25 +106,8 @@ impl Cases for Volumes {
                 write_montage(&montage_dir.join(format!("{}.png", case.id)), &outcome, 6)?;
             }
             results.extend(outcome.results);
-            bar.set_position(i as u64 + 1);
+            done(i + 1);
         }
         Ok(results)
-    }
-
-    fn print_summary(&self, summary: &Summary, args: &EvalArgs) {
-        println!("organ            n   Dice    IoU     HD95 (mm)");
-        for (name, c) in &summary.per_class {
-            println!(
-                "{name:<15} {:>3}   {:.4}  {:.4}  {:.2} ({} undefined)",
-                c.n, c.dice.mean, c.iou.mean, c.hd95.mean, c.hd95_missing
-            );
-        }
-        println!(
-            "mean over organs: Dice {:.4}, IoU {:.4}; {} volumes -> {}",
-            summary.dice.mean,
-            summary.iou.mean,
-            summary.n_cases,
-            args.out.display()
-        );
     }
 }

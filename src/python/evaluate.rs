@@ -1,0 +1,65 @@
+//! `msa.evaluate(...)`: what `msa eval` computes and writes, returned as Python objects.
+
+use super::errors::{from_anyhow, invalid, value_error};
+use super::model::Model;
+use crate::data::layout::DatasetKind;
+use crate::eval::cases::{self, EvalOptions};
+use crate::eval::evaluate::write_reports;
+use pyo3::prelude::*;
+use std::path::PathBuf;
+
+/// Dice, IoU and HD95 per case and class of `checkpoint` (with `adapters`) on the test cases
+/// of `data`, with per_case.csv, summary.json and pictures in `out`, as `msa eval` does.
+/// Returns {"summary": {...}, "cases": [{"case", "class", "dice", "iou", "hd95", ...}]}.
+#[pyfunction]
+#[pyo3(signature = (checkpoint, data, out, adapters=None, dataset="folder", prompt="click",
+    seed=0, overlays=16, holdout=None, labels=None, window=None, device="cpu", precision=None))]
+#[allow(clippy::too_many_arguments)] // Python's keyword arguments, one each
+pub fn evaluate<'py>(
+    py: Python<'py>,
+    checkpoint: PathBuf,
+    data: PathBuf,
+    out: PathBuf,
+    adapters: Option<PathBuf>,
+    dataset: &str,
+    prompt: &str,
+    seed: u64,
+    overlays: usize,
+    holdout: Option<usize>,
+    labels: Option<String>,
+    window: Option<String>,
+    device: &str,
+    precision: Option<&str>,
+) -> PyResult<Bound<'py, PyAny>> {
+    use clap::ValueEnum;
+    let dataset = DatasetKind::from_str(dataset, true).map_err(|_| {
+        value_error(format!(
+            "dataset `{dataset}`: expected folder, isic, refuge or decathlon"
+        ))
+    })?;
+    let opts = EvalOptions {
+        data,
+        dataset,
+        prompt: prompt.to_string(),
+        seed,
+        out,
+        overlays,
+        holdout,
+        labels,
+        window,
+    };
+    let cases = cases::open(&opts).map_err(invalid)?;
+    let model = Model::new(py, checkpoint, adapters, device, precision)?;
+    let sam = &model.sam;
+    let (summary, results) = py
+        .detach(|| {
+            std::fs::create_dir_all(&opts.out)?;
+            let results = cases.evaluate(sam, &opts, &mut |_| {})?;
+            let summary = write_reports(&opts.out, &results)?;
+            anyhow::Ok((summary, results))
+        })
+        .map_err(from_anyhow)?;
+    let text = serde_json::to_string(&serde_json::json!({"summary": summary, "cases": results}))
+        .map_err(|e| from_anyhow(e.into()))?;
+    py.import("json")?.call_method1("loads", (text,))
+}
