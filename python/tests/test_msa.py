@@ -231,3 +231,20 @@ def test_evaluate_returns_what_msa_eval_writes(tmp_path):
     assert len(got["cases"]) == 30 and 0.5 < got["summary"]["dice"]["mean"] < 1.0
     with pytest.raises(ValueError, match="dataset `mnist`"):
         msa.evaluate("lite_medsam", SLICES, tmp_path / "x", dataset="mnist")
+
+
+def test_ctrl_c_stops_predict_volume_between_slices(model):
+    import _thread
+
+    v = msa.read_volume(sorted((VOLUMES / "imagesTr").glob("*.nii.gz"))[0])
+    nx, ny, nz = v.shape
+    prompts = {"classes": {"1": {"box3d": [2, 2, 0, nx - 2, ny - 2, nz - 1]}}}
+    t0 = time.perf_counter()
+    model.predict_volume(v, prompts)
+    whole = time.perf_counter() - t0
+    timer = threading.Timer(whole / 10, _thread.interrupt_main)
+    timer.start()
+    t0 = time.perf_counter()
+    with pytest.raises(KeyboardInterrupt):
+        model.predict_volume(v, prompts)
+    assert time.perf_counter() - t0 < whole / 2, whole

@@ -53,7 +53,8 @@ pub fn run(args: &PredictVolumeArgs) -> Result<()> {
         "slices [{bar:30}] {pos}/{len} {per_sec} eta {eta}",
     )?);
     let labels = segment_volume(&loaded.sam, vol, range, &prompts, |n| {
-        bar.set_position(n as u64)
+        bar.set_position(n as u64);
+        Ok(())
     })?;
     bar.finish_and_clear();
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {

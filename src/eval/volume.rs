@@ -86,7 +86,7 @@ pub fn evaluate_case(
     let n = spec.labels.classes();
     let prompts = prompts_from_labels(&truth, img.volume.dims, n, spec.kind, spec.seed, &case.id);
     let cache = cache.map(|c| (c, case.id.as_str()));
-    let predicted = segment_volume_cached(sam, &img.volume, range, &prompts, cache, |_| ())
+    let predicted = segment_volume_cached(sam, &img.volume, range, &prompts, cache, |_| Ok(()))
         .with_context(|| format!("case {}", case.id))?;
     let [nx, ny, nz] = img.volume.dims;
     let [sx, sy, sz] = img.volume.spacing;

@@ -174,13 +174,14 @@ pub fn class_colour(l: u8) -> [u8; 3] {
 /// Labels for every voxel (x-fastest, 0 where nothing was prompted or found). Each
 /// prompted slice is encoded once, alone, or within its chunk of consecutive slices when
 /// the model has depth adapters; classes are decoded in label order, a later class taking
-/// the voxels its mask shares with an earlier one. `done(n)` reports prompted slices done.
+/// the voxels its mask shares with an earlier one. `done(n)` reports prompted slices done;
+/// an error from it stops the work (a user's Ctrl+C).
 pub fn segment_volume(
     sam: &Sam,
     vol: &Volume,
     range: (f32, f32),
     prompts: &BTreeMap<usize, SlicePrompts>,
-    done: impl FnMut(usize),
+    done: impl FnMut(usize) -> Result<()>,
 ) -> Result<Vec<u8>> {
     segment_volume_cached(sam, vol, range, prompts, None, done)
 }
@@ -218,7 +219,7 @@ pub fn segment_volume_cached(
     range: (f32, f32),
     prompts: &BTreeMap<usize, SlicePrompts>,
     mut cache: Option<(&mut EmbeddingCache, &str)>,
-    mut done: impl FnMut(usize),
+    mut done: impl FnMut(usize) -> Result<()>,
 ) -> Result<Vec<u8>> {
     let [nx, ny, nz] = vol.dims;
     if let Some(&k) = prompts.keys().find(|&&k| k >= nz) {
@@ -270,7 +271,7 @@ pub fn segment_volume_cached(
                 }
             }
             n += 1;
-            done(n);
+            done(n)?;
         }
     }
     Ok(labels)

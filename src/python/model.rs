@@ -324,9 +324,20 @@ impl Model {
         let per_slice = prompts.per_slice(vol.dims[2]).map_err(invalid)?;
         let scaling = SliceScaling::of(&vol, window).map_err(invalid)?;
         let sam = &self.sam;
-        let labels = py
-            .detach(|| segment_volume(sam, &vol, scaling.range, &per_slice, |_| {}))
-            .map_err(from_anyhow)?;
+        let interrupted = std::sync::Mutex::new(None);
+        let labels = py.detach(|| {
+            segment_volume(sam, &vol, scaling.range, &per_slice, |_| {
+                // Ctrl+C between slices stops the work; KeyboardInterrupt is raised below.
+                Python::attach(|py| py.check_signals()).map_err(|e| {
+                    *interrupted.lock().unwrap_or_else(|p| p.into_inner()) = Some(e);
+                    anyhow::anyhow!("interrupted")
+                })
+            })
+        });
+        if let Some(e) = interrupted.into_inner().unwrap_or_else(|p| p.into_inner()) {
+            return Err(e);
+        }
+        let labels = labels.map_err(from_anyhow)?;
         super::volume::to_array(py, labels, vol.dims)
     }
 }
