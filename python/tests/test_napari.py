@@ -41,3 +41,48 @@ def test_a_box_and_a_click_give_the_mask_of_model_predict(make_napari_viewer, qt
     viewer.reset_view()
     viewer.screenshot(path=str(shot), canvas_only=False)
     assert shot.stat().st_size > 10_000
+
+
+def test_boxes_propagate_through_a_volume_as_msa_predict_volume_does(make_napari_viewer, qtbot, tmp_path):
+    import json
+    import os
+    import subprocess
+
+    import nibabel
+
+    nii = sorted((ROOT / "assets" / "hippocampus3d" / "imagesTr").glob("*.nii.gz"))[0]
+    truth = np.asarray(nibabel.load(ROOT / "assets" / "hippocampus3d" / "labelsTr" / nii.name).dataobj)
+    ks = [k for k in range(truth.shape[2]) if (truth[:, :, k] > 0).any()]
+    ka, kb = ks[len(ks) // 4], ks[3 * len(ks) // 4]
+    boxes = {}
+    for k in (ka, kb):
+        xs, ys = np.nonzero(truth[:, :, k] > 0)
+        boxes[k] = [float(xs.min()), float(ys.min()), float(xs.max() + 1), float(ys.max() + 1)]
+    viewer = make_napari_viewer()
+    widget = SegmentWidget(viewer)
+    viewer.window.add_dock_widget(widget)
+    widget.open_volume(nii)
+    widget.start()
+    labels = viewer.layers["msa labels"]
+    for k in (ka, kb):
+        x0, y0, x1, y1 = boxes[k]
+        viewer.dims.set_current_step(0, k)
+        corners = [[k, y0, x0], [k, y0, x1], [k, y1, x1], [k, y1, x0]]
+        viewer.layers["msa boxes"].add_rectangles([corners])
+        qtbot.waitUntil(lambda: labels.data[k].any(), timeout=120_000)
+    widget.propagate()
+    qtbot.waitUntil(lambda: all(labels.data[k].any() for k in range(ka, kb + 1)) and not widget.status.text(),
+                    timeout=300_000)
+    ours = tmp_path / "napari.nii.gz"
+    widget.save(ours)
+    prompts = {"classes": {"1": {"boxes": {str(k): b for k, b in boxes.items()},
+                                 "interpolate_boxes": True}}}
+    (tmp_path / "p.json").write_text(json.dumps(prompts))
+    cli = tmp_path / "cli.nii.gz"
+    msa_bin = os.environ.get("MSA_BIN", str(ROOT / "target" / "release" / "msa"))
+    subprocess.run([msa_bin, "predict-volume", "--checkpoint", "lite_medsam", "--image", str(nii),
+                    "--prompts", str(tmp_path / "p.json"), "--out", str(cli)], check=True)
+    expected = np.asarray(nibabel.load(cli).dataobj)
+    assert expected[:, :, ka:kb + 1].any(axis=(0, 1)).all()
+    assert np.array_equal(np.asarray(nibabel.load(ours).dataobj), expected)
+    assert np.allclose(nibabel.load(ours).affine, nibabel.load(nii).affine, atol=1e-4)

@@ -46,6 +46,25 @@ impl Volume {
         (x, y, z)
     }
 
+    /// The voxels as the 8-bit gray the model sees them, shape (nx, ny, nz): `window` (a CT
+    /// window `LO,HI`, its name, or `mri`) when given, else chosen from the values, as
+    /// `msa predict-volume` does.
+    #[pyo3(signature = (window=None))]
+    fn to_uint8<'py>(
+        &self,
+        py: Python<'py>,
+        window: Option<&str>,
+    ) -> PyResult<Bound<'py, PyArray3<u8>>> {
+        let v = &self.inner.volume;
+        let scaling =
+            crate::infer::volume::SliceScaling::of(v, window).map_err(super::errors::invalid)?;
+        to_array(
+            py,
+            crate::io::Intensity::to_gray(&v.data, scaling.range),
+            v.dims,
+        )
+    }
+
     fn __repr__(&self) -> String {
         let v = &self.inner.volume;
         format!("Volume(shape={:?}, spacing={:?})", v.dims, v.spacing)

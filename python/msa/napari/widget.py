@@ -32,6 +32,7 @@ class SegmentWidget(QWidget):
         self.models = {}
         self.embeddings = {}
         self.volume = None  # an msa.Volume the image layer came from, for saving
+        self.volume_layer = None
         self.worker = None
         form = QFormLayout(self)
         self.model_box = QComboBox()
@@ -126,7 +127,10 @@ class SegmentWidget(QWidget):
             self.adapters.setText(path)
 
     def plane(self, k):
-        """The 2D image the model sees: the image, or slice k of a volume."""
+        """The 2D image the model sees: the image, or slice k of a volume (scaled to 8 bits
+        as `msa predict-volume` scales it, when the volume was opened here)."""
+        if self.volume is not None and self.image_layer().name == self.volume_layer:
+            return self.volume_gray[:, :, k].T
         data = np.asarray(self.image_layer().data)
         return data[k] if self.is_volume() else data
 
@@ -227,6 +231,8 @@ class SegmentWidget(QWidget):
     def open_volume(self, path):
         """Reads a NIfTI file or DICOM folder with msa and shows it as slices (k, y, x)."""
         self.volume = msa.read_volume(path)
+        self.volume_gray = self.volume.to_uint8()
         layer = self.viewer.add_image(self.volume.array.transpose(2, 1, 0), name=str(path))
+        self.volume_layer = layer.name
         self.image_box.setCurrentText(layer.name)
         return layer
