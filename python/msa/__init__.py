@@ -39,7 +39,7 @@ class TextBar:
         filled = self.width * step // max(steps, 1)
         bar = "=" * filled + " " * (self.width - filled)
         end = "\n" if step >= steps else ""
-        print(f"\repoch {epoch} [{bar}] {step}/{steps} loss {loss:.4f} ({rate:.2f} img/s)",
+        print(f"\repoch {epoch} [{bar}] {step}/{steps} loss {loss:.4f} ({rate:.2f}/s)",
               end=end, file=self.file, flush=True)
 
 

@@ -91,11 +91,14 @@ def test_masks_equal_msa_predict_on_a_16_bit_image(model, tmp_path):
 def test_boxes_give_one_mask_each(model):
     image = np.asarray(Image.open(SLICES / "images" / "hippocampus_004_z19.png"))
     e = model.embed(image)
-    boxes = np.array([[10, 10, 30, 30], [5, 8, 25, 20]], dtype=np.float32)
+    boxes = np.array([[10, 10, 30, 30], [5, 8, 25, 20]])  # float64, as numpy makes them
     masks, ious, logits = model.predict(e, boxes=boxes)
     assert masks.shape == (2, *image.shape[:2]) and ious.shape == (2,)
     one, _, _ = model.predict(e, box=list(boxes[1]))
     assert np.array_equal(masks[1], one)
+    single, iou, _ = model.predict(e, boxes=boxes[1:])
+    assert single.shape == (1, *image.shape[:2]) and iou.shape == (1,)
+    assert np.array_equal(single[0], one)
 
 
 def test_predict_volume_equals_msa_predict_volume(model, tmp_path):
@@ -148,6 +151,15 @@ def test_errors_are_python_exceptions_with_msa_messages(model, tmp_path):
         model.predict(image)
     with pytest.raises(ValueError, match="device"):
         msa.Model("lite_medsam", device="tpu")
+    with pytest.raises(ValueError, match="bf16 needs a GPU"):
+        msa.Model("lite_medsam", precision="bf16")
+    other = msa.Model("lite_medsam")
+    with pytest.raises(ValueError, match="another Model"):
+        model.predict(other.embed(image), box=[5, 5, 20, 20])
+    with pytest.raises(FileNotFoundError, match="nowhere"):
+        msa.evaluate("lite_medsam", tmp_path / "nowhere", tmp_path / "out")
+    with pytest.raises(RuntimeError, match="pass --dataset decathlon"):
+        msa.train("lite_medsam", SLICES, tmp_path / "x", three_d=True, callback=None)
     broken = tmp_path / "broken.safetensors"
     broken.write_bytes(b"\x08\x00\x00\x00\x00\x00\x00\x00{}garbage")
     with pytest.raises(RuntimeError, match="broken.safetensors"):
@@ -207,9 +219,11 @@ def test_train_makes_the_run_folder_msa_train_makes(tmp_path):
 
 
 def test_ctrl_c_stops_training_and_resume_finishes_it(tmp_path):
+    import _thread
+
     def interrupt(epoch, step, steps, loss, rate):
-        if epoch == 2:
-            raise KeyboardInterrupt
+        if epoch == 2:  # as Ctrl+C would: the signal arrives while Rust trains
+            _thread.interrupt_main()
 
     with pytest.raises(KeyboardInterrupt):
         msa.train("lite_medsam", SLICES, tmp_path / "run", callback=interrupt, **train_options())

@@ -5,7 +5,7 @@ use crate::data::prompts::PromptKind;
 use crate::model::AdapterInit;
 use crate::train::config::{defaults, TrainConfig, TrainMode};
 use crate::train::launch::{self, Topology, Worker};
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
@@ -205,9 +205,6 @@ impl TrainArgs {
             c.batch_size = 1; // a chunk of D slices is already a batch of D images
         }
         c.three_d |= self.three_d;
-        if c.three_d && c.dataset != DatasetKind::Decathlon {
-            bail!("--3d trains on volumes: pass --dataset decathlon");
-        }
         c.skip_bad |= self.skip_bad;
         c.checkpoint_blocks |= self.checkpoint_blocks;
         if self.no_augment {

@@ -65,7 +65,12 @@ const IMAGE_EXTS: [&str; 6] = ["png", "jpg", "jpeg", "bmp", "tif", "tiff"];
 
 pub fn discover(kind: DatasetKind, dir: &Path, seed: u64, val_fraction: f64) -> Result<Splits> {
     if !dir.is_dir() {
-        bail!("dataset folder {} does not exist", dir.display());
+        // A not-found io error, so that callers can tell a missing folder from a bad one.
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::NotFound,
+            format!("dataset folder {} does not exist", dir.display()),
+        )
+        .into());
     }
     match kind {
         DatasetKind::Folder => folder(dir, seed, val_fraction),

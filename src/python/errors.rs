@@ -23,7 +23,16 @@ pub fn value_error(message: impl Into<String>) -> PyErr {
     PyValueError::new_err(message.into())
 }
 
-/// An error from checking the caller's input as a `ValueError`.
+/// An error from checking the caller's input as a `ValueError` (a missing file it names
+/// stays a `FileNotFoundError`).
 pub fn invalid(e: anyhow::Error) -> PyErr {
-    value_error(format!("{e:#}"))
+    let missing = e.chain().any(|cause| {
+        cause
+            .downcast_ref::<std::io::Error>()
+            .is_some_and(|io| io.kind() == std::io::ErrorKind::NotFound)
+    });
+    match missing {
+        true => from_anyhow(e),
+        false => value_error(format!("{e:#}")),
+    }
 }

@@ -1,6 +1,6 @@
 //! `msa.evaluate(...)`: what `msa eval` computes and writes, returned as Python objects.
 
-use super::errors::{from_anyhow, invalid, value_error};
+use super::errors::{from_anyhow, value_error};
 use super::model::Model;
 use crate::data::layout::DatasetKind;
 use crate::eval::cases::{self, EvalOptions};
@@ -48,8 +48,8 @@ pub fn evaluate<'py>(
         labels,
         window,
     };
-    let cases = cases::open(&opts).map_err(invalid)?;
-    let model = Model::new(py, checkpoint, adapters, device, precision)?;
+    let cases = cases::open(&opts).map_err(from_anyhow)?;
+    let model = Model::new(py, checkpoint, adapters, device, precision, None)?;
     let sam = &model.sam;
     let (summary, results) = py
         .detach(|| {

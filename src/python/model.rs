@@ -9,7 +9,7 @@ use crate::infer::{Embedded, Prediction, Predictor};
 use crate::io::prompt::UserPrompt;
 use crate::model::precision::Precision;
 use crate::model::Sam;
-use crate::weights::{load_model, LoadOptions, Loaded};
+use crate::weights::{load_model, LoadOptions, Loaded, ModelFlags};
 use numpy::{PyArray1, PyArray3, PyArrayMethods, PyReadonlyArray2};
 use pyo3::prelude::*;
 use pyo3::types::PyDict;
@@ -19,6 +19,8 @@ use std::path::PathBuf;
 #[pyclass(module = "msa._msa", frozen)]
 pub struct Model {
     pub sam: Sam,
+    /// Told apart from other models, so that an embedding is used with its own model only.
+    id: u64,
     preset: String,
     frozen_params: usize,
     adapter_params: usize,
@@ -29,6 +31,8 @@ pub struct Model {
 #[pyclass(module = "msa._msa", frozen)]
 pub struct Embedding {
     embedded: Embedded,
+    /// The `Model` that made it.
+    model: u64,
 }
 
 #[pymethods]
@@ -70,14 +74,13 @@ fn cuda_device(name: &str) -> PyResult<candle_core::Device> {
 }
 
 fn precision(name: Option<&str>) -> PyResult<Precision> {
-    match name {
-        None | Some("f32") => Ok(Precision::F32),
-        Some("f16") => Ok(Precision::F16),
-        Some("bf16") => Ok(Precision::Bf16),
-        Some(other) => Err(value_error(format!(
-            "precision `{other}`: expected \"f32\", \"f16\" or \"bf16\""
-        ))),
-    }
+    use clap::ValueEnum;
+    Precision::from_str(name.unwrap_or("f32"), true).map_err(|_| {
+        value_error(format!(
+            "precision `{}`: expected \"f32\", \"f16\" or \"bf16\"",
+            name.unwrap_or_default()
+        ))
+    })
 }
 
 /// A prompt from the `points`, `labels` and `box` arguments.
@@ -126,10 +129,14 @@ impl Model {
         .map_err(from_anyhow)
     }
 
-    /// The embedding of `image_or_e`: an `Embedding` as it is, an array encoded now.
+    /// The embedding of `image_or_e`: an `Embedding` of this model as it is, an array
+    /// encoded now.
     fn embedded(&self, py: Python<'_>, image_or_e: &Bound<'_, PyAny>) -> PyResult<Embedded> {
         match image_or_e.cast::<Embedding>() {
-            Ok(e) => Ok(e.get().embedded.clone()),
+            Ok(e) if e.get().model == self.id => Ok(e.get().embedded.clone()),
+            Ok(_) => Err(value_error(
+                "this embedding was made by another Model; embed the image with this one",
+            )),
             Err(_) => self.embed_image(py, image_or_e),
         }
     }
@@ -180,21 +187,26 @@ fn masks_to_numpy<'py>(
 #[pymethods]
 impl Model {
     #[new]
-    #[pyo3(signature = (model, adapters=None, device="cpu", precision=None))]
+    #[pyo3(signature = (model, adapters=None, device="cpu", precision=None, model_config=None))]
     pub fn new(
         py: Python<'_>,
         model: PathBuf,
         adapters: Option<PathBuf>,
         device: &str,
         precision: Option<&str>,
+        model_config: Option<PathBuf>,
     ) -> PyResult<Self> {
+        static MODELS: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
         let dev = self::device(device)?;
-        let precision =
-            Precision::resolve(Some(self::precision(precision)?), &dev).map_err(invalid_candle)?;
+        let flags = ModelFlags::read(
+            model_config.as_deref(),
+            Some(self::precision(precision)?),
+            &dev,
+        )
+        .map_err(invalid)?;
         let opts = LoadOptions {
             adapters_file: adapters.as_deref(),
-            encoder_dtype: Some(precision.dtype()),
-            ..Default::default()
+            ..flags.load_options()
         };
         // The parameter store stays on this side (it is not Send); the model crosses back.
         let (sam, preset, frozen_params, adapter_params) = py
@@ -206,6 +218,7 @@ impl Model {
             .map_err(from_anyhow)?;
         Ok(Self {
             sam,
+            id: MODELS.fetch_add(1, std::sync::atomic::Ordering::Relaxed),
             preset,
             frozen_params,
             adapter_params,
@@ -238,6 +251,7 @@ impl Model {
     fn embed(&self, py: Python<'_>, image: &Bound<'_, PyAny>) -> PyResult<Embedding> {
         Ok(Embedding {
             embedded: self.embed_image(py, image)?,
+            model: self.id,
         })
     }
 
@@ -254,14 +268,25 @@ impl Model {
         points: Option<Vec<[f32; 2]>>,
         labels: Option<Vec<i64>>,
         r#box: Option<[f32; 4]>,
-        boxes: Option<PyReadonlyArray2<'py, f32>>,
+        boxes: Option<Bound<'py, PyAny>>,
         multimask: bool,
     ) -> PyResult<Masks<'py>> {
+        let several = boxes.is_some() || multimask;
         let sets = match boxes {
             Some(b) => {
                 if points.is_some() || r#box.is_some() {
                     return Err(value_error("give either boxes= or points=/box=, not both"));
                 }
+                let b: PyReadonlyArray2<'py, f32> = py
+                    .import("numpy")?
+                    .call_method1("asarray", (&b, "float32"))
+                    .and_then(|a| a.extract().map_err(PyErr::from))
+                    .map_err(|_| {
+                        value_error(format!(
+                            "boxes: expected an (N, 4) array of numbers, got {}",
+                            describe(&b)
+                        ))
+                    })?;
                 let a = b.as_array();
                 if a.ncols() != 4 || a.nrows() == 0 {
                     return Err(value_error(format!(
@@ -284,7 +309,6 @@ impl Model {
         for s in &sets {
             s.check_inside(w, h).map_err(invalid)?;
         }
-        let several = sets.len() > 1;
         let sam = &self.sam;
         let predictions = py
             .detach(|| {
@@ -293,7 +317,7 @@ impl Model {
                 p.predict_batch(&sets, multimask)
             })
             .map_err(from_anyhow)?;
-        masks_to_numpy(py, predictions, !several && !multimask)
+        masks_to_numpy(py, predictions, !several)
     }
 
     /// uint8 labels in the volume's voxel order from `prompts`, a dict with
@@ -312,8 +336,8 @@ impl Model {
         };
         let json = py.import("json")?;
         let text: String = json
-            .call_method1("dumps", (prompts,))?
-            .extract()
+            .call_method1("dumps", (prompts,))
+            .and_then(|t| t.extract())
             .map_err(|_| {
                 value_error(format!(
                     "prompts: expected a dict, got {}",
@@ -340,8 +364,4 @@ impl Model {
         let labels = labels.map_err(from_anyhow)?;
         super::volume::to_array(py, labels, vol.dims)
     }
-}
-
-fn invalid_candle(e: candle_core::Error) -> PyErr {
-    invalid(e.into())
 }

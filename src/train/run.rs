@@ -99,6 +99,9 @@ fn rank_with(
     resume: bool,
     (comm, observer): (&dyn Communicator, Option<&dyn Observer>),
 ) -> Result<RunResult> {
+    if cfg.three_d && cfg.dataset != crate::data::layout::DatasetKind::Decathlon {
+        bail!("--3d trains on volumes: pass --dataset decathlon");
+    }
     if comm.world() > 1 && cfg.three_d {
         bail!("data-parallel training of volumes (--3d) is not supported yet");
     }

@@ -84,7 +84,8 @@ impl<'a> EpochProgress<'a> {
         unit: &'static str,
     ) -> Result<Self> {
         let first = step.comm.rank() == 0;
-        let bar = match first {
+        // An observer shows progress its own way (or not at all) instead of the bar.
+        let bar = match first && step.observer.is_none() {
             true => ProgressBar::new(steps as u64),
             false => ProgressBar::hidden(),
         };

@@ -7,6 +7,8 @@ slices between boxed slices with interpolated boxes; "Save labels" writes NIfTI 
 grid of the volume it was opened from.
 """
 
+import threading
+
 import numpy as np
 from napari.qt.threading import thread_worker
 from qtpy.QtWidgets import (
@@ -30,7 +32,10 @@ class SegmentWidget(QWidget):
         super().__init__()
         self.viewer = napari_viewer
         self.models = {}
-        self.embeddings = {}
+        self.embeddings = {}  # (model, adapters, image layer, slice) -> msa.Embedding
+        self.lock = threading.Lock()  # workers share the models and embeddings
+        self.requests = 0
+        self.latest = {}  # (slice, class) -> the newest request for it
         self.volume = None  # an msa.Volume the image layer came from, for saving
         self.volume_layer = None
         self.worker = None
@@ -48,6 +53,7 @@ class SegmentWidget(QWidget):
         form.addRow("Image", self.image_box)
         self.class_box = QSpinBox()
         self.class_box.setRange(1, 255)
+        self.class_box.valueChanged.connect(self._set_defaults)
         form.addRow("Class", self.class_box)
         start = QPushButton("Start prompting")
         start.clicked.connect(self.start)
@@ -95,12 +101,13 @@ class SegmentWidget(QWidget):
             points.mouse_drag_callbacks.append(self._remember_modifier)
             points.events.data.connect(self.update)
             points.mode = "add"
-        self.class_box.valueChanged.connect(self._set_defaults)
         self._set_defaults()
 
     def _set_defaults(self, *_, negative=False):
         """What the next click and box get: their class, and the click's label."""
         cls = self.class_box.value()
+        if POINTS not in self.viewer.layers or BOXES not in self.viewer.layers:
+            return
         self.viewer.layers[POINTS].feature_defaults = {"label": 0 if negative else 1,
                                                        "class": cls}
         self.viewer.layers[BOXES].feature_defaults = {"class": cls}
@@ -114,25 +121,29 @@ class SegmentWidget(QWidget):
         return image.ndim == 3 and not image.rgb
 
     # -- the model ----------------------------------------------------------------------
-    def model(self):
-        key = (self.model_box.currentText(), self.adapters.text() or None)
-        if key not in self.models:
-            self.models[key] = msa.Model(key[0], adapters=key[1])
-            self.embeddings.clear()
-        return self.models[key]
+    def model_key(self):
+        """The model and adapter file chosen now (read on the UI thread)."""
+        return (self.model_box.currentText(), self.adapters.text() or None)
+
+    def model(self, key):
+        with self.lock:
+            if key not in self.models:
+                self.models[key] = msa.Model(key[0], adapters=key[1])
+            return self.models[key]
 
     def _choose_adapters(self):
         path, _ = QFileDialog.getOpenFileName(self, "Adapters", filter="*.safetensors *.pth")
         if path:
             self.adapters.setText(path)
 
-    def plane(self, k):
-        """The 2D image the model sees: the image, or slice k of a volume (scaled to 8 bits
-        as `msa predict-volume` scales it, when the volume was opened here)."""
-        if self.volume is not None and self.image_layer().name == self.volume_layer:
+    def plane(self, k, image):
+        """The 2D image the model sees: image layer `image`, or its slice k when it is a
+        volume (scaled to 8 bits as `msa predict-volume` scales it, when opened here)."""
+        if self.volume is not None and image == self.volume_layer:
             return self.volume_gray[:, :, k].T
-        data = np.asarray(self.image_layer().data)
-        return data[k] if self.is_volume() else data
+        layer = self.viewer.layers[image]
+        data = np.asarray(layer.data)
+        return data[k] if layer.ndim == 3 and not layer.rgb else data
 
     def current_slice(self):
         return int(self.viewer.dims.current_step[0]) if self.is_volume() else 0
@@ -155,40 +166,62 @@ class SegmentWidget(QWidget):
         return clicks, box
 
     # -- prompting ----------------------------------------------------------------------
-    def update(self, *_):
+    def update(self, event=None):
         """Recomputes the current class on the current slice from its prompts."""
+        action = getattr(getattr(event, "action", None), "value", None)
+        if action in ("adding", "removing", "changing"):
+            return  # the layer's data changes next; its "...ed" event follows
         k, cls = self.current_slice(), self.class_box.value()
         clicks, box = self.prompts(k, cls)
-        if not clicks and box is None:
+        if not clicks and box is None:  # the last prompt was removed: so is the mask
+            self._show([(self._request(k, cls), k, cls, None)])
             return
-        self.run(self._predict, k, cls, clicks, box)
+        self.run(self._predict, [(self._request(k, cls), k, clicks, box)], cls)
 
-    def run(self, work, *args):
+    def _request(self, k, cls):
+        """A number for a new computation of (slice, class); older results are dropped."""
+        self.requests += 1
+        self.latest[(k, cls)] = self.requests
+        return self.requests
+
+    def run(self, work, jobs, cls):
         self.status.setText("computing…")
-        self.worker = thread_worker(work)(*args)
+        context = (self.model_key(), self.image_box.currentText())
+        self.worker = thread_worker(work)(context, jobs, cls)
         self.worker.returned.connect(self._show)
         self.worker.errored.connect(lambda e: self.status.setText(f"error: {e}"))
         self.worker.start()
 
-    def _predict(self, k, cls, clicks, box):
-        """Off the UI thread: the slice's mask (its embedding cached)."""
-        m = self.model()
-        key = (self.image_box.currentText(), k)
-        if key not in self.embeddings:
-            self.embeddings[key] = m.embed(self.plane(k))
-        kwargs = {"box": box}
-        if clicks:
-            kwargs.update(points=[c for c, _ in clicks], labels=[l for _, l in clicks])
-        mask, _, _ = m.predict(self.embeddings[key], **kwargs)
-        return [(k, cls, mask)]
+    def _predict(self, context, jobs, cls):
+        """Off the UI thread: each job's mask, its slice's embedding cached."""
+        model_key, image = context
+        m = self.model(model_key)
+        out = []
+        for request, k, clicks, box in jobs:
+            key = (*model_key, image, k)
+            with self.lock:
+                e = self.embeddings.get(key)
+            if e is None:
+                e = m.embed(self.plane(k, image))
+                with self.lock:
+                    self.embeddings[key] = e
+            kwargs = {"box": box}
+            if clicks:
+                kwargs.update(points=[c for c, _ in clicks], labels=[l for _, l in clicks])
+            mask, _, _ = m.predict(e, **kwargs)
+            out.append((request, k, cls, mask))
+        return out
 
     def _show(self, results):
         labels = self.viewer.layers[LABELS]
         data = labels.data
-        for k, cls, mask in results:
+        for request, k, cls, mask in results:
+            if self.latest.get((k, cls)) != request:
+                continue  # a newer request for this slice and class is under way
             plane = data[k] if data.ndim == 3 else data
             plane[plane == cls] = 0
-            plane[mask] = cls
+            if mask is not None:
+                plane[mask] = cls
         labels.data = data
         labels.refresh()
         self.status.setText("")
@@ -202,17 +235,16 @@ class SegmentWidget(QWidget):
         for k in range(self.image_layer().data.shape[0]):
             _, box = self.prompts(k, cls)
             if box is not None:
-                boxed[k] = np.array(box)
+                boxed[k] = np.array(box, dtype=np.float32)
         keys = sorted(boxed)
         jobs = []
         for a, b in zip(keys, keys[1:]):
             for k in range(a + 1, b):
-                t = (k - a) / (b - a)
-                jobs.append((k, list(map(float, boxed[a] + t * (boxed[b] - boxed[a])))))
-        self.run(self._propagate, cls, jobs)
-
-    def _propagate(self, cls, jobs):
-        return [r for k, box in jobs for r in self._predict(k, cls, [], box)]
+                # As msa predict-volume's interpolate_boxes does, in f32.
+                t = np.float32((k - a) / (b - a))
+                box = boxed[a] + t * (boxed[b] - boxed[a])
+                jobs.append((self._request(k, cls), k, [], [float(v) for v in box]))
+        self.run(self._predict, jobs, cls)
 
     # -- saving -------------------------------------------------------------------------
     def _choose_save(self):
