@@ -280,7 +280,7 @@ impl Model {
                 let b: PyReadonlyArray2<'py, f32> = py
                     .import("numpy")?
                     .call_method1("asarray", (&b, "float32"))
-                    .and_then(|a| a.extract().map_err(PyErr::from))
+                    .and_then(|a| a.extract())
                     .map_err(|_| {
                         value_error(format!(
                             "boxes: expected an (N, 4) array of numbers, got {}",
