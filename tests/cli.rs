@@ -864,3 +864,34 @@ fn train_help_shows_the_defaults_and_every_run_setting() {
         assert!(help.contains(&shown), "no {shown} in:\n{help}");
     }
 }
+
+/// `msa eval --prompt PROMPTS.json`: the given prompts are used, and a bad one is refused
+/// with its case named.
+#[test]
+fn eval_takes_prompts_from_a_file_and_names_a_bad_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    let ids = msa::data::synthetic::write_folder_dataset(&data, 3, (64, 48), 5).unwrap();
+    let prompts = dir.path().join("prompts.json");
+    let good: serde_json::Map<String, serde_json::Value> = ids
+        .iter()
+        .map(|id| (id.clone(), serde_json::json!({"box": [10, 8, 40, 30]})))
+        .collect();
+    std::fs::write(&prompts, serde_json::Value::Object(good).to_string()).unwrap();
+    let ev = dir.path().join("eval");
+    let args = |p: &Path| {
+        tiny(
+            "eval",
+            "sam_tiny.safetensors",
+            &["--data", &s(&data), "--prompt", &s(p), "--out", &s(&ev)],
+        )
+    };
+    ok(&args(&prompts));
+    let csv = std::fs::read_to_string(ev.join("per_case.csv")).unwrap();
+    assert!(csv.contains("[10.0,8.0,40.0,30.0]"), "{csv}");
+    let bad = dir.path().join("bad.json");
+    let case = &ids[0];
+    std::fs::write(&bad, format!(r#"{{"{case}": {{"points": [[5, 5, 2]]}}}}"#)).unwrap();
+    let e = err(&args(&bad));
+    assert!(e.contains(case.as_str()) && e.contains("label 2"), "{e}");
+}

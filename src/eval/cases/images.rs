@@ -5,7 +5,7 @@ use super::{Cases, EvalOptions};
 use crate::data::layout::{discover, Item, Splits};
 use crate::data::prompts::PromptKind;
 use crate::eval::evaluate::{evaluate, CaseResult, PromptSource};
-use crate::io::prompt::UserPrompt;
+use crate::io::prompt::{PromptFile, UserPrompt};
 use crate::model::Sam;
 use anyhow::{bail, Context, Result};
 use std::collections::BTreeMap;
@@ -64,14 +64,6 @@ impl Cases for Images {
     }
 }
 
-#[derive(serde::Deserialize)]
-struct PromptEntry {
-    #[serde(default)]
-    points: Vec<[f32; 3]>,
-    #[serde(default, rename = "box")]
-    bbox: Option<[f32; 4]>,
-}
-
 fn prompt_source(arg: &str, seed: u64) -> Result<PromptSource> {
     let kind = match arg {
         "click" => Some(PromptKind::Click),
@@ -87,24 +79,19 @@ fn prompt_source(arg: &str, seed: u64) -> Result<PromptSource> {
         bail!("--prompt `{arg}`: expected click, box, both or an existing PROMPTS.json");
     }
     let text = std::fs::read_to_string(path)?;
-    let map: BTreeMap<String, PromptEntry> = serde_json::from_str(&text).with_context(|| {
+    let map: BTreeMap<String, PromptFile> = serde_json::from_str(&text).with_context(|| {
         format!(
             "{}: expected {{\"case\": {{\"points\": [[x,y,label]], \"box\": [x0,y0,x1,y1]}}}}",
             path.display()
         )
     })?;
-    Ok(PromptSource::Given(
-        map.into_iter()
-            .map(|(k, e)| {
-                let points = e.points.iter().map(|p| (p[0], p[1], p[2] as i64)).collect();
-                (
-                    k,
-                    UserPrompt {
-                        points,
-                        bbox: e.bbox,
-                    },
-                )
-            })
-            .collect(),
-    ))
+    let prompts = map
+        .into_iter()
+        .map(|(case, p)| {
+            let prompt = UserPrompt::from_parts(&p.points, p.bbox)
+                .with_context(|| format!("{}: case {case}", path.display()))?;
+            Ok((case, prompt))
+        })
+        .collect::<Result<_>>()?;
+    Ok(PromptSource::Given(prompts))
 }
