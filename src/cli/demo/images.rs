@@ -5,7 +5,7 @@ use super::{kind_name, load_adapted, tile, zoom, DemoArgs, Score, Story, KINDS, 
 use crate::data::layout::{discover, DatasetKind, Item, Splits};
 use crate::data::prompts::PromptKind;
 use crate::data::sample::load_item;
-use crate::eval::evaluate::{evaluate, prompt_for, summarize, PromptSource};
+use crate::eval::evaluate::{evaluate, prompt_for, PromptSource};
 use crate::infer::{EmbeddingCache, Predictor};
 use crate::io::image::overlay;
 use crate::io::prompt::UserPrompt;
@@ -149,16 +149,7 @@ fn score(
         Some(cache),
         |_| {},
     )?;
-    let summary = summarize(&results);
-    Ok(Score {
-        dice: summary.dice.mean,
-        per_class: summary
-            .per_class
-            .iter()
-            .map(|(name, c)| (name.clone(), c.dice.mean))
-            .collect(),
-        seconds: t.elapsed().as_secs_f64(),
-    })
+    Ok(Score::of(&results, t.elapsed().as_secs_f64()))
 }
 
 /// For the first test cases: image, ground truth, frozen and adapted masks (click prompt).

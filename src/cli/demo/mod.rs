@@ -77,6 +77,22 @@ struct Score {
     seconds: f64,
 }
 
+impl Score {
+    /// The score of `results`, computed in `seconds`.
+    fn of(results: &[crate::eval::evaluate::CaseResult], seconds: f64) -> Self {
+        let summary = crate::eval::evaluate::summarize(results);
+        Self {
+            dice: summary.dice.mean,
+            per_class: summary
+                .per_class
+                .iter()
+                .map(|(name, c)| (name.clone(), c.dice.mean))
+                .collect(),
+            seconds,
+        }
+    }
+}
+
 /// What the 2D and 3D demos do differently; `run` tells the story in the same order.
 trait Story {
     /// The line that introduces the data, once the frozen model is loaded.

@@ -4,7 +4,6 @@
 
 use super::{kind_name, tile, zoom, DemoArgs, Score, Story, KINDS, SEED};
 use crate::data::decathlon::{Decathlon, LabelMap, VolumeCase};
-use crate::eval::evaluate::summarize;
 use crate::eval::volume::{evaluate_case, VolumeEvalSpec, VolumeOutcome};
 use crate::infer::volume::class_overlay;
 use crate::infer::EmbeddingCache;
@@ -95,16 +94,7 @@ impl Story for Volumes {
                 .map(|case| evaluate_case(sam, case, &spec, Some(&mut cache)))
                 .collect::<Result<Vec<_>>>()?;
             let results: Vec<_> = outcomes.iter().flat_map(|o| o.results.clone()).collect();
-            let summary = summarize(&results);
-            scores.push(Score {
-                dice: summary.dice.mean,
-                per_class: summary
-                    .per_class
-                    .iter()
-                    .map(|(name, c)| (name.clone(), c.dice.mean))
-                    .collect(),
-                seconds: t.elapsed().as_secs_f64(),
-            });
+            scores.push(Score::of(&results, t.elapsed().as_secs_f64()));
             if kind == KINDS[0] {
                 self.click_outcomes.push(outcomes);
             }
