@@ -5,10 +5,10 @@
 use super::error::ApiError;
 use super::models::ServedModel;
 use super::store::{Content, ImageEntry};
-use crate::infer::volume::{chunk_plan, encode_chunk, VolumePrompts};
+use crate::infer::volume::{chunk_plan, encode_chunk, SliceScaling, VolumePrompts};
 use crate::infer::{Embedded, Predictor};
 use crate::io::prompt::UserPrompt;
-use crate::io::{nifti, DecodeLimits, Intensity};
+use crate::io::{nifti, DecodeLimits};
 use image::{ImageEncoder, RgbImage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -28,18 +28,16 @@ pub fn decode_upload(
         return Ok(Content::Image(img));
     }
     let volume = nifti::read_bytes(bytes, "the upload", limits).map_err(ApiError::bad_input)?;
-    let (intensity, why) = match window {
-        Some(w) => (
-            Intensity::parse(w).map_err(ApiError::bad_input)?,
-            "window".into(),
-        ),
-        None => Intensity::choose(None, &volume.volume),
+    let scaling = SliceScaling::of(&volume.volume, window).map_err(ApiError::bad_input)?;
+    // The page names the upload's own field, not predict-volume's flag.
+    let why = match window {
+        Some(_) => "window",
+        None => scaling.why.as_str(),
     };
-    let range = intensity.range(&volume.volume);
     Ok(Content::Volume {
+        range: scaling.range,
+        intensity: format!("{:?} ({why})", scaling.intensity),
         volume: Box::new(volume),
-        range,
-        intensity: format!("{intensity:?} ({why})"),
     })
 }
 
