@@ -45,7 +45,7 @@ fn a_folder_with_two_series_is_refused() {
     write_slice(&dir.path().join("b.dcm"), "1.2.3.5", 1, 7.5);
     let err = format!("{:#}", read_series(dir.path()).unwrap_err());
     assert!(
-        err.contains("more than one series") && err.contains("1.2.3.5"),
+        err.contains("holds 2 series") && err.contains("1.2.3.5") && err.contains("--series"),
         "{err}"
     );
     let empty = tempfile::tempdir().unwrap();

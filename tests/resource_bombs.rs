@@ -183,9 +183,12 @@ fn a_length_prefix_near_the_largest_integer_is_not_a_safetensors_file() {
 }
 
 /// Found by fuzzing (`fuzz/corpus/dicom/crash-*`): BitsStored outside 1..=32 made the
-/// pixel decoder fail an assertion; it is refused before decoding.
+/// pixel decoder fail an assertion. dicom-rs 0.10 refuses both saved inputs in their meta
+/// group already (a bad UID); a slice written here with BitsStored 40 still reaches the
+/// check before decoding.
 #[test]
 fn a_dicom_slice_with_impossible_bits_stored_is_refused_before_decoding() {
+    use dicom_dictionary_std::tags;
     let root = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/dicom");
     let mut seen = 0;
     for entry in std::fs::read_dir(&root).unwrap().flatten() {
@@ -197,12 +200,27 @@ fn a_dicom_slice_with_impossible_bits_stored_is_refused_before_decoding() {
         std::fs::copy(entry.path(), dir.path().join("slice.dcm")).unwrap();
         let e = format!("{:#}", msa::io::dicom::read_series(dir.path()).unwrap_err());
         assert!(
-            e.contains("slice.dcm") && e.contains("BitsStored"),
+            e.contains("slice.dcm") && e.contains("Invalid UID"),
             "{name}: {e}"
         );
         seen += 1;
     }
     assert_eq!(seen, 2);
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("slice.dcm");
+    msa::data::synthetic_dicom::write_slice(&path, "1.2.3", 0, 0.0, (3, 4)).unwrap();
+    let mut obj = dicom_object::open_file(&path).unwrap();
+    obj.put(dicom_core::DataElement::new(
+        tags::BITS_STORED,
+        dicom_core::VR::US,
+        dicom_core::PrimitiveValue::from(40u16),
+    ));
+    obj.write_to_file(&path).unwrap();
+    let e = format!("{:#}", msa::io::dicom::read_series(dir.path()).unwrap_err());
+    assert!(
+        e.contains("slice.dcm") && e.contains("BitsStored is 40"),
+        "{e}"
+    );
 }
 
 /// Found by fuzzing (`fuzz/corpus/nifti/crash-*`, 46 inputs, one bug): headers whose

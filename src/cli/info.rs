@@ -1,4 +1,4 @@
-//! `msa info`: what a checkpoint holds.
+//! `msa info`: what a checkpoint holds, or which series a DICOM study holds.
 
 use super::ModelArgs;
 use anyhow::Result;
@@ -7,7 +7,8 @@ use std::path::PathBuf;
 
 #[derive(clap::Args, Debug)]
 pub struct InfoArgs {
-    /// SAM checkpoint: official .pth or safetensors, or a named model (`lite_medsam`).
+    /// SAM checkpoint (official .pth or safetensors, or a named model such as
+    /// `lite_medsam`), or a DICOM folder or file, whose series are listed.
     pub checkpoint: PathBuf,
     /// JSON architecture description for a custom checkpoint.
     #[arg(long = "model-config", alias = "config")]
@@ -21,6 +22,9 @@ pub struct InfoArgs {
 }
 
 pub fn run(args: &InfoArgs) -> Result<()> {
+    if crate::io::volume_file::is_dicom(&args.checkpoint) {
+        return study(args);
+    }
     let model = ModelArgs {
         checkpoint: args.checkpoint.clone(),
         model_config: args.model_config.clone(),
@@ -97,5 +101,31 @@ pub fn run(args: &InfoArgs) -> Result<()> {
             a.ratio
         );
     }
+    Ok(())
+}
+
+/// The series of a DICOM folder or file, one line (or JSON object) each.
+fn study(args: &InfoArgs) -> Result<()> {
+    let series = crate::io::dicom::study::scan(&args.checkpoint)?;
+    if args.json {
+        let v: Vec<_> = series
+            .iter()
+            .map(|s| {
+                json!({
+                    "uid": s.uid,
+                    "number": s.number,
+                    "description": s.description,
+                    "modality": s.modality,
+                    "slices": s.files.len(),
+                    "rows": s.size.0,
+                    "columns": s.size.1,
+                })
+            })
+            .collect();
+        println!("{}", serde_json::to_string_pretty(&v)?);
+        return Ok(());
+    }
+    println!("{}: {} series", args.checkpoint.display(), series.len());
+    print!("{}", crate::io::dicom::study::table(&series));
     Ok(())
 }

@@ -2,6 +2,7 @@
 
 pub mod bench;
 mod bench_serve;
+pub mod convert;
 pub mod demo;
 pub mod eval;
 pub mod fetch;
@@ -35,8 +36,9 @@ pub enum Command {
     /// Segment a NIfTI volume or DICOM series from per-slice or 3D-box prompts into a
     /// label volume.
     PredictVolume(predict_volume::PredictVolumeArgs),
-    /// Rewrite a checkpoint (.pth or safetensors) as safetensors with the same keys.
-    Convert { input: PathBuf, output: PathBuf },
+    /// Rewrite a checkpoint (.pth or safetensors) as safetensors with the same keys, or a
+    /// volume (DICOM series or file, NIfTI) as NIfTI.
+    Convert(convert::ConvertArgs),
     /// Fetch a named model (lite_medsam) into the cache, or list them.
     Fetch(fetch::FetchArgs),
     /// Time the image encoder or the prompt encoder + mask decoder on random weights.
@@ -108,11 +110,7 @@ pub fn run(cli: Cli, given: impl Fn(&str) -> bool) -> Result<()> {
         Command::Info(a) => info::run(&a),
         Command::Predict(a) => predict::run(&a),
         Command::PredictVolume(a) => predict_volume::run(&a),
-        Command::Convert { input, output } => {
-            let n = crate::weights::convert(&input, &output)?;
-            println!("wrote {n} tensors to {}", output.display());
-            Ok(())
-        }
+        Command::Convert(a) => convert::run(&a),
         Command::Fetch(a) => fetch::run(&a),
         Command::Bench(a) => bench::run(&a),
         Command::Demo(a) => demo::run(&a),

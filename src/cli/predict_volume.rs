@@ -2,6 +2,7 @@
 
 use super::ModelArgs;
 use crate::infer::volume::{class_overlay, segment_volume, SliceScaling, VolumePrompts};
+use crate::io::dicom::SeriesChoice;
 use crate::io::nifti;
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
@@ -10,9 +11,13 @@ use std::path::{Path, PathBuf};
 pub struct PredictVolumeArgs {
     #[command(flatten)]
     pub model: ModelArgs,
-    /// A NIfTI volume (.nii, .nii.gz) or a folder holding one DICOM series.
+    /// A NIfTI volume (.nii, .nii.gz), or DICOM: a study folder or one file.
     #[arg(long)]
     pub image: PathBuf,
+    /// The DICOM series to segment, by number or UID, when the folder holds several
+    /// (`msa info FOLDER` lists them).
+    #[arg(long)]
+    pub series: Option<String>,
     /// The prompt JSON: per class label, points and boxes per slice, or a 3D box.
     #[arg(long)]
     pub prompts: PathBuf,
@@ -30,7 +35,8 @@ pub struct PredictVolumeArgs {
 
 pub fn run(args: &PredictVolumeArgs) -> Result<()> {
     let device = crate::runtime::device::default_device()?;
-    let input = crate::io::volume_file::read(&args.image)?;
+    let series = args.series.as_deref().map(SeriesChoice::parse);
+    let input = crate::io::volume_file::read(&args.image, series.as_ref())?;
     let vol = &input.volume;
     let scaling = SliceScaling::of(vol, args.window.as_deref())?;
     let range = scaling.range;

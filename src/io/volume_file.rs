@@ -1,15 +1,27 @@
-//! A volume from wherever a user keeps it: a NIfTI file, or a folder holding one DICOM
-//! series.
+//! A volume from wherever a user keeps it: a NIfTI file, or DICOM (a folder holding a
+//! study, or one file).
 
-use super::dicom;
+use super::dicom::{self, SeriesChoice};
 use super::nifti::{self, NiftiVolume};
 use anyhow::Result;
 use std::path::Path;
 
-/// The volume in `path`: a DICOM series when it is a folder, else a NIfTI file.
-pub fn read(path: &Path) -> Result<NiftiVolume> {
-    if path.is_dir() {
-        return Ok(NiftiVolume::from_volume(dicom::read_series(path)?));
+/// The volume in `path`: DICOM when it is a folder or a file with the DICOM magic (the
+/// series `series` names, needed when there are several), else a NIfTI file.
+pub fn read(path: &Path, series: Option<&SeriesChoice>) -> Result<NiftiVolume> {
+    if is_dicom(path) {
+        return Ok(NiftiVolume::from_volume(dicom::read(path, series)?));
+    }
+    if let Some(choice) = series {
+        anyhow::bail!(
+            "{}: --series {choice:?} applies to DICOM only; this is not a DICOM folder or file",
+            path.display()
+        );
     }
     nifti::read(path)
+}
+
+/// A DICOM folder, or a file with the DICOM magic.
+pub fn is_dicom(path: &Path) -> bool {
+    path.is_dir() || dicom::study::is_dicom_file(path)
 }

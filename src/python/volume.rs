@@ -71,11 +71,14 @@ impl Volume {
     }
 }
 
-/// The volume in `path`: a NIfTI file, or a folder holding one DICOM series.
+/// The volume in `path`: a NIfTI file, or DICOM (a folder holding a study, or one file);
+/// `series` (a number or a UID) picks one of several.
 #[pyfunction]
-pub fn read_volume(py: Python<'_>, path: PathBuf) -> PyResult<Volume> {
+#[pyo3(signature = (path, series=None))]
+pub fn read_volume(py: Python<'_>, path: PathBuf, series: Option<String>) -> PyResult<Volume> {
+    let series = series.as_deref().map(crate::io::dicom::SeriesChoice::parse);
     let inner = py
-        .detach(|| crate::io::volume_file::read(&path))
+        .detach(|| crate::io::volume_file::read(&path, series.as_ref()))
         .map_err(from_anyhow)?;
     Ok(Volume { inner })
 }

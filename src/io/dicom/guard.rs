@@ -1,0 +1,370 @@
+//! A walk over a DICOM file's element stream before dicom-rs reads it. dicom-rs sizes each
+//! value buffer from the length the element claims, so a 642-byte file claiming 4 GB made
+//! it reserve and zero-fill 4 GB. The walk reads only headers, in the order dicom-rs would,
+//! and refuses a file in which a length claims more than the bytes left.
+
+use anyhow::{bail, Context, Result};
+use dicom_core::dictionary::{DataDictionary, DataDictionaryEntry};
+use dicom_core::{Tag, VR};
+use dicom_dictionary_std::StandardDataDictionary;
+use std::io::{BufReader, Cursor, Read, Seek, SeekFrom};
+use std::path::Path;
+
+const UNDEFINED: u32 = u32::MAX;
+const ITEM: Tag = Tag(0xFFFE, 0xE000);
+const ITEM_END: Tag = Tag(0xFFFE, 0xE00D);
+const SEQUENCE_END: Tag = Tag(0xFFFE, 0xE0DD);
+const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
+const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+/// Media Storage Directory (DICOMDIR): an index of files, never read past its meta group.
+const DIRECTORY: &str = "1.2.840.10008.1.3.10";
+/// Sequences nested deeper than this are refused (real files nest a handful deep).
+const MAX_DEPTH: usize = 64;
+
+/// What the walk saw.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct Outline {
+    /// Pixel Data at the top level of the data set.
+    pub pixel_data: bool,
+}
+
+/// Refuses `path` when an element or item in it claims more bytes than follow it. Files
+/// that are not DICOM, or that dicom-rs will refuse anyway, pass: the walk stops where
+/// the parser would stop.
+pub fn check_lengths(path: &Path, max_inflated: u64) -> Result<Outline> {
+    let file =
+        std::fs::File::open(path).with_context(|| format!("{}: cannot open", path.display()))?;
+    let len = file
+        .metadata()
+        .with_context(|| format!("{}: cannot read its size", path.display()))?
+        .len();
+    let found = walk_file(BufReader::new(file), len, max_inflated);
+    found.with_context(|| format!("{}: refused before parsing", path.display()))
+}
+
+/// `check_lengths` for a file held in memory.
+pub fn check_bytes(bytes: &[u8], max_inflated: u64) -> Result<Outline> {
+    walk_file(Cursor::new(bytes), bytes.len() as u64, max_inflated)
+}
+
+fn walk_file<R: Read + Seek>(src: R, len: u64, max_inflated: u64) -> Result<Outline> {
+    let mut s = Stream {
+        src,
+        pos: 0,
+        len,
+        big_endian: false,
+        explicit: true,
+    };
+    let Some(Meta {
+        transfer_syntax,
+        sop_class,
+    }) = s.meta_group()?
+    else {
+        return Ok(Outline::default());
+    };
+    if sop_class == DIRECTORY {
+        return Ok(Outline::default());
+    }
+    match transfer_syntax.as_str() {
+        DEFLATED => {
+            let mut inflated = Vec::new();
+            s.src.seek(SeekFrom::Start(s.pos))?;
+            flate2::read::DeflateDecoder::new(&mut s.src)
+                .take(max_inflated + 1)
+                .read_to_end(&mut inflated)
+                .context("the deflated data set does not inflate")?;
+            if inflated.len() as u64 > max_inflated {
+                bail!("the deflated data set inflates past {max_inflated} bytes (MSA_MAX_DECOMPRESSED_BYTES)");
+            }
+            let len = inflated.len() as u64;
+            Stream {
+                src: Cursor::new(inflated),
+                pos: 0,
+                len,
+                big_endian: false,
+                explicit: true,
+            }
+            .data_set()
+        }
+        "1.2.840.10008.1.2" => Stream {
+            explicit: false,
+            ..s
+        }
+        .data_set(),
+        "1.2.840.10008.1.2.2" => Stream {
+            big_endian: true,
+            ..s
+        }
+        .data_set(),
+        _ => s.data_set(),
+    }
+}
+
+/// The file meta facts the walk needs.
+#[derive(Default)]
+struct Meta {
+    transfer_syntax: String,
+    sop_class: String,
+}
+
+/// What the walk is inside of.
+#[derive(Clone, Copy)]
+enum Frame {
+    /// A sequence or an item of one, ending at a byte offset or at its delimiter.
+    Sequence(Option<u64>),
+    Item(Option<u64>),
+    /// Encapsulated pixel data: items of raw bytes up to a sequence delimiter.
+    Fragments,
+}
+
+impl Frame {
+    fn end(self) -> Option<u64> {
+        match self {
+            Frame::Sequence(end) | Frame::Item(end) => end,
+            Frame::Fragments => None,
+        }
+    }
+}
+
+struct Stream<R> {
+    src: R,
+    pos: u64,
+    len: u64,
+    big_endian: bool,
+    explicit: bool,
+}
+
+impl<R: Read + Seek> Stream<R> {
+    fn left(&self) -> u64 {
+        self.len.saturating_sub(self.pos)
+    }
+
+    /// `n` bytes, or None at the end of the file.
+    fn bytes<const N: usize>(&mut self) -> Result<Option<[u8; N]>> {
+        let mut b = [0u8; N];
+        match self.src.read_exact(&mut b) {
+            Ok(()) => {
+                self.pos += N as u64;
+                Ok(Some(b))
+            }
+            Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => Ok(None),
+            Err(e) => Err(e.into()),
+        }
+    }
+
+    fn u16(&self, b: [u8; 2]) -> u16 {
+        if self.big_endian {
+            u16::from_be_bytes(b)
+        } else {
+            u16::from_le_bytes(b)
+        }
+    }
+
+    fn u32(&self, b: [u8; 4]) -> u32 {
+        if self.big_endian {
+            u32::from_be_bytes(b)
+        } else {
+            u32::from_le_bytes(b)
+        }
+    }
+
+    /// Refuses a value of `len` bytes that the file does not hold.
+    fn check(&self, tag: Tag, len: u32) -> Result<()> {
+        if len as u64 > self.left() {
+            bail!(
+                "element {tag} claims {len} bytes at offset {}, but only {} bytes follow",
+                self.pos,
+                self.left()
+            );
+        }
+        Ok(())
+    }
+
+    fn skip(&mut self, tag: Tag, len: u32) -> Result<()> {
+        self.check(tag, len)?;
+        // Small values are read through, so that a buffered reader keeps its buffer.
+        if len <= 4096 {
+            std::io::copy(&mut (&mut self.src).take(len as u64), &mut std::io::sink())?;
+        } else {
+            self.src.seek(SeekFrom::Current(len as i64))?;
+        }
+        self.pos += len as u64;
+        Ok(())
+    }
+
+    /// The preamble and the file meta group (explicit VR little endian, led by its group
+    /// length, as dicom-rs reads it), or None where dicom-rs would refuse the file.
+    fn meta_group(&mut self) -> Result<Option<Meta>> {
+        let Some(head) = self.bytes::<132>()? else {
+            return Ok(None);
+        };
+        if head.get(128..132) != Some(b"DICM".as_slice()) {
+            if head.get(..4) != Some(b"DICM".as_slice()) {
+                return Ok(None);
+            }
+            self.src.seek(SeekFrom::Start(4))?;
+            self.pos = 4;
+        }
+        let Some((tag, _, len)) = self.header()? else {
+            return Ok(None);
+        };
+        if tag != Tag(0x0002, 0x0000) || len != 4 {
+            return Ok(None);
+        }
+        let Some(group_length) = self.bytes::<4>()?.map(u32::from_le_bytes) else {
+            return Ok(None);
+        };
+        let start = self.pos;
+        let mut meta = Meta::default();
+        while self.pos - start < group_length as u64 {
+            let Some((tag, _, len)) = self.header()? else {
+                return Ok(None);
+            };
+            if len == UNDEFINED {
+                return Ok(None);
+            }
+            self.check(tag, len)?;
+            match tag {
+                Tag(0x0002, 0x0002) => meta.sop_class = self.uid(len)?,
+                Tag(0x0002, 0x0010) => meta.transfer_syntax = self.uid(len)?,
+                _ => self.skip(tag, len)?,
+            }
+        }
+        Ok(Some(meta))
+    }
+
+    /// A UID value of `len` bytes (checked against the file already).
+    fn uid(&mut self, len: u32) -> Result<String> {
+        let mut uid = vec![0u8; len as usize];
+        self.src.read_exact(&mut uid)?;
+        self.pos += len as u64;
+        Ok(String::from_utf8_lossy(&uid)
+            .trim_end_matches(['\0', ' '])
+            .to_string())
+    }
+
+    /// One element header: tag, VR, length. None at the end of the file.
+    fn header(&mut self) -> Result<Option<(Tag, VR, u32)>> {
+        let Some([a, b, c, d]) = self.bytes::<4>()? else {
+            return Ok(None);
+        };
+        let tag = Tag(self.u16([a, b]), self.u16([c, d]));
+        let long = |s: &mut Self| -> Result<Option<u32>> { Ok(s.bytes::<4>()?.map(|b| s.u32(b))) };
+        if tag.0 == 0xFFFE || !self.explicit {
+            let Some(len) = long(self)? else {
+                return Ok(None);
+            };
+            return Ok(Some((tag, self.implicit_vr(tag), len)));
+        }
+        let Some(vr) = self.bytes::<2>()? else {
+            return Ok(None);
+        };
+        let vr = VR::from_binary(vr).unwrap_or(VR::UN);
+        let len = if short_length(vr) {
+            self.bytes::<2>()?.map(|b| self.u16(b) as u32)
+        } else {
+            match self.bytes::<2>()? {
+                Some(_reserved) => long(self)?,
+                None => None,
+            }
+        };
+        Ok(len.map(|len| (tag, vr, len)))
+    }
+
+    /// The VR dicom-rs gives an implicit-VR element: from the dictionary.
+    fn implicit_vr(&self, tag: Tag) -> VR {
+        if tag == PIXEL_DATA || (tag.0 >> 8 == 0x60 && tag.1 == 0x3000) {
+            return VR::OW;
+        }
+        StandardDataDictionary
+            .by_tag(tag)
+            .map(|e| e.vr().relaxed())
+            .unwrap_or(VR::UN)
+    }
+
+    /// The data set after the meta group, down through its sequences and items.
+    fn data_set(mut self) -> Result<Outline> {
+        let mut outline = Outline::default();
+        let mut frames: Vec<Frame> = Vec::new();
+        loop {
+            while frames
+                .last()
+                .and_then(|f| f.end())
+                .is_some_and(|end| self.pos >= end)
+            {
+                frames.pop();
+            }
+            if frames.len() > MAX_DEPTH {
+                bail!(
+                    "sequences nest deeper than {MAX_DEPTH} at offset {}",
+                    self.pos
+                );
+            }
+            let Some((tag, vr, len)) = self.header()? else {
+                return Ok(outline);
+            };
+            outline.pixel_data |= tag == PIXEL_DATA && frames.is_empty();
+            let top = frames.last().copied();
+            match top {
+                Some(Frame::Sequence(_)) | Some(Frame::Fragments) => match tag {
+                    ITEM if len == UNDEFINED => match top {
+                        Some(Frame::Fragments) => return Ok(outline),
+                        _ => frames.push(Frame::Item(None)),
+                    },
+                    ITEM => {
+                        self.check(tag, len)?;
+                        match top {
+                            Some(Frame::Fragments) => self.skip(tag, len)?,
+                            _ => frames.push(Frame::Item(Some(self.pos + len as u64))),
+                        }
+                    }
+                    SEQUENCE_END => drop(frames.pop()),
+                    // dicom-rs stops on anything else here.
+                    _ => return Ok(outline),
+                },
+                _ => match tag {
+                    ITEM_END | SEQUENCE_END => {
+                        if matches!(top, Some(Frame::Item(None))) {
+                            frames.pop();
+                        }
+                    }
+                    PIXEL_DATA if len == UNDEFINED => frames.push(Frame::Fragments),
+                    _ if len == UNDEFINED => frames.push(Frame::Sequence(None)),
+                    _ if vr == VR::SQ => {
+                        self.check(tag, len)?;
+                        frames.push(Frame::Sequence(Some(self.pos + len as u64)));
+                    }
+                    _ => self.skip(tag, len)?,
+                },
+            }
+        }
+    }
+}
+
+/// The VRs whose explicit length is 16 bits (PS3.5 7.1.2).
+fn short_length(vr: VR) -> bool {
+    use VR::*;
+    matches!(
+        vr,
+        AE | AS
+            | AT
+            | CS
+            | DA
+            | DS
+            | DT
+            | FL
+            | FD
+            | IS
+            | LO
+            | LT
+            | PN
+            | SH
+            | SL
+            | SS
+            | ST
+            | TM
+            | UI
+            | UL
+            | US
+    )
+}

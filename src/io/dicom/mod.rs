@@ -1,0 +1,9 @@
+//! DICOM in and out: studies of several series, series read as volumes (compressed
+//! transfer syntaxes included), and a guard against lengths a file does not back.
+
+pub mod guard;
+pub mod series;
+pub mod study;
+
+pub use series::{read, read_series};
+pub use study::{Series, SeriesChoice};
