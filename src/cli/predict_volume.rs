@@ -2,6 +2,7 @@
 
 use super::ModelArgs;
 use crate::infer::volume::{class_overlay, segment_volume, SliceScaling, VolumePrompts};
+use crate::io::dicom::seg::{self, Segment};
 use crate::io::dicom::SeriesChoice;
 use crate::io::nifti;
 use anyhow::{Context, Result};
@@ -21,9 +22,13 @@ pub struct PredictVolumeArgs {
     /// The prompt JSON: per class label, points and boxes per slice, or a 3D box.
     #[arg(long)]
     pub prompts: PathBuf,
-    /// The label volume to write (.nii or .nii.gz), on the input's grid and affine.
+    /// The label volume to write, on the input's grid and affine: NIfTI (.nii, .nii.gz),
+    /// or a DICOM Segmentation (.dcm) of a DICOM input.
     #[arg(long)]
     pub out: PathBuf,
+    /// The output format; by default from the name of `--out`.
+    #[arg(long, value_enum)]
+    pub format: Option<LabelFormat>,
     /// One PNG per prompted slice with the labels drawn on it.
     #[arg(long)]
     pub overlay_dir: Option<PathBuf>,
@@ -33,10 +38,39 @@ pub struct PredictVolumeArgs {
     pub window: Option<String>,
 }
 
+/// How a label volume is written.
+#[derive(clap::ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LabelFormat {
+    /// NIfTI-1, uint8 labels.
+    Nifti,
+    /// DICOM Segmentation (binary), referring to the input series.
+    DicomSeg,
+}
+
+impl LabelFormat {
+    /// The format asked for, else the one `out`'s name implies.
+    pub fn of(asked: Option<LabelFormat>, out: &Path) -> LabelFormat {
+        let name = out.to_string_lossy().to_ascii_lowercase();
+        asked.unwrap_or(if name.ends_with(".dcm") {
+            LabelFormat::DicomSeg
+        } else {
+            LabelFormat::Nifti
+        })
+    }
+}
+
 pub fn run(args: &PredictVolumeArgs) -> Result<()> {
     let device = crate::runtime::device::default_device()?;
     let series = args.series.as_deref().map(SeriesChoice::parse);
-    let input = crate::io::volume_file::read(&args.image, series.as_ref())?;
+    let format = LabelFormat::of(args.format, &args.out);
+    let (input, source) = crate::io::volume_file::read_source(&args.image, series.as_ref())?;
+    if format == LabelFormat::DicomSeg && source.is_none() {
+        anyhow::bail!(
+            "{}: a DICOM SEG refers to DICOM source images; this input is not DICOM (write \
+             .nii.gz instead)",
+            args.image.display()
+        );
+    }
     let vol = &input.volume;
     let scaling = SliceScaling::of(vol, args.window.as_deref())?;
     let range = scaling.range;
@@ -50,7 +84,8 @@ pub fn run(args: &PredictVolumeArgs) -> Result<()> {
         range.0,
         range.1
     );
-    let prompts = VolumePrompts::load(&args.prompts)?
+    let asked = VolumePrompts::load(&args.prompts)?;
+    let prompts = asked
         .per_slice(vol.dims[2])
         .with_context(|| format!("prompts {}", args.prompts.display()))?;
     let loaded = args.model.load(&device)?;
@@ -66,7 +101,17 @@ pub fn run(args: &PredictVolumeArgs) -> Result<()> {
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
-    nifti::write_labels(&args.out, &labels, &input)?;
+    match (format, &source) {
+        (LabelFormat::DicomSeg, Some(source)) => {
+            let segments: Vec<Segment> = asked
+                .names()
+                .into_iter()
+                .map(|(label, name)| Segment { label, name })
+                .collect();
+            seg::write(&args.out, &labels, vol, source, &segments)?
+        }
+        _ => nifti::write_labels(&args.out, &labels, &input)?,
+    }
     let mut counts = std::collections::BTreeMap::new();
     for &l in labels.iter().filter(|&&l| l > 0) {
         *counts.entry(l).or_insert(0usize) += 1;

@@ -38,6 +38,9 @@ pub struct ClassPrompts {
     /// drawn on a few key slices propagate through the structure.
     #[serde(default)]
     pub interpolate_boxes: bool,
+    /// What the class is (a DICOM SEG's segment label); "class N" when absent.
+    #[serde(default)]
+    pub name: Option<String>,
 }
 
 impl ClassPrompts {
@@ -77,6 +80,24 @@ impl VolumePrompts {
         serde_json::from_str(text).context(
             "expected {\"classes\": {\"<label>\": {\"points\": {\"<k>\": [[x, y, l]]}, \"boxes\": {\"<k>\": [x0, y0, x1, y1]}, \"box3d\": [x0, y0, k0, x1, y1, k1]}}}",
         )
+    }
+
+    /// (label, name) of every class, in label order; labels that are not 1..=255 are
+    /// refused by `per_slice`, and skipped here.
+    pub fn names(&self) -> Vec<(u8, String)> {
+        let mut out: Vec<(u8, String)> = self
+            .classes
+            .iter()
+            .filter_map(|(class, p)| {
+                let label = class.trim().parse::<u8>().ok().filter(|l| *l > 0)?;
+                Some((
+                    label,
+                    p.name.clone().unwrap_or_else(|| format!("class {label}")),
+                ))
+            })
+            .collect();
+        out.sort();
+        out
     }
 
     /// Prompts per slice for a volume of `nz` slices. A 3D box gives every slice from k0

@@ -1,7 +1,7 @@
 //! A volume from wherever a user keeps it: a NIfTI file, or DICOM (a folder holding a
 //! study, or one file).
 
-use super::dicom::{self, SeriesChoice};
+use super::dicom::{self, SeriesChoice, SeriesSource};
 use super::nifti::{self, NiftiVolume};
 use anyhow::Result;
 use std::path::Path;
@@ -9,8 +9,17 @@ use std::path::Path;
 /// The volume in `path`: DICOM when it is a folder or a file with the DICOM magic (the
 /// series `series` names, needed when there are several), else a NIfTI file.
 pub fn read(path: &Path, series: Option<&SeriesChoice>) -> Result<NiftiVolume> {
+    Ok(read_source(path, series)?.0)
+}
+
+/// `read`, and for DICOM the series the volume came from.
+pub fn read_source(
+    path: &Path,
+    series: Option<&SeriesChoice>,
+) -> Result<(NiftiVolume, Option<SeriesSource>)> {
     if is_dicom(path) {
-        return Ok(NiftiVolume::from_volume(dicom::read(path, series)?));
+        let (volume, source) = dicom::read_source(path, series)?;
+        return Ok((NiftiVolume::from_volume(volume), Some(source)));
     }
     if let Some(choice) = series {
         anyhow::bail!(
@@ -18,7 +27,7 @@ pub fn read(path: &Path, series: Option<&SeriesChoice>) -> Result<NiftiVolume> {
             path.display()
         );
     }
-    nifti::read(path)
+    Ok((nifti::read(path)?, None))
 }
 
 /// A DICOM folder, or a file with the DICOM magic.

@@ -2,8 +2,9 @@
 //! transfer syntaxes included), and a guard against lengths a file does not back.
 
 pub mod guard;
+pub mod seg;
 pub mod series;
 pub mod study;
 
-pub use series::{read, read_series};
+pub use series::{read, read_series, read_source, SeriesSource};
 pub use study::{Series, SeriesChoice};

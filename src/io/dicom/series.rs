@@ -34,12 +34,29 @@ pub fn read_series(path: &Path) -> Result<Volume> {
 /// columns, y along the rows, k along the sorted slices; the affine maps to RAS world
 /// coordinates like NIfTI.
 pub fn read(path: &Path, choice: Option<&SeriesChoice>) -> Result<Volume> {
+    Ok(read_source(path, choice)?.0)
+}
+
+/// Where a volume read from a series came from: the files of its slices, in slice order,
+/// and its geometry as DICOM gives it. A DICOM SEG of the volume refers to these.
+#[derive(Debug, Clone)]
+pub struct SeriesSource {
+    pub series: Series,
+    /// Slice k's file and ImagePositionPatient.
+    pub slices: Vec<(PathBuf, [f64; 3])>,
+    pub orientation: [f64; 6],
+    /// (between rows, between columns), mm.
+    pub pixel_spacing: [f64; 2],
+}
+
+/// `read`, and where the volume came from.
+pub fn read_source(path: &Path, choice: Option<&SeriesChoice>) -> Result<(Volume, SeriesSource)> {
     let series = study::pick(path, choice)?;
     read_picked(&series)
 }
 
 /// Reads the files of one series.
-pub fn read_picked(series: &Series) -> Result<Volume> {
+pub fn read_picked(series: &Series) -> Result<(Volume, SeriesSource)> {
     let mut slices = Vec::with_capacity(series.files.len());
     for path in &series.files {
         let Some(obj) = study::open(path, false)? else {
@@ -88,13 +105,23 @@ pub fn read_picked(series: &Series) -> Result<Volume> {
         data.extend_from_slice(&decode(&s.path, rows * columns)?);
     }
     let positions: Vec<f64> = slices.iter().map(along).collect();
-    Ok(Volume {
+    let volume = Volume {
         dims: [columns, rows, slices.len()],
         data,
         spacing: [0.0; 3],
         affine: [[0.0; 4]; 4],
     }
-    .placed(first, normal, &positions))
+    .placed(first, normal, &positions);
+    let source = SeriesSource {
+        series: series.clone(),
+        orientation: first.orientation,
+        pixel_spacing: first.pixel_spacing,
+        slices: slices
+            .iter()
+            .map(|s| (s.path.clone(), s.position))
+            .collect(),
+    };
+    Ok((volume, source))
 }
 
 impl Volume {
