@@ -123,6 +123,22 @@ def test_a_truncated_compressed_fragment_is_refused(tmp_path):
     assert done.returncode == 1 and str(cut) in done.stderr, done.stderr
 
 
+@pytest.mark.parametrize("syntax", [TS.JPEGLosslessProcess14_1, TS.JPEGBaselineProcess1, TS.JPEG2000Lossless])
+def test_a_frame_cut_inside_a_well_formed_file_is_refused(syntax, tmp_path):
+    """The file's structure is intact (pydicom re-encapsulates the cut frame); only the
+    codestream lacks its last third. Decoders fill that in; msa refuses it."""
+    source = "image_dfl.dcm" if syntax == TS.JPEGBaselineProcess1 else "CT_small.dcm"
+    whole = transcode(TEST_FILES / source, tmp_path / "whole.dcm", syntax)
+    ds = pydicom.dcmread(whole)
+    frame = next(pydicom.encaps.generate_frames(ds.PixelData, number_of_frames=1))
+    ds.PixelData = pydicom.encaps.encapsulate([frame[: 2 * len(frame) // 3]])
+    cut = tmp_path / "cut.dcm"
+    ds.save_as(cut)
+    done = msa("convert", cut, tmp_path / "out.nii.gz")
+    assert done.returncode == 1 and str(cut) in done.stderr, done.stderr
+    assert "truncated" in done.stderr, done.stderr
+
+
 def series_reference(files):
     """The slices of one series stacked along the slice normal, and its RAS affine."""
     slices = [pydicom.dcmread(f) for f in files]

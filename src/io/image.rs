@@ -36,19 +36,69 @@ fn decode(bytes: &[u8], limits: &super::DecodeLimits) -> Result<DynamicImage> {
     let mut reader = image::ImageReader::new(std::io::Cursor::new(bytes))
         .with_guessed_format()
         .context("cannot read the image bytes")?;
-    if reader.format().is_none() {
+    let Some(format) = reader.format() else {
         anyhow::bail!("not a PNG, JPEG, TIFF or BMP image (unknown leading bytes)");
-    }
-    let (w, h) = reader
-        .into_dimensions()
-        .context("cannot read the image header")?;
+    };
+    check_complete(bytes, format)?;
+    let (w, h) = reader.into_dimensions().map_err(ends_early)?;
     limits.check_image(w, h)?;
     reader = image::ImageReader::new(std::io::Cursor::new(bytes)).with_guessed_format()?;
     reader.limits(limits.image_limits());
     let decoded = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| reader.decode()));
     match decoded {
-        Ok(img) => img.context("cannot decode the image"),
+        Ok(img) => img.map_err(ends_early),
         Err(_) => anyhow::bail!("cannot decode the image: the decoder failed on malformed data"),
+    }
+}
+
+/// Refuses a JPEG or PNG whose end is missing. Their decoders fill a cut JPEG with grey
+/// and take a PNG without its end chunk; the other formats' decoders fail on a cut file.
+fn check_complete(bytes: &[u8], format: image::ImageFormat) -> Result<()> {
+    match format {
+        image::ImageFormat::Jpeg => jpeg_complete(bytes),
+        image::ImageFormat::Png => {
+            // The end chunk: zero length, its type, its CRC.
+            const IEND: [u8; 12] = [0, 0, 0, 0, b'I', b'E', b'N', b'D', 0xAE, 0x42, 0x60, 0x82];
+            if find_last(bytes, &IEND).is_none() {
+                anyhow::bail!(
+                    "truncated PNG: {} bytes and no complete IEND chunk",
+                    bytes.len()
+                );
+            }
+            Ok(())
+        }
+        _ => Ok(()),
+    }
+}
+
+/// Refuses a JPEG stream without its end-of-image marker after the last scan (also for
+/// the compressed frames of DICOM files).
+pub fn jpeg_complete(bytes: &[u8]) -> Result<()> {
+    // Entropy-coded data stuffs every 0xFF with 0x00, so FF D9 after the last
+    // start-of-scan is the end-of-image marker itself.
+    let scan = find_last(bytes, &[0xFF, 0xDA]);
+    let end = find_last(bytes, &[0xFF, 0xD9]);
+    match (scan, end) {
+        (Some(s), Some(e)) if e > s => Ok(()),
+        (None, _) => anyhow::bail!("truncated JPEG: no scan data (no SOS marker)"),
+        _ => anyhow::bail!(
+            "truncated JPEG: {} bytes and no end-of-image marker after the last scan",
+            bytes.len()
+        ),
+    }
+}
+
+fn find_last(bytes: &[u8], pattern: &[u8]) -> Option<usize> {
+    bytes.windows(pattern.len()).rposition(|w| w == pattern)
+}
+
+/// A decoder's error, said plainly when it is the end of the data coming early.
+fn ends_early(e: image::ImageError) -> anyhow::Error {
+    let text = e.to_string();
+    if text.contains("fill whole buffer") || text.contains("unexpected end of file") {
+        anyhow::anyhow!("truncated image: the file ends before its pixel data does ({text})")
+    } else {
+        anyhow::Error::new(e).context("cannot decode the image")
     }
 }
 

@@ -53,6 +53,17 @@ impl NiftiVolume {
 /// The header is read first and the size it claims checked against
 /// `DecodeLimits::from_env()` before any voxel is read.
 pub fn read(path: &Path) -> Result<NiftiVolume> {
+    if is_gzip(path) {
+        // Decompressed whole, so that the stream's length and CRC are checked: the nifti
+        // crate stops reading where the voxels end, and took a file cut in its trailer.
+        let bytes =
+            std::fs::read(path).with_context(|| format!("{}: cannot read", path.display()))?;
+        return read_bytes(
+            &bytes,
+            &path.display().to_string(),
+            &super::DecodeLimits::from_env(),
+        );
+    }
     let header = NiftiHeader::from_file(path).with_context(|| {
         format!(
             "{}: cannot read a NIfTI-1 header (missing, truncated, or not a .nii/.nii.gz file?)",
@@ -72,6 +83,15 @@ pub fn read(path: &Path) -> Result<NiftiVolume> {
     from_object(obj, path)
 }
 
+fn is_gzip(path: &Path) -> bool {
+    use std::io::Read;
+    let mut magic = [0u8; 2];
+    std::fs::File::open(path)
+        .and_then(|mut f| f.read_exact(&mut magic))
+        .is_ok()
+        && magic == [0x1f, 0x8b]
+}
+
 /// True when `bytes` start like a NIfTI-1 file or a gzip stream (which may hold one).
 pub fn looks_like(bytes: &[u8]) -> bool {
     bytes.starts_with(&[0x1f, 0x8b]) || bytes.get(344..348) == Some(b"n+1\0".as_slice())
@@ -82,8 +102,9 @@ pub fn looks_like(bytes: &[u8]) -> bool {
 pub fn read_bytes(bytes: &[u8], name: &str, limits: &super::DecodeLimits) -> Result<NiftiVolume> {
     let what = Path::new(name);
     let raw = if bytes.starts_with(&[0x1f, 0x8b]) {
-        gunzip(bytes, limits.max_decompressed_bytes)
-            .with_context(|| format!("{name}: cannot decompress"))?
+        gunzip(bytes, limits.max_decompressed_bytes).with_context(|| {
+            format!("{name}: cannot decompress (a truncated or corrupt gzip stream)")
+        })?
     } else {
         bytes.to_vec()
     };

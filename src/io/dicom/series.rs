@@ -163,6 +163,7 @@ fn decode(path: &Path, pixels: usize) -> Result<Vec<f32>> {
         .transfer_syntax()
         .trim_end_matches('\0')
         .to_string();
+    check_frame_complete(path, &obj, &ts)?;
     let decoded = obj.decode_pixel_data().with_context(|| {
         format!(
             "{}: cannot decode its pixel data (transfer syntax {ts}{})",
@@ -181,6 +182,41 @@ fn decode(path: &Path, pixels: usize) -> Result<Vec<f32>> {
         );
     }
     Ok(values)
+}
+
+/// Refuses a compressed frame cut short: the JPEG and JPEG 2000 decoders fill in what is
+/// missing. A JPEG frame must end with its end-of-image marker after the last scan, a JPEG
+/// 2000 codestream with its end-of-codestream marker (both FF D9; one padding byte allowed).
+fn check_frame_complete(path: &Path, obj: &DefaultDicomObject, ts: &str) -> Result<()> {
+    const JPEG: [&str; 4] = [
+        "1.2.840.10008.1.2.4.50",
+        "1.2.840.10008.1.2.4.51",
+        "1.2.840.10008.1.2.4.57",
+        "1.2.840.10008.1.2.4.70",
+    ];
+    const JPEG_2000: [&str; 2] = ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"];
+    let fragments = obj
+        .element(tags::PIXEL_DATA)
+        .ok()
+        .and_then(|e| e.value().fragments().map(|f| f.to_vec()));
+    let Some(fragments) = fragments else {
+        return Ok(());
+    };
+    let frame: Vec<u8> = fragments.concat();
+    if JPEG.contains(&ts) {
+        crate::io::image::jpeg_complete(&frame)
+            .with_context(|| format!("{}: its compressed frame", path.display()))?;
+    } else if JPEG_2000.contains(&ts) {
+        let end = frame.strip_suffix(&[0]).unwrap_or(&frame);
+        if !end.ends_with(&[0xFF, 0xD9]) {
+            bail!(
+                "{}: truncated JPEG 2000 frame: {} bytes without the end-of-codestream marker",
+                path.display(),
+                frame.len()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// ", NAME" for a transfer syntax dicom-rs knows, else nothing.
