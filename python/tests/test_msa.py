@@ -106,7 +106,7 @@ def test_predict_volume_equals_msa_predict_volume(model, tmp_path):
     labels_file = VOLUMES / "labelsTr" / nii.name
     truth = np.asarray(nibabel.load(labels_file).dataobj)
     k = int(np.argmax((truth > 0).sum(axis=(0, 1))))
-    # Prompt x indexes the first axis, y the second (msa predict-volume's schema).
+    # In the stored frame, prompt x indexes the array's first axis and y its second.
     xs, ys = np.nonzero(truth[:, :, k] > 0)
     prompts = {"classes": {"1": {"boxes": {str(k): [float(xs.min()), float(ys.min()),
                                                       float(xs.max() + 1), float(ys.max() + 1)]}}}}
@@ -114,19 +114,26 @@ def test_predict_volume_equals_msa_predict_volume(model, tmp_path):
     assert v.shape == truth.shape
     assert np.allclose(v.array, nibabel.load(nii).get_fdata(), atol=1e-4)
     assert np.allclose(v.affine, nibabel.load(nii).affine, atol=1e-4)
-    labels = model.predict_volume(v, prompts)
+    labels = model.predict_volume(v, prompts, axis="stored")
     assert labels.shape == truth.shape and labels.dtype == np.uint8 and labels[:, :, k].any()
     ours = tmp_path / "ours.nii.gz"
     msa.write_labels(ours, labels, like=v)
     theirs = tmp_path / "cli.nii.gz"
     prompt_file = tmp_path / "prompts.json"
     prompt_file.write_text(json.dumps(prompts))
-    cli("predict-volume", "--checkpoint", "lite_medsam", "--image", nii,
+    cli("predict-volume", "--checkpoint", "lite_medsam", "--image", nii, "--axis", "stored",
         "--prompts", prompt_file, "--out", theirs)
     cli_labels = np.asarray(nibabel.load(theirs).dataobj)
     assert np.array_equal(labels, cli_labels)
     assert np.array_equal(np.asarray(nibabel.load(ours).dataobj), cli_labels)
     assert np.allclose(nibabel.load(ours).affine, nibabel.load(nii).affine, atol=1e-4)
+    # By default both turn the volume into the axial canonical frame (the file is stored
+    # right-anterior-superior, so x and y are reversed there) and agree again.
+    canonical = model.predict_volume(v, prompts)
+    cli("predict-volume", "--checkpoint", "lite_medsam", "--image", nii,
+        "--prompts", prompt_file, "--out", theirs)
+    assert canonical[:, :, k].any() and not np.array_equal(canonical, labels)
+    assert np.array_equal(canonical, np.asarray(nibabel.load(theirs).dataobj))
 
 
 def test_errors_are_python_exceptions_with_msa_messages(model, tmp_path):

@@ -80,7 +80,8 @@ def test_boxes_propagate_through_a_volume_as_msa_predict_volume_does(make_napari
     (tmp_path / "p.json").write_text(json.dumps(prompts))
     cli = tmp_path / "cli.nii.gz"
     msa_bin = os.environ.get("MSA_BIN", str(ROOT / "target" / "release" / "msa"))
-    subprocess.run([msa_bin, "predict-volume", "--checkpoint", "lite_medsam", "--image", str(nii),
+    # The plugin works in the array's own voxel indices, as napari shows it.
+    subprocess.run([msa_bin, "predict-volume", "--checkpoint", "lite_medsam", "--axis", "stored", "--image", str(nii),
                     "--prompts", str(tmp_path / "p.json"), "--out", str(cli)], check=True)
     expected = np.asarray(nibabel.load(cli).dataobj)
     assert expected[:, :, ka:kb + 1].any(axis=(0, 1)).all()

@@ -5,6 +5,7 @@ use crate::infer::volume::{class_overlay, segment_volume, SliceScaling, VolumePr
 use crate::io::dicom::seg::{self, Segment};
 use crate::io::dicom::SeriesChoice;
 use crate::io::nifti;
+use crate::io::orientation::{Axis, Reorientation};
 use anyhow::{Context, Result};
 use std::path::{Path, PathBuf};
 
@@ -26,6 +27,10 @@ pub struct PredictVolumeArgs {
     /// or a DICOM Segmentation (.dcm) of a DICOM input.
     #[arg(long)]
     pub out: PathBuf,
+    /// The slices to segment: the volume is turned into this canonical frame first, and
+    /// prompt coordinates are in it (see the README). Outputs are on the input's grid.
+    #[arg(long, default_value = "axial")]
+    pub axis: Axis,
     /// The output format; by default from the name of `--out`.
     #[arg(long, value_enum)]
     pub format: Option<LabelFormat>,
@@ -71,13 +76,23 @@ pub fn run(args: &PredictVolumeArgs) -> Result<()> {
             args.image.display()
         );
     }
-    let vol = &input.volume;
+    let stored = &input.volume;
+    let turn = Reorientation::of(&stored.affine, stored.dims, args.axis);
+    let canonical = turn.volume(stored);
+    let vol = &canonical;
     let scaling = SliceScaling::of(vol, args.window.as_deref())?;
     let range = scaling.range;
     println!(
-        "{}: {:?} voxels, spacing {:?} mm; intensity {:?} ({}): values {:.1}..{:.1} -> 0..255",
+        "{}: {:?} voxels as {:?} slices ({}), spacing {:?} mm; intensity {:?} ({}): values \
+         {:.1}..{:.1} -> 0..255",
         args.image.display(),
         vol.dims,
+        args.axis,
+        if turn.is_identity() {
+            "as stored"
+        } else {
+            "axes turned from the file's"
+        },
         vol.spacing,
         scaling.intensity,
         scaling.why,
@@ -98,6 +113,11 @@ pub fn run(args: &PredictVolumeArgs) -> Result<()> {
         Ok(())
     })?;
     bar.finish_and_clear();
+    if let Some(dir) = &args.overlay_dir {
+        write_overlays(dir, vol, range, &labels, prompts.keys().copied())?;
+        println!("overlays -> {}", dir.display());
+    }
+    let labels = turn.undo(&labels);
     if let Some(dir) = args.out.parent().filter(|d| !d.as_os_str().is_empty()) {
         std::fs::create_dir_all(dir).with_context(|| format!("cannot create {}", dir.display()))?;
     }
@@ -108,7 +128,7 @@ pub fn run(args: &PredictVolumeArgs) -> Result<()> {
                 .into_iter()
                 .map(|(label, name)| Segment { label, name })
                 .collect();
-            seg::write(&args.out, &labels, vol, source, &segments)?
+            seg::write(&args.out, &labels, stored, source, &segments)?
         }
         _ => nifti::write_labels(&args.out, &labels, &input)?,
     }
@@ -121,10 +141,6 @@ pub fn run(args: &PredictVolumeArgs) -> Result<()> {
         prompts.len(),
         args.out.display()
     );
-    if let Some(dir) = &args.overlay_dir {
-        write_overlays(dir, vol, range, &labels, prompts.keys().copied())?;
-        println!("overlays -> {}", dir.display());
-    }
     Ok(())
 }
 

@@ -103,6 +103,10 @@ pub struct TrainArgs {
     /// or `percentiles`; default from dataset.json's modality, else from the values.
     #[arg(long)]
     pub window: Option<String>,
+    /// Volumes: the slices to train on, axial (the default), coronal or sagittal; each
+    /// volume is turned into that canonical frame first.
+    #[arg(long)]
+    pub axis: Option<crate::io::orientation::Axis>,
     /// Volumes: hold the last N cases (sorted by id) out of training and validation.
     #[arg(long, default_value_t = defaults::HOLDOUT)]
     pub holdout: usize,
@@ -195,6 +199,7 @@ impl TrainArgs {
             limit,
             labels,
             window,
+            axis,
             precision
         );
         let batch_given = given("batch_size");

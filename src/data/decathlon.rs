@@ -3,6 +3,7 @@
 //! "label": "./labelsTr/x.nii.gz"}`, names the modality and the label values.
 
 use crate::io::nifti::{self, NiftiVolume};
+use crate::io::orientation::{Axis, Reorientation};
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -14,6 +15,8 @@ pub struct VolumeCase {
     pub id: String,
     pub image: PathBuf,
     pub label: PathBuf,
+    /// The slices its volumes are cut into (`load_case` turns them into that frame).
+    pub axis: Axis,
 }
 
 #[derive(Debug, Clone)]
@@ -46,7 +49,17 @@ struct Entry {
 }
 
 impl Decathlon {
-    /// Reads `root/dataset.json`; every listed file must exist.
+    /// `open`, its volumes to be cut into `axis` slices.
+    pub fn open_along(root: &Path, axis: Axis) -> Result<Self> {
+        let mut ds = Self::open(root)?;
+        for case in ds.training.iter_mut().chain(ds.validation.iter_mut()) {
+            case.axis = axis;
+        }
+        Ok(ds)
+    }
+
+    /// Reads `root/dataset.json`; every listed file must exist. Volumes are cut into axial
+    /// slices.
     pub fn open(root: &Path) -> Result<Self> {
         let path = root.join("dataset.json");
         let text = std::fs::read_to_string(&path).with_context(|| {
@@ -149,11 +162,25 @@ fn case(root: &Path, json_path: &Path, e: &Entry) -> Result<VolumeCase> {
         id,
         image,
         label: resolve(&e.label)?,
+        axis: Axis::Axial,
     })
 }
 
-/// Reads a case's image and label volumes; their shapes must agree.
+/// Reads a case's image and label volumes (their shapes must agree), both turned into the
+/// canonical frame of the case's axis by the image's affine.
 pub fn load_case(case: &VolumeCase) -> Result<(NiftiVolume, NiftiVolume)> {
+    let (image, label) = load_stored(case)?;
+    let turn = Reorientation::of(&image.volume.affine, image.volume.dims, case.axis);
+    if turn.is_identity() {
+        return Ok((image, label));
+    }
+    Ok((
+        NiftiVolume::from_volume(turn.volume(&image.volume)),
+        NiftiVolume::from_volume(turn.volume(&label.volume)),
+    ))
+}
+
+fn load_stored(case: &VolumeCase) -> Result<(NiftiVolume, NiftiVolume)> {
     let image = nifti::read(&case.image)?;
     let label = nifti::read(&case.label)?;
     if image.volume.dims != label.volume.dims {

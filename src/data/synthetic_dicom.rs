@@ -33,6 +33,33 @@ pub fn write_slice(
     z: f64,
     (rows, columns): (usize, usize),
 ) -> Result<()> {
+    let pixels: Vec<u16> = (0..rows * columns)
+        .map(|i| (100 * k + 10 * (i / columns) + i % columns) as u16)
+        .collect();
+    let plane = Plane {
+        position: [-10.0, 20.0, z],
+        orientation: [1.0, 0.0, 0.0, 0.0, 1.0, 0.0],
+    };
+    write_image(path, series, k, plane, (rows, columns), &pixels)
+}
+
+/// Where a slice lies: ImagePositionPatient and ImageOrientationPatient (LPS).
+#[derive(Debug, Clone, Copy)]
+pub struct Plane {
+    pub position: [f64; 3],
+    pub orientation: [f64; 6],
+}
+
+/// One CT slice of `series` holding `pixels` (row-major, raw values rescaled by 2x - 1024)
+/// at `plane`; instance `k`; pixel spacing 0.5 (rows) x 0.75 (columns) mm, 2.5 mm thick.
+pub fn write_image(
+    path: &Path,
+    series: &str,
+    k: usize,
+    plane: Plane,
+    (rows, columns): (usize, usize),
+    pixels: &[u16],
+) -> Result<()> {
     let mut obj = InMemDicomObject::new_empty();
     let sop = format!("1.2.826.0.1.3680043.2.1125.{k}{}", series.len());
     let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
@@ -74,16 +101,16 @@ pub fn write_slice(
         VR::DS,
         strs(&["-1024"]),
     ));
-    let z = format!("{z}");
+    let decimals = |v: &[f64]| PrimitiveValue::Strs(v.iter().map(|x| format!("{x}")).collect());
     obj.put(DataElement::new(
         tags::IMAGE_POSITION_PATIENT,
         VR::DS,
-        strs(&["-10", "20", &z]),
+        decimals(&plane.position),
     ));
     obj.put(DataElement::new(
         tags::IMAGE_ORIENTATION_PATIENT,
         VR::DS,
-        strs(&["1", "0", "0", "0", "1", "0"]),
+        decimals(&plane.orientation),
     ));
     obj.put(DataElement::new(
         tags::PIXEL_SPACING,
@@ -95,13 +122,10 @@ pub fn write_slice(
         VR::DS,
         strs(&["2.5"]),
     ));
-    let pixels: Vec<u16> = (0..rows * columns)
-        .map(|i| (100 * k + 10 * (i / columns) + i % columns) as u16)
-        .collect();
     obj.put(DataElement::new(
         tags::PIXEL_DATA,
         VR::OW,
-        PrimitiveValue::U16(pixels.into()),
+        PrimitiveValue::U16(pixels.to_vec().into()),
     ));
     let meta = FileMetaTableBuilder::new()
         .transfer_syntax(uids::EXPLICIT_VR_LITTLE_ENDIAN)

@@ -13,7 +13,8 @@ use std::path::PathBuf;
 /// Returns {"summary": {...}, "cases": [{"case", "class", "dice", "iou", "hd95", ...}]}.
 #[pyfunction]
 #[pyo3(signature = (checkpoint, data, out, adapters=None, dataset="folder", prompt="click",
-    seed=0, overlays=16, holdout=None, labels=None, window=None, device="cpu", precision=None))]
+    seed=0, overlays=16, holdout=None, labels=None, window=None, device="cpu", precision=None,
+    axis="axial"))]
 #[allow(clippy::too_many_arguments)] // Python's keyword arguments, one each
 pub fn evaluate<'py>(
     py: Python<'py>,
@@ -30,6 +31,7 @@ pub fn evaluate<'py>(
     window: Option<String>,
     device: &str,
     precision: Option<&str>,
+    axis: &str,
 ) -> PyResult<Bound<'py, PyAny>> {
     use clap::ValueEnum;
     let dataset = DatasetKind::from_str(dataset, true).map_err(|_| {
@@ -47,6 +49,7 @@ pub fn evaluate<'py>(
         holdout,
         labels,
         window,
+        axis: axis.parse().map_err(|e| value_error(format!("{e:#}")))?,
     };
     let cases = cases::open(&opts).map_err(from_anyhow)?;
     let model = Model::new(py, checkpoint, adapters, device, precision, None)?;

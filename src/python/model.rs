@@ -6,6 +6,7 @@ use super::image::{describe, rgb_from_array};
 use super::volume::Volume;
 use crate::infer::volume::{segment_volume, SliceScaling, VolumePrompts};
 use crate::infer::{Embedded, Prediction, Predictor};
+use crate::io::orientation::{Axis, Reorientation};
 use crate::io::prompt::UserPrompt;
 use crate::model::precision::Precision;
 use crate::model::Sam;
@@ -321,19 +322,30 @@ impl Model {
     }
 
     /// uint8 labels in the volume's voxel order from `prompts`, a dict with
-    /// `msa predict-volume`'s JSON schema; `window` as its --window.
-    #[pyo3(signature = (volume, prompts, window=None))]
+    /// `msa predict-volume`'s JSON schema; `window` and `axis` as its --window and --axis.
+    /// An `msa.Volume` is turned into the canonical frame of `axis` (prompts are in that
+    /// frame); a bare array has no affine and is sliced as stored.
+    #[pyo3(signature = (volume, prompts, window=None, axis="axial"))]
     fn predict_volume<'py>(
         &self,
         py: Python<'py>,
         volume: &Bound<'py, PyAny>,
         prompts: &Bound<'py, PyAny>,
         window: Option<&str>,
+        axis: &str,
     ) -> PyResult<Bound<'py, PyArray3<u8>>> {
-        let vol = match volume.cast::<Volume>() {
+        let axis: Axis = axis.parse().map_err(invalid)?;
+        let stored = match volume.cast::<Volume>() {
             Ok(v) => v.get().inner.volume.clone(),
             Err(_) => super::volume::from_array(volume)?,
         };
+        let axis = if volume.cast::<Volume>().is_ok() {
+            axis
+        } else {
+            Axis::Stored
+        };
+        let turn = Reorientation::of(&stored.affine, stored.dims, axis);
+        let vol = turn.volume(&stored);
         let json = py.import("json")?;
         let text: String = json
             .call_method1("dumps", (prompts,))
@@ -361,7 +373,7 @@ impl Model {
         if let Some(e) = interrupted.into_inner().unwrap_or_else(|p| p.into_inner()) {
             return Err(e);
         }
-        let labels = labels.map_err(from_anyhow)?;
-        super::volume::to_array(py, labels, vol.dims)
+        let labels = turn.undo(&labels.map_err(from_anyhow)?);
+        super::volume::to_array(py, labels, stored.dims)
     }
 }

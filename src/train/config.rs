@@ -102,6 +102,9 @@ pub struct TrainConfig {
     /// from dataset.json's modality or the values.
     #[serde(default)]
     pub window: Option<String>,
+    /// The slices volumes are cut into (their canonical frame).
+    #[serde(default)]
+    pub axis: crate::io::orientation::Axis,
     /// The last N cases (sorted by id) are held out of training and validation.
     #[serde(default)]
     pub holdout: usize,
@@ -149,6 +152,7 @@ impl TrainConfig {
             chunks_per_case: defaults::CHUNKS_PER_CASE,
             labels: None,
             window: None,
+            axis: Default::default(),
             holdout: defaults::HOLDOUT,
             checkpoint_blocks: false,
             precision: None,

@@ -46,7 +46,7 @@ impl VolumeData {
         if cfg.chunk == 0 {
             bail!("--chunk must be at least 1 slice");
         }
-        let ds = Decathlon::open(&cfg.data)?;
+        let ds = Decathlon::open_along(&cfg.data, cfg.axis)?;
         let labels = match &cfg.labels {
             Some(s) => LabelMap::parse(s)?,
             None => LabelMap::identity(&ds.labels)?,

@@ -43,6 +43,10 @@ pub struct EvalOptions {
     /// dataset.json modality, else from the values).
     #[arg(long)]
     pub window: Option<String>,
+    /// Volumes: the slices to evaluate on, axial, coronal or sagittal; each volume is
+    /// turned into that canonical frame first.
+    #[arg(long, default_value = "axial")]
+    pub axis: crate::io::orientation::Axis,
 }
 
 /// What evaluating images and evaluating volumes do differently.
