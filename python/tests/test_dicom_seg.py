@@ -162,3 +162,44 @@ def test_dciodvfy_finds_no_errors(segmented):
     done = subprocess.run(["dciodvfy", tmp / "seg.dcm"], capture_output=True, text=True)
     errors = [line for line in (done.stdout + done.stderr).splitlines() if line.startswith("Error")]
     assert not errors, "\n".join(errors)
+
+
+def test_eval_takes_a_seg_that_highdicom_wrote_as_labels(segmented):
+    """The NIfTI labels become a SEG written by highdicom; `msa eval` on the DICOM series
+    with that SEG scores exactly as on NIfTI copies of the series and labels."""
+    tmp, _ = segmented
+    labels = np.asarray(nibabel.load(tmp / "labels.nii.gz").dataobj)
+    sources = [pydicom.dcmread(p) for p in sorted((tmp / "study" / "ct").rglob("*.dcm"))]
+    normal = np.cross(ORIENTATION[:3], ORIENTATION[3:])
+    sources.sort(key=lambda d: float(np.dot(normal, np.array(d.ImagePositionPatient, dtype=float))))
+    descriptions = [
+        hd.seg.SegmentDescription(
+            segment_number=n, segment_label=name,
+            segmented_property_category=hd.sr.CodedConcept("91723000", "SCT", "Anatomical Structure"),
+            segmented_property_type=hd.sr.CodedConcept("85756007", "SCT", "Tissue"),
+            algorithm_type=hd.seg.SegmentAlgorithmTypeValues.MANUAL)
+        for n, name in ((1, "ellipsoid"), (2, "rod"))
+    ]
+    theirs = hd.seg.Segmentation(
+        source_images=sources, pixel_array=np.transpose(labels, (2, 1, 0)).astype(np.uint8),
+        segmentation_type=hd.seg.SegmentationTypeValues.BINARY, segment_descriptions=descriptions,
+        series_instance_uid=hd.UID(), series_number=9, sop_instance_uid=hd.UID(), instance_number=1,
+        manufacturer="highdicom", manufacturer_model_name="test", software_versions="0",
+        device_serial_number="1")
+    theirs.save_as(tmp / "highdicom-seg.dcm")
+    series = tmp / "study" / "ct"
+    # The case id (the folder's or file's name) seeds the prompts' jitter: both are "ct".
+    msa("convert", series, tmp / "ct.nii.gz")
+    scores = {}
+    for name, image, label in (("dicom", series, tmp / "highdicom-seg.dcm"),
+                               ("nifti", tmp / "ct.nii.gz", tmp / "labels.nii.gz")):
+        data = tmp / f"data-{name}"
+        data.mkdir()
+        (data / "dataset.json").write_text(json.dumps({
+            "labels": {"0": "background", "1": "ellipsoid", "2": "rod"}, "modality": {"0": "CT"},
+            "training": [{"image": str(image), "label": str(label)}]}))
+        msa("eval", "--checkpoint", "lite_medsam", "--data", data, "--dataset", "decathlon",
+            "--prompt", "box", "--out", tmp / f"eval-{name}")
+        scores[name] = json.loads((tmp / f"eval-{name}" / "summary.json").read_text())
+    assert scores["dicom"]["n_cases"] == 1 and scores["dicom"]["dice"]["mean"] > 0.5
+    assert scores["dicom"] == scores["nifti"]

@@ -2,8 +2,11 @@
 //! `training` (and optionally `validation`) cases as `{"image": "./imagesTr/x.nii.gz",
 //! "label": "./labelsTr/x.nii.gz"}`, names the modality and the label values.
 
-use crate::io::nifti::{self, NiftiVolume};
+use crate::io::dicom;
+use crate::io::nifti::NiftiVolume;
 use crate::io::orientation::{Axis, Reorientation};
+use crate::io::volume_file;
+use crate::io::Volume;
 use anyhow::{bail, Context, Result};
 use serde::Deserialize;
 use std::collections::BTreeMap;
@@ -139,7 +142,8 @@ impl Decathlon {
 fn case(root: &Path, json_path: &Path, e: &Entry) -> Result<VolumeCase> {
     let resolve = |rel: &str| -> Result<PathBuf> {
         let p = root.join(rel.trim_start_matches("./"));
-        if !p.is_file() {
+        // A file, or a folder holding a DICOM series.
+        if !p.exists() {
             bail!(
                 "{}: lists {rel}, but {} does not exist",
                 json_path.display(),
@@ -156,6 +160,7 @@ fn case(root: &Path, json_path: &Path, e: &Entry) -> Result<VolumeCase> {
     let id = name
         .strip_suffix(".nii.gz")
         .or_else(|| name.strip_suffix(".nii"))
+        .or_else(|| name.strip_suffix(".nrrd"))
         .unwrap_or(&name)
         .to_string();
     Ok(VolumeCase {
@@ -180,9 +185,23 @@ pub fn load_case(case: &VolumeCase) -> Result<(NiftiVolume, NiftiVolume)> {
     ))
 }
 
+/// The image as stored (NIfTI, or DICOM: a series folder or file) and its labels: NIfTI,
+/// or a DICOM Segmentation of that series.
 fn load_stored(case: &VolumeCase) -> Result<(NiftiVolume, NiftiVolume)> {
-    let image = nifti::read(&case.image)?;
-    let label = nifti::read(&case.label)?;
+    let (image, source) = volume_file::read_source(&case.image, None)?;
+    let label = match source {
+        Some(source) if dicom::study::is_dicom_file(&case.label) => {
+            let labels = dicom::seg_labels::read(&case.label, &source, image.volume.dims)?;
+            let v = &image.volume;
+            NiftiVolume::from_volume(Volume {
+                dims: v.dims,
+                data: labels.into_iter().map(f32::from).collect(),
+                spacing: v.spacing,
+                affine: v.affine,
+            })
+        }
+        _ => volume_file::read(&case.label, None)?,
+    };
     if image.volume.dims != label.volume.dims {
         bail!(
             "case {}: image {} is {:?} but label {} is {:?}",

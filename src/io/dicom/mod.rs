@@ -3,6 +3,7 @@
 
 pub mod guard;
 pub mod seg;
+pub mod seg_labels;
 pub mod series;
 pub mod study;
 

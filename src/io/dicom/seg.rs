@@ -3,7 +3,6 @@
 //! frame placed by its ImagePositionPatient and derived from its source instance.
 
 use super::series::SeriesSource;
-use super::study::{self, text};
 use crate::io::atomic::write_atomically;
 use anyhow::{bail, Context, Result};
 use dicom_core::value::DataSetSequence;
@@ -54,7 +53,7 @@ pub fn write(
             path.display()
         );
     }
-    let first = header(source, 0)?;
+    let first = source.header(0)?;
     let sop_instance = new_uid(&[
         path.to_string_lossy().as_bytes(),
         source.series.uid.as_bytes(),
@@ -77,14 +76,7 @@ pub fn write(
     }
     obj.put(shared_groups(source, volume.spacing[2]));
     let mut per_frame = Vec::with_capacity(frames.len());
-    let mut refs = Vec::with_capacity(nz);
-    for k in 0..nz {
-        let h = header(source, k)?;
-        refs.push((
-            text_of(&h, tags::SOP_CLASS_UID)?,
-            text_of(&h, tags::SOP_INSTANCE_UID)?,
-        ));
-    }
+    let refs = source.instances()?;
     for f in &frames {
         let (class, instance) = refs.get(f.slice).context("frame slice")?;
         let position = source
@@ -109,16 +101,6 @@ pub fn write(
     file.write_all(&mut bytes)
         .context("encoding the DICOM SEG")?;
     write_atomically(path, &bytes)
-}
-
-/// The header (no pixels) of source slice k.
-fn header(source: &SeriesSource, k: usize) -> Result<DefaultDicomObject> {
-    let (path, _) = source.slices.get(k).context("source slice")?;
-    study::open(path, false)?.with_context(|| format!("{}: no pixel data", path.display()))
-}
-
-fn text_of(obj: &DefaultDicomObject, tag: Tag) -> Result<String> {
-    text(obj, tag).with_context(|| format!("the source has no {tag}"))
 }
 
 /// A UID under 2.25 (a UUID as a decimal integer), from a hash of `parts`, the time and

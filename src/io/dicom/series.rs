@@ -49,6 +49,38 @@ pub struct SeriesSource {
     pub pixel_spacing: [f64; 2],
 }
 
+impl SeriesSource {
+    /// The header (no pixels) of slice k's file.
+    pub fn header(&self, k: usize) -> Result<DefaultDicomObject> {
+        let (path, _) = self.slices.get(k).context("no such source slice")?;
+        study::open(path, false)?.with_context(|| format!("{}: no pixel data", path.display()))
+    }
+
+    /// (SOP class UID, SOP instance UID) of every slice, in slice order.
+    pub fn instances(&self) -> Result<Vec<(String, String)>> {
+        (0..self.slices.len())
+            .map(|k| {
+                let h = self.header(k)?;
+                let uid = |tag, name: &str| {
+                    study::text(&h, tag).with_context(|| {
+                        format!(
+                            "{}: no {name}",
+                            self.slices
+                                .get(k)
+                                .map(|s| s.0.display().to_string())
+                                .unwrap_or_default()
+                        )
+                    })
+                };
+                Ok((
+                    uid(tags::SOP_CLASS_UID, "SOPClassUID")?,
+                    uid(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?,
+                ))
+            })
+            .collect()
+    }
+}
+
 /// `read`, and where the volume came from.
 pub fn read_source(path: &Path, choice: Option<&SeriesChoice>) -> Result<(Volume, SeriesSource)> {
     let series = study::pick(path, choice)?;
