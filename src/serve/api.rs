@@ -39,6 +39,7 @@ pub fn router(state: AppState) -> Router {
         .route("/api/images/{id}/propagate", post(propagate))
         .route("/api/images/{id}/labels/{k}", get(labels_png))
         .route("/api/images/{id}/segmentation.nii.gz", get(segmentation))
+        .route("/api/images/{id}/segmentation.dcm", get(segmentation_seg))
         .layer(DefaultBodyLimit::max(MAX_JSON_BYTES))
         .fallback(not_found)
         .method_not_allowed_fallback(method_not_allowed)
@@ -74,6 +75,8 @@ async fn models(State(state): State<AppState>) -> Json<serde_json::Value> {
 struct UploadQuery {
     /// A volume's intensity scaling, as `predict-volume --window` takes it.
     window: Option<String>,
+    /// The series of a zipped DICOM study, by number or UID.
+    series: Option<String>,
 }
 
 async fn upload(
@@ -85,7 +88,7 @@ async fn upload(
     let bytes = upload_bytes(&headers, body, state.settings.max_upload_bytes).await?;
     let limits = state.settings.decode;
     let content = blocking(&state, move || {
-        segment::decode_upload(&bytes, q.window.as_deref(), &limits)
+        segment::decode_upload(&bytes, q.window.as_deref(), q.series.as_deref(), &limits)
     })
     .await?;
     let mut info = content_info(&content);
@@ -101,11 +104,16 @@ fn content_info(content: &Content) -> serde_json::Map<String, serde_json::Value>
     v.insert("height".into(), h.into());
     v.insert("slices".into(), n.into());
     if let Content::Volume {
-        volume, intensity, ..
+        volume,
+        intensity,
+        dicom,
+        ..
     } = content
     {
         v.insert("spacing".into(), serde_json::json!(volume.volume.spacing));
         v.insert("intensity".into(), intensity.clone().into());
+        v.insert("axis".into(), "axial".into());
+        v.insert("dicom".into(), dicom.is_some().into());
     }
     v
 }
@@ -223,13 +231,13 @@ async fn segmentation(
     let entry = find(&state, &id)?;
     let bytes = blocking(&state, move || {
         let entry = lock_entry(&entry);
-        let Content::Volume { volume, .. } = &entry.content else {
+        let Content::Volume { turn, grid, .. } = &entry.content else {
             return Err(ApiError::bad_request(
                 "a 2D image has no NIfTI segmentation; save its mask PNG",
             ));
         };
         let labels = entry.labels.as_deref().ok_or_else(no_labels)?;
-        super::nifti_bytes(labels, volume).map_err(ApiError::from)
+        super::nifti_bytes(&turn.undo(labels), grid).map_err(ApiError::from)
     })
     .await?;
     Ok((
@@ -238,6 +246,44 @@ async fn segmentation(
             (
                 header::CONTENT_DISPOSITION,
                 "attachment; filename=\"segmentation.nii.gz\"",
+            ),
+        ],
+        bytes,
+    )
+        .into_response())
+}
+
+/// The propagated labels as a DICOM Segmentation of the uploaded DICOM series, one
+/// segment per label present.
+async fn segmentation_seg(
+    State(state): State<AppState>,
+    Path(id): Path<String>,
+) -> ApiResult<Response> {
+    let entry = find(&state, &id)?;
+    let bytes = blocking(&state, move || {
+        let entry = lock_entry(&entry);
+        let Content::Volume {
+            turn,
+            grid,
+            dicom: Some(dicom),
+            ..
+        } = &entry.content
+        else {
+            return Err(ApiError::bad_request(
+                "a DICOM SEG refers to DICOM source images; upload a DICOM series (zipped) \
+                 or download the NIfTI segmentation",
+            ));
+        };
+        let labels = turn.undo(entry.labels.as_deref().ok_or_else(no_labels)?);
+        super::seg_bytes(&labels, &grid.volume, &dicom.source).map_err(ApiError::from)
+    })
+    .await?;
+    Ok((
+        [
+            (header::CONTENT_TYPE, "application/dicom"),
+            (
+                header::CONTENT_DISPOSITION,
+                "attachment; filename=\"segmentation.dcm\"",
             ),
         ],
         bytes,

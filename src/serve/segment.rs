@@ -5,40 +5,32 @@
 use super::error::ApiError;
 use super::models::ServedModel;
 use super::store::{Content, ImageEntry};
-use crate::infer::volume::{chunk_plan, encode_chunk, SliceScaling, VolumePrompts};
+use super::upload;
+use crate::infer::volume::{chunk_plan, encode_chunk, VolumePrompts};
 use crate::infer::{Embedded, Predictor};
 use crate::io::prompt::UserPrompt;
-use crate::io::{nifti, DecodeLimits};
+use crate::io::DecodeLimits;
 use image::{ImageEncoder, RgbImage};
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Decodes an upload: NIfTI (`.nii`, `.nii.gz`) when its bytes say so, else an image.
-/// `window` picks a volume's intensity scaling as `predict-volume --window` does.
+/// Decodes an upload: a volume (NIfTI, a DICOM file, a zipped DICOM series) when its bytes
+/// say so, else an image. `window` picks a volume's intensity scaling as
+/// `predict-volume --window` does, `series` one series of a zipped study.
 pub fn decode_upload(
     bytes: &[u8],
     window: Option<&str>,
+    series: Option<&str>,
     limits: &DecodeLimits,
 ) -> Result<Content, ApiError> {
     if bytes.is_empty() {
         return Err(ApiError::bad_request("the upload is empty"));
     }
-    if !nifti::looks_like(bytes) {
-        let img = crate::io::image::decode_rgb(bytes, limits).map_err(ApiError::bad_input)?;
-        return Ok(Content::Image(img));
+    if upload::is_volume(bytes) {
+        return upload::decode_volume(bytes, window, series, limits);
     }
-    let volume = nifti::read_bytes(bytes, "the upload", limits).map_err(ApiError::bad_input)?;
-    let scaling = SliceScaling::of(&volume.volume, window).map_err(ApiError::bad_input)?;
-    // The page names the upload's own field, not predict-volume's flag.
-    let why = match window {
-        Some(_) => "window",
-        None => scaling.why.as_str(),
-    };
-    Ok(Content::Volume {
-        range: scaling.range,
-        intensity: format!("{:?} ({why})", scaling.intensity),
-        volume: Box::new(volume),
-    })
+    let img = crate::io::image::decode_rgb(bytes, limits).map_err(ApiError::bad_input)?;
+    Ok(Content::Image(img))
 }
 
 /// The body of `POST /api/images/{id}/predict`.

@@ -3,7 +3,9 @@
 //! embeddings computed for it so far.
 
 use crate::infer::Embedded;
+use crate::io::dicom::SeriesSource;
 use crate::io::nifti::NiftiVolume;
+use crate::io::orientation::Reorientation;
 use crate::io::volume::slice_image;
 use image::RgbImage;
 use sha2::{Digest, Sha256};
@@ -15,11 +17,24 @@ use std::time::{Duration, Instant};
 pub enum Content {
     Image(RgbImage),
     Volume {
+        /// The volume in the canonical frame of axial slices: what is shown and segmented.
         volume: Box<NiftiVolume>,
         /// Intensity range mapped to 0..255 for the model and the display.
         range: (f32, f32),
         intensity: String,
+        /// How the upload's grid turned into `volume`'s; downloads are turned back.
+        turn: Reorientation,
+        /// The upload's own grid (its header and geometry; no voxels kept).
+        grid: Box<NiftiVolume>,
+        /// For a DICOM upload, its files and where its slices came from (for DICOM SEG).
+        dicom: Option<Box<DicomUpload>>,
     },
+}
+
+/// An uploaded DICOM series, its files kept while the upload is.
+pub struct DicomUpload {
+    pub files: tempfile::TempDir,
+    pub source: SeriesSource,
 }
 
 impl Content {

@@ -71,7 +71,8 @@ async function openFile(file) {
     status(`Cannot open ${file.name}: ${e.message}`, true);
     return;
   }
-  state.image.name = file.name.replace(/\.(nii\.gz|nii|png|jpe?g|tiff?|bmp)$/i, "");
+  state.image.name = file.name.replace(/\.(nii\.gz|nii|png|jpe?g|tiff?|bmp|dcm|zip)$/i, "");
+  $("save-seg").hidden = !state.image.dicom;
   Object.assign(state, { slice: 0, prompts: {}, history: [], masks: {}, hasLabels: false });
   const { width, height, slices } = state.image;
   for (const c of ["image", "labels", "mask", "prompts"]) {
@@ -324,6 +325,7 @@ async function propagate() {
     })).json();
     state.hasLabels = true;
     $("save-nifti").disabled = false;
+    $("save-seg").disabled = !state.image.dicom;
     await drawLabels();
     const voxels = Object.entries(out.voxels).map(([l, n]) => `label ${l}: ${n}`).join(", ");
     status(`Segmented ${out.slices.length} slices in ${(out.ms / 1000).toFixed(1)} s; ${voxels || "no voxels"}`);
@@ -349,6 +351,10 @@ function wireControls() {
   $("slice").oninput = (e) => showSlice(Number(e.target.value)).catch((err) => status(err.message, true));
   $("class").onchange = () => { drawPrompts(); predict(); };
   $("propagate").onclick = propagate;
+  $("save-seg").onclick = async () => {
+    const blob = await (await api(`api/images/${state.image.id}/segmentation.dcm`)).blob();
+    download(`${state.image.name}_seg.dcm`, blob);
+  };
   $("save-nifti").onclick = async () => {
     const blob = await (await api(`api/images/${state.image.id}/segmentation.nii.gz`)).blob();
     download(`${state.image.name}_seg.nii.gz`, blob);
