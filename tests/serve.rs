@@ -460,7 +460,7 @@ fn a_zipped_dicom_series_uploads_and_downloads_as_dicom_seg() {
         .iter()
         .map(|&v| v as u8)
         .collect();
-    assert!(labels.iter().any(|&l| l == 1));
+    assert!(labels.contains(&1));
     let (volume, source) = msa::io::dicom::read_source(&series, None).unwrap();
     let from_seg =
         msa::io::dicom::seg_labels::read(&dir.path().join("served.dcm"), &source, volume.dims)
