@@ -7,6 +7,52 @@ use msa::fuzz::tree_record;
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+/// A segmentation of the series the `dicom_seg` target reads against (3 slices of 6 x 8),
+/// two segments, written by msa. `tools/dicom_seeds.py` adds compressed DICOM and a
+/// segmentation written by highdicom.
+fn seg_seed(path: &Path) -> Result<()> {
+    let dir = tempfile::tempdir()?;
+    for k in 0..3 {
+        let file = dir.path().join(format!("s{k}.dcm"));
+        msa::data::synthetic_dicom::write_slice(&file, "1.2.3.4", k, 2.5 * k as f64, (6, 8))?;
+    }
+    let (volume, source) = msa::io::dicom::read_source(dir.path(), None)?;
+    let labels: Vec<u8> = (0..volume.data.len()).map(|i| (i % 7 % 3) as u8).collect();
+    let segments = [1, 2].map(|label| msa::io::dicom::seg::Segment {
+        label,
+        name: format!("class {label}"),
+    });
+    msa::io::dicom::seg::write(path, &labels, &volume, &source, &segments)
+}
+
+/// A small oblique volume as gzip and raw NRRD.
+fn nrrd_seeds(dir: &Path) -> Result<()> {
+    use msa::io::nrrd::{write_with, Encoding, Values};
+    let volume = msa::io::Volume {
+        dims: [5, 4, 3],
+        data: (0..60).map(|i| i as f32 * 1.5 - 7.0).collect(),
+        spacing: [0.7, 0.8, 2.5],
+        affine: [
+            [-0.7, 0.05, 0.0, 12.0],
+            [0.0, -0.8, 0.1, -3.0],
+            [0.0, 0.0, 2.5, 40.0],
+            [0.0, 0.0, 0.0, 1.0],
+        ],
+    };
+    write_with(
+        &dir.join("small-gzip.nrrd"),
+        &volume,
+        Values::Float(&volume.data),
+        Encoding::Gzip,
+    )?;
+    write_with(
+        &dir.join("small-raw.nrrd"),
+        &volume,
+        Values::Float(&volume.data),
+        Encoding::Raw,
+    )
+}
+
 fn main() -> Result<()> {
     let root = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let corpus = root.join("fuzz/corpus");
@@ -32,6 +78,7 @@ fn main() -> Result<()> {
     let (nii, niigz) = nifti_seeds()?;
     std::fs::write(dir("nifti")?.join("small.nii"), &nii)?;
     std::fs::write(dir("nifti")?.join("small.nii.gz"), &niigz)?;
+    nrrd_seeds(&dir("nrrd")?)?;
     msa::data::synthetic_dicom::write_slice(
         &dir("dicom")?.join("ct.dcm"),
         "1.2.3",
@@ -39,6 +86,7 @@ fn main() -> Result<()> {
         5.0,
         (3, 4),
     )?;
+    seg_seed(&dir("dicom_seg")?.join("msa-seg.dcm"))?;
     let prompts = [
         r#"{"classes": {"1": {"box3d": [1, 2, 0, 9, 9, 3]}, "2": {"points": {"1": [[3, 4, 1], [5, 5, 0]]}}}}"#,
         r#"{"classes": {"1": {"boxes": {"0": [1, 1, 5, 5], "3": [2, 2, 8, 8]}, "interpolate_boxes": true}}}"#,

@@ -16,12 +16,15 @@ use crate::io::DecodeLimits;
 use std::path::{Path, PathBuf};
 
 /// The targets by name.
-pub const TARGETS: [&str; 8] = [
+pub const TARGETS: [&str; 11] = [
     "pth",
     "safetensors",
     "image",
     "nifti",
+    "nrrd",
     "dicom",
+    "dicom_compressed",
+    "dicom_seg",
     "prompts",
     "run_config",
     "layouts",
@@ -49,7 +52,11 @@ pub fn run(name: &str, data: &[u8]) -> bool {
         }
         "image" => drop(crate::io::image::decode_rgb(data, &small_limits())),
         "nifti" => drop(crate::io::nifti::read_bytes(data, "input", &small_limits())),
-        "dicom" => drop(dicom(data)),
+        "nrrd" => drop(crate::io::nrrd::read_bytes(data, "input", &small_limits())),
+        // The same reader; its own seeds are compressed files (JPEG, JPEG-LS, RLE, JPEG
+        // 2000, deflate) and the fuzzer's corpus is kept apart.
+        "dicom" | "dicom_compressed" => drop(dicom(data)),
+        "dicom_seg" => drop(dicom_seg(data)),
         "prompts" => prompts(data),
         "run_config" => run_config(data),
         "layouts" => drop(layouts(data)),
@@ -90,6 +97,30 @@ fn dicom(data: &[u8]) -> anyhow::Result<()> {
     let dir = scratch();
     std::fs::write(dir.join("slice.dcm"), data)?;
     crate::io::dicom::read_series(&dir)?;
+    Ok(())
+}
+
+/// A segmentation read against a small series written once per process.
+fn dicom_seg(data: &[u8]) -> anyhow::Result<()> {
+    use std::sync::OnceLock;
+    static SERIES: OnceLock<Option<(crate::io::Volume, crate::io::dicom::SeriesSource)>> =
+        OnceLock::new();
+    let series = SERIES.get_or_init(|| {
+        let dir = std::env::temp_dir().join(format!("msa-fuzz-series-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).ok()?;
+        for k in 0..3 {
+            let path = dir.join(format!("s{k}.dcm"));
+            crate::data::synthetic_dicom::write_slice(&path, "1.2.3.4", k, 2.5 * k as f64, (6, 8))
+                .ok()?;
+        }
+        crate::io::dicom::read_source(&dir, None).ok()
+    });
+    let Some((volume, source)) = series else {
+        anyhow::bail!("no series to read segmentations against");
+    };
+    let path = scratch().join("seg.dcm");
+    std::fs::write(&path, data)?;
+    crate::io::dicom::seg_labels::read(&path, source, volume.dims)?;
     Ok(())
 }
 

@@ -1,6 +1,6 @@
 //! `msa convert IN OUT`: a checkpoint to safetensors, or a volume (a DICOM series or file,
-//! or NIfTI) to NIfTI, as dcm2niix does: values after the modality rescale, the geometry
-//! kept.
+//! NIfTI or NRRD) to NIfTI or NRRD, as dcm2niix does: values after the modality rescale,
+//! the geometry kept.
 
 use crate::io::dicom::SeriesChoice;
 use crate::io::volume_file;
@@ -9,9 +9,10 @@ use std::path::{Path, PathBuf};
 
 #[derive(clap::Args, Debug)]
 pub struct ConvertArgs {
-    /// A checkpoint (.pth or safetensors), or a volume: a DICOM folder or file, or NIfTI.
+    /// A checkpoint (.pth or safetensors), or a volume: a DICOM folder or file, NIfTI or
+    /// NRRD.
     pub input: PathBuf,
-    /// safetensors for a checkpoint; .nii or .nii.gz for a volume.
+    /// safetensors for a checkpoint; .nii, .nii.gz or .nrrd (gzip-encoded) for a volume.
     pub output: PathBuf,
     /// The DICOM series to convert, by number or UID, when the folder holds several.
     #[arg(long)]
@@ -27,23 +28,30 @@ pub fn run(args: &ConvertArgs) -> Result<()> {
     Ok(())
 }
 
-/// A DICOM folder or file, or a file named as a NIfTI volume.
+/// A DICOM folder or file, or a file named as a NIfTI or NRRD volume.
 fn is_volume(path: &Path) -> bool {
     let name = path.to_string_lossy();
-    volume_file::is_dicom(path) || name.ends_with(".nii") || name.ends_with(".nii.gz")
+    volume_file::is_dicom(path)
+        || volume_file::is_nrrd(path)
+        || name.ends_with(".nii")
+        || name.ends_with(".nii.gz")
 }
 
 fn volume(args: &ConvertArgs) -> Result<()> {
     let series = args.series.as_deref().map(SeriesChoice::parse);
     let input = volume_file::read(&args.input, series.as_ref())?;
     let name = args.output.to_string_lossy();
-    if !(name.ends_with(".nii") || name.ends_with(".nii.gz")) {
+    if name.ends_with(".nrrd") {
+        let v = &input.volume;
+        crate::io::nrrd::write(&args.output, v, crate::io::nrrd::Values::Float(&v.data))?;
+    } else if name.ends_with(".nii") || name.ends_with(".nii.gz") {
+        crate::io::nifti::write_image(&args.output, &input)?;
+    } else {
         anyhow::bail!(
-            "{}: a volume converts to .nii or .nii.gz",
+            "{}: a volume converts to .nii, .nii.gz or .nrrd",
             args.output.display()
         );
     }
-    crate::io::nifti::write_image(&args.output, &input)?;
     let v = &input.volume;
     let (lo, hi) = v.min_max();
     println!(

@@ -24,7 +24,7 @@ pub struct PredictVolumeArgs {
     #[arg(long)]
     pub prompts: PathBuf,
     /// The label volume to write, on the input's grid and affine: NIfTI (.nii, .nii.gz),
-    /// or a DICOM Segmentation (.dcm) of a DICOM input.
+    /// NRRD (.nrrd), or a DICOM Segmentation (.dcm) of a DICOM input.
     #[arg(long)]
     pub out: PathBuf,
     /// The slices to segment: the volume is turned into this canonical frame first, and
@@ -48,6 +48,8 @@ pub struct PredictVolumeArgs {
 pub enum LabelFormat {
     /// NIfTI-1, uint8 labels.
     Nifti,
+    /// NRRD, uint8 labels, gzip-encoded.
+    Nrrd,
     /// DICOM Segmentation (binary), referring to the input series.
     DicomSeg,
 }
@@ -58,6 +60,8 @@ impl LabelFormat {
         let name = out.to_string_lossy().to_ascii_lowercase();
         asked.unwrap_or(if name.ends_with(".dcm") {
             LabelFormat::DicomSeg
+        } else if name.ends_with(".nrrd") {
+            LabelFormat::Nrrd
         } else {
             LabelFormat::Nifti
         })
@@ -129,6 +133,9 @@ pub fn run(args: &PredictVolumeArgs) -> Result<()> {
                 .map(|(label, name)| Segment { label, name })
                 .collect();
             seg::write(&args.out, &labels, stored, source, &segments)?
+        }
+        (LabelFormat::Nrrd, _) => {
+            crate::io::nrrd::write(&args.out, stored, crate::io::nrrd::Values::Labels(&labels))?
         }
         _ => nifti::write_labels(&args.out, &labels, &input)?,
     }

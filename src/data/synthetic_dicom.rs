@@ -61,7 +61,7 @@ pub fn write_image(
     pixels: &[u16],
 ) -> Result<()> {
     let mut obj = InMemDicomObject::new_empty();
-    let sop = format!("1.2.826.0.1.3680043.2.1125.{k}{}", series.len());
+    let sop = format!("1.2.826.0.1.3680043.2.1125.{}.{}", series.len(), k + 1);
     let us = |tag, v: u16| DataElement::new(tag, VR::US, PrimitiveValue::from(v));
     obj.put(DataElement::new(
         tags::SOP_CLASS_UID,

@@ -17,6 +17,7 @@ pub mod dicom;
 pub mod image;
 pub mod intensity;
 pub mod nifti;
+pub mod nrrd;
 pub mod orientation;
 pub mod prompt;
 pub mod volume;

@@ -1,13 +1,15 @@
-//! A volume from wherever a user keeps it: a NIfTI file, or DICOM (a folder holding a
+//! A volume from wherever a user keeps it: NIfTI, NRRD, or DICOM (a folder holding a
 //! study, or one file).
 
 use super::dicom::{self, SeriesChoice, SeriesSource};
 use super::nifti::{self, NiftiVolume};
+use super::nrrd;
 use anyhow::Result;
 use std::path::Path;
 
 /// The volume in `path`: DICOM when it is a folder or a file with the DICOM magic (the
-/// series `series` names, needed when there are several), else a NIfTI file.
+/// series `series` names, needed when there are several), NRRD when it is named `.nrrd`
+/// or `.nhdr`, else NIfTI.
 pub fn read(path: &Path, series: Option<&SeriesChoice>) -> Result<NiftiVolume> {
     Ok(read_source(path, series)?.0)
 }
@@ -27,7 +29,16 @@ pub fn read_source(
             path.display()
         );
     }
+    if is_nrrd(path) {
+        return Ok((NiftiVolume::from_volume(nrrd::read(path)?), None));
+    }
     Ok((nifti::read(path)?, None))
+}
+
+/// A file named as NRRD (`.nrrd`, or a detached `.nhdr` header).
+pub fn is_nrrd(path: &Path) -> bool {
+    let name = path.to_string_lossy().to_ascii_lowercase();
+    name.ends_with(".nrrd") || name.ends_with(".nhdr")
 }
 
 /// A DICOM folder, or a file with the DICOM magic.

@@ -1,4 +1,4 @@
-//! Volumes uploaded to the page: NIfTI, one DICOM file, or a DICOM series zipped, turned
+//! Volumes uploaded to the page: NIfTI, NRRD, one DICOM file, or a DICOM series zipped, turned
 //! into the canonical frame of axial slices for display and segmentation.
 
 use super::error::ApiError;
@@ -6,6 +6,7 @@ use super::store::{Content, DicomUpload};
 use crate::infer::volume::SliceScaling;
 use crate::io::dicom::SeriesChoice;
 use crate::io::nifti::{self, NiftiVolume};
+use crate::io::nrrd;
 use crate::io::orientation::{Axis, Reorientation};
 use crate::io::{volume_file, DecodeLimits, Volume};
 use anyhow::{bail, Context, Result};
@@ -17,7 +18,7 @@ const MAX_ZIP_ENTRIES: usize = 20_000;
 
 /// True when the bytes are a volume this module decodes (else they are a 2D image).
 pub fn is_volume(bytes: &[u8]) -> bool {
-    nifti::looks_like(bytes) || is_zip(bytes) || is_dicom(bytes)
+    nifti::looks_like(bytes) || nrrd::looks_like(bytes) || is_zip(bytes) || is_dicom(bytes)
 }
 
 fn is_zip(bytes: &[u8]) -> bool {
@@ -36,7 +37,10 @@ pub fn decode_volume(
     series: Option<&str>,
     limits: &DecodeLimits,
 ) -> Result<Content, ApiError> {
-    let (stored, dicom) = if nifti::looks_like(bytes) {
+    let (stored, dicom) = if nrrd::looks_like(bytes) {
+        let v = nrrd::read_bytes(bytes, "the upload", limits).map_err(ApiError::bad_input)?;
+        (NiftiVolume::from_volume(v), None)
+    } else if nifti::looks_like(bytes) {
         let v = nifti::read_bytes(bytes, "the upload", limits).map_err(ApiError::bad_input)?;
         (v, None)
     } else {

@@ -71,7 +71,7 @@ async function openFile(file) {
     status(`Cannot open ${file.name}: ${e.message}`, true);
     return;
   }
-  state.image.name = file.name.replace(/\.(nii\.gz|nii|png|jpe?g|tiff?|bmp|dcm|zip)$/i, "");
+  state.image.name = file.name.replace(/\.(nii\.gz|nii|nrrd|png|jpe?g|tiff?|bmp|dcm|zip)$/i, "");
   $("save-seg").hidden = !state.image.dicom;
   Object.assign(state, { slice: 0, prompts: {}, history: [], masks: {}, hasLabels: false });
   const { width, height, slices } = state.image;
