@@ -84,14 +84,16 @@ fn masks_claiming_too_many_pixels_are_refused_from_the_header() {
 
 /// Found by fuzzing (`fuzz/corpus/image/crash-068d3016b7ea2891`): a progressive JPEG on
 /// which zune-jpeg 0.5.15 fails an assertion in its AVX2 upsampler. The panic is contained
-/// and reported as an error naming the file.
+/// and reported as an error naming the file. (The input is also cut short: since msa checks
+/// a JPEG's end marker, it is refused as truncated before the decoder runs.)
 #[test]
 fn a_jpeg_that_trips_the_decoder_is_an_error_not_a_panic() {
     let path = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR"))
         .join("fuzz/corpus/image/crash-068d3016b7ea2891");
     let e = format!("{:#}", msa::io::image::load_rgb(&path).unwrap_err());
     assert!(
-        e.contains("malformed") && e.contains("crash-068d3016b7ea2891"),
+        (e.contains("malformed") || e.contains("truncated JPEG"))
+            && e.contains("crash-068d3016b7ea2891"),
         "{e}"
     );
 }

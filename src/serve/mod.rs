@@ -209,29 +209,15 @@ async fn expire_images(state: Arc<ServerState>) {
     }
 }
 
-/// A label volume as DICOM SEG bytes (segment n for label n, each label present).
+/// A label volume as DICOM SEG bytes (segment n for label n, up to the largest present).
 pub fn seg_bytes(
     labels: &[u8],
     grid: &crate::io::Volume,
     source: &crate::io::dicom::SeriesSource,
 ) -> Result<Vec<u8>> {
-    use crate::io::dicom::seg::{self, Segment};
-    let mut present = [false; 256];
-    for &l in labels {
-        if let Some(p) = present.get_mut(l as usize) {
-            *p = true;
-        }
-    }
-    let segments: Vec<Segment> = (1..=255u8)
-        .filter(|&l| present.get(l as usize) == Some(&true))
-        .map(|label| Segment {
-            label,
-            name: format!("class {label}"),
-        })
-        .collect();
     let dir = tempfile::tempdir().context("cannot make a temporary folder")?;
     let path = dir.path().join("segmentation.dcm");
-    seg::write(&path, labels, grid, source, &segments)?;
+    crate::io::dicom::seg::write(&path, labels, grid, source, &[])?;
     std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))
 }
 

@@ -15,7 +15,7 @@ const ITEM: Tag = Tag(0xFFFE, 0xE000);
 const ITEM_END: Tag = Tag(0xFFFE, 0xE00D);
 const SEQUENCE_END: Tag = Tag(0xFFFE, 0xE0DD);
 const PIXEL_DATA: Tag = Tag(0x7FE0, 0x0010);
-const DEFLATED: &str = "1.2.840.10008.1.2.1.99";
+const IMPLICIT: &str = "1.2.840.10008.1.2";
 /// Media Storage Directory (DICOMDIR): an index of files, never read past its meta group.
 const DIRECTORY: &str = "1.2.840.10008.1.3.10";
 /// Sequences nested deeper than this are refused (real files nest a handful deep).
@@ -65,8 +65,8 @@ fn walk_file<R: Read + Seek>(src: R, len: u64, max_inflated: u64) -> Result<Outl
     if sop_class == DIRECTORY {
         return Ok(Outline::default());
     }
-    match transfer_syntax.as_str() {
-        DEFLATED => {
+    match encoding(&transfer_syntax) {
+        Encoding::Deflated => {
             let mut inflated = Vec::new();
             s.src.seek(SeekFrom::Start(s.pos))?;
             flate2::read::DeflateDecoder::new(&mut s.src)
@@ -86,17 +86,39 @@ fn walk_file<R: Read + Seek>(src: R, len: u64, max_inflated: u64) -> Result<Outl
             }
             .data_set()
         }
-        "1.2.840.10008.1.2" => Stream {
+        Encoding::Implicit => Stream {
             explicit: false,
             ..s
         }
         .data_set(),
-        "1.2.840.10008.1.2.2" => Stream {
+        Encoding::BigEndian => Stream {
             big_endian: true,
             ..s
         }
         .data_set(),
-        _ => s.data_set(),
+        Encoding::Explicit => s.data_set(),
+    }
+}
+
+/// How a transfer syntax lays out the data set, as dicom-rs's registry says.
+enum Encoding {
+    Implicit,
+    Explicit,
+    BigEndian,
+    /// Compressed as a whole (deflated explicit VR little endian, JPIP referenced deflate).
+    Deflated,
+}
+
+fn encoding(uid: &str) -> Encoding {
+    use dicom_encoding::transfer_syntax::{Codec, Endianness, TransferSyntaxIndex};
+    let Some(ts) = dicom_transfer_syntax_registry::TransferSyntaxRegistry.get(uid) else {
+        return Encoding::Explicit;
+    };
+    match (ts.codec(), ts.endianness()) {
+        (Codec::Dataset(_), _) => Encoding::Deflated,
+        (_, Endianness::Big) => Encoding::BigEndian,
+        _ if uid == IMPLICIT => Encoding::Implicit,
+        _ => Encoding::Explicit,
     }
 }
 
@@ -193,7 +215,7 @@ impl<R: Read + Seek> Stream<R> {
     }
 
     /// The preamble and the file meta group (explicit VR little endian, led by its group
-    /// length, as dicom-rs reads it), or None where dicom-rs would refuse the file.
+    /// length, as dicom-rs reads it), or None for a file without the DICOM magic.
     fn meta_group(&mut self) -> Result<Option<Meta>> {
         let Some(head) = self.bytes::<132>()? else {
             return Ok(None);
@@ -205,23 +227,23 @@ impl<R: Read + Seek> Stream<R> {
             self.src.seek(SeekFrom::Start(4))?;
             self.pos = 4;
         }
-        let Some((tag, _, len)) = self.header()? else {
-            return Ok(None);
+        // From here on the file says it is DICOM: what dicom-rs would refuse is an error,
+        // not a file to pass over.
+        let group = self.header()?;
+        let Some((Tag(0x0002, 0x0000), _, 4)) = group else {
+            bail!("the file meta group does not start with its group length (0002,0000)");
         };
-        if tag != Tag(0x0002, 0x0000) || len != 4 {
-            return Ok(None);
-        }
         let Some(group_length) = self.bytes::<4>()?.map(u32::from_le_bytes) else {
-            return Ok(None);
+            bail!("the file ends inside its meta group");
         };
         let start = self.pos;
         let mut meta = Meta::default();
         while self.pos - start < group_length as u64 {
             let Some((tag, _, len)) = self.header()? else {
-                return Ok(None);
+                bail!("the file ends inside its meta group");
             };
             if len == UNDEFINED {
-                return Ok(None);
+                bail!("meta element {tag} has an undefined length");
             }
             self.check(tag, len)?;
             match tag {
@@ -282,7 +304,9 @@ impl<R: Read + Seek> Stream<R> {
             .unwrap_or(VR::UN)
     }
 
-    /// The data set after the meta group, down through its sequences and items.
+    /// The data set after the meta group, down through its sequences and items. Where a
+    /// file leaves the structure real files have (a delimiter out of place, an element
+    /// where an item belongs), the walk refuses it rather than guess how dicom-rs reads on.
     fn data_set(mut self) -> Result<Outline> {
         let mut outline = Outline::default();
         let mut frames: Vec<Frame> = Vec::new();
@@ -300,44 +324,76 @@ impl<R: Read + Seek> Stream<R> {
                     self.pos
                 );
             }
+            let at = self.pos;
             let Some((tag, vr, len)) = self.header()? else {
+                if at < self.len {
+                    bail!("the file ends inside an element header at offset {at}");
+                }
                 return Ok(outline);
             };
             outline.pixel_data |= tag == PIXEL_DATA && frames.is_empty();
-            let top = frames.last().copied();
-            match top {
-                Some(Frame::Sequence(_)) | Some(Frame::Fragments) => match tag {
-                    ITEM if len == UNDEFINED => match top {
-                        Some(Frame::Fragments) => return Ok(outline),
-                        _ => frames.push(Frame::Item(None)),
-                    },
-                    ITEM => {
-                        self.check(tag, len)?;
-                        match top {
-                            Some(Frame::Fragments) => self.skip(tag, len)?,
-                            _ => frames.push(Frame::Item(Some(self.pos + len as u64))),
-                        }
-                    }
-                    SEQUENCE_END => drop(frames.pop()),
-                    // dicom-rs stops on anything else here.
-                    _ => return Ok(outline),
-                },
-                _ => match tag {
-                    ITEM_END | SEQUENCE_END => {
-                        if matches!(top, Some(Frame::Item(None))) {
-                            frames.pop();
-                        }
-                    }
-                    PIXEL_DATA if len == UNDEFINED => frames.push(Frame::Fragments),
-                    _ if len == UNDEFINED => frames.push(Frame::Sequence(None)),
-                    _ if vr == VR::SQ => {
-                        self.check(tag, len)?;
-                        frames.push(Frame::Sequence(Some(self.pos + len as u64)));
-                    }
-                    _ => self.skip(tag, len)?,
-                },
+            match frames.last().copied() {
+                Some(Frame::Sequence(_)) => self.in_sequence(&mut frames, tag, len, at)?,
+                Some(Frame::Fragments) => self.in_fragments(&mut frames, tag, len, at)?,
+                _ => self.in_data_set(&mut frames, tag, vr, len, at)?,
             }
         }
+    }
+
+    /// Inside a sequence: items, and the sequence's delimiter.
+    fn in_sequence(&mut self, frames: &mut Vec<Frame>, tag: Tag, len: u32, at: u64) -> Result<()> {
+        match tag {
+            ITEM if len == UNDEFINED => frames.push(Frame::Item(None)),
+            ITEM => {
+                self.check(tag, len)?;
+                frames.push(Frame::Item(Some(self.pos + len as u64)));
+            }
+            SEQUENCE_END => drop(frames.pop()),
+            _ => bail!("{tag} at offset {at} where a sequence item belongs"),
+        }
+        Ok(())
+    }
+
+    /// Inside encapsulated pixel data: fragments of defined length, and the delimiter.
+    fn in_fragments(&mut self, frames: &mut Vec<Frame>, tag: Tag, len: u32, at: u64) -> Result<()> {
+        match tag {
+            ITEM if len != UNDEFINED => self.skip(tag, len),
+            SEQUENCE_END => {
+                frames.pop();
+                Ok(())
+            }
+            _ => {
+                bail!("{tag} (length {len:#x}) at offset {at} where a pixel data fragment belongs")
+            }
+        }
+    }
+
+    /// At the top level or inside an item: elements, sequences, and an item's delimiter.
+    fn in_data_set(
+        &mut self,
+        frames: &mut Vec<Frame>,
+        tag: Tag,
+        vr: VR,
+        len: u32,
+        at: u64,
+    ) -> Result<()> {
+        match tag {
+            ITEM_END => match frames.last() {
+                Some(Frame::Item(_)) => drop(frames.pop()),
+                _ => bail!("an item delimiter at offset {at} outside any item"),
+            },
+            ITEM | SEQUENCE_END => bail!("{tag} at offset {at} outside any sequence"),
+            // dicom-rs tests for a sequence before it tests for pixel data.
+            _ if vr == VR::SQ && len == UNDEFINED => frames.push(Frame::Sequence(None)),
+            _ if vr == VR::SQ => {
+                self.check(tag, len)?;
+                frames.push(Frame::Sequence(Some(self.pos + len as u64)));
+            }
+            PIXEL_DATA if len == UNDEFINED => frames.push(Frame::Fragments),
+            _ if len == UNDEFINED => frames.push(Frame::Sequence(None)),
+            _ => self.skip(tag, len)?,
+        }
+        Ok(())
     }
 }
 

@@ -47,12 +47,7 @@ pub fn write(
             source.slices.len()
         );
     }
-    if segments.is_empty() {
-        bail!(
-            "{}: a segmentation needs at least one segment",
-            path.display()
-        );
-    }
+    let segments = numbered(segments, labels);
     let first = source.header(0)?;
     let sop_instance = new_uid(&[
         path.to_string_lossy().as_bytes(),
@@ -61,14 +56,13 @@ pub fn write(
     let mut obj = InMemDicomObject::new_empty();
     copy_patient_and_study(&mut obj, &first);
     series_and_equipment(&mut obj, &sop_instance, source);
-    let frames = frames(labels, volume.dims, segments)?;
+    let frames = frames(labels, volume.dims, &segments)?;
     image_pixel(&mut obj, volume.dims, &frames)?;
     obj.put(sequence(
         tags::SEGMENT_SEQUENCE,
         segments
             .iter()
-            .enumerate()
-            .map(|(i, s)| segment_item(i + 1, s))
+            .map(|s| segment_item(s.label as usize, s))
             .collect(),
     ));
     for e in dimensions(&new_uid(&[sop_instance.as_bytes(), b"dimensions"])) {
@@ -281,22 +275,52 @@ struct Frame {
     pixels: Vec<bool>,
 }
 
-/// The frames with any foreground, segment by segment and slice by slice.
+/// Segment n for label n, for every n from 1 to the largest label named or present (the
+/// standard numbers segments 1, 2, ... without gaps; a label with no voxels is a segment
+/// without frames), named as given or "class n".
+fn numbered(named: &[Segment], labels: &[u8]) -> Vec<Segment> {
+    let largest = named
+        .iter()
+        .map(|s| s.label)
+        .chain(labels.iter().copied())
+        .max()
+        .unwrap_or(0)
+        .max(1);
+    (1..=largest)
+        .map(|label| Segment {
+            label,
+            name: named
+                .iter()
+                .find(|s| s.label == label)
+                .map_or_else(|| format!("class {label}"), |s| s.name.clone()),
+        })
+        .collect()
+}
+
+/// The frames with any foreground, segment by segment and slice by slice; one empty frame
+/// when nothing is segmented (a segmentation holds at least one).
 fn frames(labels: &[u8], [nx, ny, nz]: [usize; 3], segments: &[Segment]) -> Result<Vec<Frame>> {
     let mut out = vec![];
-    for (i, s) in segments.iter().enumerate() {
+    for s in segments {
         for k in 0..nz {
             let plane = crate::io::volume::plane(labels, [nx, ny, nz], k)?;
             // Volume slices are x-fastest with x along the columns: DICOM's row-major.
             let pixels: Vec<bool> = plane.iter().map(|&l| l == s.label).collect();
             if pixels.iter().any(|&p| p) {
                 out.push(Frame {
-                    segment: i + 1,
+                    segment: s.label as usize,
                     slice: k,
                     pixels,
                 });
             }
         }
+    }
+    if out.is_empty() {
+        out.push(Frame {
+            segment: 1,
+            slice: 0,
+            pixels: vec![false; nx * ny],
+        });
     }
     Ok(out)
 }

@@ -137,6 +137,7 @@ pub fn read_picked(series: &Series) -> Result<(Volume, SeriesSource)> {
         data.extend_from_slice(&decode(&s.path, rows * columns)?);
     }
     let positions: Vec<f64> = slices.iter().map(along).collect();
+    check_even(&series.uid, &slices, &positions)?;
     let volume = Volume {
         dims: [columns, rows, slices.len()],
         data,
@@ -381,6 +382,38 @@ fn slice_facts(path: &Path, obj: &DefaultDicomObject, alone: bool) -> Result<Sli
             .flatten()
             .and_then(|e| e.to_float64().ok()),
     })
+}
+
+/// Refuses slices whose positions are not evenly spaced: two at one position (two
+/// reconstructions sharing a series UID) or a gap where a slice is missing. A volume built
+/// from them would place every later slice wrongly.
+fn check_even(uid: &str, slices: &[Slice], positions: &[f64]) -> Result<()> {
+    let Some(step) = slice_spacing(positions) else {
+        if slices.len() > 1 {
+            bail!(
+                "series {uid}: its {} slices all lie at one position",
+                slices.len()
+            );
+        }
+        return Ok(());
+    };
+    let pairs = slices.iter().zip(slices.iter().skip(1));
+    let gaps = positions
+        .iter()
+        .zip(positions.iter().skip(1))
+        .map(|(p, q)| q - p);
+    for ((a, b), gap) in pairs.zip(gaps) {
+        if (gap.abs() - step).abs() > 0.1 * step {
+            bail!(
+                "series {uid}: {} and {} are {:.3} mm apart, but the slices are {step:.3} mm \
+                 apart elsewhere (a missing or doubled slice?)",
+                a.path.display(),
+                b.path.display(),
+                gap.abs()
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Orientations equal to 1e-4 (direction cosines are written with a few digits).

@@ -78,8 +78,10 @@ pub fn open(path: &Path, with_pixels: bool) -> Result<Option<DefaultDicomObject>
 /// (DICOMDIR, structured reports) are not series.
 pub fn scan(path: &Path) -> Result<Vec<Series>> {
     let mut by_uid: BTreeMap<String, Series> = BTreeMap::new();
+    let mut without_pixels = vec![];
     for file in dicom_files(path)? {
         let Some(obj) = open(&file, false)? else {
+            without_pixels.push(file);
             continue;
         };
         let uid = text(&obj, tags::SERIES_INSTANCE_UID).unwrap_or_default();
@@ -92,6 +94,18 @@ pub fn scan(path: &Path) -> Result<Vec<Series>> {
             files: vec![],
         });
         series.files.push(file);
+    }
+    if !without_pixels.is_empty() {
+        tracing::warn!(
+            "{}: {} DICOM file(s) without pixel data passed over (directories, reports, \
+             structure sets, or a file cut before its pixels), the first {}",
+            path.display(),
+            without_pixels.len(),
+            without_pixels
+                .first()
+                .map(|p| p.display().to_string())
+                .unwrap_or_default()
+        );
     }
     let mut series: Vec<Series> = by_uid.into_values().collect();
     series.sort_by(|a, b| (a.number, &a.uid).cmp(&(b.number, &b.uid)));
@@ -152,11 +166,11 @@ pub fn table(series: &[Series]) -> String {
             .map(|n| n.to_string())
             .unwrap_or_else(|| "-".into());
         let size = format!("{}x{}", s.size.1, s.size.0);
+        let description: String = s.description.chars().take(24).collect();
         out.push_str(&format!(
-            "{number:>6}  {:<8} {:>6}  {size:>9}  {:<24} {}\n",
+            "{number:>6}  {:<8} {:>6}  {size:>9}  {description:<24} {}\n",
             s.modality,
             s.files.len(),
-            s.description,
             s.uid
         ));
     }
@@ -178,7 +192,9 @@ fn dicom_files(path: &Path) -> Result<Vec<PathBuf>> {
             .with_context(|| format!("{}: cannot list the DICOM folder", dir.display()))?;
         for entry in entries.filter_map(|e| e.ok()) {
             let p = entry.path();
-            if p.is_dir() && depth < MAX_FOLDER_DEPTH {
+            // Linked folders are not followed: a link to a parent would list files again.
+            let linked = entry.file_type().is_ok_and(|t| t.is_symlink());
+            if p.is_dir() && !linked && depth < MAX_FOLDER_DEPTH {
                 folders.push((p, depth + 1));
             } else if p.is_file() && is_dicom_file(&p) {
                 found.push(p);
