@@ -187,17 +187,19 @@ def test_eval_takes_a_seg_that_highdicom_wrote_as_labels(segmented):
         manufacturer="highdicom", manufacturer_model_name="test", software_versions="0",
         device_serial_number="1")
     theirs.save_as(tmp / "highdicom-seg.dcm")
-    series = tmp / "study" / "ct"
     # The case id (the folder's or file's name) seeds the prompts' jitter: both are "ct".
-    msa("convert", series, tmp / "ct.nii.gz")
+    msa("convert", tmp / "study", tmp / "ct.nii.gz", "--series", 3)
     scores = {}
-    for name, image, label in (("dicom", series, tmp / "highdicom-seg.dcm"),
-                               ("nifti", tmp / "ct.nii.gz", tmp / "labels.nii.gz")):
+    # The DICOM case names its study's series in dataset.json; its id is the folder's name.
+    (tmp / "ct").symlink_to(tmp / "study", target_is_directory=True)
+    for name, entry in (("dicom", {"image": str(tmp / "ct"), "series": "3",
+                                   "label": str(tmp / "highdicom-seg.dcm")}),
+                        ("nifti", {"image": str(tmp / "ct.nii.gz"), "label": str(tmp / "labels.nii.gz")})):
         data = tmp / f"data-{name}"
         data.mkdir()
         (data / "dataset.json").write_text(json.dumps({
             "labels": {"0": "background", "1": "ellipsoid", "2": "rod"}, "modality": {"0": "CT"},
-            "training": [{"image": str(image), "label": str(label)}]}))
+            "training": [entry]}))
         msa("eval", "--checkpoint", "lite_medsam", "--data", data, "--dataset", "decathlon",
             "--prompt", "box", "--out", tmp / f"eval-{name}")
         scores[name] = json.loads((tmp / f"eval-{name}" / "summary.json").read_text())

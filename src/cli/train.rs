@@ -107,6 +107,10 @@ pub struct TrainArgs {
     /// volume is turned into that canonical frame first.
     #[arg(long)]
     pub axis: Option<crate::io::orientation::Axis>,
+    /// Volumes: the series (number or UID) of each case's DICOM study, where dataset.json's
+    /// entry names none.
+    #[arg(long)]
+    pub series: Option<String>,
     /// Volumes: hold the last N cases (sorted by id) out of training and validation.
     #[arg(long, default_value_t = defaults::HOLDOUT)]
     pub holdout: usize,
@@ -200,6 +204,7 @@ impl TrainArgs {
             labels,
             window,
             axis,
+            series,
             precision
         );
         let batch_given = given("batch_size");

@@ -2,7 +2,7 @@
 //! `training` (and optionally `validation`) cases as `{"image": "./imagesTr/x.nii.gz",
 //! "label": "./labelsTr/x.nii.gz"}`, names the modality and the label values.
 
-use crate::io::dicom;
+use crate::io::dicom::{self, SeriesChoice};
 use crate::io::nifti::NiftiVolume;
 use crate::io::orientation::{Axis, Reorientation};
 use crate::io::volume_file;
@@ -20,6 +20,8 @@ pub struct VolumeCase {
     pub label: PathBuf,
     /// The slices its volumes are cut into (`load_case` turns them into that frame).
     pub axis: Axis,
+    /// The series of a DICOM study its image is (dataset.json's `"series"`, else `--series`).
+    pub series: Option<SeriesChoice>,
 }
 
 #[derive(Debug, Clone)]
@@ -49,14 +51,21 @@ struct DatasetJson {
 struct Entry {
     image: String,
     label: String,
+    /// The series of a DICOM study to read, by number or UID.
+    #[serde(default)]
+    series: Option<String>,
 }
 
 impl Decathlon {
-    /// `open`, its volumes to be cut into `axis` slices.
-    pub fn open_along(root: &Path, axis: Axis) -> Result<Self> {
+    /// `open`, its volumes to be cut into `axis` slices, and `series` read from DICOM
+    /// studies whose entry names none.
+    pub fn open_along(root: &Path, axis: Axis, series: Option<&str>) -> Result<Self> {
         let mut ds = Self::open(root)?;
         for case in ds.training.iter_mut().chain(ds.validation.iter_mut()) {
             case.axis = axis;
+            if case.series.is_none() {
+                case.series = series.map(SeriesChoice::parse);
+            }
         }
         Ok(ds)
     }
@@ -168,6 +177,7 @@ fn case(root: &Path, json_path: &Path, e: &Entry) -> Result<VolumeCase> {
         image,
         label: resolve(&e.label)?,
         axis: Axis::Axial,
+        series: e.series.as_deref().map(SeriesChoice::parse),
     })
 }
 
@@ -188,7 +198,7 @@ pub fn load_case(case: &VolumeCase) -> Result<(NiftiVolume, NiftiVolume)> {
 /// The image as stored (NIfTI, or DICOM: a series folder or file) and its labels: NIfTI,
 /// or a DICOM Segmentation of that series.
 fn load_stored(case: &VolumeCase) -> Result<(NiftiVolume, NiftiVolume)> {
-    let (image, source) = volume_file::read_source(&case.image, None)?;
+    let (image, source) = volume_file::read_source(&case.image, case.series.as_ref())?;
     let label = match source {
         Some(source) if dicom::study::is_dicom_file(&case.label) => {
             let labels = dicom::seg_labels::read(&case.label, &source, image.volume.dims)?;

@@ -50,6 +50,7 @@ pub fn evaluate<'py>(
         labels,
         window,
         axis: axis.parse().map_err(|e| value_error(format!("{e:#}")))?,
+        series: None,
     };
     let cases = cases::open(&opts).map_err(from_anyhow)?;
     let model = Model::new(py, checkpoint, adapters, device, precision, None)?;

@@ -105,6 +105,9 @@ pub struct TrainConfig {
     /// The slices volumes are cut into (their canonical frame).
     #[serde(default)]
     pub axis: crate::io::orientation::Axis,
+    /// The series (number or UID) of each case's DICOM study, where dataset.json names none.
+    #[serde(default)]
+    pub series: Option<String>,
     /// The last N cases (sorted by id) are held out of training and validation.
     #[serde(default)]
     pub holdout: usize,
@@ -153,6 +156,7 @@ impl TrainConfig {
             labels: None,
             window: None,
             axis: Default::default(),
+            series: None,
             holdout: defaults::HOLDOUT,
             checkpoint_blocks: false,
             precision: None,

@@ -46,7 +46,7 @@ impl VolumeData {
         if cfg.chunk == 0 {
             bail!("--chunk must be at least 1 slice");
         }
-        let ds = Decathlon::open_along(&cfg.data, cfg.axis)?;
+        let ds = Decathlon::open_along(&cfg.data, cfg.axis, cfg.series.as_deref())?;
         let labels = match &cfg.labels {
             Some(s) => LabelMap::parse(s)?,
             None => LabelMap::identity(&ds.labels)?,

@@ -47,6 +47,10 @@ pub struct EvalOptions {
     /// turned into that canonical frame first.
     #[arg(long, default_value = "axial")]
     pub axis: crate::io::orientation::Axis,
+    /// Volumes: the series (number or UID) of each case's DICOM study, where dataset.json's
+    /// entry names none.
+    #[arg(long)]
+    pub series: Option<String>,
 }
 
 /// What evaluating images and evaluating volumes do differently.

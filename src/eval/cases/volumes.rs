@@ -23,7 +23,7 @@ pub(super) struct Volumes {
 
 impl Volumes {
     pub fn open(args: &EvalOptions) -> Result<Self> {
-        let ds = Decathlon::open_along(&args.data, args.axis)?;
+        let ds = Decathlon::open_along(&args.data, args.axis, args.series.as_deref())?;
         let cases = match (args.holdout, ds.validation.is_empty()) {
             (Some(n), _) => ds.holdout(n).1,
             (None, false) => ds.validation.clone(),
