@@ -248,3 +248,28 @@ fn a_nifti_header_whose_bitpix_disagrees_with_its_datatype_is_refused() {
     }
     assert!(bitpix > 0, "no crash input was refused for its bitpix");
 }
+
+/// Found by fuzzing (`fuzz/corpus/dicom_compressed/crash-*`, 29 inputs, one bug): a JPEG
+/// frame whose own header is larger than the DICOM header's Rows x Columns made dicom-rs
+/// 0.10.1 panic copying it (`range end index 753920 out of range for slice of length 256`,
+/// adapters/jpeg.rs:81). The frame's size is checked against the header first, and a
+/// decoder panic is contained.
+#[test]
+fn a_compressed_frame_larger_than_its_header_is_refused_not_a_panic() {
+    let root =
+        std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("fuzz/corpus/dicom_compressed");
+    let mut seen = 0;
+    for entry in std::fs::read_dir(&root).unwrap().flatten() {
+        let name = entry.file_name().to_string_lossy().to_string();
+        if !name.starts_with("crash-") {
+            continue;
+        }
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::copy(entry.path(), dir.path().join("slice.dcm")).unwrap();
+        let read = std::panic::catch_unwind(|| msa::io::dicom::read_series(dir.path()));
+        let e = format!("{:#}", read.expect("no panic").unwrap_err());
+        assert!(e.contains("slice.dcm"), "{name}: {e}");
+        seen += 1;
+    }
+    assert_eq!(seen, 29);
+}

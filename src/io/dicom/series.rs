@@ -106,6 +106,12 @@ pub fn read_picked(series: &Series) -> Result<(Volume, SeriesSource)> {
         bail!("series {}: no DICOM image files found", series.uid);
     };
     let (rows, columns) = (first.rows, first.columns);
+    if rows == 0 || columns == 0 {
+        bail!(
+            "{}: {columns} x {rows} pixels; an image has at least one",
+            first.path.display()
+        );
+    }
     if let Some(tilted) = slices
         .iter()
         .find(|s| !same_orientation(&s.orientation, &first.orientation))
@@ -134,7 +140,7 @@ pub fn read_picked(series: &Series) -> Result<(Volume, SeriesSource)> {
                 first.path.display()
             );
         }
-        data.extend_from_slice(&decode(&s.path, rows * columns)?);
+        data.extend_from_slice(&decode(&s.path, rows, columns)?);
     }
     let positions: Vec<f64> = slices.iter().map(along).collect();
     check_even(&series.uid, &slices, &positions)?;
@@ -185,8 +191,9 @@ impl Volume {
     }
 }
 
-/// The rescaled values of one file's single frame of `pixels` pixels.
-fn decode(path: &Path, pixels: usize) -> Result<Vec<f32>> {
+/// The rescaled values of one file's single frame of `rows` x `columns` pixels.
+fn decode(path: &Path, rows: usize, columns: usize) -> Result<Vec<f32>> {
+    let pixels = rows * columns;
     let Some(obj) = study::open(path, true)? else {
         bail!("{}: no pixel data", path.display());
     };
@@ -196,14 +203,20 @@ fn decode(path: &Path, pixels: usize) -> Result<Vec<f32>> {
         .transfer_syntax()
         .trim_end_matches('\0')
         .to_string();
-    check_frame_complete(path, &obj, &ts)?;
-    let decoded = obj.decode_pixel_data().with_context(|| {
-        format!(
-            "{}: cannot decode its pixel data (transfer syntax {ts}{})",
-            path.display(),
-            transfer_syntax_name(&ts)
-        )
-    })?;
+    super::frame::check(path, &obj, &ts, rows, columns)?;
+    // A decoder that panics on a malformed frame gives an error, as for 2D images.
+    let decoded =
+        std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| obj.decode_pixel_data()))
+            .map_err(|_| {
+                anyhow::anyhow!("{}: the decoder failed on malformed data", path.display())
+            })?
+            .with_context(|| {
+                format!(
+                    "{}: cannot decode its pixel data (transfer syntax {ts}{})",
+                    path.display(),
+                    transfer_syntax_name(&ts)
+                )
+            })?;
     let values: Vec<f32> = decoded
         .to_vec()
         .with_context(|| format!("{}: cannot convert the pixel data", path.display()))?;
@@ -215,41 +228,6 @@ fn decode(path: &Path, pixels: usize) -> Result<Vec<f32>> {
         );
     }
     Ok(values)
-}
-
-/// Refuses a compressed frame cut short: the JPEG and JPEG 2000 decoders fill in what is
-/// missing. A JPEG frame must end with its end-of-image marker after the last scan, a JPEG
-/// 2000 codestream with its end-of-codestream marker (both FF D9; one padding byte allowed).
-fn check_frame_complete(path: &Path, obj: &DefaultDicomObject, ts: &str) -> Result<()> {
-    const JPEG: [&str; 4] = [
-        "1.2.840.10008.1.2.4.50",
-        "1.2.840.10008.1.2.4.51",
-        "1.2.840.10008.1.2.4.57",
-        "1.2.840.10008.1.2.4.70",
-    ];
-    const JPEG_2000: [&str; 2] = ["1.2.840.10008.1.2.4.90", "1.2.840.10008.1.2.4.91"];
-    let fragments = obj
-        .element(tags::PIXEL_DATA)
-        .ok()
-        .and_then(|e| e.value().fragments().map(|f| f.to_vec()));
-    let Some(fragments) = fragments else {
-        return Ok(());
-    };
-    let frame: Vec<u8> = fragments.concat();
-    if JPEG.contains(&ts) {
-        crate::io::image::jpeg_complete(&frame)
-            .with_context(|| format!("{}: its compressed frame", path.display()))?;
-    } else if JPEG_2000.contains(&ts) {
-        let end = frame.strip_suffix(&[0]).unwrap_or(&frame);
-        if !end.ends_with(&[0xFF, 0xD9]) {
-            bail!(
-                "{}: truncated JPEG 2000 frame: {} bytes without the end-of-codestream marker",
-                path.display(),
-                frame.len()
-            );
-        }
-    }
-    Ok(())
 }
 
 /// ", NAME" for a transfer syntax dicom-rs knows, else nothing.
