@@ -622,12 +622,16 @@ fn predict_volume_writes_labels_on_the_input_grid() {
     let (image, prompts) = write_volume_case(dir.path());
     let out = dir.path().join("out/seg.nii.gz");
     let overlays = dir.path().join("overlays");
+    // The stored order, so that slice 4 is the array's (tests/orientation.rs covers the
+    // canonical frame).
     let printed = ok(&tiny(
         "predict-volume",
         "sam_tiny.pth",
         &[
             "--image",
             &s(&image),
+            "--axis",
+            "stored",
             "--prompts",
             &s(&prompts),
             "--out",
