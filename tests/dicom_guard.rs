@@ -138,3 +138,18 @@ fn a_file_cut_inside_a_header_or_its_meta_group_is_refused() {
     let f = file();
     refused(&f[..f.len() - 6], "cut inside the meta group");
 }
+
+/// Found by fuzzing (`fuzz/hangs/dicom/round5-*`): a US element given VR UL and length 2.
+/// dicom-rs reads whole u32 values (none) but counts 2 bytes, so every later header is read
+/// 2 bytes early; one of them claimed 3.3 GB, which dicom-rs reserved. Lengths that are not
+/// a whole number of a binary VR's values are refused.
+#[test]
+fn a_binary_value_of_a_broken_length_is_refused() {
+    let mut f = file();
+    f.extend(short(0x0028, 0x0101, b"UL", &[16, 0]));
+    f.extend(short(0x0028, 0x0102, b"US", &15u16.to_le_bytes()));
+    refused(&f, "UL of 2 bytes");
+    let mut f = file();
+    f.extend(short(0x0028, 0x0101, b"UL", &16u32.to_le_bytes()));
+    check_bytes(&f, LIMIT).unwrap();
+}

@@ -391,9 +391,28 @@ impl<R: Read + Seek> Stream<R> {
             }
             PIXEL_DATA if len == UNDEFINED => frames.push(Frame::Fragments),
             _ if len == UNDEFINED => frames.push(Frame::Sequence(None)),
-            _ => self.skip(tag, len)?,
+            _ => {
+                // dicom-rs reads whole numbers of a binary VR's values but counts the full
+                // length, so a remainder would shift every header after it.
+                let size = value_size(vr);
+                if len % size != 0 {
+                    bail!("element {tag} ({vr:?}) at offset {at} has length {len}, not a multiple of {size}");
+                }
+                self.skip(tag, len)?
+            }
         }
         Ok(())
+    }
+}
+
+/// The bytes of one value of a binary VR (1 for text and bytes).
+fn value_size(vr: VR) -> u32 {
+    use VR::*;
+    match vr {
+        US | SS | OW => 2,
+        AT | UL | SL | FL | OF | OL => 4,
+        FD | OD | SV | UV | OV => 8,
+        _ => 1,
     }
 }
 
