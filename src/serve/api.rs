@@ -240,17 +240,7 @@ async fn segmentation(
         super::nifti_bytes(&turn.undo(labels), grid).map_err(ApiError::from)
     })
     .await?;
-    Ok((
-        [
-            (header::CONTENT_TYPE, "application/gzip"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"segmentation.nii.gz\"",
-            ),
-        ],
-        bytes,
-    )
-        .into_response())
+    Ok(attachment(bytes, "application/gzip", "segmentation.nii.gz"))
 }
 
 /// The propagated labels as a DICOM Segmentation of the uploaded DICOM series, one
@@ -278,17 +268,20 @@ async fn segmentation_seg(
         super::seg_bytes(&labels, &grid.volume, &dicom.source).map_err(ApiError::from)
     })
     .await?;
-    Ok((
+    Ok(attachment(bytes, "application/dicom", "segmentation.dcm"))
+}
+
+/// A file download: its bytes, type and the name a browser saves it under.
+fn attachment(bytes: Vec<u8>, content_type: &'static str, name: &str) -> Response {
+    let disposition = format!("attachment; filename=\"{name}\"");
+    (
         [
-            (header::CONTENT_TYPE, "application/dicom"),
-            (
-                header::CONTENT_DISPOSITION,
-                "attachment; filename=\"segmentation.dcm\"",
-            ),
+            (header::CONTENT_TYPE, content_type.to_string()),
+            (header::CONTENT_DISPOSITION, disposition),
         ],
         bytes,
     )
-        .into_response())
+        .into_response()
 }
 
 async fn not_found() -> ApiError {

@@ -395,7 +395,7 @@ impl<R: Read + Seek> Stream<R> {
                 // dicom-rs reads whole numbers of a binary VR's values but counts the full
                 // length, so a remainder would shift every header after it.
                 let size = value_size(vr);
-                if len % size != 0 {
+                if !len.is_multiple_of(size) {
                     bail!("element {tag} ({vr:?}) at offset {at} has length {len}, not a multiple of {size}");
                 }
                 self.skip(tag, len)?
