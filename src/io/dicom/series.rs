@@ -14,6 +14,8 @@ use std::path::{Path, PathBuf};
 /// One slice's header facts.
 struct Slice {
     path: PathBuf,
+    /// (SOP class UID, SOP instance UID), where the header has both.
+    sop: Option<(String, String)>,
     position: [f64; 3],
     /// Row direction (increasing column index), column direction (increasing row index).
     orientation: [f64; 6],
@@ -44,6 +46,8 @@ pub struct SeriesSource {
     pub series: Series,
     /// Slice k's file and ImagePositionPatient.
     pub slices: Vec<(PathBuf, [f64; 3])>,
+    /// Slice k's (SOP class UID, SOP instance UID), where its header has both.
+    instances: Vec<Option<(String, String)>>,
     pub orientation: [f64; 6],
     /// (between rows, between columns), mm.
     pub pixel_spacing: [f64; 2],
@@ -56,26 +60,16 @@ impl SeriesSource {
         study::open(path, false)?.with_context(|| format!("{}: no pixel data", path.display()))
     }
 
-    /// (SOP class UID, SOP instance UID) of every slice, in slice order.
+    /// (SOP class UID, SOP instance UID) of every slice, in slice order, as their headers
+    /// gave them when the series was read.
     pub fn instances(&self) -> Result<Vec<(String, String)>> {
-        (0..self.slices.len())
-            .map(|k| {
-                let h = self.header(k)?;
-                let uid = |tag, name: &str| {
-                    study::text(&h, tag).with_context(|| {
-                        format!(
-                            "{}: no {name}",
-                            self.slices
-                                .get(k)
-                                .map(|s| s.0.display().to_string())
-                                .unwrap_or_default()
-                        )
-                    })
-                };
-                Ok((
-                    uid(tags::SOP_CLASS_UID, "SOPClassUID")?,
-                    uid(tags::SOP_INSTANCE_UID, "SOPInstanceUID")?,
-                ))
+        self.slices
+            .iter()
+            .zip(&self.instances)
+            .map(|((path, _), sop)| {
+                sop.clone().with_context(|| {
+                    format!("{}: no SOPClassUID or SOPInstanceUID", path.display())
+                })
             })
             .collect()
     }
@@ -153,6 +147,7 @@ pub fn read_picked(series: &Series) -> Result<(Volume, SeriesSource)> {
     .placed(first, normal, &positions);
     let source = SeriesSource {
         series: series.clone(),
+        instances: slices.iter().map(|s| s.sop.clone()).collect(),
         orientation: first.orientation,
         pixel_spacing: first.pixel_spacing,
         slices: slices
@@ -347,8 +342,10 @@ fn slice_facts(path: &Path, obj: &DefaultDicomObject, alone: bool) -> Result<Sli
             .map(|v| v as usize)
             .with_context(|| format!("{}: {name} is not an integer", path.display()))
     };
+    let sop = study::text(obj, tags::SOP_CLASS_UID).zip(study::text(obj, tags::SOP_INSTANCE_UID));
     Ok(Slice {
         path: path.to_path_buf(),
+        sop,
         position,
         orientation,
         pixel_spacing,
