@@ -9,7 +9,7 @@ use candle_core::{DType, Device, Tensor, Var, D};
 use msa::kernels::attention::cpu_backward::CpuAttention;
 use msa::kernels::gelu::Gelu;
 use msa::kernels::layer_norm::FrozenLayerNorm;
-use msa::kernels::windows::{WindowPartition, WindowUnpartition, Windows};
+use msa::kernels::windows::{FilledWindowPartition, WindowPartition, WindowUnpartition, Windows};
 
 fn rand(shape: &[usize], seed: u64) -> Tensor {
     // A small LCG keeps the test independent of candle's RNG.
@@ -790,6 +790,18 @@ fn parameter_grads(threads: usize) -> Vec<Vec<f32>> {
         };
         let out = qkv.apply_op2(table.as_tensor(), op).unwrap();
         all.extend(grads(out, rand(&[b, n, heads * hd], 75), &[&table]));
+        // The fill token of a padded window partition: 2 x 6 x 6 windows of 7 rows.
+        let x = rand(&[2, 40, 37, 16], 76);
+        let fill = Var::from_tensor(&rand(&[16], 77)).unwrap();
+        let windows = Windows {
+            hw: (40, 37),
+            ws: 7,
+        };
+        let out = x
+            .apply_op2(fill.as_tensor(), FilledWindowPartition(windows))
+            .unwrap();
+        let weights = rand(out.dims(), 78);
+        all.extend(grads(out, weights, &[&fill]));
         all
     })
 }

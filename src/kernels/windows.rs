@@ -8,6 +8,9 @@ use super::{grad_like, storage_slice, with_slice};
 use candle_core::{CpuStorage, CustomOp1, CustomOp2, Layout, Result, Shape, Tensor};
 use rayon::prelude::*;
 
+/// Window rows summed into one partial sum of the padding's gradient.
+const ROWS_PER_GROUP: usize = 64;
+
 /// An image of (H, W) tokens of C channels, cut into windows of ws x ws.
 #[derive(Clone, Copy, Debug)]
 pub struct Windows {
@@ -76,30 +79,37 @@ impl Windows {
         out
     }
 
-    /// Σ over the padding tokens of (B * windows, ws, ws, C) values: C sums.
+    /// Σ over the padding tokens of (B * windows, ws, ws, C) values: C sums, over groups
+    /// of window rows added in a fixed order (`ordered_reduce`), so that the fill's
+    /// gradient has the same bits on any thread count.
     pub fn padding_sum(&self, windows: &[f32], c: usize) -> Vec<f32> {
+        if c == 0 {
+            return vec![];
+        }
         let (h, w) = self.hw;
         let ws = self.ws;
         let (gh, gw) = self.grid();
-        let add = |mut acc: Vec<f32>, token: &[f32]| {
-            acc.iter_mut().zip(token).for_each(|(a, v)| *a += v);
-            acc
+        let row_len = ws * c;
+        // One task is one row of one window, as in `partition`.
+        let row = |acc: &mut Vec<f32>, r: usize| {
+            let (win, y) = (r / ws, r % ws);
+            let (wy, wx) = ((win / gw) % gh, win % gw);
+            let cols = if wy * ws + y < h {
+                ws.min(w - wx * ws)
+            } else {
+                0
+            };
+            for token in windows[r * row_len + cols * c..(r + 1) * row_len].chunks_exact(c) {
+                acc.iter_mut().zip(token).for_each(|(a, v)| *a += v);
+            }
         };
-        // One chunk is one row of one window, as in `partition`.
-        windows
-            .par_chunks(ws * c)
-            .enumerate()
-            .map(|(r, row)| {
-                let (win, y) = (r / ws, r % ws);
-                let (wy, wx) = ((win / gw) % gh, win % gw);
-                let cols = if wy * ws + y < h {
-                    ws.min(w - wx * ws)
-                } else {
-                    0
-                };
-                row[cols * c..].chunks_exact(c).fold(vec![0f32; c], add)
-            })
-            .reduce(|| vec![0f32; c], |a, b| add(a, &b))
+        let add = |mut a: Vec<f32>, b: Vec<f32>| {
+            a.iter_mut().zip(&b).for_each(|(a, b)| *a += b);
+            a
+        };
+        let rows = windows.len() / row_len.max(1);
+        super::ordered_reduce(rows, ROWS_PER_GROUP, || vec![0f32; c], row, |s| s, add)
+            .unwrap_or_else(|| vec![0f32; c])
     }
 
     fn check(&self, dims: &[usize], windowed: bool) -> Result<(usize, usize)> {
