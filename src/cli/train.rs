@@ -37,9 +37,15 @@ pub struct TrainArgs {
     pub lr_step: usize,
     #[arg(long, default_value_t = defaults::LR_GAMMA)]
     pub lr_gamma: f64,
-    /// Prompts drawn from the ground truth for every training sample.
+    /// Prompts drawn from the ground truth for every training sample (mixed: a click, a
+    /// box or both, a third of the time each).
     #[arg(long, value_enum, default_value_t = defaults::PROMPT)]
     pub prompt: PromptKind,
+    /// Simulated corrective clicks (2D): each sample gets up to N (drawn uniformly from
+    /// 0..=N), each at the largest error of the pass before, whose logits become the mask
+    /// prompt; the last pass trains.
+    #[arg(long, default_value_t = defaults::CORRECTIVE_CLICKS)]
+    pub corrective_clicks: usize,
     /// What trains: adapters, decoder (adapters), lora, or all (full fine-tuning).
     #[arg(long, value_enum, default_value_t = defaults::TRAIN)]
     pub train: TrainMode,
@@ -174,6 +180,7 @@ impl TrainArgs {
             lr_step,
             lr_gamma,
             prompt,
+            corrective_clicks,
             train,
             val_every,
             val_fraction,

@@ -147,6 +147,8 @@ pub fn prepare_chunk(
             .range(image),
     };
     let n_classes = spec.labels.classes() as u8;
+    // One kind per chunk: its slices' prompts go through the decoder together.
+    let kind = spec.kind.draw(rng);
     let aug_seed = rng.next_u64();
     let slices = chunk_slices(start, spec.chunk, nz);
     let seeds: Vec<u64> = slices.iter().map(|_| rng.next_u64()).collect();
@@ -172,7 +174,7 @@ pub fn prepare_chunk(
             let targets = if repeated {
                 vec![]
             } else {
-                slice_targets(&sample, input.input_size, s, i, spec.kind, &mut prompt_rng)
+                slice_targets(&sample, input.input_size, s, i, kind, &mut prompt_rng)
             };
             Ok((input.data, targets))
         })

@@ -11,6 +11,7 @@
 )]
 
 pub mod chunks;
+pub mod corrective;
 pub mod decathlon;
 pub mod layout;
 pub mod prompts;

@@ -14,6 +14,23 @@ pub enum PromptKind {
     Box,
     /// A click and a box.
     Both,
+    /// A click, a box, or both, a third of the time each (MSA-SPEC 3.1a); training draws
+    /// one kind per batch, since a batch's prompts go through the model as one tensor.
+    Mixed,
+}
+
+impl PromptKind {
+    /// A click, a box or both for `Mixed` (drawn), the kind itself otherwise.
+    pub fn draw(self, rng: &mut SplitMix) -> PromptKind {
+        match self {
+            PromptKind::Mixed => match rng.below(3) {
+                0 => PromptKind::Click,
+                1 => PromptKind::Box,
+                _ => PromptKind::Both,
+            },
+            kind => kind,
+        }
+    }
 }
 
 /// A uniformly drawn foreground pixel as (x, y): column, then row.
@@ -68,6 +85,7 @@ pub fn from_mask(
     kind: PromptKind,
     rng: &mut SplitMix,
 ) -> Option<UserPrompt> {
+    let kind = kind.draw(rng);
     let points = match kind {
         PromptKind::Box => vec![],
         _ => {

@@ -21,6 +21,8 @@ pub struct Prepared {
     pub prompt: UserPrompt,
     /// The resized, unpadded size (h, w).
     pub input_size: (usize, usize),
+    /// Corrective clicks simulated before the pass that trains (training only; 0 here).
+    pub corrections: usize,
 }
 
 /// Flips and an intensity change, applied to the image and its masks alike.
@@ -120,5 +122,6 @@ pub fn prepare(
         masks,
         prompt,
         input_size: (nh, nw),
+        corrections: 0,
     })
 }

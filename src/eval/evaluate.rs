@@ -164,7 +164,8 @@ pub struct Stat {
     pub std: f64,
 }
 
-fn stat(v: &[f64]) -> Stat {
+/// Mean and (population) standard deviation; NaN for none.
+pub fn stat(v: &[f64]) -> Stat {
     if v.is_empty() {
         return Stat {
             mean: f64::NAN,

@@ -2,6 +2,7 @@
 //! a model (`cases`, for `msa eval` and `msa.evaluate`).
 
 pub mod cases;
+pub mod clicks;
 pub mod evaluate;
 pub mod metrics;
 pub mod volume;

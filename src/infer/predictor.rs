@@ -188,21 +188,44 @@ impl<'a> Predictor<'a> {
         Ok(v.remove(0))
     }
 
+    /// One mask per class, with the low-resolution logits of an earlier prediction
+    /// (1, 1, lh, lw) as SAM's mask prompt where given (an interactive refinement).
+    pub fn predict_classes_refined(
+        &self,
+        prompt: &UserPrompt,
+        classes: usize,
+        previous: Option<&Tensor>,
+    ) -> Result<Prediction> {
+        let mut prompts = self.model_prompts(std::slice::from_ref(prompt))?;
+        prompts.masks = previous.cloned();
+        let mut v = self.decode_prompts(&prompts, 1, MaskSelection::Classes(classes))?;
+        Ok(v.remove(0))
+    }
+
     pub fn predict_selected(
         &self,
         sets: &[UserPrompt],
         selection: MaskSelection,
     ) -> Result<Vec<Prediction>> {
+        let prompts = self.model_prompts(sets)?;
+        self.decode_prompts(&prompts, sets.len(), selection)
+    }
+
+    fn decode_prompts(
+        &self,
+        prompts: &Prompts,
+        n: usize,
+        selection: MaskSelection,
+    ) -> Result<Vec<Prediction>> {
         let (Some(features), Some(ctx)) = (&self.features, &self.context) else {
             bail!("set_image must be called before predict");
         };
-        let prompts = self.model_prompts(sets)?;
-        let out = self.sam.decode_cached(features, ctx, &prompts)?;
+        let out = self.sam.decode_cached(features, ctx, prompts)?;
         let (low, iou) = out.select(selection)?;
         let masks = self
             .sam
             .postprocess_masks(&low, self.input_size, self.original_size)?;
-        (0..sets.len())
+        (0..n)
             .map(|i| {
                 Ok(Prediction {
                     masks_logits: masks.get(i)?,

@@ -51,6 +51,7 @@ pub fn evaluate<'py>(
         window,
         axis: axis.parse().map_err(|e| value_error(format!("{e:#}")))?,
         series: None,
+        clicks: vec![],
     };
     let cases = cases::open(&opts).map_err(from_anyhow)?;
     let model = Model::new(py, checkpoint, adapters, device, precision, None)?;

@@ -32,6 +32,8 @@ pub struct BatchSpec {
     pub cfg: SamConfig,
     pub batch_size: usize,
     pub prompt: PromptKind,
+    /// At most this many corrective clicks per sample, drawn uniformly from 0..=N.
+    pub corrective_clicks: usize,
     pub augment: bool,
     pub seed: u64,
     pub workers: usize,
@@ -52,7 +54,11 @@ fn make(spec: &BatchSpec, epoch: usize, index: usize) -> Result<Option<Prepared>
     } else {
         sample
     };
-    Ok(prepare(&sample, &spec.cfg, spec.prompt, &mut rng))
+    let mut prepared = prepare(&sample, &spec.cfg, spec.prompt, &mut rng);
+    if let Some(p) = prepared.as_mut().filter(|_| spec.corrective_clicks > 0) {
+        p.corrections = rng.below(spec.corrective_clicks + 1);
+    }
+    Ok(prepared)
 }
 
 /// This rank's batches of one epoch (one per global batch, possibly empty at the end),

@@ -50,6 +50,7 @@ pub mod defaults {
     pub const ADAPTER_RATIO: f64 = 0.25;
     pub const ADAPTER_INIT: AdapterInit = AdapterInit::Zero;
     pub const LORA_RANK: usize = 4;
+    pub const CORRECTIVE_CLICKS: usize = 0;
     pub const SAMPLES: usize = 4;
     pub const CHUNK: usize = 8;
     pub const CHUNKS_PER_CASE: usize = 0;
@@ -71,6 +72,9 @@ pub struct TrainConfig {
     pub lr_step: usize,
     pub lr_gamma: f64,
     pub prompt: PromptKind,
+    /// Simulated corrective clicks per sample: up to N, drawn uniformly (MSA-SPEC 3.1a).
+    #[serde(default)]
+    pub corrective_clicks: usize,
     pub train: TrainMode,
     pub val_every: usize,
     pub val_fraction: f64,
@@ -137,6 +141,7 @@ impl TrainConfig {
             lr_step: defaults::LR_STEP,
             lr_gamma: defaults::LR_GAMMA,
             prompt: defaults::PROMPT,
+            corrective_clicks: defaults::CORRECTIVE_CLICKS,
             train: defaults::TRAIN,
             val_every: defaults::VAL_EVERY,
             val_fraction: defaults::VAL_FRACTION,

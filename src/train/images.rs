@@ -6,16 +6,17 @@ use super::config::TrainConfig;
 use super::loss::{bce_with_logits, dice_ce};
 use super::optim::Adam;
 use super::phase::{mark, Phase};
+use super::prompting::{corrected_prompts, decode_mixed};
 use super::step::{apply_loss, mean_loss, report_bad, EpochProgress, Step, TrainData};
 use crate::data::layout::{discover, Splits};
 use crate::data::sample::check_items;
 use crate::data::transform::Prepared;
 use crate::eval::evaluate::{evaluate, summarize, PromptSource};
 use crate::infer::EmbeddingCache;
-use crate::model::{MaskSelection, Prompts, Sam};
+use crate::model::Sam;
 use crate::resize::bilinear;
 use anyhow::{bail, Result};
-use candle_core::{Device, Tensor};
+use candle_core::Tensor;
 use serde_json::json;
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -77,6 +78,7 @@ impl TrainData for ImageData {
             cfg: step.sam.config.clone(),
             batch_size: cfg.batch_size,
             prompt: cfg.prompt,
+            corrective_clicks: cfg.corrective_clicks,
             augment: cfg.augment,
             seed: cfg.seed,
             workers: cfg.workers,
@@ -174,7 +176,6 @@ fn train_step(
     mark(Phase::Forward);
     let target: Vec<f32> = batch.iter().flat_map(|p| p.masks.iter().copied()).collect();
     let target = Tensor::from_vec(target, (b, classes, s, s), dev)?;
-    let prompts = batch_prompts(batch, dev)?;
     let emb = match cache {
         Some(cache) => {
             let embs = batch
@@ -194,8 +195,14 @@ fn train_step(
             sam.encode_for_training(&x, None, step.recompute)?
         }
     };
-    let out = sam.decode(&emb, &prompts)?;
-    let (low, _) = out.select(MaskSelection::Classes(classes))?;
+    let (prompts, masks) = match batch.iter().any(|p| p.corrections > 0) {
+        true => corrected_prompts(sam, &emb, batch, classes)?,
+        false => (
+            batch.iter().map(|p| p.prompt.clone()).collect(),
+            vec![None; b],
+        ),
+    };
+    let low = decode_mixed(sam, &emb, &prompts, &masks, classes)?;
     let logits = bilinear(&low, s, s)?;
     let loss = if classes == 1 {
         bce_with_logits(&logits, &target, 2.0)?
@@ -203,10 +210,4 @@ fn train_step(
         dice_ce(&logits, &target)?
     };
     apply_loss(step, adam, Some(&loss), b)
-}
-
-/// The batch's prompts as tensors; every sample of a batch has the same prompt kind.
-fn batch_prompts(batch: &[Prepared], dev: &Device) -> Result<Prompts> {
-    let sets: Vec<_> = batch.iter().map(|p| p.prompt.clone()).collect();
-    crate::infer::predictor::prompt_tensors(&sets, dev)
 }

@@ -14,6 +14,7 @@ mod nccl;
 pub mod optim;
 pub mod parallel;
 pub mod phase;
+mod prompting;
 pub mod run;
 mod run_folder;
 pub mod step;

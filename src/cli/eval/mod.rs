@@ -4,6 +4,7 @@
 use super::ModelArgs;
 use crate::data::layout::DatasetKind;
 use crate::eval::cases::{self, EvalOptions};
+use crate::eval::clicks::{write_click_reports, ClicksSummary};
 use crate::eval::evaluate::{write_reports, Summary};
 use anyhow::Result;
 use indicatif::ProgressBar;
@@ -30,6 +31,18 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         "eval [{{bar:30}}] {{pos}}/{{len}}{} {{per_sec}} eta {{eta}}",
         cases.unit()
     ))?);
+    if !opts.clicks.is_empty() {
+        let most = opts.clicks.iter().copied().max().unwrap_or(1);
+        if opts.clicks.contains(&0) {
+            anyhow::bail!("--clicks {:?}: counts start at 1", opts.clicks);
+        }
+        let traces =
+            cases.click_traces(&loaded.sam, opts, most, &mut |n| bar.set_position(n as u64))?;
+        bar.finish_and_clear();
+        let summary = write_click_reports(&opts.out, &traces, &opts.clicks)?;
+        print_clicks(&summary, opts);
+        return Ok(());
+    }
     let results = cases.evaluate(&loaded.sam, opts, &mut |n| bar.set_position(n as u64))?;
     bar.finish_and_clear();
     let summary = write_reports(&opts.out, &results)?;
@@ -51,6 +64,28 @@ fn print_cases(summary: &Summary, opts: &EvalOptions) {
         summary.hd95.mean,
         summary.hd95.std,
         summary.hd95_missing
+    );
+    println!("wrote {}", opts.out.display());
+}
+
+fn print_clicks(s: &ClicksSummary, opts: &EvalOptions) {
+    println!("{} cases, corrective clicks:", s.n_cases);
+    for a in &s.at {
+        println!(
+            "  {:>2} click(s): Dice {:.4} ± {:.4}, IoU {:.4} ± {:.4}",
+            a.clicks, a.dice.mean, a.dice.std, a.iou.mean, a.iou.std
+        );
+    }
+    println!(
+        "  NoC@85 {:.2} ± {:.2} ({} of {} reached), NoC@90 {:.2} ± {:.2} ({} reached; cap {})",
+        s.noc85.mean,
+        s.noc85.std,
+        s.reached85,
+        s.n_cases,
+        s.noc90.mean,
+        s.noc90.std,
+        s.reached90,
+        s.noc_cap
     );
     println!("wrote {}", opts.out.display());
 }

@@ -4,6 +4,7 @@
 use super::{Cases, EvalOptions};
 use crate::data::layout::{discover, Item, Splits};
 use crate::data::prompts::PromptKind;
+use crate::eval::clicks::{click_traces, ClickTrace};
 use crate::eval::evaluate::{evaluate, CaseResult, PromptSource};
 use crate::io::prompt::{PromptFile, UserPrompt};
 use crate::model::Sam;
@@ -62,6 +63,17 @@ impl Cases for Images {
             done,
         )
     }
+
+    fn click_traces(
+        &self,
+        sam: &Sam,
+        opts: &EvalOptions,
+        most: usize,
+        done: &mut dyn FnMut(usize),
+    ) -> Result<Vec<ClickTrace>> {
+        let classes = self.splits.classes.len();
+        click_traces(sam, &self.items, classes, opts.seed, most, None, done)
+    }
 }
 
 fn prompt_source(arg: &str, seed: u64) -> Result<PromptSource> {
@@ -69,6 +81,7 @@ fn prompt_source(arg: &str, seed: u64) -> Result<PromptSource> {
         "click" => Some(PromptKind::Click),
         "box" => Some(PromptKind::Box),
         "both" => Some(PromptKind::Both),
+        "mixed" => Some(PromptKind::Mixed),
         _ => None,
     };
     if let Some(kind) = kind {
@@ -76,7 +89,7 @@ fn prompt_source(arg: &str, seed: u64) -> Result<PromptSource> {
     }
     let path = Path::new(arg);
     if !path.exists() {
-        bail!("--prompt `{arg}`: expected click, box, both or an existing PROMPTS.json");
+        bail!("--prompt `{arg}`: expected click, box, both, mixed or an existing PROMPTS.json");
     }
     let text = std::fs::read_to_string(path)?;
     let map: BTreeMap<String, PromptFile> = serde_json::from_str(&text).with_context(|| {

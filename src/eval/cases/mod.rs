@@ -5,6 +5,7 @@
 mod images;
 mod volumes;
 
+use super::clicks::ClickTrace;
 use super::evaluate::CaseResult;
 use crate::data::layout::DatasetKind;
 use crate::model::Sam;
@@ -19,7 +20,8 @@ pub struct EvalOptions {
     pub data: PathBuf,
     #[arg(long, value_enum, default_value = "folder")]
     pub dataset: DatasetKind,
-    /// click, box, both (drawn from the ground truth, seeded) or a PROMPTS.json file
+    /// click, box, both, mixed (images: a kind drawn per case; all drawn from the ground
+    /// truth, seeded) or a PROMPTS.json file
     /// mapping case ids to {"points": [[x, y, label], ...], "box": [x0, y0, x1, y1]}.
     #[arg(long, default_value = "click")]
     pub prompt: String,
@@ -51,6 +53,11 @@ pub struct EvalOptions {
     /// entry names none.
     #[arg(long)]
     pub series: Option<String>,
+    /// Interactive evaluation (images): a seeded click, then corrective clicks at the
+    /// largest error; Dice after each count given (`1,3,5`), NoC@85 and NoC@90, into
+    /// clicks.csv and clicks.json.
+    #[arg(long, value_delimiter = ',')]
+    pub clicks: Vec<usize>,
 }
 
 /// What evaluating images and evaluating volumes do differently.
@@ -68,6 +75,16 @@ pub trait Cases: Send + Sync {
         opts: &EvalOptions,
         done: &mut dyn FnMut(usize),
     ) -> Result<Vec<CaseResult>>;
+    /// Every case clicked through (`--clicks`), up to `most` clicks or more for NoC.
+    fn click_traces(
+        &self,
+        _sam: &Sam,
+        _opts: &EvalOptions,
+        _most: usize,
+        _done: &mut dyn FnMut(usize),
+    ) -> Result<Vec<ClickTrace>> {
+        anyhow::bail!("--clicks evaluates 2D images; volumes take --prompt click, box or both")
+    }
 }
 
 /// The cases `opts` names, checked before any model is loaded.
