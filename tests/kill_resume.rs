@@ -6,8 +6,10 @@
 //!
 //! `MSA_KILLS` (default 5, one per phase) and `MSA_KILL_SEED` (default 1) set the size;
 //! `MSA_KILL_3D=1` trains depth adapters on the repository's hippocampus volumes instead of
-//! generated 2D images. `bench/kill_test.sh` runs the long versions and keeps a JSON line of
-//! what each did.
+//! generated 2D images; `MSA_KILL_LITE=1` trains the real LiteMedSAM (`--checkpoint
+//! lite_medsam`, from the model cache; skipped with a message when it is not there) on the
+//! repository's hippocampus slices, minutes per run, so never by default.
+//! `bench/kill_test.sh` runs the long versions and keeps a JSON line of what each did.
 
 mod common;
 
@@ -22,25 +24,39 @@ use std::time::{Duration, Instant};
 
 const PHASES: [&str; 5] = ["data", "forward", "backward", "optimizer", "checkpoint"];
 
-/// What is trained: generated 2D images, or the hippocampus volumes with `--3d`.
+/// What is trained: the tiny model on generated 2D images or on the hippocampus volumes
+/// with `--3d`, or LiteMedSAM on the hippocampus slices.
 #[derive(Clone, Copy)]
 enum Mode {
     TwoD,
     ThreeD,
+    Lite,
 }
 
 impl Mode {
     fn from_env() -> Self {
-        match std::env::var("MSA_KILL_3D").as_deref() {
-            Ok("1") => Mode::ThreeD,
-            _ => Mode::TwoD,
+        let on = |name: &str| std::env::var(name).as_deref() == Ok("1");
+        if on("MSA_KILL_LITE") {
+            Mode::Lite
+        } else if on("MSA_KILL_3D") {
+            Mode::ThreeD
+        } else {
+            Mode::TwoD
         }
     }
 
     fn epochs(self) -> usize {
         match self {
             Mode::TwoD => 4,
-            Mode::ThreeD => 2,
+            Mode::ThreeD | Mode::Lite => 2,
+        }
+    }
+
+    /// How long one training process may take before the test gives up on it.
+    fn deadline(self) -> Duration {
+        match self {
+            Mode::TwoD | Mode::ThreeD => Duration::from_secs(300),
+            Mode::Lite => Duration::from_secs(3600),
         }
     }
 
@@ -52,6 +68,7 @@ impl Mode {
                 data
             }
             Mode::ThreeD => Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/hippocampus3d"),
+            Mode::Lite => Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/hippocampus2d"),
         }
     }
 
@@ -59,8 +76,15 @@ impl Mode {
         match self {
             Mode::TwoD => "2d",
             Mode::ThreeD => "3d",
+            Mode::Lite => "lite",
         }
     }
+}
+
+/// LiteMedSAM's file in the model cache, if it is there.
+fn lite_medsam() -> Option<PathBuf> {
+    let model = msa::weights::registry::find("lite_medsam")?;
+    msa::weights::registry::is_cached(model).then(|| msa::weights::registry::cached_path(model))
 }
 
 fn env_or(name: &str, default: u64) -> u64 {
@@ -71,7 +95,19 @@ fn env_or(name: &str, default: u64) -> u64 {
 }
 
 fn train(mode: Mode, data: &Path, out: &Path, phase_file: &Path) -> Command {
-    let mut cmd = tiny_train_cmd(data, out);
+    let mut cmd = match mode {
+        Mode::TwoD | Mode::ThreeD => tiny_train_cmd(data, out),
+        Mode::Lite => {
+            let mut cmd = Command::new(env!("CARGO_BIN_EXE_msa"));
+            cmd.arg("train")
+                .args(["--checkpoint", "lite_medsam", "--train", "adapters"])
+                .arg("--data")
+                .arg(data)
+                .arg("--out")
+                .arg(out);
+            cmd
+        }
+    };
     cmd.args(["--seed", "5", "--workers", "1", "--resume"])
         .args(["--epochs", &mode.epochs().to_string()])
         .env(msa::train::phase::PHASE_FILE, phase_file)
@@ -80,6 +116,7 @@ fn train(mode: Mode, data: &Path, out: &Path, phase_file: &Path) -> Command {
     match mode {
         Mode::TwoD => cmd.args(["--dataset", "folder", "--batch-size", "2"]),
         Mode::ThreeD => cmd.args(["--dataset", "decathlon", "--3d"]),
+        Mode::Lite => cmd.args(["--dataset", "folder", "--batch-size", "2", "--limit", "6"]),
     };
     cmd
 }
@@ -98,18 +135,19 @@ enum Outcome {
     Finished,
 }
 
-/// Runs until the `skip + 1`-th entry into `target`, waits `delay`, and kills.
+/// Runs until the `skip + 1`-th entry into `target`, waits `delay`, and kills; gives up
+/// after `limit`.
 fn kill_during(
     mut cmd: Command,
     phase_file: &Path,
-    target: &str,
-    skip: usize,
+    (target, skip): (&str, usize),
     delay: Duration,
+    limit: Duration,
 ) -> Outcome {
     File::create(phase_file).unwrap();
     let watch = File::open(phase_file).unwrap();
     let mut child = cmd.spawn().unwrap();
-    let deadline = Instant::now() + Duration::from_secs(300);
+    let deadline = Instant::now() + limit;
     let (mut last, mut entries) = (String::new(), 0usize);
     loop {
         if let Some(status) = child.try_wait().unwrap() {
@@ -213,6 +251,13 @@ fn training_killed_at_random_moments_resumes_to_the_uninterrupted_result() {
     let kills = env_or("MSA_KILLS", PHASES.len() as u64) as usize;
     let seed = env_or("MSA_KILL_SEED", 1);
     let mode = Mode::from_env();
+    if matches!(mode, Mode::Lite) && lite_medsam().is_none() {
+        println!(
+            "skipped: MSA_KILL_LITE=1 needs LiteMedSAM in the model cache (msa fetch lite_medsam)"
+        );
+        return;
+    }
+    let started = Instant::now();
     let dir = tempfile::tempdir().unwrap();
     let data = mode.data(dir.path());
     let phase_file = dir.path().join("phase");
@@ -250,9 +295,9 @@ fn training_killed_at_random_moments_resumes_to_the_uninterrupted_result() {
         match kill_during(
             train(mode, &data, &out, &phase_file),
             &phase_file,
-            target,
-            skip,
+            (target, skip),
             delay,
+            mode.deadline(),
         ) {
             Outcome::Killed(phase) => {
                 done += 1;
@@ -273,6 +318,7 @@ fn training_killed_at_random_moments_resumes_to_the_uninterrupted_result() {
     println!(
         "{}",
         serde_json::json!({"kills": done, "seed": seed, "landed": landed,
-            "completed_runs": completed, "epochs": mode.epochs(), "mode": mode.name()})
+            "completed_runs": completed, "epochs": mode.epochs(), "mode": mode.name(),
+            "seconds": started.elapsed().as_secs()})
     );
 }
