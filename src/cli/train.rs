@@ -29,9 +29,9 @@ pub struct TrainArgs {
     /// Images per step (volume chunks with --3d, where the default is 1).
     #[arg(long, default_value_t = defaults::BATCH_SIZE)]
     pub batch_size: usize,
-    /// Adam's learning rate.
-    #[arg(long, default_value_t = defaults::LR)]
-    pub lr: f64,
+    /// Adam's learning rate; default 1e-3 for adapters, decoder and lora, 1e-4 for all.
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// The learning rate is multiplied by --lr-gamma every N epochs.
     #[arg(long, default_value_t = defaults::LR_STEP)]
     pub lr_step: usize,
@@ -176,7 +176,6 @@ impl TrainArgs {
         set!(
             dataset,
             epochs,
-            lr,
             lr_step,
             lr_gamma,
             prompt,
@@ -214,6 +213,9 @@ impl TrainArgs {
             series,
             precision
         );
+        if fresh || given("lr") || given("train") {
+            c.lr = self.lr.unwrap_or(defaults::lr(c.train));
+        }
         let batch_given = given("batch_size");
         if fresh || batch_given {
             c.batch_size = self.batch_size;

@@ -51,6 +51,9 @@ fn config(
     }
     let mut cfg: TrainConfig = serde_json::from_value(fields)
         .map_err(|e| value_error(format!("training options: {e}")))?;
+    if !options.is_some_and(|o| o.contains("lr").unwrap_or(false)) {
+        cfg.lr = crate::train::config::defaults::lr(cfg.train);
+    }
     if cfg.three_d && options.is_some_and(|o| !o.contains("batch_size").unwrap_or(false)) {
         cfg.batch_size = 1; // as `msa train --3d`: a chunk of D slices is already a batch
     }

@@ -38,7 +38,16 @@ pub mod defaults {
     pub const DATASET: DatasetKind = DatasetKind::Folder;
     pub const EPOCHS: usize = 10;
     pub const BATCH_SIZE: usize = 2;
-    pub const LR: f64 = 1e-4;
+    /// Adam's learning rate when none is given: see `lr`.
+    pub fn lr(mode: TrainMode) -> f64 {
+        match mode {
+            // Adapters and LoRA start as zero updates (their up-projections are zero), so
+            // at 1e-4 the first dozens of steps barely move the output (QUALITY.md).
+            TrainMode::Adapters | TrainMode::Decoder | TrainMode::Lora => 1e-3,
+            // Every pretrained weight moves: the paper's and MedSAM's rate.
+            TrainMode::All => 1e-4,
+        }
+    }
     pub const LR_STEP: usize = 10;
     pub const LR_GAMMA: f64 = 0.5;
     pub const PROMPT: PromptKind = PromptKind::Click;
@@ -137,7 +146,7 @@ impl TrainConfig {
             image_size: None,
             epochs: defaults::EPOCHS,
             batch_size: defaults::BATCH_SIZE,
-            lr: defaults::LR,
+            lr: defaults::lr(defaults::TRAIN),
             lr_step: defaults::LR_STEP,
             lr_gamma: defaults::LR_GAMMA,
             prompt: defaults::PROMPT,

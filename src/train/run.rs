@@ -263,8 +263,11 @@ impl Run<'_> {
                 loss_scale: loss_scale.as_ref(),
                 observer: self.observer,
             };
+            let started = std::time::Instant::now();
             let loss = data.train_epoch(&step, &mut self.adam, epoch)?;
+            let trained = started.elapsed().as_secs_f64();
             let (val_dice, val_iou) = self.validate(data, epoch)?;
+            let seconds = [trained, started.elapsed().as_secs_f64() - trained];
             self.state.history.push(EpochMetrics {
                 epoch: epoch + 1,
                 train_loss: loss,
@@ -275,7 +278,7 @@ impl Run<'_> {
             self.state.adam_step = self.adam.step;
             self.state.loss_scale = loss_scale.as_ref().map(LossScale::state);
             if let Some(c) = &checkpoint {
-                c.save(self, lr, device)?;
+                c.save(self, lr, device, seconds)?;
             }
         }
         Ok(())
@@ -324,7 +327,9 @@ impl<'a> Checkpointer<'a> {
 
     /// The adapters (the best ones too when validation improved), the run state, the
     /// metrics and the log line of the epoch just finished.
-    fn save(&self, run: &mut Run, lr: f64, device: &Device) -> Result<()> {
+    /// `seconds`: the epoch's training and validation time, for the log only (the state
+    /// stays a function of the seed, so resumed runs match uninterrupted ones bit for bit).
+    fn save(&self, run: &mut Run, lr: f64, device: &Device, seconds: [f64; 2]) -> Result<()> {
         mark(Phase::Checkpoint);
         let (cfg, folder) = (run.cfg, self.folder);
         let meta = adapter_meta(run.loaded, cfg, &self.base_sha)?;
@@ -347,7 +352,8 @@ impl<'a> Checkpointer<'a> {
         folder.write_metrics(&run.state.history)?;
         let mut line = json!({"event": "epoch", "epoch": row.epoch, "lr": lr,
             "train_loss": row.train_loss, "val_dice": row.val_dice, "val_iou": row.val_iou,
-            "peak_memory_mib": crate::runtime::memory::peak_mib(device)});
+            "peak_memory_mib": crate::runtime::memory::peak_mib(device),
+            "train_seconds": seconds[0], "val_seconds": seconds[1]});
         if let (Some(o), Some(s)) = (line.as_object_mut(), run.state.loss_scale) {
             o.insert("loss_scale".into(), json!(s));
         }

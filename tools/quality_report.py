@@ -1,0 +1,214 @@
+#!/usr/bin/env python3
+"""QUALITY.md's tables and pictures from bench/quality.sh's folders.
+
+    python tools/quality_report.py quality docs/quality   # needs matplotlib and pillow
+
+Prints one markdown table per dataset and writes, per dataset, `<ds>_curves.png` (validation
+Dice per epoch, every row), `<ds>_clicks.png` (Dice against corrective clicks) and
+`<ds>_cases.png` (the same test cases under every row, one click each).
+"""
+import json
+import os
+import re
+import sys
+
+ROWS = ["frozen", "decoder", "adapters", "lora", "all"]
+NAMES = {
+    "frozen": "frozen",
+    "decoder": "decoder adapters",
+    "adapters": "MSA (encoder + decoder)",
+    "lora": "LoRA",
+    "all": "full fine-tuning",
+}
+DATASETS = ["ph2", "ddti", "hip2d", "hip3d"]
+
+
+def read_json(path):
+    try:
+        with open(path) as f:
+            return json.load(f)
+    except (OSError, ValueError):
+        return None
+
+
+def log_lines(run):
+    try:
+        with open(os.path.join(run, "log.jsonl")) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except OSError:
+        return []
+
+
+def epochs_of(run):
+    """The last record of each epoch (a resumed run may log an epoch twice)."""
+    by_epoch = {}
+    for line in log_lines(run):
+        if line.get("event") == "epoch":
+            by_epoch[line["epoch"]] = line
+    return [by_epoch[k] for k in sorted(by_epoch)]
+
+
+def pm(stat, digits=3):
+    if not stat or stat.get("mean") is None:
+        return "-"
+    return f"{stat['mean']:.{digits}f} ± {stat['std']:.{digits}f}"
+
+
+def eval_cell(top, ds, row, prompt):
+    s = read_json(os.path.join(top, "eval", ds, row, prompt, "summary.json"))
+    if not s:
+        return "-", "-"
+    hd = pm(s["hd95"], 1)
+    if s.get("hd95_missing"):
+        hd += f" ({s['hd95_missing']} undef.)"
+    return pm(s["dice"]), hd
+
+
+def mib(n):
+    return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
+
+
+def table(top, ds):
+    out = [
+        "| row | click Dice | click HD95 | box Dice | box HD95 | Dice, 3 clicks | NoC@85 | "
+        "trainable | train time | peak memory | file kept |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
+    ]
+    for row in ROWS:
+        run = os.path.join(top, "runs", ds, row)
+        ev = os.path.join(top, "eval", ds, row)
+        if not os.path.isdir(ev):
+            continue
+        cd, ch = eval_cell(top, ds, row, "click")
+        bd, bh = eval_cell(top, ds, row, "box")
+        clicks = read_json(os.path.join(ev, "clicks", "clicks.json"))
+        d3 = noc = "-"
+        if clicks:
+            at = {a["clicks"]: a for a in clicks["at"]}
+            d3 = pm(at.get(3, {}).get("dice"))
+            noc = f"{clicks['noc85']['mean']:.1f} ({clicks['reached85']}/{clicks['n_cases']})"
+        start = next((l for l in log_lines(run) if l.get("event") == "start"), None)
+        epochs = epochs_of(run)
+        trainable = "0 %"
+        if start:
+            trainable = f"{100 * start['trainable'] / start['total']:.2f} %"
+        secs = sum(e.get("train_seconds", 0) for e in epochs)
+        time = f"{secs / 60:.0f} min ({len(epochs)} ep.)" if epochs else "-"
+        peak = max((e.get("peak_memory_mib", 0) for e in epochs), default=0)
+        peak = f"{peak:.0f} MiB" if peak else eval_peak(ev)
+        kept = os.path.join(run, "adapters_best.safetensors")
+        kept = mib(os.path.getsize(kept)) if os.path.exists(kept) else "-"
+        out.append(
+            f"| {NAMES[row]} | {cd} | {ch} | {bd} | {bh} | {d3} | {noc} | {trainable} | "
+            f"{time} | {peak} | {kept} |"
+        )
+    return "\n".join(out)
+
+
+def eval_peak(ev):
+    try:
+        text = open(os.path.join(ev, "box.log")).read()
+    except OSError:
+        return "-"
+    m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", text)
+    return f"{int(m.group(1)) / 1024:.0f} MiB (eval)" if m else "-"
+
+
+def curves(top, ds, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    drawn = False
+    for row in ROWS[1:]:
+        ep = [e for e in epochs_of(os.path.join(top, "runs", ds, row)) if e.get("val_dice") is not None]
+        if ep:
+            ax.plot([e["epoch"] for e in ep], [e["val_dice"] for e in ep], marker="o", label=NAMES[row])
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("validation Dice (mixed prompts)")
+    ax.set_title(f"{ds}: LiteMedSAM, validation Dice per epoch")
+    ax.set_ylim(0, 1)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = os.path.join(out, f"{ds}_curves.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def click_curves(top, ds, out):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(6.4, 4.0))
+    drawn = False
+    for row in ROWS:
+        c = read_json(os.path.join(top, "eval", ds, row, "clicks", "clicks.json"))
+        if c:
+            curve = c["dice_curve"]
+            ax.plot(range(1, len(curve) + 1), curve, marker=".", label=NAMES[row])
+            drawn = True
+    if not drawn:
+        plt.close(fig)
+        return None
+    ax.set_xlabel("clicks (first seeded, then at the largest error)")
+    ax.set_ylabel("test Dice")
+    ax.set_title(f"{ds}: Dice against clicks")
+    ax.set_ylim(0, 1)
+    ax.set_xticks(range(0, 21, 2))
+    ax.grid(alpha=0.3)
+    ax.legend()
+    path = os.path.join(out, f"{ds}_clicks.png")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
+def cases(top, ds, out, n=4, size=160):
+    from PIL import Image, ImageDraw
+
+    rows = [r for r in ROWS if os.path.isdir(os.path.join(top, "eval", ds, r, "click", "overlays"))]
+    if not rows:
+        return None
+    names = sorted(os.listdir(os.path.join(top, "eval", ds, rows[0], "click", "overlays")))[:n]
+    label_h = 18
+    sheet = Image.new("RGB", (size * len(rows), label_h + size * len(names)), "white")
+    draw = ImageDraw.Draw(sheet)
+    for j, row in enumerate(rows):
+        draw.text((j * size + 4, 3), NAMES[row], fill="black")
+        for i, name in enumerate(names):
+            p = os.path.join(top, "eval", ds, row, "click", "overlays", name)
+            if os.path.exists(p):
+                im = Image.open(p).convert("RGB")
+                im.thumbnail((size, size))
+                sheet.paste(im, (j * size, label_h + i * size))
+    path = os.path.join(out, f"{ds}_cases.png")
+    sheet.save(path)
+    return path
+
+
+def main(top, out):
+    os.makedirs(out, exist_ok=True)
+    for ds in DATASETS:
+        if not os.path.isdir(os.path.join(top, "eval", ds)):
+            continue
+        print(f"### {ds}\n")
+        print(table(top, ds))
+        print()
+        for p in (curves(top, ds, out), click_curves(top, ds, out), cases(top, ds, out)):
+            if p:
+                print(f"wrote {p}", file=sys.stderr)
+
+
+if __name__ == "__main__":
+    main(sys.argv[1], sys.argv[2])
