@@ -1,0 +1,60 @@
+#!/usr/bin/env python3
+"""A 2D folder dataset (images/, masks/, split.json) as an nnU-Net v2 raw dataset, for
+QUALITY.md's baseline on the same splits: train + val -> imagesTr (fold 0 of
+splits_final.json is our train/val split), test -> imagesTs.
+
+    python tools/nnunet_export.py quality/data/ph2 $nnUNet_raw/Dataset501_PH2 RGB
+    python tools/nnunet_export.py assets/hippocampus2d $nnUNet_raw/Dataset503_Hip2D MRI
+
+Needs numpy and pillow. Images become PNG (RGB kept as one file, as nnU-Net's natural-image
+reader expects); masks become 0/1 PNG.
+"""
+import json
+import os
+import sys
+
+import numpy as np
+from PIL import Image
+
+
+def find_image(images, case):
+    for f in os.listdir(images):
+        if os.path.splitext(f)[0] == case:
+            return os.path.join(images, f)
+    raise SystemExit(f"{images}: no image for case {case}")
+
+
+def main(src, dst, channel):
+    with open(os.path.join(src, "split.json")) as f:
+        split = json.load(f)
+    rgb = channel.upper() == "RGB"
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        os.makedirs(os.path.join(dst, sub), exist_ok=True)
+    groups = {"Tr": split["train"] + split["val"], "Ts": split["test"]}
+    for tag, cases in groups.items():
+        for case in cases:
+            im = Image.open(find_image(os.path.join(src, "images"), case))
+            im = im.convert("RGB" if rgb else "L")
+            im.save(os.path.join(dst, f"images{tag}", f"{case}_0000.png"))
+            mask = np.asarray(Image.open(os.path.join(src, "masks", f"{case}.png")).convert("L"))
+            Image.fromarray((mask > 0).astype(np.uint8)).save(
+                os.path.join(dst, f"labels{tag}", f"{case}.png")
+            )
+    channels = {"0": "R", "1": "G", "2": "B"} if rgb else {"0": channel}
+    meta = {
+        "channel_names": channels,
+        "labels": {"background": 0, "target": 1},
+        "numTraining": len(groups["Tr"]),
+        "file_ending": ".png",
+    }
+    with open(os.path.join(dst, "dataset.json"), "w") as f:
+        json.dump(meta, f, indent=1)
+    folds = [{"train": split["train"], "val": split["val"]}]
+    with open(os.path.join(dst, "splits_final.json"), "w") as f:
+        json.dump(folds, f, indent=1)
+    print(f"{dst}: {len(groups['Tr'])} training ({len(split['val'])} validation), "
+          f"{len(groups['Ts'])} test")
+
+
+if __name__ == "__main__":
+    main(*sys.argv[1:4])
