@@ -5,7 +5,8 @@
 //! (`--train adapters`) for one epoch with RAYON_NUM_THREADS=1, 2 and 3 (candle and our
 //! kernels size their thread pools from it). Every tensor of `adapters_last.safetensors` and
 //! `state_last.safetensors` (parameters, Adam's first and second moments) must have the
-//! same bytes in all three.
+//! same bytes in all three. A second test does the same under full fine-tuning (`--train
+//! all`) on 1 and 3 threads.
 //!
 //! The sizes make the work split. Counted once with logging in the kernels, one run on 3
 //! threads (one epoch at 64 px, batch 2, and its validation) made about 120 gemm calls large
@@ -36,7 +37,7 @@ fn base(dir: &Path) -> PathBuf {
     path
 }
 
-fn train(base: &Path, data: &Path, out: &Path, threads: usize) {
+fn train(base: &Path, data: &Path, out: &Path, (mode, threads): (&str, usize)) {
     let o = Command::new(env!("CARGO_BIN_EXE_msa"))
         .arg("train")
         .arg("--checkpoint")
@@ -47,7 +48,7 @@ fn train(base: &Path, data: &Path, out: &Path, threads: usize) {
         .arg(data)
         .arg("--out")
         .arg(out)
-        .args(["--train", "adapters", "--adapter-init", "torch"])
+        .args(["--train", mode, "--adapter-init", "torch"])
         .args(["--epochs", "1", "--batch-size", "2", "--seed", "7"])
         .args(["--workers", "1", "--samples", "0"])
         .env("RAYON_NUM_THREADS", threads.to_string())
@@ -56,7 +57,7 @@ fn train(base: &Path, data: &Path, out: &Path, threads: usize) {
         .unwrap();
     assert!(
         o.status.success(),
-        "training on {threads} thread(s) failed: {}",
+        "--train {mode} on {threads} thread(s) failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
 }
@@ -108,21 +109,22 @@ fn first_difference(
     None
 }
 
-#[test]
-fn training_gives_the_same_bits_on_one_two_and_three_threads() {
+/// Trains `mode` once per thread count in `threads` and checks that the adapter file and
+/// the run state of every run have the bytes of the first.
+fn assert_same_bits(mode: &str, threads: &[usize]) {
     let dir = tempfile::tempdir().unwrap();
     let base = base(dir.path());
     let data = dir.path().join("data");
     msa::data::synthetic::write_folder_dataset(&data, 8, (96, 80), 11).unwrap();
-    let runs: Vec<(usize, PathBuf)> = [1, 2, 3]
-        .into_iter()
-        .map(|threads| {
+    let runs: Vec<(usize, PathBuf)> = threads
+        .iter()
+        .map(|&threads| {
             let out = dir.path().join(format!("threads{threads}"));
-            train(&base, &data, &out, threads);
+            train(&base, &data, &out, (mode, threads));
             (threads, out)
         })
         .collect();
-    let (_, first) = &runs[0];
+    let (first_threads, first) = &runs[0];
     for name in ["adapters_last.safetensors", "state_last.safetensors"] {
         let reference = tensors(&first.join(name));
         assert!(!reference.is_empty(), "{name} holds no tensors");
@@ -137,8 +139,23 @@ fn training_gives_the_same_bits_on_one_two_and_three_threads() {
         for (threads, out) in &runs[1..] {
             let other = tensors(&out.join(name));
             if let Some(diff) = first_difference(&reference, &other) {
-                panic!("{name}: 1 thread against {threads}: {diff}");
+                panic!(
+                    "--train {mode}, {name}: {first_threads} thread(s) against {threads}: {diff}"
+                );
             }
         }
     }
+}
+
+#[test]
+fn training_gives_the_same_bits_on_one_two_and_three_threads() {
+    assert_same_bits("adapters", &[1, 2, 3]);
+}
+
+/// Under full fine-tuning the parameter-gradient reductions all run: LayerNorm and
+/// depthwise convolution weights, TinyViT's attention-bias tables, and the window padding's
+/// fill token (the qkv projection of the LayerNorm's bias).
+#[test]
+fn full_fine_tuning_gives_the_same_bits_on_one_and_three_threads() {
+    assert_same_bits("all", &[1, 3]);
 }
