@@ -135,9 +135,17 @@ fn write_overlay(dir: &Path, sample: &Sample, k: usize, pred: &[bool], suffix: &
     let outline =
         crate::eval::metrics::surface(&sample.masks[k], &[sample.size().0, sample.size().1]);
     let mut img = img;
-    let w = sample.size().1;
+    let (h, w) = sample.size();
+    // Thicker on large images, so that the outline survives a thumbnail.
+    let r = (h.min(w) / 256) as i64;
     for (i, _) in outline.iter().enumerate().filter(|(_, &o)| o) {
-        img.put_pixel((i % w) as u32, (i / w) as u32, image::Rgb([40, 220, 60]));
+        let (x, y) = ((i % w) as i64, (i / w) as i64);
+        for (dx, dy) in (-r..=r).flat_map(|dx| (-r..=r).map(move |dy| (dx, dy))) {
+            let (px, py) = (x + dx, y + dy);
+            if px >= 0 && py >= 0 && (px as usize) < w && (py as usize) < h {
+                img.put_pixel(px as u32, py as u32, image::Rgb([40, 220, 60]));
+            }
+        }
     }
     let path = dir.join(format!("{}{suffix}.png", sample.id));
     img.save(&path)
