@@ -1,0 +1,37 @@
+#!/usr/bin/env bash
+# QUALITY.md's baseline: nnU-Net v2 (PyPI `nnunetv2`, 2d configuration, fold 0 = our
+# train/val split) on the same splits as bench/quality.sh, trained on this CPU with a
+# reduced epoch budget, its test predictions scored by msa's own metrics.
+#
+#   bench/nnunet_baseline.sh DATASET TRAINER    # DATASET: ph2 ddti hip2d
+#                                               # TRAINER: e.g. nnUNetTrainer_5epochs
+#
+# Environment: VENV (python with torch and nnunetv2; default bench/.venv), QUALITY_DIR
+# (default quality; bench/quality.sh makes quality/data/{ph2,ddti}).
+set -euo pipefail
+cd "$(dirname "$0")/.."
+ds=$1
+trainer=$2
+venv=${VENV:-bench/.venv}
+top=$(realpath "${QUALITY_DIR:-quality}")
+[ -x "$venv/bin/nnUNetv2_train" ] || "$venv/bin/pip" install -q nnunetv2
+export nnUNet_raw=$top/nnunet/raw nnUNet_preprocessed=$top/nnunet/pre nnUNet_results=$top/nnunet/results
+case $ds in
+    ph2) id=501 name=Dataset501_PH2 src=$top/data/ph2 channel=RGB ;;
+    ddti) id=502 name=Dataset502_DDTI src=$top/data/ddti channel=US ;;
+    hip2d) id=503 name=Dataset503_Hip2D src=assets/hippocampus2d channel=MRI ;;
+    *) echo "unknown dataset $ds" >&2; exit 2 ;;
+esac
+if [ ! -f "$nnUNet_preprocessed/$name/splits_final.json" ]; then
+    "$venv/bin/python" tools/nnunet_export.py "$src" "$nnUNet_raw/$name" "$channel"
+    "$venv/bin/nnUNetv2_plan_and_preprocess" -d "$id" -c 2d -np 1 --verify_dataset_integrity
+    cp "$nnUNet_raw/$name/splits_final.json" "$nnUNet_preprocessed/$name/"
+fi
+out=$top/nnunet/$ds-$trainer
+mkdir -p "$out"
+/usr/bin/time -v "$venv/bin/nnUNetv2_train" "$id" 2d 0 -tr "$trainer" -device cpu \
+    > "$out/train.log" 2>&1
+"$venv/bin/nnUNetv2_predict" -d "$id" -c 2d -f 0 -tr "$trainer" -device cpu \
+    -i "$nnUNet_raw/$name/imagesTs" -o "$out/pred" > "$out/predict.log" 2>&1
+cargo build --release -q --example score_masks
+target/release/examples/score_masks "$src" "$out/pred" "$top/eval/$ds/nnunet-$trainer"
