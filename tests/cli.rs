@@ -856,14 +856,20 @@ fn train_help_shows_the_defaults_and_every_run_setting() {
     ] {
         assert!(help.contains(flag), "no {flag} in:\n{help}");
     }
+    use msa::train::config::{defaults, TrainMode};
     let c = msa::train::config::TrainConfig::new("c".into(), "d".into(), "o".into());
     for shown in [
         format!("[default: {}]", c.epochs),
-        format!("[default: {}]", c.lr),
+        format!(
+            "default {:e} for adapters, decoder and lora, {:e} for all",
+            defaults::lr(TrainMode::Adapters),
+            defaults::lr(TrainMode::All)
+        ),
         format!("[default: {}]", c.lr_gamma),
         format!("[default: {}]", c.val_fraction),
         "[default: adapters]".to_string(),
         "[default: click]".to_string(),
+        "bit-identical adapters and Adam state at any thread count".to_string(),
     ] {
         assert!(help.contains(&shown), "no {shown} in:\n{help}");
     }

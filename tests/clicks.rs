@@ -90,7 +90,14 @@ fn training_with_mixed_prompts_and_corrective_clicks_runs_and_is_recorded() {
     let out = dir.path().join("run");
     let status = tiny_train_cmd(&data, &out)
         .args(["--epochs", "2", "--batch-size", "3", "--seed", "1"])
-        .args(["--prompt", "mixed", "--corrective-clicks", "3", "--samples", "0"])
+        .args([
+            "--prompt",
+            "mixed",
+            "--corrective-clicks",
+            "3",
+            "--samples",
+            "0",
+        ])
         .status()
         .unwrap();
     assert!(status.success());
@@ -103,4 +110,16 @@ fn training_with_mixed_prompts_and_corrective_clicks_runs_and_is_recorded() {
         assert!(loss.is_finite() && loss > 0.0, "{metrics}");
     }
     assert_eq!(metrics.lines().count(), 3, "{metrics}");
+}
+
+#[test]
+fn corrective_clicks_on_volumes_are_refused_not_ignored() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = tiny_train_cmd(dir.path(), &dir.path().join("run"))
+        .args(["--dataset", "decathlon", "--3d", "--corrective-clicks", "2"])
+        .output()
+        .unwrap();
+    assert!(!out.status.success());
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("--corrective-clicks 2"), "{err}");
 }

@@ -254,6 +254,27 @@ def test_evaluate_returns_what_msa_eval_writes(tmp_path):
         msa.evaluate("lite_medsam", SLICES, tmp_path / "x", dataset="mnist")
 
 
+def test_evaluate_with_clicks_matches_msa_eval_clicks(tmp_path):
+    data = tmp_path / "three"
+    for sub in ("images", "masks"):
+        (data / sub).mkdir(parents=True)
+    cases = json.loads((SLICES / "split.json").read_text())["test"][:3]
+    for case in cases:
+        for sub in ("images", "masks"):
+            (data / sub / f"{case}.png").write_bytes((SLICES / sub / f"{case}.png").read_bytes())
+    (data / "split.json").write_text(json.dumps({"train": [], "val": [], "test": cases}))
+    got = msa.evaluate("lite_medsam", data, tmp_path / "py", clicks=[1, 3], overlays=0)
+    cli("eval", "--checkpoint", "lite_medsam", "--data", data, "--clicks", "1,3",
+        "--overlays", 0, "--out", tmp_path / "cli")
+    assert got["summary"] == json.loads((tmp_path / "cli" / "clicks.json").read_text())
+    assert [a["clicks"] for a in got["summary"]["at"]] == [1, 3]
+    one = msa.evaluate("lite_medsam", data, tmp_path / "one", prompt="click", overlays=0)
+    first = {c["case"]: c["dice"] for c in one["cases"]}
+    for c in got["cases"]:
+        assert abs(c["dice"][0] - first[c["case"]]) < 1e-9
+        assert len(c["dice"]) == len(c["iou"]) >= 3
+
+
 def test_ctrl_c_stops_predict_volume_between_slices(model):
     import _thread
 

@@ -46,6 +46,12 @@ pub enum Command {
     /// Run `predict` on the embedded tiny model and a generated image.
     Demo(demo::DemoArgs),
     /// Train adapters (or LoRA, or everything) on a dataset.
+    ///
+    /// Reproducibility: on the CPU, the same --seed, the same build and the same machine
+    /// type give bit-identical adapters and Adam state at any thread count
+    /// (RAYON_NUM_THREADS), resumed or not. On GPUs the last bits can differ between runs:
+    /// the tensor-core attention's backward adds a bias gradient with atomicAdd in no fixed
+    /// order, and cuBLAS and NCCL choose their algorithms by GPU and version.
     Train(train::TrainArgs),
     /// Dice, IoU and HD95 per case on a dataset's test split.
     Eval(eval::EvalArgs),

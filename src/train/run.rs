@@ -102,6 +102,13 @@ fn rank_with(
     if cfg.three_d && cfg.dataset != crate::data::layout::DatasetKind::Decathlon {
         bail!("--3d trains on volumes: pass --dataset decathlon");
     }
+    if cfg.corrective_clicks > 0 && cfg.dataset == crate::data::layout::DatasetKind::Decathlon {
+        bail!(
+            "--corrective-clicks {}: corrective clicks train on 2D images; volumes are not \
+             supported yet (pass --corrective-clicks 0)",
+            cfg.corrective_clicks
+        );
+    }
     if comm.world() > 1 && cfg.three_d {
         bail!("data-parallel training of volumes (--3d) is not supported yet");
     }
