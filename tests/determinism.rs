@@ -17,7 +17,7 @@
 
 mod common;
 
-use common::fixture;
+use common::{fixture, tensors};
 use msa::weights::{is_adapter_key, save_safetensors, Checkpoint};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -60,24 +60,6 @@ fn train(base: &Path, data: &Path, out: &Path, (mode, threads): (&str, usize)) {
         "--train {mode} on {threads} thread(s) failed: {}",
         String::from_utf8_lossy(&o.stderr)
     );
-}
-
-/// Every tensor of a safetensors file as (dtype, shape, raw bytes), by key.
-fn tensors(path: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let t = (
-                format!("{:?}", v.dtype()),
-                v.shape().to_vec(),
-                v.data().to_vec(),
-            );
-            (k, t)
-        })
-        .collect()
 }
 
 /// The first key (in key order) whose tensor differs between `a` and `b`, with why.

@@ -13,7 +13,7 @@
 
 mod common;
 
-use common::{tiny_train_cmd, tmp_files};
+use common::{tensors, tiny_train_cmd, tmp_files};
 use msa::data::synthetic::SplitMix;
 use std::collections::BTreeMap;
 use std::fs::File;
@@ -179,24 +179,6 @@ fn stderr(mut child: Child) -> String {
         let _ = e.read_to_string(&mut s);
     }
     s
-}
-
-/// Every tensor of a safetensors file as (dtype, shape, bytes).
-fn tensors(path: &Path) -> BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
-    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    let st = safetensors::SafeTensors::deserialize(&bytes)
-        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
-    st.tensors()
-        .into_iter()
-        .map(|(k, v)| {
-            let t = (
-                format!("{:?}", v.dtype()),
-                v.shape().to_vec(),
-                v.data().to_vec(),
-            );
-            (k, t)
-        })
-        .collect()
 }
 
 /// What must survive a kill: the files a resume reads, each whole.

@@ -3,6 +3,8 @@
 
     python tools/quality_report.py quality docs/quality   # needs matplotlib and pillow
 
+    python tools/quality_report.py --study ddti decoder click=quality/p-click mixed=quality/p-mixed
+
 Prints one markdown table per dataset and writes, per dataset, `<ds>_curves.png` (validation
 Dice per epoch, every row), `<ds>_clicks.png` (Dice against corrective clicks) and
 `<ds>_cases.png` (the same test cases under every row, one click each).
@@ -114,64 +116,61 @@ def eval_peak(ev):
     return f"{int(m.group(1)) / 1024:.0f} MiB (eval)" if m else "-"
 
 
-def curves(top, ds, out):
+def figure(out, name, draw, xlabel, ylabel, title):
+    """A 0..1 line plot of whatever `draw(ax)` adds; None when it adds nothing."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
     fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    drawn = False
-    for row in ROWS[1:]:
-        ep = [e for e in epochs_of(os.path.join(top, "runs", ds, row)) if e.get("val_dice") is not None]
-        if ep:
-            ax.plot([e["epoch"] for e in ep], [e["val_dice"] for e in ep], marker="o", label=NAMES[row])
-            drawn = True
-    if not drawn:
+    if not draw(ax):
         plt.close(fig)
         return None
-    ax.set_xlabel("epoch")
-    ax.set_ylabel("validation Dice (mixed prompts)")
-    ax.set_title(f"{ds}: LiteMedSAM, validation Dice per epoch")
+    ax.set_xlabel(xlabel)
+    ax.set_ylabel(ylabel)
+    ax.set_title(title)
     ax.set_ylim(0, 1)
     ax.grid(alpha=0.3)
     ax.legend()
-    path = os.path.join(out, f"{ds}_curves.png")
+    path = os.path.join(out, name)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return path
+
+
+def curves(top, ds, out):
+    def draw(ax):
+        drawn = False
+        for row in ROWS[1:]:
+            ep = [e for e in epochs_of(os.path.join(top, "runs", ds, row))
+                  if e.get("val_dice") is not None]
+            if ep:
+                ax.plot([e["epoch"] for e in ep], [e["val_dice"] for e in ep], marker="o",
+                        label=NAMES[row])
+                drawn = True
+        return drawn
+
+    return figure(out, f"{ds}_curves.png", draw, "epoch", "validation Dice (mixed prompts)",
+                  f"{ds}: LiteMedSAM, validation Dice per epoch")
 
 
 def click_curves(top, ds, out):
-    import matplotlib
+    def draw(ax):
+        drawn = False
+        for row in ROWS:
+            c = read_json(os.path.join(top, "eval", ds, row, "clicks", "clicks.json"))
+            if c:
+                curve = c["dice_curve"]
+                ax.plot(range(1, len(curve) + 1), curve, marker=".", label=NAMES[row])
+                ax.set_xticks(range(0, 21, 2))
+                drawn = True
+        return drawn
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6.4, 4.0))
-    drawn = False
-    for row in ROWS:
-        c = read_json(os.path.join(top, "eval", ds, row, "clicks", "clicks.json"))
-        if c:
-            curve = c["dice_curve"]
-            ax.plot(range(1, len(curve) + 1), curve, marker=".", label=NAMES[row])
-            drawn = True
-    if not drawn:
-        plt.close(fig)
-        return None
-    ax.set_xlabel("clicks (first seeded, then at the largest error)")
-    ax.set_ylabel("test Dice")
-    ax.set_title(f"{ds}: Dice against clicks")
-    ax.set_ylim(0, 1)
-    ax.set_xticks(range(0, 21, 2))
-    ax.grid(alpha=0.3)
-    ax.legend()
-    path = os.path.join(out, f"{ds}_clicks.png")
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path
+    return figure(out, f"{ds}_clicks.png", draw,
+                  "clicks (first seeded, then at the largest error)", "test Dice",
+                  f"{ds}: Dice against clicks")
 
 
 def cases(top, ds, out, n=4, size=160):
@@ -210,5 +209,27 @@ def main(top, out):
                 print(f"wrote {p}", file=sys.stderr)
 
 
+def study(ds, row, trees):
+    """One line per training recipe (label=folder) of the same dataset and row."""
+    print("| training prompts | click Dice | box Dice | Dice, 3 clicks | Dice, 5 clicks | "
+          "NoC@85 | NoC@90 | best validation Dice (epoch) |")
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for label, top in (t.split("=", 1) for t in trees):
+        cd, _ = eval_cell(top, ds, row, "click")
+        bd, _ = eval_cell(top, ds, row, "box")
+        c = read_json(os.path.join(top, "eval", ds, row, "clicks", "clicks.json")) or {}
+        at = {a["clicks"]: a for a in c.get("at", [])}
+        noc = lambda k: (f"{c[k]['mean']:.1f} ({c['reached' + k[3:]]}/{c['n_cases']})"
+                         if c else "-")
+        ep = [e for e in epochs_of(os.path.join(top, "runs", ds, row)) if e.get("val_dice")]
+        best = max(ep, key=lambda e: e["val_dice"]) if ep else None
+        best = f"{best['val_dice']:.3f} ({best['epoch']} of {len(ep)})" if best else "-"
+        print(f"| {label} | {cd} | {bd} | {pm(at.get(3, {}).get('dice'))} | "
+              f"{pm(at.get(5, {}).get('dice'))} | {noc('noc85')} | {noc('noc90')} | {best} |")
+
+
 if __name__ == "__main__":
-    main(sys.argv[1], sys.argv[2])
+    if sys.argv[1] == "--study":
+        study(sys.argv[2], sys.argv[3], sys.argv[4:])
+    else:
+        main(sys.argv[1], sys.argv[2])

@@ -240,3 +240,21 @@ pub fn run_emulated(name: &str) -> String {
     );
     report
 }
+
+/// Every tensor of a safetensors file as (dtype, shape, raw bytes), by key.
+pub fn tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+    let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    let st = safetensors::SafeTensors::deserialize(&bytes)
+        .unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    st.tensors()
+        .into_iter()
+        .map(|(k, v)| {
+            let t = (
+                format!("{:?}", v.dtype()),
+                v.shape().to_vec(),
+                v.data().to_vec(),
+            );
+            (k, t)
+        })
+        .collect()
+}
