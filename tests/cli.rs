@@ -868,7 +868,7 @@ fn train_help_shows_the_defaults_and_every_run_setting() {
         format!("[default: {}]", c.lr_gamma),
         format!("[default: {}]", c.val_fraction),
         "[default: adapters]".to_string(),
-        "[default: click]".to_string(),
+        "[default: mixed]".to_string(),
         "bit-identical adapters and Adam state at any thread count".to_string(),
     ] {
         assert!(help.contains(&shown), "no {shown} in:\n{help}");

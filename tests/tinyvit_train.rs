@@ -4,6 +4,8 @@
 
 mod common;
 
+use msa::data::prompts::PromptKind;
+
 use candle_core::{Device, Tensor};
 use common::{fixture, max_abs_diff};
 use msa::data::synthetic::write_folder_dataset;
@@ -42,6 +44,8 @@ fn base(dir: &Path) -> PathBuf {
 
 fn train(base: &Path, data: &Path, out: &Path, mode: TrainMode) {
     let mut c = TrainConfig::new(base.to_path_buf(), data.to_path_buf(), out.to_path_buf());
+    // These tests score clicks; they train on what they score.
+    c.prompt = PromptKind::Click;
     c.model_config = Some(fixture("tinyvit_tiny.json"));
     c.train = mode;
     c.epochs = 1;

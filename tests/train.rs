@@ -18,6 +18,8 @@ use std::path::Path;
 
 fn config(base: &Path, data: &Path, out: &Path, epochs: usize) -> TrainConfig {
     let mut c = TrainConfig::new(base.to_path_buf(), data.to_path_buf(), out.to_path_buf());
+    // These tests score clicks; they train on what they score.
+    c.prompt = PromptKind::Click;
     c.model_config = Some(fixture("sam_tiny.json"));
     c.epochs = epochs;
     c.batch_size = 4;

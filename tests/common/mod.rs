@@ -242,7 +242,9 @@ pub fn run_emulated(name: &str) -> String {
 }
 
 /// Every tensor of a safetensors file as (dtype, shape, raw bytes), by key.
-pub fn tensors(path: &std::path::Path) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
+pub fn tensors(
+    path: &std::path::Path,
+) -> std::collections::BTreeMap<String, (String, Vec<usize>, Vec<u8>)> {
     let bytes = std::fs::read(path).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
     let st = safetensors::SafeTensors::deserialize(&bytes)
         .unwrap_or_else(|e| panic!("{}: {e}", path.display()));

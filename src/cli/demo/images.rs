@@ -1,4 +1,4 @@
-//! `msa demo`: decoder adapters trained with click prompts on the hippocampus MRI slices
+//! `msa demo`: decoder adapters trained with mixed prompts on the hippocampus MRI slices
 //! shipped in the repository (54 train, 6 validation, 30 test slices from other patients).
 
 use super::{kind_name, load_adapted, tile, zoom, DemoArgs, Score, Story, KINDS, SEED};
@@ -60,7 +60,7 @@ impl Story for Images {
             .collect()
     }
 
-    /// Decoder adapters with click prompts; the best of them (by validation Dice) loaded.
+    /// Decoder adapters with mixed prompts; the best of them (by validation Dice) loaded.
     fn train(
         &self,
         args: &DemoArgs,

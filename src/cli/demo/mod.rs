@@ -1,6 +1,6 @@
 //! `msa demo`: the method on real data in a few minutes on a laptop. LiteMedSAM (fetched),
 //! real MRI data shipped in the repository, frozen LiteMedSAM scored with a click and with a
-//! box on held-out cases, MSA adapters trained with click prompts through `msa train`'s own
+//! box on held-out cases, MSA adapters trained with mixed prompts through `msa train`'s own
 //! loop, the same scores again, a table, a picture, one JSON line. The story is told on 2D
 //! slices (`images`) or, with `--3d`, on volumes (`volumes`).
 
@@ -168,7 +168,7 @@ pub(super) fn print_result_line(frozen: f64, adapted: f64, pct: f64, start: Inst
     println!("{line}");
 }
 
-/// The demo's training settings (click prompts, its epochs, rate, ratio and seed) for a
+/// The demo's training settings (msa train's default prompts, its epochs, rate, ratio and seed) for a
 /// fresh run folder.
 pub(super) fn demo_train_config(
     args: &DemoArgs,
@@ -185,7 +185,6 @@ pub(super) fn demo_train_config(
         data.to_path_buf(),
         run_dir.to_path_buf(),
     );
-    cfg.prompt = PromptKind::Click;
     cfg.epochs = args.epochs();
     cfg.lr = args.lr;
     cfg.lr_step = args.epochs().max(1);

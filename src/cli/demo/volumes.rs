@@ -102,7 +102,7 @@ impl Story for Volumes {
         Ok(scores)
     }
 
-    /// MSA adapters with depth adapters, trained with click prompts on chunks of the
+    /// MSA adapters with depth adapters, trained with mixed prompts on chunks of the
     /// training volumes; the last adapters loaded over the base.
     fn train(
         &self,
