@@ -209,8 +209,9 @@ def main(top, out):
                 print(f"wrote {p}", file=sys.stderr)
 
 
-def study(ds, row, trees):
-    """One line per training recipe (label=folder) of the same dataset and row."""
+def study(ds, row, trees, out=None):
+    """One line per training recipe (label=folder) of the same dataset and row; with `out`,
+    their Dice-against-clicks curves in one picture."""
     print("| training prompts | click Dice | box Dice | Dice, 3 clicks | Dice, 5 clicks | "
           "NoC@85 | NoC@90 | best validation Dice (epoch) |")
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")
@@ -226,10 +227,30 @@ def study(ds, row, trees):
         best = f"{best['val_dice']:.3f} ({best['epoch']} of {len(ep)})" if best else "-"
         print(f"| {label} | {cd} | {bd} | {pm(at.get(3, {}).get('dice'))} | "
               f"{pm(at.get(5, {}).get('dice'))} | {noc('noc85')} | {noc('noc90')} | {best} |")
+    if out:
+        def draw(ax):
+            for label, top in (t.split("=", 1) for t in trees):
+                for r in (("frozen", "frozen LiteMedSAM"), (row, label)):
+                    c = read_json(os.path.join(top, "eval", ds, r[0], "clicks", "clicks.json"))
+                    if c:
+                        curve = c["dice_curve"]
+                        ax.plot(range(1, len(curve) + 1), curve, marker=".", label=r[1])
+            ax.set_xticks(range(0, 21, 2))
+            return True
+
+        path = figure(out, f"{ds}_{row}_prompts_clicks.png", draw,
+                      "clicks (first seeded, then at the largest error)", "test Dice",
+                      f"{ds}, {NAMES[row]}: Dice against clicks by training prompts")
+        print(f"wrote {path}", file=sys.stderr)
 
 
 if __name__ == "__main__":
     if sys.argv[1] == "--study":
-        study(sys.argv[2], sys.argv[3], sys.argv[4:])
+        # --study DS ROW [--out DIR] label=folder ...
+        rest = sys.argv[4:]
+        out = None
+        if rest[:1] == ["--out"]:
+            out, rest = rest[1], rest[2:]
+        study(sys.argv[2], sys.argv[3], rest, out)
     else:
         main(sys.argv[1], sys.argv[2])
