@@ -77,6 +77,17 @@ fn click_evaluation_starts_at_the_seeded_click_and_runs_to_its_stop() {
     let noc = summary["noc90"]["mean"].as_f64().unwrap();
     assert!((1.0..=20.0).contains(&noc), "{summary}");
     assert_eq!(summary["dice_curve"].as_array().unwrap().len(), 20);
+    // Without the logits fed back, the first pass is the same and later passes differ.
+    eval(
+        &data,
+        &dir.path().join("points"),
+        &["--clicks", "1,3", "--no-mask-feedback"],
+    );
+    let points = self::traces(&dir.path().join("points"));
+    assert!(traces.iter().all(|(c, t)| points[c][0] == t[0]));
+    assert!(traces
+        .iter()
+        .any(|(c, t)| t.get(1).is_some() && points[c].get(1) != t.get(1)));
     let mean_first: f64 = traces.values().map(|t| t[0].0).sum::<f64>() / traces.len() as f64;
     let at1 = summary["at"][0]["dice"]["mean"].as_f64().unwrap();
     assert!((mean_first - at1).abs() < 1e-5, "{mean_first} vs {at1}");

@@ -51,13 +51,13 @@ fn at(v: &[f64], n: usize) -> f64 {
 }
 
 /// Every case clicked through: at least `most` clicks, on to NOC_CAP unless IoU 0.90 is
-/// reached first; the first click seeded per case as `--prompt click` draws it.
+/// reached first; the first click seeded per case as `--prompt click` draws it. With
+/// `feedback`, each pass gets the previous pass's logits as its mask prompt.
 pub fn click_traces(
     sam: &Sam,
     items: &[Item],
     classes: usize,
-    seed: u64,
-    most: usize,
+    (seed, most, feedback): (u64, usize, bool),
     mut cache: Option<&mut EmbeddingCache>,
     mut progress: impl FnMut(usize),
 ) -> Result<Vec<ClickTrace>> {
@@ -108,7 +108,9 @@ pub fn click_traces(
                 break;
             };
             prompt.points.push(click);
-            previous = Some(pred.low_res_logits.max_keepdim(0)?.unsqueeze(0)?);
+            if feedback {
+                previous = Some(pred.low_res_logits.max_keepdim(0)?.unsqueeze(0)?);
+            }
         }
         traces.push(trace);
         progress(n + 1);

@@ -57,6 +57,7 @@ pub fn evaluate<'py>(
         axis: axis.parse().map_err(|e| value_error(format!("{e:#}")))?,
         series: None,
         clicks: clicks.unwrap_or_default(),
+        no_mask_feedback: false,
     };
     let cases = cases::open(&opts).map_err(from_anyhow)?;
     let model = Model::new(py, checkpoint, adapters, device, precision, None)?;

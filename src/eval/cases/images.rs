@@ -72,7 +72,15 @@ impl Cases for Images {
         done: &mut dyn FnMut(usize),
     ) -> Result<Vec<ClickTrace>> {
         let classes = self.splits.classes.len();
-        click_traces(sam, &self.items, classes, opts.seed, most, None, done)
+        let feedback = !opts.no_mask_feedback;
+        click_traces(
+            sam,
+            &self.items,
+            classes,
+            (opts.seed, most, feedback),
+            None,
+            done,
+        )
     }
 }
 

@@ -58,6 +58,10 @@ pub struct EvalOptions {
     /// clicks.csv and clicks.json.
     #[arg(long, value_delimiter = ',')]
     pub clicks: Vec<usize>,
+    /// With --clicks: give each pass the clicks only, without the previous pass's logits as
+    /// SAM's mask prompt.
+    #[arg(long)]
+    pub no_mask_feedback: bool,
 }
 
 /// What evaluating images and evaluating volumes do differently.
