@@ -18,6 +18,14 @@ use std::path::Path;
 /// A case that never reaches the IoU counts this many clicks.
 pub const NOC_CAP: usize = 20;
 
+/// The most clicks the counts asked for (`--clicks 1,3,5` -> 5); counts start at 1.
+pub fn most_clicks(counts: &[usize]) -> Result<usize> {
+    if counts.contains(&0) {
+        anyhow::bail!("clicks {counts:?}: counts start at 1");
+    }
+    Ok(counts.iter().copied().max().unwrap_or(1))
+}
+
 /// One case's Dice and IoU (means over classes) after 1, 2, ... clicks.
 #[derive(Debug, Clone)]
 pub struct ClickTrace {

@@ -4,7 +4,7 @@ use super::errors::{from_anyhow, value_error};
 use super::model::Model;
 use crate::data::layout::DatasetKind;
 use crate::eval::cases::{self, EvalOptions};
-use crate::eval::clicks::write_click_reports;
+use crate::eval::clicks::{most_clicks, write_click_reports};
 use crate::eval::evaluate::write_reports;
 use pyo3::prelude::*;
 use std::path::PathBuf;
@@ -86,10 +86,7 @@ fn click_report<'py>(
     sam: &crate::model::Sam,
     opts: &EvalOptions,
 ) -> PyResult<Bound<'py, PyAny>> {
-    let most = opts.clicks.iter().copied().max().unwrap_or(1);
-    if opts.clicks.contains(&0) {
-        return Err(value_error("clicks: counts start at 1"));
-    }
+    let most = most_clicks(&opts.clicks).map_err(|e| value_error(format!("{e:#}")))?;
     let (summary, traces) = py
         .detach(|| {
             std::fs::create_dir_all(&opts.out)?;

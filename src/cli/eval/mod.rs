@@ -4,7 +4,7 @@
 use super::ModelArgs;
 use crate::data::layout::DatasetKind;
 use crate::eval::cases::{self, EvalOptions};
-use crate::eval::clicks::{write_click_reports, ClicksSummary};
+use crate::eval::clicks::{most_clicks, write_click_reports, ClicksSummary};
 use crate::eval::evaluate::{write_reports, Summary};
 use anyhow::Result;
 use indicatif::ProgressBar;
@@ -32,10 +32,7 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         cases.unit()
     ))?);
     if !opts.clicks.is_empty() {
-        let most = opts.clicks.iter().copied().max().unwrap_or(1);
-        if opts.clicks.contains(&0) {
-            anyhow::bail!("--clicks {:?}: counts start at 1", opts.clicks);
-        }
+        let most = most_clicks(&opts.clicks)?;
         let traces =
             cases.click_traces(&loaded.sam, opts, most, &mut |n| bar.set_position(n as u64))?;
         bar.finish_and_clear();
