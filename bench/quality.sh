@@ -9,7 +9,7 @@
 # Environment: MSA (the binary, default target/release/msa), QUALITY_DIR (where run and
 # eval folders go, default quality), REALDATA (PH2/DDTI/hippocampus, default
 # ../shared/realdata), EPOCHS, PROMPT, CORRECTIVE (clicks), LR, RATIO (adapter ratio)
-# override msa train's defaults.
+# override msa train's defaults; AUGMENT=0 trains without augmentation.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ds=$1
@@ -20,9 +20,10 @@ real=${REALDATA:-../shared/realdata}
 epochs=${EPOCHS:-12}
 prompt=${PROMPT:-mixed}
 corrective=${CORRECTIVE:-0}
-lr=()
-[ -n "${LR:-}" ] && lr=(--lr "$LR")
-[ -n "${RATIO:-}" ] && lr+=(--adapter-ratio "$RATIO")
+options=()
+[ -n "${LR:-}" ] && options=(--lr "$LR")
+[ -n "${RATIO:-}" ] && options+=(--adapter-ratio "$RATIO")
+[ "${AUGMENT:-1}" = 0 ] && options+=(--no-augment)
 case $ds in
     ph2 | ddti)
         [ -f "$top/data/$ds/split.json" ] || python3 tools/quality_splits.py "$real/$ds" "$top/data/$ds"
@@ -43,7 +44,7 @@ if [ "$row" != frozen ]; then
     done_epochs=$( [ -f "$run/metrics.csv" ] && tail -n +2 "$run/metrics.csv" | wc -l || echo 0)
     if [ "$done_epochs" -lt "$epochs" ]; then
         "$msa" train --checkpoint lite_medsam "${data[@]}" "${three_d[@]}" --train "$row" \
-            --prompt "$prompt" --corrective-clicks "$corrective" "${lr[@]}" --epochs "$epochs" --batch-size 2 --val-every 1 \
+            --prompt "$prompt" --corrective-clicks "$corrective" "${options[@]}" --epochs "$epochs" --batch-size 2 --val-every 1 \
             --out "$run" "${resume[@]}" 2>&1 | tr '\r' '\n' | grep -v '^epoch [0-9]*/' >> "$run/train.out"
     fi
     adapters=(--adapters "$run/adapters_best.safetensors")

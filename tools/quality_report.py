@@ -23,6 +23,14 @@ NAMES = {
     "all": "full fine-tuning",
 }
 DATASETS = ["ph2", "ddti", "hip2d", "hip3d"]
+NNUNET_IDS = {"ph2": "Dataset501_PH2", "ddti": "Dataset502_DDTI", "hip2d": "Dataset503_Hip2D"}
+
+
+def name_of(ds, row):
+    """On volumes bench/quality.sh trains with --3d, which adds the depth adapters."""
+    if ds == "hip3d" and row != "frozen":
+        return NAMES[row] + " + depth adapters"
+    return NAMES[row]
 
 
 def read_json(path):
@@ -101,10 +109,37 @@ def table(top, ds):
         kept = os.path.join(run, "adapters_best.safetensors")
         kept = mib(os.path.getsize(kept)) if os.path.exists(kept) else "-"
         out.append(
-            f"| {NAMES[row]} | {cd} | {ch} | {bd} | {bh} | {d3} | {noc} | {trainable} | "
+            f"| {name_of(ds, row)} | {cd} | {ch} | {bd} | {bh} | {d3} | {noc} | {trainable} | "
             f"{time} | {peak} | {kept} |"
         )
+    out.extend(nnunet_rows(top, ds))
     return "\n".join(out)
+
+
+def nnunet_rows(top, ds):
+    """bench/nnunet_baseline.sh's runs: no prompt, so one Dice across the prompt columns."""
+    rows = []
+    evals = os.path.join(top, "eval", ds)
+    for name in sorted(os.listdir(evals)):
+        if not name.startswith("nnunet-"):
+            continue
+        trainer = name[len("nnunet-"):]
+        d, h = eval_cell(top, ds, name, "")
+        try:
+            log = open(os.path.join(top, "nnunet", f"{ds}-{trainer}", "train.log")).read()
+        except OSError:
+            log = ""
+        times = [float(t) for t in re.findall(r"Epoch time: ([0-9.]+) s", log)]
+        time = f"{sum(times) / 60:.0f} min ({len(times)} ep.)" if times else "-"
+        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", log)
+        peak = f"{int(m.group(1)) / 1024:.0f} MiB (RSS)" if m else "-"
+        kept = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(top, "nnunet", "results"))
+                for f in fs if f == "checkpoint_final.pth" and f"/{trainer}__" in r
+                and NNUNET_IDS[ds] in r]
+        kept = mib(os.path.getsize(kept[0])) if kept else "-"
+        rows.append(f"| nnU-Net v2 2d, {trainer.removeprefix('nnUNetTrainer_')} (no prompt) | "
+                    f"{d} | {h} | {d} | {h} | - | - | 100 % | {time} | {peak} | {kept} |")
+    return rows
 
 
 def eval_peak(ev):
@@ -148,7 +183,7 @@ def curves(top, ds, out):
                   if e.get("val_dice") is not None]
             if ep:
                 ax.plot([e["epoch"] for e in ep], [e["val_dice"] for e in ep], marker="o",
-                        label=NAMES[row])
+                        label=name_of(ds, row))
                 drawn = True
         return drawn
 
@@ -163,7 +198,7 @@ def click_curves(top, ds, out):
             c = read_json(os.path.join(top, "eval", ds, row, "clicks", "clicks.json"))
             if c:
                 curve = c["dice_curve"]
-                ax.plot(range(1, len(curve) + 1), curve, marker=".", label=NAMES[row])
+                ax.plot(range(1, len(curve) + 1), curve, marker=".", label=name_of(ds, row))
                 ax.set_xticks(range(0, 21, 2))
                 drawn = True
         return drawn
@@ -184,7 +219,7 @@ def cases(top, ds, out, n=4, size=160):
     sheet = Image.new("RGB", (size * len(rows), label_h + size * len(names)), "white")
     draw = ImageDraw.Draw(sheet)
     for j, row in enumerate(rows):
-        draw.text((j * size + 4, 3), NAMES[row], fill="black")
+        draw.text((j * size + 4, 3), name_of(ds, row), fill="black")
         for i, name in enumerate(names):
             p = os.path.join(top, "eval", ds, row, "click", "overlays", name)
             if os.path.exists(p):
