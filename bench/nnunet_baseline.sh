@@ -4,7 +4,11 @@
 # reduced epoch budget, its test predictions scored by msa's own metrics.
 #
 #   bench/nnunet_baseline.sh DATASET TRAINER    # DATASET: ph2 ddti hip2d
-#                                               # TRAINER: e.g. nnUNetTrainer_5epochs
+#                                               # TRAINER: e.g. nnUNetTrainer_20epochs, or
+#                                               # nnUNetTrainer_cpuBudget (bench/nnunet/)
+#
+# Resumable: run it again after an interruption (nnU-Net's --c; the cpuBudget trainer saves
+# every epoch, the stock ones every 50).
 #
 # Environment: VENV (python with torch and nnunetv2; default bench/.venv), QUALITY_DIR
 # (default quality; bench/quality.sh makes quality/data/{ph2,ddti}).
@@ -15,6 +19,8 @@ trainer=$2
 venv=${VENV:-bench/.venv}
 top=$(realpath "${QUALITY_DIR:-quality}")
 [ -x "$venv/bin/nnUNetv2_train" ] || "$venv/bin/pip" install -q nnunetv2
+trainers=$("$venv/bin/python" -c 'import nnunetv2, os; print(os.path.join(os.path.dirname(nnunetv2.__file__), "training", "nnUNetTrainer", "variants"))')
+cp bench/nnunet/nnUNetTrainer_cpuBudget.py "$trainers/"
 export nnUNet_raw=$top/nnunet/raw nnUNet_preprocessed=$top/nnunet/pre nnUNet_results=$top/nnunet/results
 case $ds in
     ph2) id=501 name=Dataset501_PH2 src=$top/data/ph2 channel=RGB ;;
@@ -29,8 +35,13 @@ if [ ! -f "$nnUNet_preprocessed/$name/splits_final.json" ]; then
 fi
 out=$top/nnunet/$ds-$trainer
 mkdir -p "$out"
-/usr/bin/time -v "$venv/bin/nnUNetv2_train" "$id" 2d 0 -tr "$trainer" -device cpu \
-    > "$out/train.log" 2>&1
+fold=$nnUNet_results/$name/${trainer}__nnUNetPlans__2d/fold_0
+if [ ! -f "$fold/checkpoint_final.pth" ]; then
+    resume=()
+    [ -f "$fold/checkpoint_latest.pth" ] && resume=(--c)
+    /usr/bin/time -v "$venv/bin/nnUNetv2_train" "$id" 2d 0 -tr "$trainer" -device cpu \
+        "${resume[@]}" >> "$out/train.log" 2>&1
+fi
 "$venv/bin/nnUNetv2_predict" -d "$id" -c 2d -f 0 -tr "$trainer" -device cpu \
     -i "$nnUNet_raw/$name/imagesTs" -o "$out/pred" > "$out/predict.log" 2>&1
 cargo build --release -q --example score_masks

@@ -131,8 +131,8 @@ def nnunet_rows(top, ds):
             log = ""
         times = [float(t) for t in re.findall(r"Epoch time: ([0-9.]+) s", log)]
         time = f"{sum(times) / 60:.0f} min ({len(times)} ep.)" if times else "-"
-        m = re.search(r"Maximum resident set size \(kbytes\): (\d+)", log)
-        peak = f"{int(m.group(1)) / 1024:.0f} MiB (RSS)" if m else "-"
+        rss = [int(k) for k in re.findall(r"Maximum resident set size \(kbytes\): (\d+)", log)]
+        peak = f"{max(rss) / 1024:.0f} MiB (RSS)" if rss else "-"
         kept = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(top, "nnunet", "results"))
                 for f in fs if f == "checkpoint_final.pth" and f"/{trainer}__" in r
                 and NNUNET_IDS[ds] in r]
