@@ -9,7 +9,7 @@ mod volumes;
 
 use crate::data::prompts::PromptKind;
 use crate::model::Sam;
-use crate::train::config::TrainConfig;
+use crate::train::config::{defaults, TrainConfig};
 use crate::weights::{load_model, LoadOptions, Loaded};
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
@@ -36,7 +36,7 @@ pub struct DemoArgs {
     pub lr: f64,
     /// Adapter bottleneck as a fraction of the width. At 0.125 HyP-Adpt's generated r x r
     /// matrix is 32 x 32 and 7% of LiteMedSAM trains; at 0.25 it is 64 x 64 and 20% does.
-    #[arg(long, default_value_t = 0.125)]
+    #[arg(long, default_value_t = defaults::ADAPTER_RATIO)]
     pub adapter_ratio: f64,
     /// Use only the first N training (and validation) cases; 0 for all.
     #[arg(long, default_value_t = 0)]
