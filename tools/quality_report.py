@@ -5,6 +5,8 @@
 
     python tools/quality_report.py --study ddti decoder click=quality/p-click mixed=quality/p-mixed
 
+    python tools/quality_report.py --epochs docs/quality/epochs.png "MSA=quality/runs/ddti/adapters"
+
 Prints one markdown table per dataset and writes, per dataset, `<ds>_curves.png` (validation
 Dice per epoch, every row), `<ds>_clicks.png` (Dice against corrective clicks) and
 `<ds>_cases.png` (the same test cases under every row, one click each).
@@ -279,8 +281,24 @@ def study(ds, row, trees, out=None):
         print(f"wrote {path}", file=sys.stderr)
 
 
+def epoch_curves(out, runs):
+    """Validation Dice per epoch of any run folders (label=folder), in one picture."""
+    def draw(ax):
+        for label, run in (r.split("=", 1) for r in runs):
+            ep = [e for e in epochs_of(run) if e.get("val_dice") is not None]
+            ax.plot([e["epoch"] for e in ep], [e["val_dice"] for e in ep], marker="o", label=label)
+        return bool(runs)
+
+    path = figure(os.path.dirname(out) or ".", os.path.basename(out), draw, "epoch",
+                  "validation Dice (mixed prompts)", "validation Dice per epoch")
+    print(f"wrote {path}", file=sys.stderr)
+
+
 if __name__ == "__main__":
-    if sys.argv[1] == "--study":
+    if sys.argv[1] == "--epochs":
+        # --epochs OUT.png label=run_folder ...
+        epoch_curves(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1] == "--study":
         # --study DS ROW [--out DIR] label=folder ...
         rest = sys.argv[4:]
         out = None
