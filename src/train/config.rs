@@ -67,8 +67,9 @@ pub mod defaults {
     /// Off: on DDTI the decoders trained with corrections were worse after 1, 3 and 5 clicks,
     /// and obeyed almost none of them (QUALITY.md).
     pub const CORRECTIVE_CLICKS: usize = 0;
-    /// Flips and intensity changes: on DDTI one click and a box score the same without them,
-    /// but Dice after 3 clicks falls from 0.86 to 0.75 (QUALITY.md).
+    /// Flips and intensity changes. The evidence is split (QUALITY.md): without them one
+    /// click and a box score the same on DDTI and PH2 and DDTI's Dice after 3 clicks falls
+    /// from 0.86 to 0.75; on the hippocampus slices they cost 0.065 with a click.
     pub const AUGMENT: bool = true;
     pub const SAMPLES: usize = 4;
     pub const CHUNK: usize = 8;
