@@ -4,10 +4,9 @@
 
 mod common;
 
-use msa::data::prompts::PromptKind;
-
 use candle_core::{Device, Tensor};
 use common::{fixture, max_abs_diff};
+use msa::data::prompts::PromptKind;
 use msa::data::synthetic::write_folder_dataset;
 use msa::model::{AdapterConfig, Sam, SamConfig};
 use msa::train::config::{TrainConfig, TrainMode};

@@ -135,10 +135,9 @@ def nnunet_rows(top, ds):
         time = f"{sum(times) / 60:.0f} min ({len(times)} ep.)" if times else "-"
         rss = [int(k) for k in re.findall(r"Maximum resident set size \(kbytes\): (\d+)", log)]
         peak = f"{max(rss) / 1024:.0f} MiB (RSS)" if rss else "-"
-        kept = [os.path.join(r, f) for r, _, fs in os.walk(os.path.join(top, "nnunet", "results"))
-                for f in fs if f == "checkpoint_final.pth" and f"/{trainer}__" in r
-                and NNUNET_IDS[ds] in r]
-        kept = mib(os.path.getsize(kept[0])) if kept else "-"
+        kept = os.path.join(top, "nnunet", "results", NNUNET_IDS[ds],
+                            f"{trainer}__nnUNetPlans__2d", "fold_0", "checkpoint_final.pth")
+        kept = mib(os.path.getsize(kept)) if os.path.exists(kept) else "-"
         rows.append(f"| nnU-Net v2 2d, {trainer.removeprefix('nnUNetTrainer_')} (no prompt) | "
                     f"{d} | {h} | {d} | {h} | - | - | 100 % | {time} | {peak} | {kept} |")
     return rows

@@ -67,8 +67,7 @@ impl Story for Images {
         run_dir: &Path,
         device: &candle_core::Device,
     ) -> Result<Loaded> {
-        let mut cfg = super::demo_train_config(args, &self.data, run_dir)?;
-        cfg.train = TrainMode::Decoder;
+        let mut cfg = super::demo_train_config(args, TrainMode::Decoder, &self.data, run_dir)?;
         cfg.batch_size = 4;
         cfg.augment = false; // keeps the embeddings of the frozen encoder cacheable
         cfg.samples = 2;

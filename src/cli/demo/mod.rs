@@ -9,7 +9,7 @@ mod volumes;
 
 use crate::data::prompts::PromptKind;
 use crate::model::Sam;
-use crate::train::config::{defaults, TrainConfig};
+use crate::train::config::{defaults, TrainConfig, TrainMode};
 use crate::weights::{load_model, LoadOptions, Loaded};
 use anyhow::{Context, Result};
 use image::{Rgb, RgbImage};
@@ -32,8 +32,9 @@ pub struct DemoArgs {
     /// Training epochs; default 12, or with --3d 1.
     #[arg(long)]
     pub epochs: Option<usize>,
-    #[arg(long, default_value_t = 1e-3)]
-    pub lr: f64,
+    /// Adam's learning rate; default: msa train's for the story's mode.
+    #[arg(long)]
+    pub lr: Option<f64>,
     /// Adapter bottleneck as a fraction of the width. At 0.125 HyP-Adpt's generated r x r
     /// matrix is 32 x 32 and 7% of LiteMedSAM trains; at 0.25 it is 64 x 64 and 20% does.
     #[arg(long, default_value_t = defaults::ADAPTER_RATIO)]
@@ -168,10 +169,11 @@ pub(super) fn print_result_line(frozen: f64, adapted: f64, pct: f64, start: Inst
     println!("{line}");
 }
 
-/// The demo's training settings (msa train's default prompts, its epochs, rate, ratio and seed) for a
-/// fresh run folder.
+/// The demo's training settings for a fresh run folder: msa train's defaults (prompts, the
+/// mode's rate) with the demo's mode, epochs, ratio and seed.
 pub(super) fn demo_train_config(
     args: &DemoArgs,
+    mode: TrainMode,
     data: &Path,
     run_dir: &Path,
 ) -> Result<TrainConfig> {
@@ -186,7 +188,8 @@ pub(super) fn demo_train_config(
         run_dir.to_path_buf(),
     );
     cfg.epochs = args.epochs();
-    cfg.lr = args.lr;
+    cfg.train = mode;
+    cfg.lr = args.lr.unwrap_or(defaults::lr(mode));
     cfg.lr_step = args.epochs().max(1);
     cfg.adapter_ratio = args.adapter_ratio;
     cfg.seed = SEED;

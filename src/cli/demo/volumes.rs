@@ -110,14 +110,13 @@ impl Story for Volumes {
         run_dir: &Path,
         device: &candle_core::Device,
     ) -> Result<Loaded> {
-        let mut cfg = super::demo_train_config(args, &self.data, run_dir)?;
+        let mut cfg = super::demo_train_config(args, TrainMode::Adapters, &self.data, run_dir)?;
         cfg.dataset = crate::data::layout::DatasetKind::Decathlon;
         cfg.three_d = true;
         cfg.chunk = args.chunk;
         cfg.chunks_per_case = args.chunks_per_case;
         cfg.holdout = HOLDOUT;
         cfg.val_fraction = 0.0;
-        cfg.train = TrainMode::Adapters;
         cfg.batch_size = 1;
         crate::train::run::run(&cfg, device, false)?;
         super::load_adapted(args, &run_dir.join("adapters_last.safetensors"), device)
