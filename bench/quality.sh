@@ -35,7 +35,8 @@ esac
 run="$top/runs/$ds/$row"
 evals="$top/eval/$ds/$row"
 mkdir -p "$run" "$evals"
-adapters=()
+checkpoint=lite_medsam
+model=()
 if [ "$row" != frozen ]; then
     three_d=()
     [ "$ds" = hip3d ] && three_d=(--3d --chunk 4 --chunks-per-case 1) && corrective=0
@@ -47,13 +48,17 @@ if [ "$row" != frozen ]; then
             --prompt "$prompt" --corrective-clicks "$corrective" "${options[@]}" --epochs "$epochs" --batch-size 2 --val-every 1 \
             --out "$run" "${resume[@]}" 2>&1 | tr '\r' '\n' | grep -v '^epoch [0-9]*/' >> "$run/train.out"
     fi
-    adapters=(--adapters "$run/adapters_best.safetensors")
+    if [ "$row" = all ]; then # full fine-tuning writes a whole model: the checkpoint
+        checkpoint=$run/adapters_best.safetensors
+    else
+        model=(--adapters "$run/adapters_best.safetensors")
+    fi
 fi
 evaluate() { # name, then eval flags
     local name=$1
     shift
     [ -f "$evals/$name/done" ] && return 0
-    /usr/bin/time -v "$msa" eval --checkpoint lite_medsam "${adapters[@]}" "${data[@]}" \
+    /usr/bin/time -v "$msa" eval --checkpoint "$checkpoint" "${model[@]}" "${data[@]}" \
         --out "$evals/$name" "$@" > "$evals/$name.log" 2>&1
     touch "$evals/$name/done"
 }

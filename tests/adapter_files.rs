@@ -102,6 +102,31 @@ fn adapters_round_trip_and_change_the_output() {
     );
 }
 
+/// A fully fine-tuned volume model (`msa train --3d --train all`) is a whole checkpoint that
+/// carries depth adapters: loaded on its own it keeps the chunk it was trained with.
+#[test]
+fn a_fully_fine_tuned_file_keeps_its_adapter_settings() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = fixture("sam_tiny.safetensors");
+    let (adapters, mut ad) = trained_adapters();
+    ad.depth_chunk = 2;
+    let mut tensors = Checkpoint::read(&base).unwrap().tensors;
+    tensors.extend(adapters);
+    let mut meta = meta_for(&base, &ad);
+    meta.training = serde_json::json!({"train": "all", "three_d": true, "chunk": 2});
+    let file = dir.path().join("tuned.safetensors");
+    adapter_file::save(&file, &tensors, &meta).unwrap();
+
+    let cfg = tiny_cfg();
+    let opts = LoadOptions {
+        config: Some(&cfg),
+        ..Default::default()
+    };
+    let loaded = load_model(&file, &opts, &Device::Cpu).unwrap();
+    assert_eq!(loaded.sam.adapters, ad);
+    assert_eq!(loaded.sam.depth_chunk(), Some(2));
+}
+
 #[test]
 fn adapters_for_another_base_are_refused() {
     let dir = tempfile::tempdir().unwrap();

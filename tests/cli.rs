@@ -536,6 +536,43 @@ fn train_eval_and_predict_with_adapters_from_the_command_line() {
     assert!(out.contains("mask 0"), "{out}");
 }
 
+/// `--train all` writes a whole model: it loads as the checkpoint, and `--adapters` says so.
+#[test]
+fn fully_fine_tuned_files_load_as_the_checkpoint() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    msa::data::synthetic::write_folder_dataset(&data, 6, (64, 48), 5).unwrap();
+    let run = dir.path().join("run");
+    let data_args = ["--data", &s(&data), "--dataset", "folder"];
+    let mut args = data_args.to_vec();
+    let run_s = s(&run);
+    args.extend(["--train", "all", "--epochs", "1", "--out", &run_s]);
+    ok(&tiny("train", "sam_tiny.safetensors", &args));
+    let tuned = s(&run.join("adapters_best.safetensors"));
+
+    let mut args = data_args.to_vec();
+    let ev = s(&dir.path().join("eval"));
+    args.extend(["--adapters", &tuned, "--out", &ev]);
+    let e = err(&tiny("eval", "sam_tiny.safetensors", &args));
+    assert!(
+        e.contains("--train all") && e.contains(&format!("--checkpoint {tuned}")),
+        "{e}"
+    );
+
+    let mut args = vec![
+        "eval".to_string(),
+        "--checkpoint".into(),
+        tuned,
+        "--model-config".into(),
+        s(&fixture("sam_tiny.json")),
+        "--out".into(),
+        ev,
+    ];
+    args.extend(data_args.iter().map(|a| a.to_string()));
+    let out = ok(&args);
+    assert!(out.contains("6 cases: Dice"), "{out}");
+}
+
 #[test]
 fn training_stops_before_it_starts_on_bad_files() {
     let dir = tempfile::tempdir().unwrap();

@@ -2,19 +2,25 @@
 """QUALITY.md's tables and pictures from bench/quality.sh's folders.
 
     python tools/quality_report.py quality docs/quality   # needs matplotlib and pillow
+    python tools/quality_report.py quality docs/quality --also quality/r25
 
     python tools/quality_report.py --study ddti decoder click=quality/p-click mixed=quality/p-mixed
 
     python tools/quality_report.py --epochs docs/quality/epochs.png "MSA=quality/runs/ddti/adapters"
 
+    python tools/quality_report.py --paired ddti box quality/eval/ddti/adapters quality/eval/ddti/all
+
 Prints one markdown table per dataset and writes, per dataset, `<ds>_curves.png` (validation
 Dice per epoch, every row), `<ds>_clicks.png` (Dice against corrective clicks) and
-`<ds>_cases.png` (the same test cases under every row, one click each).
+`<ds>_cases.png` (the same test cases under every row, one click each). `--also TREE`
+fills rows not evaluated in the first tree from another one (such as runs at another adapter
+ratio, which their names then give). Runs longer than the budget count its first epochs.
 """
 import json
 import os
 import re
 import sys
+import tomllib
 
 ROWS = ["frozen", "decoder", "adapters", "lora", "all"]
 NAMES = {
@@ -25,6 +31,12 @@ NAMES = {
     "all": "full fine-tuning",
 }
 DATASETS = ["ph2", "ddti", "hip2d", "hip3d"]
+# One colour per row in every picture.
+COLORS = {"frozen": "tab:gray", "decoder": "tab:blue", "adapters": "tab:orange",
+          "lora": "tab:green", "all": "tab:red", "nnunet": "black"}
+# bench/quality.sh's EPOCHS and msa train's --adapter-ratio default.
+BUDGET_EPOCHS = 10
+DEFAULT_RATIO = 0.125
 NNUNET_IDS = {"ph2": "Dataset501_PH2", "ddti": "Dataset502_DDTI", "hip2d": "Dataset503_Hip2D"}
 
 
@@ -33,6 +45,30 @@ def name_of(ds, row):
     if ds == "hip3d" and row != "frozen":
         return NAMES[row] + " + depth adapters"
     return NAMES[row]
+
+
+def rows_of(tops, ds):
+    """(row, tree) for every row evaluated with a click, from the first tree that has it."""
+    found = []
+    for row in ROWS:
+        for top in tops:
+            if os.path.exists(os.path.join(top, "eval", ds, row, "click", "summary.json")):
+                found.append((row, top))
+                break
+    return found
+
+
+def label_of(ds, row, top):
+    """The row's name, with its adapter ratio where that is not the default."""
+    try:
+        with open(os.path.join(top, "runs", ds, row, "config.toml"), "rb") as f:
+            ratio = tomllib.load(f).get("adapter_ratio")
+    except OSError:
+        ratio = None
+    name = name_of(ds, row)
+    if row in ("decoder", "adapters") and ratio is not None and ratio != DEFAULT_RATIO:
+        name += f", ratio {ratio:g}"
+    return name
 
 
 def read_json(path):
@@ -51,13 +87,13 @@ def log_lines(run):
         return []
 
 
-def epochs_of(run):
-    """The last record of each epoch (a resumed run may log an epoch twice)."""
+def epochs_of(run, budget=BUDGET_EPOCHS):
+    """The last record of each epoch up to `budget` (a resumed run may log an epoch twice)."""
     by_epoch = {}
     for line in log_lines(run):
         if line.get("event") == "epoch":
             by_epoch[line["epoch"]] = line
-    return [by_epoch[k] for k in sorted(by_epoch)]
+    return [by_epoch[k] for k in sorted(by_epoch) if budget is None or k <= budget]
 
 
 def pm(stat, digits=3):
@@ -80,17 +116,15 @@ def mib(n):
     return f"{n / 2**20:.1f} MiB" if n >= 2**20 else f"{n / 2**10:.0f} KiB"
 
 
-def table(top, ds):
+def table(tops, ds):
     out = [
         "| row | click Dice | click HD95 | box Dice | box HD95 | Dice, 3 clicks | NoC@85 | "
         "trainable | train time | peak memory | file kept |",
         "| --- | --- | --- | --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
-    for row in ROWS:
+    for row, top in rows_of(tops, ds):
         run = os.path.join(top, "runs", ds, row)
         ev = os.path.join(top, "eval", ds, row)
-        if not os.path.isdir(ev):
-            continue
         cd, ch = eval_cell(top, ds, row, "click")
         bd, bh = eval_cell(top, ds, row, "box")
         clicks = read_json(os.path.join(ev, "clicks", "clicks.json"))
@@ -111,10 +145,10 @@ def table(top, ds):
         kept = os.path.join(run, "adapters_best.safetensors")
         kept = mib(os.path.getsize(kept)) if os.path.exists(kept) else "-"
         out.append(
-            f"| {name_of(ds, row)} | {cd} | {ch} | {bd} | {bh} | {d3} | {noc} | {trainable} | "
+            f"| {label_of(ds, row, top)} | {cd} | {ch} | {bd} | {bh} | {d3} | {noc} | {trainable} | "
             f"{time} | {peak} | {kept} |"
         )
-    out.extend(nnunet_rows(top, ds))
+    out.extend(nnunet_rows(tops[0], ds))
     return "\n".join(out)
 
 
@@ -141,6 +175,18 @@ def nnunet_rows(top, ds):
         rows.append(f"| nnU-Net v2 2d, {trainer.removeprefix('nnUNetTrainer_')} (no prompt) | "
                     f"{d} | {h} | {d} | {h} | - | - | 100 % | {time} | {peak} | {kept} |")
     return rows
+
+
+def nnunet_dice(top, ds):
+    """(name, mean test Dice) of each nnU-Net baseline: a level, since it takes no prompt."""
+    evals = os.path.join(top, "eval", ds)
+    found = []
+    for name in sorted(os.listdir(evals)):
+        s = read_json(os.path.join(evals, name, "summary.json"))
+        if name.startswith("nnunet-") and s:
+            found.append((f"nnU-Net, {name.removeprefix('nnunet-nnUNetTrainer_')} (no prompt)",
+                          s["dice"]["mean"]))
+    return found
 
 
 def eval_peak(ev):
@@ -176,15 +222,15 @@ def figure(out, name, draw, xlabel, ylabel, title):
     return path
 
 
-def curves(top, ds, out):
+def curves(tops, ds, out):
     def draw(ax):
         drawn = False
-        for row in ROWS[1:]:
+        for row, top in rows_of(tops, ds):
             ep = [e for e in epochs_of(os.path.join(top, "runs", ds, row))
                   if e.get("val_dice") is not None]
             if ep:
                 ax.plot([e["epoch"] for e in ep], [e["val_dice"] for e in ep], marker="o",
-                        label=name_of(ds, row))
+                        color=COLORS[row], label=label_of(ds, row, top))
                 drawn = True
         return drawn
 
@@ -192,16 +238,19 @@ def curves(top, ds, out):
                   f"{ds}: LiteMedSAM, validation Dice per epoch")
 
 
-def click_curves(top, ds, out):
+def click_curves(tops, ds, out):
     def draw(ax):
         drawn = False
-        for row in ROWS:
+        for row, top in rows_of(tops, ds):
             c = read_json(os.path.join(top, "eval", ds, row, "clicks", "clicks.json"))
             if c:
                 curve = c["dice_curve"]
-                ax.plot(range(1, len(curve) + 1), curve, marker=".", label=name_of(ds, row))
+                ax.plot(range(1, len(curve) + 1), curve, marker=".", color=COLORS[row],
+                        label=label_of(ds, row, top))
                 ax.set_xticks(range(0, 21, 2))
                 drawn = True
+        for (name, dice), style in zip(nnunet_dice(tops[0], ds), ["--", ":", "-."]):
+            ax.axhline(dice, color=COLORS["nnunet"], linestyle=style, label=name)
         return drawn
 
     return figure(out, f"{ds}_clicks.png", draw,
@@ -209,20 +258,21 @@ def click_curves(top, ds, out):
                   f"{ds}: Dice against clicks")
 
 
-def cases(top, ds, out, n=4, size=160):
+def cases(tops, ds, out, n=4, size=160):
     from PIL import Image, ImageDraw
 
-    rows = [r for r in ROWS if os.path.isdir(os.path.join(top, "eval", ds, r, "click", "overlays"))]
+    overlays = lambda row, top: os.path.join(top, "eval", ds, row, "click", "overlays")
+    rows = [(r, t) for r, t in rows_of(tops, ds) if os.path.isdir(overlays(r, t))]
     if not rows:
         return None
-    names = sorted(os.listdir(os.path.join(top, "eval", ds, rows[0], "click", "overlays")))[:n]
-    label_h = 18
+    names = sorted(os.listdir(overlays(*rows[0])))[:n]
+    label_h = 30
     sheet = Image.new("RGB", (size * len(rows), label_h + size * len(names)), "white")
     draw = ImageDraw.Draw(sheet)
-    for j, row in enumerate(rows):
-        draw.text((j * size + 4, 3), name_of(ds, row), fill="black")
+    for j, (row, top) in enumerate(rows):
+        draw.text((j * size + 4, 3), label_of(ds, row, top).replace(", ", "\n"), fill="black")
         for i, name in enumerate(names):
-            p = os.path.join(top, "eval", ds, row, "click", "overlays", name)
+            p = os.path.join(overlays(row, top), name)
             if os.path.exists(p):
                 im = Image.open(p).convert("RGB")
                 im.thumbnail((size, size))
@@ -232,15 +282,15 @@ def cases(top, ds, out, n=4, size=160):
     return path
 
 
-def main(top, out):
+def main(tops, out):
     os.makedirs(out, exist_ok=True)
     for ds in DATASETS:
-        if not os.path.isdir(os.path.join(top, "eval", ds)):
+        if not os.path.isdir(os.path.join(tops[0], "eval", ds)):
             continue
         print(f"### {ds}\n")
-        print(table(top, ds))
+        print(table(tops, ds))
         print()
-        for p in (curves(top, ds, out), click_curves(top, ds, out), cases(top, ds, out)):
+        for p in (curves(tops, ds, out), click_curves(tops, ds, out), cases(tops, ds, out)):
             if p:
                 print(f"wrote {p}", file=sys.stderr)
 
@@ -280,11 +330,42 @@ def study(ds, row, trees, out=None):
         print(f"wrote {path}", file=sys.stderr)
 
 
+def per_case_dice(ev, prompt):
+    """case -> Dice from an evaluation folder (nnU-Net's have no prompt subfolder)."""
+    import csv
+
+    path = os.path.join(ev, prompt, "per_case.csv")
+    if not os.path.exists(path):
+        path = os.path.join(ev, "per_case.csv")
+    with open(path) as f:
+        return {(r["case"], r["class"]): float(r["dice"]) for r in csv.DictReader(f)}
+
+
+def paired(ds, prompt, a, b):
+    """Per-case Dice of evaluation A minus B on the same test cases: mean, 95% interval
+    (t), and on how many cases A is higher, lower or level."""
+    from scipy import stats
+
+    da, db = per_case_dice(a, prompt), per_case_dice(b, prompt)
+    if da.keys() != db.keys():
+        sys.exit(f"{a} and {b} scored different cases")
+    diffs = [da[k] - db[k] for k in sorted(da)]
+    n = len(diffs)
+    mean = sum(diffs) / n
+    sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
+    half = stats.t.ppf(0.975, n - 1) * sd / n ** 0.5
+    higher = sum(d > 0 for d in diffs)
+    lower = sum(d < 0 for d in diffs)
+    print(f"{ds} {prompt}: {a} - {b}: Dice {mean:+.3f} (95% CI {mean - half:+.3f} to "
+          f"{mean + half:+.3f}), higher on {higher}, lower on {lower}, level on "
+          f"{n - higher - lower} of {n} cases")
+
+
 def epoch_curves(out, runs):
     """Validation Dice per epoch of any run folders (label=folder), in one picture."""
     def draw(ax):
         for label, run in (r.split("=", 1) for r in runs):
-            ep = [e for e in epochs_of(run) if e.get("val_dice") is not None]
+            ep = [e for e in epochs_of(run, None) if e.get("val_dice") is not None]
             ax.plot([e["epoch"] for e in ep], [e["val_dice"] for e in ep], marker="o", label=label)
         return bool(runs)
 
@@ -297,6 +378,9 @@ if __name__ == "__main__":
     if sys.argv[1] == "--epochs":
         # --epochs OUT.png label=run_folder ...
         epoch_curves(sys.argv[2], sys.argv[3:])
+    elif sys.argv[1] == "--paired":
+        # --paired DS PROMPT EVAL_A EVAL_B
+        paired(*sys.argv[2:6])
     elif sys.argv[1] == "--study":
         # --study DS ROW [--out DIR] label=folder ...
         rest = sys.argv[4:]
@@ -305,4 +389,6 @@ if __name__ == "__main__":
             out, rest = rest[1], rest[2:]
         study(sys.argv[2], sys.argv[3], rest, out)
     else:
-        main(sys.argv[1], sys.argv[2])
+        # TREE OUT [--also TREE ...]
+        also = [a for flag, a in zip(sys.argv[3::2], sys.argv[4::2]) if flag == "--also"]
+        main([sys.argv[1]] + also, sys.argv[2])

@@ -69,6 +69,13 @@ pub fn load(path: &Path) -> Result<(BTreeMap<String, Tensor>, Option<AdapterMeta
         .filter(|(k, _)| is_adapter_key(k))
         .collect();
     if tensors.is_empty() {
+        if meta.as_ref().is_some_and(is_full_fine_tune) {
+            bail!(
+                "{0}: a fully fine-tuned model (msa train --train all), not adapters; \
+                 load it as the model: --checkpoint {0}",
+                path.display()
+            );
+        }
         bail!(
             "{}: no adapter tensors (keys with `_Adapter` or `lora_`)",
             path.display()
@@ -77,17 +84,21 @@ pub fn load(path: &Path) -> Result<(BTreeMap<String, Tensor>, Option<AdapterMeta
     Ok((tensors, meta))
 }
 
-fn read_meta(path: &Path) -> Result<Option<AdapterMeta>> {
+/// `msa train --train all` writes every SAM tensor under the adapter files' names.
+fn is_full_fine_tune(meta: &AdapterMeta) -> bool {
+    meta.training.get("train").and_then(|t| t.as_str()) == Some("all")
+}
+
+/// The msa metadata of a file we wrote (adapters, or a fully fine-tuned model); None for
+/// other files.
+pub fn read_meta(path: &Path) -> Result<Option<AdapterMeta>> {
     if super::checkpoint::sniff_format(path)? != super::checkpoint::Format::Safetensors {
         return Ok(None);
     }
-    let bytes = std::fs::read(path)?;
-    let (_, header) = safetensors::SafeTensors::read_metadata(&bytes)
-        .with_context(|| format!("{}: bad safetensors header", path.display()))?;
-    let Some(json) = header.metadata().as_ref().and_then(|m| m.get(META_KEY)) else {
+    let Some(json) = super::checkpoint::safetensors_metadata(path)?.remove(META_KEY) else {
         return Ok(None);
     };
-    let meta: AdapterMeta = serde_json::from_str(json)
+    let meta: AdapterMeta = serde_json::from_str(&json)
         .with_context(|| format!("{}: unreadable adapter metadata", path.display()))?;
     if meta.format != FORMAT {
         bail!(

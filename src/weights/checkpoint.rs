@@ -50,6 +50,38 @@ pub fn sniff_format(path: &Path) -> Result<Format> {
     )
 }
 
+/// safetensors' own limit on the header.
+const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
+
+/// The `__metadata__` strings of a safetensors file, from its header alone (no tensor is
+/// read); an empty map when it has none.
+pub fn safetensors_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
+    use std::io::Read;
+    let mut file =
+        std::fs::File::open(path).with_context(|| format!("cannot open {}", path.display()))?;
+    let mut len = [0u8; 8];
+    file.read_exact(&mut len)
+        .with_context(|| format!("{}: shorter than a safetensors header", path.display()))?;
+    let len = u64::from_le_bytes(len);
+    if len > MAX_SAFETENSORS_HEADER {
+        bail!(
+            "{}: a safetensors header of {len} bytes (at most {MAX_SAFETENSORS_HEADER})",
+            path.display()
+        );
+    }
+    let mut header = Vec::new();
+    file.take(len)
+        .read_to_end(&mut header)
+        .with_context(|| format!("cannot read {}", path.display()))?;
+    let header: serde_json::Value = serde_json::from_slice(&header)
+        .with_context(|| format!("{}: bad safetensors header", path.display()))?;
+    let Some(meta) = header.get("__metadata__") else {
+        return Ok(BTreeMap::new());
+    };
+    serde_json::from_value(meta.clone())
+        .with_context(|| format!("{}: `__metadata__` is not a map of strings", path.display()))
+}
+
 impl Checkpoint {
     pub fn read(path: &Path) -> Result<Self> {
         let raw = match sniff_format(path)? {

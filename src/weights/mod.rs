@@ -171,7 +171,13 @@ pub fn load_model(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Lo
         ckpt.tensors.extend(tensors);
         adapter_meta = meta;
     }
-    let ad = match (&opts.adapters, &adapter_meta) {
+    // A fully fine-tuned file of ours says which adapters it holds, with the settings
+    // (the depth chunk) that its tensors cannot tell.
+    let own_meta = match adapter_meta {
+        Some(_) => None,
+        None => adapter_file::read_meta(path)?,
+    };
+    let ad = match (&opts.adapters, adapter_meta.as_ref().or(own_meta.as_ref())) {
         (Some(a), _) => a.clone(),
         (None, Some(m)) => m.adapters.clone(),
         (None, None) => adapters_in(&ckpt),
