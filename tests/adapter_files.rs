@@ -125,6 +125,25 @@ fn a_fully_fine_tuned_file_keeps_its_adapter_settings() {
     let loaded = load_model(&file, &opts, &Device::Cpu).unwrap();
     assert_eq!(loaded.sam.adapters, ad);
     assert_eq!(loaded.sam.depth_chunk(), Some(2));
+
+    // As adapters it would apply its depth adapters to the base and drop the rest.
+    let err = adapter_file::load(&file).expect_err("refused as adapters");
+    assert!(
+        format!("{err}").contains(&format!("--checkpoint {}", file.display())),
+        "{err}"
+    );
+
+    // Metadata that disagrees with the tensors is named, not trusted.
+    meta.adapters.depth = false;
+    adapter_file::save(&file, &tensors, &meta).unwrap();
+    let err = match load_model(&file, &opts, &Device::Cpu) {
+        Ok(_) => panic!("metadata without the depth adapters its tensors hold loaded"),
+        Err(e) => format!("{e:#}"),
+    };
+    assert!(
+        err.contains("tuned.safetensors") && err.contains("tensors hold"),
+        "{err}"
+    );
 }
 
 #[test]

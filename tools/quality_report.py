@@ -16,11 +16,11 @@ Dice per epoch, every row), `<ds>_clicks.png` (Dice against corrective clicks) a
 fills rows not evaluated in the first tree from another one (such as runs at another adapter
 ratio, which their names then give). Runs longer than the budget count its first epochs.
 """
+import itertools
 import json
 import os
 import re
 import sys
-import tomllib
 
 ROWS = ["frozen", "decoder", "adapters", "lora", "all"]
 NAMES = {
@@ -60,10 +60,12 @@ def rows_of(tops, ds):
 
 def label_of(ds, row, top):
     """The row's name, with its adapter ratio where that is not the default."""
+    import tomllib
+
     try:
         with open(os.path.join(top, "runs", ds, row, "config.toml"), "rb") as f:
             ratio = tomllib.load(f).get("adapter_ratio")
-    except OSError:
+    except (OSError, tomllib.TOMLDecodeError):
         ratio = None
     name = name_of(ds, row)
     if row in ("decoder", "adapters") and ratio is not None and ratio != DEFAULT_RATIO:
@@ -135,6 +137,7 @@ def table(tops, ds):
             noc = f"{clicks['noc85']['mean']:.1f} ({clicks['reached85']}/{clicks['n_cases']})"
         start = next((l for l in log_lines(run) if l.get("event") == "start"), None)
         epochs = epochs_of(run)
+        warn_past_budget(run)
         trainable = "0 %"
         if start:
             trainable = f"{100 * start['trainable'] / start['total']:.2f} %"
@@ -150,6 +153,15 @@ def table(tops, ds):
         )
     out.extend(nnunet_rows(tops[0], ds))
     return "\n".join(out)
+
+
+def warn_past_budget(run):
+    """The table's time and memory are the budget's; say when the kept checkpoint is not."""
+    ep = [e for e in epochs_of(run, None) if e.get("val_dice") is not None]
+    best = max(ep, key=lambda e: e["val_dice"]) if ep else None
+    if best and best["epoch"] > BUDGET_EPOCHS:
+        print(f"warning: {run}: its best epoch ({best['epoch']}) is past the budget of "
+              f"{BUDGET_EPOCHS}", file=sys.stderr)
 
 
 def nnunet_rows(top, ds):
@@ -249,7 +261,8 @@ def click_curves(tops, ds, out):
                         label=label_of(ds, row, top))
                 ax.set_xticks(range(0, 21, 2))
                 drawn = True
-        for (name, dice), style in zip(nnunet_dice(tops[0], ds), ["--", ":", "-."]):
+        styles = itertools.cycle(["--", ":", "-."])
+        for (name, dice), style in zip(nnunet_dice(tops[0], ds), styles):
             ax.axhline(dice, color=COLORS["nnunet"], linestyle=style, label=name)
         return drawn
 
@@ -308,7 +321,8 @@ def study(ds, row, trees, out=None):
         at = {a["clicks"]: a for a in c.get("at", [])}
         noc = lambda k: (f"{c[k]['mean']:.1f} ({c['reached' + k[3:]]}/{c['n_cases']})"
                          if c else "-")
-        ep = [e for e in epochs_of(os.path.join(top, "runs", ds, row)) if e.get("val_dice")]
+        ep = [e for e in epochs_of(os.path.join(top, "runs", ds, row), None)
+              if e.get("val_dice")]
         best = max(ep, key=lambda e: e["val_dice"]) if ep else None
         best = f"{best['val_dice']:.3f} ({best['epoch']} of {len(ep)})" if best else "-"
         print(f"| {label} | {cd} | {bd} | {pm(at.get(3, {}).get('dice'))} | "
@@ -351,6 +365,8 @@ def paired(ds, prompt, a, b):
         sys.exit(f"{a} and {b} scored different cases")
     diffs = [da[k] - db[k] for k in sorted(da)]
     n = len(diffs)
+    if n < 2:
+        sys.exit(f"{a} and {b}: {n} case(s) in common, too few to compare")
     mean = sum(diffs) / n
     sd = (sum((d - mean) ** 2 for d in diffs) / (n - 1)) ** 0.5
     half = stats.t.ppf(0.975, n - 1) * sd / n ** 0.5
@@ -380,6 +396,8 @@ if __name__ == "__main__":
         epoch_curves(sys.argv[2], sys.argv[3:])
     elif sys.argv[1] == "--paired":
         # --paired DS PROMPT EVAL_A EVAL_B
+        if len(sys.argv) != 6:
+            sys.exit("usage: --paired DATASET click|box EVAL_A EVAL_B")
         paired(*sys.argv[2:6])
     elif sys.argv[1] == "--study":
         # --study DS ROW [--out DIR] label=folder ...
@@ -390,5 +408,7 @@ if __name__ == "__main__":
         study(sys.argv[2], sys.argv[3], rest, out)
     else:
         # TREE OUT [--also TREE ...]
-        also = [a for flag, a in zip(sys.argv[3::2], sys.argv[4::2]) if flag == "--also"]
-        main([sys.argv[1]] + also, sys.argv[2])
+        rest = sys.argv[3:]
+        if len(rest) % 2 or any(flag != "--also" for flag in rest[::2]):
+            sys.exit("usage: quality_report.py TREE OUT [--also TREE ...]")
+        main([sys.argv[1]] + rest[1::2], sys.argv[2])

@@ -61,21 +61,21 @@ pub fn save(path: &Path, tensors: &BTreeMap<String, Tensor>, meta: &AdapterMeta)
 /// Adapter tensors from a file, with the metadata when it is one of ours. A PyTorch MSA
 /// checkpoint (`.pth` holding a whole model) gives its adapter tensors and no metadata.
 pub fn load(path: &Path) -> Result<(BTreeMap<String, Tensor>, Option<AdapterMeta>)> {
-    let ckpt = Checkpoint::read(path)?;
     let meta = read_meta(path)?;
-    let tensors: BTreeMap<String, Tensor> = ckpt
+    // Its depth adapters alone would load and drop every fine-tuned weight.
+    if meta.as_ref().is_some_and(is_full_fine_tune) {
+        bail!(
+            "{0}: a fully fine-tuned model (msa train --train all), not adapters; \
+             load it as the model: --checkpoint {0}",
+            path.display()
+        );
+    }
+    let tensors: BTreeMap<String, Tensor> = Checkpoint::read(path)?
         .tensors
         .into_iter()
         .filter(|(k, _)| is_adapter_key(k))
         .collect();
     if tensors.is_empty() {
-        if meta.as_ref().is_some_and(is_full_fine_tune) {
-            bail!(
-                "{0}: a fully fine-tuned model (msa train --train all), not adapters; \
-                 load it as the model: --checkpoint {0}",
-                path.display()
-            );
-        }
         bail!(
             "{}: no adapter tensors (keys with `_Adapter` or `lora_`)",
             path.display()
@@ -84,8 +84,8 @@ pub fn load(path: &Path) -> Result<(BTreeMap<String, Tensor>, Option<AdapterMeta
     Ok((tensors, meta))
 }
 
-/// `msa train --train all` writes every SAM tensor under the adapter files' names.
-fn is_full_fine_tune(meta: &AdapterMeta) -> bool {
+/// `msa train --train all` writes every SAM tensor into its `adapters_*.safetensors`.
+pub fn is_full_fine_tune(meta: &AdapterMeta) -> bool {
     meta.training.get("train").and_then(|t| t.as_str()) == Some("all")
 }
 

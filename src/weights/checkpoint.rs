@@ -54,7 +54,7 @@ pub fn sniff_format(path: &Path) -> Result<Format> {
 const MAX_SAFETENSORS_HEADER: u64 = 100_000_000;
 
 /// The `__metadata__` strings of a safetensors file, from its header alone (no tensor is
-/// read); an empty map when it has none.
+/// read); an empty map when it has none (absent or null, as safetensors allows).
 pub fn safetensors_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
     use std::io::Read;
     let mut file =
@@ -75,11 +75,12 @@ pub fn safetensors_metadata(path: &Path) -> Result<BTreeMap<String, String>> {
         .with_context(|| format!("cannot read {}", path.display()))?;
     let header: serde_json::Value = serde_json::from_slice(&header)
         .with_context(|| format!("{}: bad safetensors header", path.display()))?;
-    let Some(meta) = header.get("__metadata__") else {
-        return Ok(BTreeMap::new());
-    };
-    serde_json::from_value(meta.clone())
-        .with_context(|| format!("{}: `__metadata__` is not a map of strings", path.display()))
+    let meta: Option<BTreeMap<String, String>> =
+        serde_json::from_value(header.get("__metadata__").cloned().unwrap_or_default())
+            .with_context(|| {
+                format!("{}: `__metadata__` is not a map of strings", path.display())
+            })?;
+    Ok(meta.unwrap_or_default())
 }
 
 impl Checkpoint {

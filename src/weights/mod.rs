@@ -171,16 +171,11 @@ pub fn load_model(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Lo
         ckpt.tensors.extend(tensors);
         adapter_meta = meta;
     }
-    // A fully fine-tuned file of ours says which adapters it holds, with the settings
-    // (the depth chunk) that its tensors cannot tell.
-    let own_meta = match adapter_meta {
-        Some(_) => None,
-        None => adapter_file::read_meta(path)?,
-    };
-    let ad = match (&opts.adapters, adapter_meta.as_ref().or(own_meta.as_ref())) {
-        (Some(a), _) => a.clone(),
-        (None, Some(m)) => m.adapters.clone(),
-        (None, None) => adapters_in(&ckpt),
+    let ad = match (&opts.adapters, &adapter_meta, opts.adapters_file) {
+        (Some(a), _, _) => a.clone(),
+        (None, Some(m), _) => m.adapters.clone(),
+        (None, None, Some(_)) => adapters_in(&ckpt),
+        (None, None, None) => own_adapters(path, &ckpt)?,
     };
     let params = if opts.train_all {
         Params::train_all(Source::from(ckpt), device, opts.seed)
@@ -212,6 +207,26 @@ pub fn load_model(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Lo
 }
 
 /// The adapters a checkpoint's keys imply, with the LoRA rank read from its tensors.
+/// The adapters a checkpoint holds. A fully fine-tuned file of ours also says the settings
+/// its tensors cannot tell (the depth chunk); its metadata must agree with its tensors.
+fn own_adapters(path: &Path, ckpt: &Checkpoint) -> Result<AdapterConfig> {
+    let found = adapters_in(ckpt);
+    let Some(meta) = adapter_file::read_meta(path)? else {
+        return Ok(found);
+    };
+    let kinds = |a: &AdapterConfig| (a.encoder, a.decoder, a.depth, a.lora_rank > 0);
+    if kinds(&meta.adapters) != kinds(&found) {
+        bail!(
+            "{}: its metadata names adapters {:?} (encoder, decoder, depth, LoRA) but its \
+             tensors hold {:?}",
+            path.display(),
+            kinds(&meta.adapters),
+            kinds(&found)
+        );
+    }
+    Ok(meta.adapters)
+}
+
 fn adapters_in(ckpt: &Checkpoint) -> AdapterConfig {
     let mut ad = adapter_file::infer_config(ckpt.tensors.keys());
     if let Some((_, t)) = ckpt.tensors.iter().find(|(k, _)| k.ends_with("lora_a")) {
