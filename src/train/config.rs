@@ -60,7 +60,8 @@ pub mod defaults {
     pub const WORKERS: usize = 2;
     /// The bottleneck as a fraction of the width. At 0.125 decoder adapters are 7% of
     /// LiteMedSAM (HyP-Adpt generates 32 x 32 matrices) against 20% at 0.25, and scored the
-    /// same with a click and a box on DDTI and the hippocampus slices (QUALITY.md).
+    /// same with a click and a box on DDTI, PH2 and the hippocampus slices; 0.25 did better
+    /// when corrected with many clicks (QUALITY.md).
     pub const ADAPTER_RATIO: f64 = 0.125;
     pub const ADAPTER_INIT: AdapterInit = AdapterInit::Zero;
     pub const LORA_RANK: usize = 4;
