@@ -279,8 +279,15 @@ def cases(tops, ds, out, n=4, size=160):
     if not rows:
         return None
     names = sorted(os.listdir(overlays(*rows[0])))[:n]
-    label_h = 30
-    sheet = Image.new("RGB", (size * len(rows), label_h + size * len(names)), "white")
+    # Each case's row is as tall as its thumbnail (PH2's images are wider than tall).
+    heights = []
+    for name in names:
+        with Image.open(os.path.join(overlays(*rows[0]), name)) as im:
+            heights.append(min(size, round(size * im.height / max(im.width, 1))))
+    tops_y = [30]  # below the labels
+    for h in heights:
+        tops_y.append(tops_y[-1] + h)
+    sheet = Image.new("RGB", (size * len(rows), tops_y[-1]), "white")
     draw = ImageDraw.Draw(sheet)
     for j, (row, top) in enumerate(rows):
         draw.text((j * size + 4, 3), label_of(ds, row, top).replace(", ", "\n"), fill="black")
@@ -289,7 +296,7 @@ def cases(tops, ds, out, n=4, size=160):
             if os.path.exists(p):
                 im = Image.open(p).convert("RGB")
                 im.thumbnail((size, size))
-                sheet.paste(im, (j * size, label_h + i * size))
+                sheet.paste(im, (j * size, tops_y[i]))
     path = os.path.join(out, f"{ds}_cases.png")
     sheet.save(path)
     return path
