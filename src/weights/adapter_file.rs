@@ -85,7 +85,7 @@ pub fn load(path: &Path) -> Result<(BTreeMap<String, Tensor>, Option<AdapterMeta
 }
 
 /// `msa train --train all` writes every SAM tensor into its `adapters_*.safetensors`.
-pub fn is_full_fine_tune(meta: &AdapterMeta) -> bool {
+fn is_full_fine_tune(meta: &AdapterMeta) -> bool {
     meta.training.get("train").and_then(|t| t.as_str()) == Some("all")
 }
 

@@ -206,7 +206,6 @@ pub fn load_model(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Lo
     })
 }
 
-/// The adapters a checkpoint's keys imply, with the LoRA rank read from its tensors.
 /// The adapters a checkpoint holds. A fully fine-tuned file of ours also says the settings
 /// its tensors cannot tell (the depth chunk); its metadata must agree with its tensors.
 fn own_adapters(path: &Path, ckpt: &Checkpoint) -> Result<AdapterConfig> {
@@ -227,6 +226,7 @@ fn own_adapters(path: &Path, ckpt: &Checkpoint) -> Result<AdapterConfig> {
     Ok(meta.adapters)
 }
 
+/// The adapters a checkpoint's keys imply, with the LoRA rank read from its tensors.
 fn adapters_in(ckpt: &Checkpoint) -> AdapterConfig {
     let mut ad = adapter_file::infer_config(ckpt.tensors.keys());
     if let Some((_, t)) = ckpt.tensors.iter().find(|(k, _)| k.ends_with("lora_a")) {
