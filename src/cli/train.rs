@@ -29,7 +29,7 @@ pub struct TrainArgs {
     /// Images per step (volume chunks with --3d, where the default is 1).
     #[arg(long, default_value_t = defaults::BATCH_SIZE)]
     pub batch_size: usize,
-    /// Adam's learning rate; default 1e-3 for adapters, decoder and lora, 1e-4 for all.
+    /// Adam's learning rate; default 1e-3 for adapters and decoder, 5e-3 for lora, 1e-4 for all.
     #[arg(long)]
     pub lr: Option<f64>,
     /// The learning rate is multiplied by --lr-gamma every N epochs.
