@@ -898,8 +898,9 @@ fn train_help_shows_the_defaults_and_every_run_setting() {
     for shown in [
         format!("[default: {}]", c.epochs),
         format!(
-            "default {:e} for adapters, decoder and lora, {:e} for all",
+            "default {:e} for adapters and decoder, {:e} for lora, {:e} for all",
             defaults::lr(TrainMode::Adapters),
+            defaults::lr(TrainMode::Lora),
             defaults::lr(TrainMode::All)
         ),
         format!("[default: {}]", c.lr_gamma),
