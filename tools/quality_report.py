@@ -271,6 +271,16 @@ def click_curves(tops, ds, out):
                   f"{ds}: Dice against clicks")
 
 
+def fit(im, size):
+    """The image scaled to fit a size x size cell; small ones (the slices are about 36 x 52)
+    are enlarged with nearest-neighbour so their pixels stay visible."""
+    from PIL import Image
+
+    scale = min(size / im.width, size / im.height)
+    shape = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
+    return im.resize(shape, Image.NEAREST if scale > 1 else Image.LANCZOS)
+
+
 def cases(tops, ds, out, n=4, size=160):
     from PIL import Image, ImageDraw
 
@@ -294,9 +304,7 @@ def cases(tops, ds, out, n=4, size=160):
         for i, name in enumerate(names):
             p = os.path.join(overlays(row, top), name)
             if os.path.exists(p):
-                im = Image.open(p).convert("RGB")
-                im.thumbnail((size, size))
-                sheet.paste(im, (j * size, tops_y[i]))
+                sheet.paste(fit(Image.open(p).convert("RGB"), size), (j * size, tops_y[i]))
     path = os.path.join(out, f"{ds}_cases.png")
     sheet.save(path)
     return path
