@@ -271,14 +271,19 @@ def click_curves(tops, ds, out):
                   f"{ds}: Dice against clicks")
 
 
+def fitted(width, height, size):
+    """Width, height and scale of an image scaled to fit a size x size cell."""
+    scale = min(size / width, size / height)
+    return max(1, round(width * scale)), max(1, round(height * scale)), scale
+
+
 def fit(im, size):
     """The image scaled to fit a size x size cell; small ones (the slices are about 36 x 52)
     are enlarged with nearest-neighbour so their pixels stay visible."""
     from PIL import Image
 
-    scale = min(size / im.width, size / im.height)
-    shape = (max(1, round(im.width * scale)), max(1, round(im.height * scale)))
-    return im.resize(shape, Image.NEAREST if scale > 1 else Image.LANCZOS)
+    w, h, scale = fitted(im.width, im.height, size)
+    return im.resize((w, h), Image.NEAREST if scale > 1 else Image.LANCZOS)
 
 
 def cases(tops, ds, out, n=4, size=160):
@@ -293,7 +298,7 @@ def cases(tops, ds, out, n=4, size=160):
     heights = []
     for name in names:
         with Image.open(os.path.join(overlays(*rows[0]), name)) as im:
-            heights.append(min(size, round(size * im.height / max(im.width, 1))))
+            heights.append(fitted(im.width, im.height, size)[1])
     tops_y = [30]  # below the labels
     for h in heights:
         tops_y.append(tops_y[-1] + h)

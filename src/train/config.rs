@@ -41,8 +41,8 @@ pub mod defaults {
     /// Adam's learning rate when none is given: see `lr`.
     pub fn lr(mode: TrainMode) -> f64 {
         match mode {
-            // Adapters and LoRA start as zero updates (their up-projections are zero), so
-            // at 1e-4 the first dozens of steps barely move the output (QUALITY.md).
+            // Adapters start as zero updates (their up-projections are zero), so at 1e-4
+            // the first dozens of steps barely move the output (QUALITY.md).
             TrainMode::Adapters | TrainMode::Decoder => 1e-3,
             // Rank-4 updates are small: at 1e-3 LoRA was still rising after 10 epochs on
             // DDTI and PH2, and 5e-3 (SAMed's rate for SAM's LoRA) scored higher on both.
