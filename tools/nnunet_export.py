@@ -1,16 +1,21 @@
 #!/usr/bin/env python3
-"""A 2D folder dataset (images/, masks/, split.json) as an nnU-Net v2 raw dataset, for
-QUALITY.md's baseline on the same splits: train + val -> imagesTr (fold 0 of
-splits_final.json is our train/val split), test -> imagesTs.
+"""A dataset as an nnU-Net v2 raw dataset, for QUALITY.md's baseline on the same splits:
+train + val -> imagesTr (fold 0 of splits_final.json is our train/val split), test ->
+imagesTs.
 
     python tools/nnunet_export.py quality/data/ph2 $nnUNet_raw/Dataset501_PH2 RGB
     python tools/nnunet_export.py assets/hippocampus2d $nnUNet_raw/Dataset503_Hip2D MRI
+    python tools/nnunet_export.py assets/hippocampus3d $nnUNet_raw/Dataset504_Hip3D MRI \
+        RUN/split.json
 
-Needs numpy and pillow. Images become PNG (RGB kept as one file, as nnU-Net's natural-image
-reader expects); masks become 0/1 PNG.
+A 2D folder dataset (images/, masks/, split.json): images become PNG (RGB kept as one file, as
+nnU-Net's natural-image reader expects), masks 0/1 PNG; needs numpy and pillow. A Decathlon
+folder (dataset.json listing NIfTI volumes) takes the split an `msa train --3d` run wrote;
+its files are copied as they are, with their label values and names.
 """
 import json
 import os
+import shutil
 import sys
 
 import numpy as np
@@ -24,9 +29,39 @@ def find_image(images, case):
     raise SystemExit(f"{images}: no image for case {case}")
 
 
-def main(src, dst, channel):
-    with open(os.path.join(src, "split.json")) as f:
+def export_volumes(src, dst, channel, split):
+    with open(os.path.join(src, "dataset.json")) as f:
+        listed = {os.path.basename(e["image"]).removesuffix(".nii.gz"): e
+                  for e in json.load(f)["training"]}
+    for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
+        os.makedirs(os.path.join(dst, sub), exist_ok=True)
+    groups = {"Tr": split["train"] + split["val"], "Ts": split["test"]}
+    for tag, cases in groups.items():
+        for case in cases:
+            if case not in listed:
+                raise SystemExit(f"{src}/dataset.json: no training entry for case {case}")
+            entry = listed[case]
+            shutil.copyfile(os.path.join(src, entry["image"]),
+                            os.path.join(dst, f"images{tag}", f"{case}_0000.nii.gz"))
+            shutil.copyfile(os.path.join(src, entry["label"]),
+                            os.path.join(dst, f"labels{tag}", f"{case}.nii.gz"))
+    return {"channel_names": {"0": channel}, "file_ending": ".nii.gz",
+            "numTraining": len(groups["Tr"])}
+
+
+def volume_labels(src):
+    with open(os.path.join(src, "dataset.json")) as f:
+        return {name: int(value) for value, name in json.load(f)["labels"].items()}
+
+
+def main(src, dst, channel, split_path=None):
+    with open(split_path or os.path.join(src, "split.json")) as f:
         split = json.load(f)
+    if os.path.exists(os.path.join(src, "dataset.json")):
+        meta = export_volumes(src, dst, channel, split)
+        meta["labels"] = volume_labels(src)
+        write_meta(dst, meta, split)
+        return
     rgb = channel.upper() == "RGB"
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         os.makedirs(os.path.join(dst, sub), exist_ok=True)
@@ -47,14 +82,18 @@ def main(src, dst, channel):
         "numTraining": len(groups["Tr"]),
         "file_ending": ".png",
     }
+    write_meta(dst, meta, split)
+
+
+def write_meta(dst, meta, split):
     with open(os.path.join(dst, "dataset.json"), "w") as f:
         json.dump(meta, f, indent=1)
     folds = [{"train": split["train"], "val": split["val"]}]
     with open(os.path.join(dst, "splits_final.json"), "w") as f:
         json.dump(folds, f, indent=1)
-    print(f"{dst}: {len(groups['Tr'])} training ({len(split['val'])} validation), "
-          f"{len(groups['Ts'])} test")
+    print(f"{dst}: {meta['numTraining']} training ({len(split['val'])} validation), "
+          f"{len(split['test'])} test")
 
 
 if __name__ == "__main__":
-    main(*sys.argv[1:4])
+    main(*sys.argv[1:5])

@@ -37,7 +37,8 @@ COLORS = {"frozen": "tab:gray", "decoder": "tab:blue", "adapters": "tab:orange",
 # bench/quality.sh's EPOCHS and msa train's --adapter-ratio default.
 BUDGET_EPOCHS = 10
 DEFAULT_RATIO = 0.125
-NNUNET_IDS = {"ph2": "Dataset501_PH2", "ddti": "Dataset502_DDTI", "hip2d": "Dataset503_Hip2D"}
+NNUNET_IDS = {"ph2": "Dataset501_PH2", "ddti": "Dataset502_DDTI", "hip2d": "Dataset503_Hip2D",
+              "hip3d": "Dataset504_Hip3D"}
 
 
 def name_of(ds, row):
@@ -315,6 +316,42 @@ def cases(tops, ds, out, n=4, size=160):
     return path
 
 
+def volume_cases(tops, ds, out, n=2, scale=3):
+    """Volumes: `msa eval` writes a montage per case (ground truth left, prediction right, a
+    few labelled slices down); one column of ground truth, then each row's predictions."""
+    from PIL import Image, ImageDraw
+
+    montages = lambda row, top: os.path.join(top, "eval", ds, row, "click", "montage")
+    rows = [(r, t) for r, t in rows_of(tops, ds) if os.path.isdir(montages(r, t))]
+    if not rows:
+        return None
+    names = sorted(os.listdir(montages(*rows[0])))[:n]
+    with Image.open(os.path.join(montages(*rows[0]), names[0])) as im:
+        half, height = (im.width - 2) // 2, im.height
+    width = (half + 2) * scale
+    sheet = Image.new("RGB", (width * (len(rows) + 1), 30 + height * scale * len(names)),
+                      "white")
+    draw = ImageDraw.Draw(sheet)
+    labels = ["ground truth"] + [label_of(ds, r, t) for r, t in rows]
+    for j, label in enumerate(labels):
+        draw.text((j * width + 4, 3), label.replace(", ", "\n").replace(" + ", "\n+ "),
+                  fill="black")
+    for i, name in enumerate(names):
+        y = 30 + i * height * scale
+        for j, (row, top) in enumerate([rows[0]] + rows):
+            p = os.path.join(montages(row, top), name)
+            if not os.path.exists(p):
+                continue
+            im = Image.open(p).convert("RGB")
+            left = 0 if j == 0 else half + 2
+            tile = im.crop((left, 0, left + half, im.height))
+            sheet.paste(tile.resize((half * scale, im.height * scale), Image.NEAREST),
+                        (j * width, y))
+    path = os.path.join(out, f"{ds}_cases.png")
+    sheet.save(path)
+    return path
+
+
 def main(tops, out):
     os.makedirs(out, exist_ok=True)
     for ds in DATASETS:
@@ -323,7 +360,8 @@ def main(tops, out):
         print(f"### {ds}\n")
         print(table(tops, ds))
         print()
-        for p in (curves(tops, ds, out), click_curves(tops, ds, out), cases(tops, ds, out)):
+        pictures = cases(tops, ds, out) if ds != "hip3d" else volume_cases(tops, ds, out)
+        for p in (curves(tops, ds, out), click_curves(tops, ds, out), pictures):
             if p:
                 print(f"wrote {p}", file=sys.stderr)
 

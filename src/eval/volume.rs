@@ -88,28 +88,15 @@ pub fn evaluate_case(
     let cache = cache.map(|c| (c, case.id.as_str()));
     let predicted = segment_volume_cached(sam, &img.volume, range, &prompts, cache, |_| Ok(()))
         .with_context(|| format!("case {}", case.id))?;
-    let [nx, ny, nz] = img.volume.dims;
-    let [sx, sy, sz] = img.volume.spacing;
-    let (dims, spacing) = ([nz, ny, nx], [sz as f64, sy as f64, sx as f64]);
-    let results = (1..=n as u8)
-        .map(|c| {
-            let p: Vec<bool> = predicted.iter().map(|&v| v == c).collect();
-            let t: Vec<bool> = truth.iter().map(|&v| v == c).collect();
-            CaseResult {
-                case: case.id.clone(),
-                class: spec
-                    .class_names
-                    .get(c as usize - 1)
-                    .cloned()
-                    .unwrap_or_else(|| c.to_string()),
-                dice: dice(&p, &t),
-                iou: iou(&p, &t),
-                hd95: hd95(&p, &t, &dims, &spacing),
-                dice_thresholds: f64::NAN,
-                prompt: format!("{:?} per slice", spec.kind).to_lowercase(),
-            }
-        })
-        .collect();
+    let prompt = format!("{:?} per slice", spec.kind).to_lowercase();
+    let results = score_classes(
+        &case.id,
+        &predicted,
+        &truth,
+        &img.volume,
+        &spec.class_names,
+        &prompt,
+    );
     Ok(VolumeOutcome {
         results,
         predicted,
@@ -117,6 +104,36 @@ pub fn evaluate_case(
         volume: img.volume,
         range,
     })
+}
+
+/// Dice, IoU and HD95 (mm, from `volume`'s spacing) of each class 1..=`class_names.len()`
+/// in `predicted` against `truth` (one class per voxel, x-fastest, `volume`'s dims).
+pub fn score_classes(
+    case: &str,
+    predicted: &[u8],
+    truth: &[u8],
+    volume: &Volume,
+    class_names: &[String],
+    prompt: &str,
+) -> Vec<CaseResult> {
+    let [nx, ny, nz] = volume.dims;
+    let [sx, sy, sz] = volume.spacing;
+    let (dims, spacing) = ([nz, ny, nx], [sz as f64, sy as f64, sx as f64]);
+    (1..=class_names.len() as u8)
+        .map(|c| {
+            let p: Vec<bool> = predicted.iter().map(|&v| v == c).collect();
+            let t: Vec<bool> = truth.iter().map(|&v| v == c).collect();
+            CaseResult {
+                case: case.to_string(),
+                class: class_names[c as usize - 1].clone(),
+                dice: dice(&p, &t),
+                iou: iou(&p, &t),
+                hd95: hd95(&p, &t, &dims, &spacing),
+                dice_thresholds: f64::NAN,
+                prompt: prompt.to_string(),
+            }
+        })
+        .collect()
 }
 
 /// A montage of up to `rows` slices spread over the labelled range: ground truth on the
