@@ -31,8 +31,9 @@ def find_image(images, case):
 
 def export_volumes(src, dst, channel, split):
     with open(os.path.join(src, "dataset.json")) as f:
-        listed = {os.path.basename(e["image"]).removesuffix(".nii.gz"): e
-                  for e in json.load(f)["training"]}
+        described = json.load(f)
+    listed = {os.path.basename(e["image"]).removesuffix(".nii.gz"): e
+              for e in described["training"]}
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
         os.makedirs(os.path.join(dst, sub), exist_ok=True)
     groups = {"Tr": split["train"] + split["val"], "Ts": split["test"]}
@@ -45,22 +46,16 @@ def export_volumes(src, dst, channel, split):
                             os.path.join(dst, f"images{tag}", f"{case}_0000.nii.gz"))
             shutil.copyfile(os.path.join(src, entry["label"]),
                             os.path.join(dst, f"labels{tag}", f"{case}.nii.gz"))
-    return {"channel_names": {"0": channel}, "file_ending": ".nii.gz",
+    labels = {name: int(value) for value, name in described["labels"].items()}
+    return {"channel_names": {"0": channel}, "labels": labels, "file_ending": ".nii.gz",
             "numTraining": len(groups["Tr"])}
-
-
-def volume_labels(src):
-    with open(os.path.join(src, "dataset.json")) as f:
-        return {name: int(value) for value, name in json.load(f)["labels"].items()}
 
 
 def main(src, dst, channel, split_path=None):
     with open(split_path or os.path.join(src, "split.json")) as f:
         split = json.load(f)
     if os.path.exists(os.path.join(src, "dataset.json")):
-        meta = export_volumes(src, dst, channel, split)
-        meta["labels"] = volume_labels(src)
-        write_meta(dst, meta, split)
+        write_meta(dst, export_volumes(src, dst, channel, split), split)
         return
     rgb = channel.upper() == "RGB"
     for sub in ("imagesTr", "labelsTr", "imagesTs", "labelsTs"):
