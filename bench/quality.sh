@@ -9,7 +9,8 @@
 # Environment: MSA (the binary, default target/release/msa), QUALITY_DIR (where run and
 # eval folders go, default quality), REALDATA (PH2/DDTI/hippocampus, default
 # ../shared/realdata), EPOCHS, PROMPT, CORRECTIVE (clicks), LR, RATIO (adapter ratio)
-# override msa train's defaults; AUGMENT=0 trains without augmentation.
+# override msa train's defaults; AUGMENT=0 trains without augmentation; CHECKPOINT_BLOCKS=1
+# recomputes the encoder's blocks in the backward pass (less memory, the same gradients).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ds=$1
@@ -24,6 +25,7 @@ options=()
 [ -n "${LR:-}" ] && options=(--lr "$LR")
 [ -n "${RATIO:-}" ] && options+=(--adapter-ratio "$RATIO")
 [ "${AUGMENT:-1}" = 0 ] && options+=(--no-augment)
+[ "${CHECKPOINT_BLOCKS:-0}" = 1 ] && options+=(--checkpoint-blocks)
 case $ds in
     ph2 | ddti)
         [ -f "$top/data/$ds/split.json" ] || python3 tools/quality_splits.py "$real/$ds" "$top/data/$ds"

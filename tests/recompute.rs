@@ -149,3 +149,17 @@ fn recomputed_blocks_give_the_same_gradients_when_every_weight_trains() {
         None,
     );
 }
+
+/// As `msa train --3d --train all --checkpoint-blocks` runs LiteMedSAM: every weight trains,
+/// with the depth branch of the adapted blocks.
+#[test]
+fn recomputed_tinyvit_blocks_give_the_same_gradients_when_every_weight_trains_in_3d() {
+    let cfg = SamConfig::from_json_file(&fixture("tinyvit_tiny.json")).unwrap();
+    check(
+        "tinyvit_tiny.safetensors",
+        &cfg,
+        adapters(true),
+        true,
+        Some(2),
+    );
+}
