@@ -459,6 +459,36 @@ fn train_eval_and_predict_with_adapters_from_the_command_line() {
         "--resume",
     ]);
     assert!(out.contains("epoch   3"), "{out}");
+    // Settings that change what trains are refused by name, before any state is read.
+    let e = err(&[
+        "train",
+        "--run-config",
+        &s(&run.join("config.toml")),
+        "--epochs",
+        "4",
+        "--adapter-ratio",
+        "0.5",
+        "--resume",
+    ]);
+    assert!(
+        e.contains("--adapter-ratio 0.5 (the run used 0.125)") && e.contains("--run-config"),
+        "{e}"
+    );
+    // Without the folder's config.toml the saved shapes still catch it, by tensor name.
+    let saved = dir.path().join("saved.toml");
+    std::fs::rename(run.join("config.toml"), &saved).unwrap();
+    let e = err(&[
+        "train",
+        "--run-config",
+        &s(&saved),
+        "--epochs",
+        "4",
+        "--adapter-ratio",
+        "0.5",
+        "--resume",
+    ]);
+    assert!(e.contains("`param/") && e.contains("has shape"), "{e}");
+    std::fs::rename(&saved, run.join("config.toml")).unwrap();
 
     let adapters = s(&run.join("adapters_best.safetensors"));
     let info = ok(&["info", &ckpt, "--config", &cfg, "--adapters", &adapters]);

@@ -8,7 +8,8 @@ use super::optim::{step_lr, Adam};
 use super::parallel::{Communicator, Single, ThreadGroup};
 use super::phase::{mark, Phase};
 use super::run_folder::{
-    adapter_meta, load_state, save_state, state_path, var_tensors, RunFolder, RunState,
+    adapter_meta, check_same_run, load_state, save_state, state_path, var_tensors, RunFolder,
+    RunState,
 };
 use super::step::{Observer, Step, TrainData};
 use crate::model::precision::Precision;
@@ -218,6 +219,14 @@ impl Run<'_> {
                 self.cfg.out.display(),
                 path.display()
             );
+        }
+        let config_toml = self.cfg.out.join("config.toml");
+        // A config.toml this build cannot read (an older run's) leaves the check to the shapes.
+        if let Some(saved) = std::fs::read_to_string(&config_toml)
+            .ok()
+            .and_then(|text| toml::from_str::<TrainConfig>(&text).ok())
+        {
+            check_same_run(&config_toml, &saved, self.cfg)?;
         }
         self.state = load_state(&path, self.vars, &mut self.adam, self.cfg)?;
         tracing::info!("resuming after epoch {}", self.state.epochs_done);

@@ -197,6 +197,15 @@ pub(crate) fn load_state(
         let t = ckpt
             .get_f32(&format!("param/{k}"), var.device())?
             .with_context(|| format!("{}: no `param/{k}`", path.display()))?;
+        if t.dims() != var.dims() {
+            bail!(
+                "{}: `param/{k}` has shape {:?}, but these settings train it as {:?}; \
+                 resume with the run's own settings (its config.toml)",
+                path.display(),
+                t.dims(),
+                var.dims()
+            );
+        }
         var.set(&t)?;
         if let Some(m) = ckpt.get_f32(&format!("adam_m/{k}"), var.device())? {
             adam.m.insert(k.clone(), m);
@@ -207,6 +216,79 @@ pub(crate) fn load_state(
     }
     adam.step = state.adam_step;
     Ok(state)
+}
+
+/// Refuses to resume a run under settings that change what it trains (`saved`: the run
+/// folder's config.toml), naming each setting with both values.
+pub(crate) fn check_same_run(
+    config_toml: &Path,
+    saved: &TrainConfig,
+    cfg: &TrainConfig,
+) -> Result<()> {
+    let adapters = matches!(cfg.train, TrainMode::Adapters | TrainMode::Decoder) || cfg.three_d;
+    let pairs = [
+        (
+            true,
+            "--checkpoint",
+            display(&saved.checkpoint),
+            display(&cfg.checkpoint),
+        ),
+        (
+            true,
+            "--train",
+            format!("{:?}", saved.train),
+            format!("{:?}", cfg.train),
+        ),
+        (true, "--seed", saved.seed.to_string(), cfg.seed.to_string()),
+        (
+            true,
+            "--3d",
+            saved.three_d.to_string(),
+            cfg.three_d.to_string(),
+        ),
+        (
+            cfg.three_d,
+            "--chunk",
+            saved.chunk.to_string(),
+            cfg.chunk.to_string(),
+        ),
+        (
+            adapters,
+            "--adapter-ratio",
+            saved.adapter_ratio.to_string(),
+            cfg.adapter_ratio.to_string(),
+        ),
+        (
+            adapters,
+            "--adapter-init",
+            format!("{:?}", saved.adapter_init),
+            format!("{:?}", cfg.adapter_init),
+        ),
+        (
+            cfg.train == TrainMode::Lora,
+            "--lora-rank",
+            saved.lora_rank.to_string(),
+            cfg.lora_rank.to_string(),
+        ),
+    ];
+    let differing: Vec<String> = pairs
+        .iter()
+        .filter(|(applies, _, was, now)| *applies && was != now)
+        .map(|(_, flag, was, now)| format!("{flag} {now} (the run used {was})"))
+        .collect();
+    if !differing.is_empty() {
+        bail!(
+            "cannot resume {}: {}; resume with the run's settings, e.g. `msa train --run-config {} --resume`",
+            cfg.out.display(),
+            differing.join(", "),
+            config_toml.display()
+        );
+    }
+    Ok(())
+}
+
+fn display(p: &Path) -> String {
+    p.display().to_string()
 }
 
 /// Temporary files (`.name.tmp`) of writes that a killed run left half done; the lock is
