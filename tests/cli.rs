@@ -973,3 +973,48 @@ fn eval_takes_prompts_from_a_file_and_names_a_bad_one() {
     let e = err(&args(&bad));
     assert!(e.contains(case.as_str()) && e.contains("label 2"), "{e}");
 }
+
+/// Training on from a checkpoint that holds adapters of another ratio names the ratio it
+/// holds and the flag that takes it, rather than a tensor's shape.
+#[test]
+fn a_checkpoint_with_adapters_of_another_ratio_names_the_ratio() {
+    let dir = tempfile::tempdir().unwrap();
+    // The fixture holds depth adapters too, so it trains on volumes.
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/hippocampus3d");
+    let (ckpt, cfg) = (
+        fixture("tinyvit_tiny.safetensors"),
+        fixture("tinyvit_tiny.json"),
+    );
+    let train = |ratio: &str| {
+        vec![
+            "train".to_string(),
+            "--checkpoint".into(),
+            s(&ckpt),
+            "--model-config".into(),
+            s(&cfg),
+            "--dataset".into(),
+            "decathlon".into(),
+            "--data".into(),
+            s(&data),
+            "--3d".into(),
+            "--chunk".into(),
+            "2".into(),
+            "--limit".into(),
+            "2".into(),
+            "--epochs".into(),
+            "0".into(),
+            "--adapter-ratio".into(),
+            ratio.into(),
+            "--out".into(),
+            s(&dir.path().join(ratio)),
+        ]
+    };
+    let e = err(&train("0.125"));
+    assert!(
+        e.contains("at ratio 0.25") && e.contains("--adapter-ratio 0.25"),
+        "{e}"
+    );
+    // At the ratio it holds, the same checkpoint trains on.
+    let out = ok(&train("0.25"));
+    assert!(out.contains("run folder"), "{out}");
+}

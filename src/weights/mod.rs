@@ -172,7 +172,10 @@ pub fn load_model(path: &Path, opts: &LoadOptions, device: &Device) -> Result<Lo
         adapter_meta = meta;
     }
     let ad = match (&opts.adapters, &adapter_meta, opts.adapters_file) {
-        (Some(a), _, _) => a.clone(),
+        (Some(a), _, _) => {
+            check_adapter_ratio(path, &ckpt, a)?;
+            a.clone()
+        }
         (None, Some(m), _) => m.adapters.clone(),
         (None, None, Some(_)) => adapters_in(&ckpt),
         (None, None, None) => own_adapters(path, &ckpt)?,
@@ -233,16 +236,39 @@ fn adapters_in(ckpt: &Checkpoint) -> AdapterConfig {
         // A malformed tensor keeps the default; the shape check of the load names it.
         ad.lora_rank = t.dims().first().copied().unwrap_or(ad.lora_rank);
     }
-    if let Some((_, t)) = ckpt
-        .tensors
-        .iter()
-        .find(|(k, _)| k.starts_with("image_encoder.") && k.ends_with("_Adapter.D_fc1.weight"))
-    {
-        if let [hidden, dim, ..] = *t.dims() {
-            ad.ratio = hidden as f64 / dim as f64;
-        }
+    if let Some((_, ratio)) = encoder_adapter_ratio(ckpt) {
+        ad.ratio = ratio;
     }
     ad
+}
+
+/// The bottleneck ratio of the first encoder adapter a checkpoint holds, with its key.
+fn encoder_adapter_ratio(ckpt: &Checkpoint) -> Option<(&str, f64)> {
+    let (key, t) = ckpt
+        .tensors
+        .iter()
+        .find(|(k, _)| k.starts_with("image_encoder.") && k.ends_with("_Adapter.D_fc1.weight"))?;
+    match *t.dims() {
+        [hidden, dim, ..] if dim > 0 => Some((key.as_str(), hidden as f64 / dim as f64)),
+        _ => None,
+    }
+}
+
+/// Adapters asked for at one ratio cannot take a checkpoint's adapters of another: say
+/// which ratio it holds, rather than leaving the user a shape mismatch.
+fn check_adapter_ratio(path: &Path, ckpt: &Checkpoint, asked: &AdapterConfig) -> Result<()> {
+    let Some((key, held)) = encoder_adapter_ratio(ckpt) else {
+        return Ok(());
+    };
+    if (asked.encoder || asked.depth) && (held - asked.ratio).abs() > 1e-9 {
+        bail!(
+            "{}: holds encoder adapters at ratio {held} (`{key}`), not {}; pass \
+             --adapter-ratio {held} to train them on, or start from a checkpoint without adapters",
+            path.display(),
+            asked.ratio
+        );
+    }
+    Ok(())
 }
 
 fn check_unused(params: &Params, path: &Path, preset: &str) -> Result<()> {
