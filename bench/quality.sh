@@ -10,7 +10,8 @@
 # eval folders go, default quality), REALDATA (PH2/DDTI/hippocampus, default
 # ../shared/realdata), EPOCHS, PROMPT, CORRECTIVE (clicks), LR, RATIO (adapter ratio)
 # override msa train's defaults; AUGMENT=0 trains without augmentation; CHECKPOINT_BLOCKS=1
-# recomputes the encoder's blocks in the backward pass (less memory, the same gradients).
+# recomputes the encoder's blocks in the backward pass (less memory, the same gradients);
+# CHUNKS sets the volumes' --chunks-per-case (default 1; 0 covers every labelled slice).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ds=$1
@@ -41,7 +42,7 @@ checkpoint=lite_medsam
 model=()
 if [ "$row" != frozen ]; then
     three_d=()
-    [ "$ds" = hip3d ] && three_d=(--3d --chunk 4 --chunks-per-case 1) && corrective=0
+    [ "$ds" = hip3d ] && three_d=(--3d --chunk 4 --chunks-per-case "${CHUNKS:-1}") && corrective=0
     resume=()
     [ -f "$run/state_last.safetensors" ] && resume=(--resume)
     done_epochs=$( [ -f "$run/metrics.csv" ] && tail -n +2 "$run/metrics.csv" | wc -l || echo 0)
