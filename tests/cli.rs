@@ -1011,7 +1011,9 @@ fn a_checkpoint_with_adapters_of_another_ratio_names_the_ratio() {
     };
     let e = err(&train("0.125"));
     assert!(
-        e.contains("at ratio 0.25") && e.contains("--adapter-ratio 0.25"),
+        e.contains("6 wide in a 24-wide block")
+            && e.contains("--adapter-ratio 0.125 makes them 3 wide")
+            && e.contains("about 0.25"),
         "{e}"
     );
     // At the ratio it holds, the same checkpoint trains on.

@@ -150,8 +150,9 @@ fn recomputed_blocks_give_the_same_gradients_when_every_weight_trains() {
     );
 }
 
-/// As `msa train --3d --train all --checkpoint-blocks` runs LiteMedSAM: every weight trains,
-/// with the depth branch of the adapted blocks.
+/// Every weight trains, with the depth branch of the adapted blocks (`msa train --3d --train
+/// all --checkpoint-blocks` adds depth adapters only; these add encoder and decoder adapters
+/// as well, so every adapter kind is checked too).
 #[test]
 fn recomputed_tinyvit_blocks_give_the_same_gradients_when_every_weight_trains_in_3d() {
     let cfg = SamConfig::from_json_file(&fixture("tinyvit_tiny.json")).unwrap();

@@ -226,19 +226,15 @@ pub(crate) fn check_same_run(
     cfg: &TrainConfig,
 ) -> Result<()> {
     let adapters = matches!(cfg.train, TrainMode::Adapters | TrainMode::Decoder) || cfg.three_d;
+    let mode = |m: TrainMode| format!("{m:?}").to_lowercase();
     let pairs = [
         (
-            true,
+            !same_file(&saved.checkpoint, &cfg.checkpoint),
             "--checkpoint",
             display(&saved.checkpoint),
             display(&cfg.checkpoint),
         ),
-        (
-            true,
-            "--train",
-            format!("{:?}", saved.train),
-            format!("{:?}", cfg.train),
-        ),
+        (true, "--train", mode(saved.train), mode(cfg.train)),
         (true, "--seed", saved.seed.to_string(), cfg.seed.to_string()),
         (
             true,
@@ -257,12 +253,6 @@ pub(crate) fn check_same_run(
             "--adapter-ratio",
             saved.adapter_ratio.to_string(),
             cfg.adapter_ratio.to_string(),
-        ),
-        (
-            adapters,
-            "--adapter-init",
-            format!("{:?}", saved.adapter_init),
-            format!("{:?}", cfg.adapter_init),
         ),
         (
             cfg.train == TrainMode::Lora,
@@ -291,6 +281,20 @@ fn display(p: &Path) -> String {
     p.display().to_string()
 }
 
+/// One checkpoint, however it was written: a model's name or its cached file, a relative
+/// or an absolute path.
+fn same_file(a: &Path, b: &Path) -> bool {
+    let file = |p: &Path| {
+        let named = p
+            .to_str()
+            .and_then(crate::weights::registry::find)
+            .map(crate::weights::registry::cached_path);
+        let p = named.unwrap_or_else(|| p.to_path_buf());
+        std::fs::canonicalize(&p).unwrap_or(p)
+    };
+    a == b || file(a) == file(b)
+}
+
 /// Temporary files (`.name.tmp`) of writes that a killed run left half done; the lock is
 /// held, so no other process is writing them.
 fn remove_stale_tmp(dir: &Path) -> Result<()> {
@@ -309,4 +313,20 @@ fn remove_stale_tmp(dir: &Path) -> Result<()> {
         }
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_checkpoint_is_the_same_file_however_it_is_written() {
+        let absolute = std::fs::canonicalize("Cargo.toml").unwrap();
+        assert!(same_file(Path::new("Cargo.toml"), &absolute));
+        assert!(same_file(
+            Path::new("./Cargo.toml"),
+            Path::new("Cargo.toml")
+        ));
+        assert!(!same_file(Path::new("Cargo.toml"), Path::new("README.md")));
+    }
 }

@@ -236,36 +236,40 @@ fn adapters_in(ckpt: &Checkpoint) -> AdapterConfig {
         // A malformed tensor keeps the default; the shape check of the load names it.
         ad.lora_rank = t.dims().first().copied().unwrap_or(ad.lora_rank);
     }
-    if let Some((_, ratio)) = encoder_adapter_ratio(ckpt) {
-        ad.ratio = ratio;
+    if let Some((_, hidden, dim)) = encoder_adapter_width(ckpt) {
+        ad.ratio = hidden as f64 / dim as f64;
     }
     ad
 }
 
-/// The bottleneck ratio of the first encoder adapter a checkpoint holds, with its key.
-fn encoder_adapter_ratio(ckpt: &Checkpoint) -> Option<(&str, f64)> {
+/// The first encoder adapter a checkpoint holds: its key, bottleneck width and block width.
+fn encoder_adapter_width(ckpt: &Checkpoint) -> Option<(&str, usize, usize)> {
     let (key, t) = ckpt
         .tensors
         .iter()
         .find(|(k, _)| k.starts_with("image_encoder.") && k.ends_with("_Adapter.D_fc1.weight"))?;
     match *t.dims() {
-        [hidden, dim, ..] if dim > 0 => Some((key.as_str(), hidden as f64 / dim as f64)),
+        [hidden, dim, ..] if dim > 0 => Some((key.as_str(), hidden, dim)),
         _ => None,
     }
 }
 
-/// Adapters asked for at one ratio cannot take a checkpoint's adapters of another: say
-/// which ratio it holds, rather than leaving the user a shape mismatch.
+/// Adapters asked for at one ratio cannot take a checkpoint's adapters of another width:
+/// say which ratio they were trained at, rather than leaving the user a shape mismatch.
 fn check_adapter_ratio(path: &Path, ckpt: &Checkpoint, asked: &AdapterConfig) -> Result<()> {
-    let Some((key, held)) = encoder_adapter_ratio(ckpt) else {
+    let Some((key, hidden, dim)) = encoder_adapter_width(ckpt) else {
         return Ok(());
     };
-    if (asked.encoder || asked.depth) && (held - asked.ratio).abs() > 1e-9 {
+    // The width the model builds for this ratio (model::adapter rounds down).
+    let expected = (dim as f64 * asked.ratio) as usize;
+    if (asked.encoder || asked.depth) && expected != hidden {
         bail!(
-            "{}: holds encoder adapters at ratio {held} (`{key}`), not {}; pass \
-             --adapter-ratio {held} to train them on, or start from a checkpoint without adapters",
+            "{}: holds encoder adapters {hidden} wide in a {dim}-wide block (`{key}`), but \
+             --adapter-ratio {} makes them {expected} wide; pass the ratio they were trained \
+             with (about {}), or start from a checkpoint without adapters",
             path.display(),
-            asked.ratio
+            asked.ratio,
+            hidden as f64 / dim as f64
         );
     }
     Ok(())
@@ -306,4 +310,43 @@ pub fn part_params(shapes: &BTreeMap<String, Vec<usize>>) -> BTreeMap<String, us
         *parts.entry(part).or_insert(0) += shape.iter().product::<usize>();
     }
     parts
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with_adapter(hidden: usize, dim: usize) -> Checkpoint {
+        let key = "image_encoder.blocks.0.MLP_Adapter.D_fc1.weight".to_string();
+        let t = candle_core::Tensor::zeros((hidden, dim), candle_core::DType::F32, &Device::Cpu)
+            .unwrap();
+        Checkpoint {
+            path: std::path::PathBuf::from("adapted.safetensors"),
+            tensors: BTreeMap::from([(key, t)]),
+        }
+    }
+
+    fn encoder_at(ratio: f64) -> AdapterConfig {
+        AdapterConfig {
+            encoder: true,
+            ratio,
+            ..AdapterConfig::none()
+        }
+    }
+
+    #[test]
+    fn adapters_are_matched_by_the_width_a_ratio_builds() {
+        let path = Path::new("adapted.safetensors");
+        // 0.2 of 128 is 25.6, built 25 wide: the ratio read back (0.195) is not 0.2.
+        assert!(check_adapter_ratio(path, &with_adapter(25, 128), &encoder_at(0.2)).is_ok());
+        let e = check_adapter_ratio(path, &with_adapter(32, 128), &encoder_at(0.125))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("32 wide in a 128-wide block") && e.contains("about 0.25"),
+            "{e}"
+        );
+        // Adapters that are not asked for are not checked here.
+        assert!(check_adapter_ratio(path, &with_adapter(32, 128), &AdapterConfig::none()).is_ok());
+    }
 }
