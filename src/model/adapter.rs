@@ -72,6 +72,12 @@ impl AdapterConfig {
         self.encoder || self.depth || self.decoder || self.lora_rank > 0
     }
 
+    /// The bottleneck width of an adapter on a `dim`-wide block: the ratio rounded down, at
+    /// least 1.
+    pub fn bottleneck(&self, dim: usize) -> usize {
+        (((dim as f64) * self.ratio) as usize).max(1)
+    }
+
     fn up_init(&self, fan_in: usize) -> Init {
         match self.init {
             AdapterInit::Zero => Init::Zeros,
@@ -103,12 +109,12 @@ pub struct Adapter {
 
 impl Adapter {
     pub fn load(p: &Params, dim: usize, cfg: &AdapterConfig, skip: bool) -> Result<Self> {
-        let hidden = ((dim as f64) * cfg.ratio) as usize;
+        let hidden = cfg.bottleneck(dim);
         let down = Init::Uniform { fan_in: dim };
         let up = cfg.up_init(hidden);
         Ok(Self {
-            fc1: trainable_linear(&p.pp("D_fc1"), dim, hidden.max(1), down, down)?,
-            fc2: trainable_linear(&p.pp("D_fc2"), hidden.max(1), dim, up, up)?,
+            fc1: trainable_linear(&p.pp("D_fc1"), dim, hidden, down, down)?,
+            fc2: trainable_linear(&p.pp("D_fc2"), hidden, dim, up, up)?,
             skip,
         })
     }
@@ -231,7 +237,7 @@ pub struct HyperAdapter {
 
 impl HyperAdapter {
     pub fn load(p: &Params, dim: usize, cfg: &AdapterConfig) -> Result<Self> {
-        let r = (((dim as f64) * cfg.ratio) as usize).max(1);
+        let r = cfg.bottleneck(dim);
         let u = |fan_in| Init::Uniform { fan_in };
         Ok(Self {
             down: trainable_linear(&p.pp("D_fc1"), dim, r, u(dim), u(dim))?,

@@ -260,8 +260,7 @@ fn check_adapter_ratio(path: &Path, ckpt: &Checkpoint, asked: &AdapterConfig) ->
     let Some((key, hidden, dim)) = encoder_adapter_width(ckpt) else {
         return Ok(());
     };
-    // The width the model builds for this ratio (model::adapter rounds down).
-    let expected = (dim as f64 * asked.ratio) as usize;
+    let expected = asked.bottleneck(dim);
     if (asked.encoder || asked.depth) && expected != hidden {
         bail!(
             "{}: holds encoder adapters {hidden} wide in a {dim}-wide block (`{key}`), but \
