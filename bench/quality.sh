@@ -11,7 +11,8 @@
 # ../shared/realdata), EPOCHS, PROMPT, CORRECTIVE (clicks), LR, RATIO (adapter ratio)
 # override msa train's defaults; AUGMENT=0 trains without augmentation; CHECKPOINT_BLOCKS=1
 # recomputes the encoder's blocks in the backward pass (less memory, the same gradients);
-# CHUNKS sets the volumes' --chunks-per-case (default 1; 0 covers every labelled slice).
+# CHUNKS sets the volumes' --chunks-per-case (default 1; 0 covers every labelled slice);
+# BATCH sets --batch-size (default 2).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ds=$1
@@ -48,7 +49,7 @@ if [ "$row" != frozen ]; then
     done_epochs=$( [ -f "$run/metrics.csv" ] && tail -n +2 "$run/metrics.csv" | wc -l || echo 0)
     if [ "$done_epochs" -lt "$epochs" ]; then
         "$msa" train --checkpoint lite_medsam "${data[@]}" "${three_d[@]}" --train "$row" \
-            --prompt "$prompt" --corrective-clicks "$corrective" "${options[@]}" --epochs "$epochs" --batch-size 2 --val-every 1 \
+            --prompt "$prompt" --corrective-clicks "$corrective" "${options[@]}" --epochs "$epochs" --batch-size "${BATCH:-2}" --val-every 1 \
             --out "$run" "${resume[@]}" 2>&1 | tr '\r' '\n' | grep -v '^epoch [0-9]*/' >> "$run/train.out"
     fi
     if [ "$row" = all ]; then # full fine-tuning writes a whole model: the checkpoint

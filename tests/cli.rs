@@ -1020,3 +1020,28 @@ fn a_checkpoint_with_adapters_of_another_ratio_names_the_ratio() {
     let out = ok(&train("0.25"));
     assert!(out.contains("run folder"), "{out}");
 }
+
+#[test]
+fn a_checkpoint_with_depth_adapters_trained_in_2d_asks_for_3d() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/hippocampus2d");
+    let e = err(&[
+        "train",
+        "--checkpoint",
+        &s(&fixture("tinyvit_tiny.safetensors")),
+        "--model-config",
+        &s(&fixture("tinyvit_tiny.json")),
+        "--data",
+        &s(&data),
+        "--adapter-ratio",
+        "0.25",
+        "--epochs",
+        "0",
+        "--out",
+        &s(&dir.path().join("run")),
+    ]);
+    assert!(
+        e.contains("Depth_Adapter") && e.contains("load it with --3d"),
+        "{e}"
+    );
+}

@@ -285,9 +285,15 @@ fn check_unused(params: &Params, path: &Path, preset: &str) -> Result<()> {
         .take(5)
         .map(|k| format!("`{k}` {:?}", ckpt.tensors.get(k).map(|t| t.dims())))
         .collect();
+    // Depth adapters are built only for volumes: the likely mistake is a missing --3d.
+    let hint = if unexpected.iter().any(|k| k.contains("Depth_Adapter")) {
+        "it holds depth adapters, which only a 3D model has: load it with --3d"
+    } else {
+        "is --model-config right for this file?"
+    };
     bail!(
         "{}: {} key(s) are not part of the {preset} architecture with these adapters, e.g. {}; \
-         is --model-config right for this file?",
+         {hint}",
         path.display(),
         unexpected.len(),
         shown.join(", ")
