@@ -1022,7 +1022,7 @@ fn a_checkpoint_with_adapters_of_another_ratio_names_the_ratio() {
 }
 
 #[test]
-fn a_checkpoint_with_depth_adapters_trained_in_2d_asks_for_3d() {
+fn a_checkpoint_with_depth_adapters_on_images_asks_for_3d_or_warns() {
     let dir = tempfile::tempdir().unwrap();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/hippocampus2d");
     let e = err(&[
@@ -1043,5 +1043,26 @@ fn a_checkpoint_with_depth_adapters_trained_in_2d_asks_for_3d() {
     assert!(
         e.contains("Depth_Adapter") && e.contains("load it with --3d"),
         "{e}"
+    );
+    // Evaluating on images takes the file's adapters as they are, and says the depth ones
+    // stay unused.
+    let out = msa(&[
+        "eval",
+        "--checkpoint",
+        &s(&fixture("tinyvit_tiny.safetensors")),
+        "--model-config",
+        &s(&fixture("tinyvit_tiny.json")),
+        "--data",
+        &s(&data),
+        "--prompt",
+        "box",
+        "--out",
+        &s(&dir.path().join("eval")),
+    ]);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "{stderr}");
+    assert!(
+        stderr.contains("depth adapters") && stderr.contains("not run"),
+        "{stderr}"
     );
 }
