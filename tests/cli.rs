@@ -1025,40 +1025,33 @@ fn a_checkpoint_with_adapters_of_another_ratio_names_the_ratio() {
 fn a_checkpoint_with_depth_adapters_on_images_asks_for_3d_or_warns() {
     let dir = tempfile::tempdir().unwrap();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/hippocampus2d");
-    let e = err(&[
+    // The fixture holds depth adapters; both commands run it on 2D images.
+    let on_images = |cmd: &str, rest: &[&str]| {
+        let mut args = vec![
+            cmd.to_string(),
+            "--checkpoint".into(),
+            s(&fixture("tinyvit_tiny.safetensors")),
+            "--model-config".into(),
+            s(&fixture("tinyvit_tiny.json")),
+            "--data".into(),
+            s(&data),
+            "--out".into(),
+            s(&dir.path().join(cmd)),
+        ];
+        args.extend(rest.iter().map(|a| a.to_string()));
+        args
+    };
+    let e = err(&on_images(
         "train",
-        "--checkpoint",
-        &s(&fixture("tinyvit_tiny.safetensors")),
-        "--model-config",
-        &s(&fixture("tinyvit_tiny.json")),
-        "--data",
-        &s(&data),
-        "--adapter-ratio",
-        "0.25",
-        "--epochs",
-        "0",
-        "--out",
-        &s(&dir.path().join("run")),
-    ]);
+        &["--adapter-ratio", "0.25", "--epochs", "0"],
+    ));
     assert!(
         e.contains("Depth_Adapter") && e.contains("load it with --3d"),
         "{e}"
     );
     // Evaluating on images takes the file's adapters as they are, and says the depth ones
     // stay unused.
-    let out = msa(&[
-        "eval",
-        "--checkpoint",
-        &s(&fixture("tinyvit_tiny.safetensors")),
-        "--model-config",
-        &s(&fixture("tinyvit_tiny.json")),
-        "--data",
-        &s(&data),
-        "--prompt",
-        "box",
-        "--out",
-        &s(&dir.path().join("eval")),
-    ]);
+    let out = msa(&on_images("eval", &["--prompt", "box"]));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "{stderr}");
     assert!(
