@@ -286,7 +286,7 @@ fn check_unused(params: &Params, path: &Path, preset: &str) -> Result<()> {
         .map(|k| format!("`{k}` {:?}", ckpt.tensors.get(k).map(|t| t.dims())))
         .collect();
     // Depth adapters are built only for volumes: the likely mistake is a missing --3d.
-    let hint = if unexpected.iter().any(|k| k.contains("Depth_Adapter")) {
+    let hint = if adapter_file::infer_config(&unexpected).depth {
         "it holds depth adapters, which only a 3D model has: load it with --3d"
     } else {
         "is --model-config right for this file?"
