@@ -287,6 +287,24 @@ fn bench_prints_json_with_timings() {
     }
 }
 
+/// `bench train-step --lora R` trains LoRA alone: R x (64 + 3 x 64) in each of the tiny
+/// ViT's 4 blocks; rank 0 is refused.
+#[test]
+fn bench_train_step_with_lora_trains_only_lora() {
+    let config = s(&fixture("sam_tiny.json"));
+    let step = |rank: &str| {
+        let args = ["bench", "train-step", "--config", &config, "--size", "128"];
+        let mut args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        args.extend(["--runs", "1", "--json", "--lora", rank].map(String::from));
+        args
+    };
+    let out = ok(&step("2"));
+    let v: serde_json::Value = serde_json::from_str(out.trim()).unwrap();
+    assert_eq!(v["trainable"], 2 * (64 + 3 * 64) * 4, "{v}");
+    assert_eq!(v["lora"], 2, "{v}");
+    assert!(err(&step("0")).contains("--lora 0"));
+}
+
 /// The demo's whole path on a few cases and one epoch (the full demo runs for minutes):
 /// LiteMedSAM, the shipped MRI slices, both evaluations, training, the table, the picture
 /// and the JSON line.
@@ -1025,23 +1043,25 @@ fn a_checkpoint_with_adapters_of_another_ratio_names_the_ratio() {
 fn a_checkpoint_with_depth_adapters_on_images_asks_for_3d_or_warns() {
     let dir = tempfile::tempdir().unwrap();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/hippocampus2d");
-    // The fixture holds depth adapters; both commands run it on 2D images.
-    let on_images = |cmd: &str, rest: &[&str]| {
+    // The fixture holds depth adapters; every command here runs it on 2D images.
+    let on_images = |cmd: &str, rest: &[String]| {
         let mut args = vec![
             cmd.to_string(),
             "--checkpoint".into(),
             s(&fixture("tinyvit_tiny.safetensors")),
             "--model-config".into(),
             s(&fixture("tinyvit_tiny.json")),
-            "--data".into(),
-            s(&data),
-            "--out".into(),
-            s(&dir.path().join(cmd)),
         ];
-        args.extend(rest.iter().map(|a| a.to_string()));
+        args.extend(rest.iter().cloned());
         args
     };
-    let e = err(&on_images(
+    let on_data = |cmd: &str, rest: &[&str]| {
+        let mut more = vec!["--data".into(), s(&data), "--out".into()];
+        more.push(s(&dir.path().join(cmd)));
+        more.extend(rest.iter().map(|a| a.to_string()));
+        on_images(cmd, &more)
+    };
+    let e = err(&on_data(
         "train",
         &["--adapter-ratio", "0.25", "--epochs", "0"],
     ));
@@ -1049,13 +1069,27 @@ fn a_checkpoint_with_depth_adapters_on_images_asks_for_3d_or_warns() {
         e.contains("Depth_Adapter") && e.contains("load it with --3d"),
         "{e}"
     );
-    // Evaluating on images takes the file's adapters as they are, and says the depth ones
-    // stay unused.
-    let out = msa(&on_images("eval", &["--prompt", "box"]));
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(out.status.success(), "{stderr}");
-    assert!(
-        stderr.contains("depth adapters") && stderr.contains("not run"),
-        "{stderr}"
-    );
+    // Evaluating and predicting on images take the file's adapters as they are, and say the
+    // depth ones stay unused.
+    let image = data.join("images/hippocampus_004_z12.png");
+    let predict = [
+        "--image".into(),
+        s(&image),
+        "--box".into(),
+        "5,5,25,30".into(),
+        "--out".into(),
+        s(&dir.path().join("mask.png")),
+    ];
+    for args in [
+        on_data("eval", &["--prompt", "box"]),
+        on_images("predict", &predict),
+    ] {
+        let out = msa(&args);
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{args:?}: {stderr}");
+        assert!(
+            stderr.contains("depth adapters") && stderr.contains("not run"),
+            "{args:?}: {stderr}"
+        );
+    }
 }

@@ -16,7 +16,7 @@ pub enum Part {
     /// and without the per-image context).
     Decoder,
     /// One training step (forward, backward, Adam) with encoder adapters, SAM frozen
-    /// (`--full`: every weight trains).
+    /// (`--full`: every weight trains; `--lora R`: LoRA on qkv instead of the adapters).
     TrainStep,
     /// Predict requests against one encoded image on a local `msa serve` (loopback),
     /// at each `--clients` count: requests/s, p50 and p95 latency.
@@ -45,6 +45,10 @@ pub struct BenchArgs {
     /// `msa train --train all`.
     #[arg(long)]
     pub full: bool,
+    /// train-step: LoRA of this rank on every encoder block's qkv instead of the Space and
+    /// MLP adapters (as `msa train --train lora`).
+    #[arg(long, conflicts_with_all = ["full", "decoder_adapters"])]
+    pub lora: Option<usize>,
     /// Slices per volume chunk: depth adapters in every block and the encoder's depth
     /// branch on (encoder: one chunk of D slices; train-step: --batch must be a multiple).
     #[arg(long)]
@@ -174,6 +178,19 @@ fn depth_adapters(d: usize, decoder: bool) -> crate::model::AdapterConfig {
     }
 }
 
+/// With a LoRA rank, LoRA replaces the encoder's Space and MLP adapters, as `msa train
+/// --train lora` builds them.
+fn with_lora(ad: crate::model::AdapterConfig, rank: Option<usize>) -> crate::model::AdapterConfig {
+    match rank {
+        Some(r) => crate::model::AdapterConfig {
+            encoder: false,
+            lora_rank: r,
+            ..ad
+        },
+        None => ad,
+    }
+}
+
 /// One image, or with depth adapters one chunk of D slices.
 fn time_encoder(sam: &Sam, runs: usize, device: &Device) -> Result<Vec<f64>> {
     let s = sam.config.img_size;
@@ -236,6 +253,9 @@ fn time_train_step(
 ) -> Result<(Vec<f64>, TrainStepCounts)> {
     use crate::model::{AdapterConfig, MaskSelection};
     let random = Source::Random { std: 0.02 };
+    if args.lora == Some(0) {
+        anyhow::bail!("--lora 0: the LoRA rank must be at least 1");
+    }
     let (params, ad) = if args.full {
         (Params::train_all(random, device, 0), AdapterConfig::none())
     } else if let Some(d) = args.depth {
@@ -246,14 +266,20 @@ fn time_train_step(
             );
         }
         let ad = depth_adapters(d, args.decoder_adapters);
-        (Params::with_options(random, device, true, 0), ad)
+        (
+            Params::with_options(random, device, true, 0),
+            with_lora(ad, args.lora),
+        )
     } else {
         let ad = AdapterConfig {
             decoder: args.decoder_adapters,
             init: crate::model::AdapterInit::Torch,
             ..AdapterConfig::default()
         };
-        (Params::with_options(random, device, true, 0), ad)
+        (
+            Params::with_options(random, device, true, 0),
+            with_lora(ad, args.lora),
+        )
     };
     let sam = Sam::load_with(&params, cfg, &ad, &model_options(args, device)?)?;
     let vars = params.trainables();
@@ -355,6 +381,7 @@ fn report(args: &BenchArgs, cfg: &SamConfig, t: &Timings, device: &Device) -> Re
             "depth": args.depth,
             "slices_per_s": args.depth.map(|d| d as f64 / (median / 1e3)),
             "full": args.full,
+            "lora": args.lora,
             "checkpoint_blocks": args.checkpoint_blocks,
             "precision": precision(args, device)?,
             "flash_attention": crate::kernels::attention::flash::enabled(),

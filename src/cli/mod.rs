@@ -96,6 +96,17 @@ impl ModelArgs {
     }
 }
 
+/// Warns that a model's depth adapters go unused on 2D `inputs` (MSA-SPEC 2.2: the depth
+/// branch runs on volumes only), so a 3D checkpoint on images is not mistaken for a 2D one.
+pub fn warn_unused_depth(sam: &crate::model::sam::Sam, inputs: &str) {
+    if sam.depth_chunk().is_some() {
+        tracing::warn!(
+            "the model holds depth adapters, which only volumes use; on {inputs} they are \
+             loaded but not run"
+        );
+    }
+}
+
 /// Parses the command line (exiting with clap's message when it does not parse) and runs it.
 pub fn main() -> Result<()> {
     use clap::{CommandFactory, FromArgMatches};

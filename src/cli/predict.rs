@@ -88,6 +88,7 @@ pub fn parse_box(s: &str) -> Result<[f32; 4], String> {
 pub fn run(args: &PredictArgs) -> Result<()> {
     let device = crate::runtime::device::default_device()?;
     let loaded = args.model.load(&device)?;
+    super::warn_unused_depth(&loaded.sam, "a 2D image");
     let img = load_rgb(&args.image)?;
     let mut prompt = match &args.prompts {
         Some(path) => crate::io::prompt::PromptFile::load(path)?,

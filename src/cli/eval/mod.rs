@@ -25,12 +25,8 @@ pub fn run(args: &EvalArgs) -> Result<()> {
         println!("{line}");
     }
     let loaded = args.model.load(&device)?;
-    if loaded.sam.depth_chunk().is_some() && opts.dataset != DatasetKind::Decathlon {
-        // MSA-SPEC 2.2: the depth branch runs on volumes only; images leave it unused.
-        tracing::warn!(
-            "the model holds depth adapters, which only volumes use; on these 2D images they \
-             are loaded but not run"
-        );
+    if opts.dataset != DatasetKind::Decathlon {
+        super::warn_unused_depth(&loaded.sam, "these 2D images");
     }
     std::fs::create_dir_all(&opts.out)?;
     let bar = ProgressBar::new(cases.count() as u64);
