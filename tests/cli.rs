@@ -33,12 +33,17 @@ fn err<S: AsRef<std::ffi::OsStr> + std::fmt::Debug>(args: &[S]) -> String {
 
 /// `CMD --checkpoint tests/fixtures/CKPT --model-config tests/fixtures/sam_tiny.json REST...`.
 fn tiny(cmd: &str, ckpt: &str, rest: &[&str]) -> Vec<String> {
+    tiny_with(cmd, ckpt, "sam_tiny.json", rest)
+}
+
+/// `CMD --checkpoint tests/fixtures/CKPT --model-config tests/fixtures/CONFIG REST...`.
+fn tiny_with(cmd: &str, ckpt: &str, config: &str, rest: &[&str]) -> Vec<String> {
     let mut args = vec![
         cmd.to_string(),
         "--checkpoint".into(),
         s(&fixture(ckpt)),
         "--model-config".into(),
-        s(&fixture("sam_tiny.json")),
+        s(&fixture(config)),
     ];
     args.extend(rest.iter().map(|a| a.to_string()));
     args
@@ -1044,21 +1049,14 @@ fn a_checkpoint_with_depth_adapters_on_images_asks_for_3d_or_warns() {
     let dir = tempfile::tempdir().unwrap();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/hippocampus2d");
     // The fixture holds depth adapters; every command here runs it on 2D images.
-    let on_images = |cmd: &str, rest: &[String]| {
-        let mut args = vec![
-            cmd.to_string(),
-            "--checkpoint".into(),
-            s(&fixture("tinyvit_tiny.safetensors")),
-            "--model-config".into(),
-            s(&fixture("tinyvit_tiny.json")),
-        ];
-        args.extend(rest.iter().cloned());
-        args
+    let on_images = |cmd: &str, rest: &[&str]| {
+        tiny_with(cmd, "tinyvit_tiny.safetensors", "tinyvit_tiny.json", rest)
     };
+    let data_dir = s(&data);
     let on_data = |cmd: &str, rest: &[&str]| {
-        let mut more = vec!["--data".into(), s(&data), "--out".into()];
-        more.push(s(&dir.path().join(cmd)));
-        more.extend(rest.iter().map(|a| a.to_string()));
+        let out = s(&dir.path().join(cmd));
+        let mut more = vec!["--data", &data_dir, "--out", &out];
+        more.extend(rest);
         on_images(cmd, &more)
     };
     let e = err(&on_data(
@@ -1071,15 +1069,9 @@ fn a_checkpoint_with_depth_adapters_on_images_asks_for_3d_or_warns() {
     );
     // Evaluating and predicting on images take the file's adapters as they are, and say the
     // depth ones stay unused.
-    let image = data.join("images/hippocampus_004_z12.png");
-    let predict = [
-        "--image".into(),
-        s(&image),
-        "--box".into(),
-        "5,5,25,30".into(),
-        "--out".into(),
-        s(&dir.path().join("mask.png")),
-    ];
+    let image = s(&data.join("images/hippocampus_004_z12.png"));
+    let mask = s(&dir.path().join("mask.png"));
+    let predict = ["--image", &image, "--box", "5,5,25,30", "--out", &mask];
     for args in [
         on_data("eval", &["--prompt", "box"]),
         on_images("predict", &predict),

@@ -178,19 +178,6 @@ fn depth_adapters(d: usize, decoder: bool) -> crate::model::AdapterConfig {
     }
 }
 
-/// With a LoRA rank, LoRA replaces the encoder's Space and MLP adapters, as `msa train
-/// --train lora` builds them.
-fn with_lora(ad: crate::model::AdapterConfig, rank: Option<usize>) -> crate::model::AdapterConfig {
-    match rank {
-        Some(r) => crate::model::AdapterConfig {
-            encoder: false,
-            lora_rank: r,
-            ..ad
-        },
-        None => ad,
-    }
-}
-
 /// One image, or with depth adapters one chunk of D slices.
 fn time_encoder(sam: &Sam, runs: usize, device: &Device) -> Result<Vec<f64>> {
     let s = sam.config.img_size;
@@ -244,8 +231,8 @@ struct TrainStepCounts {
 }
 
 /// Forward, BCE loss, backward and an Adam update on random weights and data, with the
-/// encoder's Space and MLP adapters trainable (as the PyTorch reference step), or with
-/// every weight trainable (`--full`).
+/// encoder's Space and MLP adapters trainable (as the PyTorch reference step), with LoRA
+/// in their place (`--lora R`), or with every weight trainable (`--full`).
 fn time_train_step(
     cfg: &SamConfig,
     args: &BenchArgs,
@@ -253,9 +240,6 @@ fn time_train_step(
 ) -> Result<(Vec<f64>, TrainStepCounts)> {
     use crate::model::{AdapterConfig, MaskSelection};
     let random = Source::Random { std: 0.02 };
-    if args.lora == Some(0) {
-        anyhow::bail!("--lora 0: the LoRA rank must be at least 1");
-    }
     let (params, ad) = if args.full {
         (Params::train_all(random, device, 0), AdapterConfig::none())
     } else if let Some(d) = args.depth {
@@ -266,20 +250,24 @@ fn time_train_step(
             );
         }
         let ad = depth_adapters(d, args.decoder_adapters);
-        (
-            Params::with_options(random, device, true, 0),
-            with_lora(ad, args.lora),
-        )
+        (Params::with_options(random, device, true, 0), ad)
     } else {
         let ad = AdapterConfig {
             decoder: args.decoder_adapters,
             init: crate::model::AdapterInit::Torch,
             ..AdapterConfig::default()
         };
-        (
-            Params::with_options(random, device, true, 0),
-            with_lora(ad, args.lora),
-        )
+        (Params::with_options(random, device, true, 0), ad)
+    };
+    // LoRA replaces the encoder's Space and MLP adapters, as `msa train --train lora` has it.
+    let ad = match args.lora {
+        Some(0) => anyhow::bail!("--lora 0: the LoRA rank must be at least 1"),
+        Some(r) => AdapterConfig {
+            encoder: false,
+            lora_rank: r,
+            ..ad
+        },
+        None => ad,
     };
     let sam = Sam::load_with(&params, cfg, &ad, &model_options(args, device)?)?;
     let vars = params.trainables();
