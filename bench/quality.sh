@@ -12,7 +12,8 @@
 # override msa train's defaults; AUGMENT=0 trains without augmentation; CHECKPOINT_BLOCKS=1
 # recomputes the encoder's blocks in the backward pass (less memory, the same gradients);
 # CHUNKS sets the volumes' --chunks-per-case (default 1; 0 covers every labelled slice);
-# BATCH sets --batch-size (default 2).
+# BATCH sets --batch-size (default 2); LABELS sets the volumes' --labels for training and
+# evaluation (e.g. '{"1": 1, "2": 1}' merges anterior and posterior into one class).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 ds=$1
@@ -33,7 +34,8 @@ case $ds in
         [ -f "$top/data/$ds/split.json" ] || python3 tools/quality_splits.py "$real/$ds" "$top/data/$ds"
         data=(--data "$top/data/$ds") ;;
     hip2d) data=(--data assets/hippocampus2d) ;;
-    hip3d) data=(--dataset decathlon --data assets/hippocampus3d --holdout 6) ;;
+    hip3d) data=(--dataset decathlon --data assets/hippocampus3d --holdout 6)
+        [ -n "${LABELS:-}" ] && data+=(--labels "$LABELS") ;;
     *) echo "unknown dataset $ds" >&2; exit 2 ;;
 esac
 run="$top/runs/$ds/$row"
