@@ -1004,33 +1004,31 @@ fn a_checkpoint_with_adapters_of_another_ratio_names_the_ratio() {
     let dir = tempfile::tempdir().unwrap();
     // The fixture holds depth adapters too, so it trains on volumes.
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/hippocampus3d");
-    let (ckpt, cfg) = (
-        fixture("tinyvit_tiny.safetensors"),
-        fixture("tinyvit_tiny.json"),
-    );
     let train = |ratio: &str| {
-        vec![
-            "train".to_string(),
-            "--checkpoint".into(),
-            s(&ckpt),
-            "--model-config".into(),
-            s(&cfg),
-            "--dataset".into(),
-            "decathlon".into(),
-            "--data".into(),
-            s(&data),
-            "--3d".into(),
-            "--chunk".into(),
-            "2".into(),
-            "--limit".into(),
-            "2".into(),
-            "--epochs".into(),
-            "0".into(),
-            "--adapter-ratio".into(),
-            ratio.into(),
-            "--out".into(),
-            s(&dir.path().join(ratio)),
-        ]
+        let out = dir.path().join(ratio);
+        let rest = [
+            "--dataset",
+            "decathlon",
+            "--data",
+            &s(&data),
+            "--3d",
+            "--chunk",
+            "2",
+            "--limit",
+            "2",
+            "--epochs",
+            "0",
+            "--adapter-ratio",
+            ratio,
+            "--out",
+            &s(&out),
+        ];
+        tiny_with(
+            "train",
+            "tinyvit_tiny.safetensors",
+            "tinyvit_tiny.json",
+            &rest,
+        )
     };
     let e = err(&train("0.125"));
     assert!(
