@@ -36,6 +36,11 @@ fn tiny(cmd: &str, ckpt: &str, rest: &[&str]) -> Vec<String> {
     tiny_with(cmd, ckpt, "sam_tiny.json", rest)
 }
 
+/// `tiny_with` on the tiny TinyViT fixture, which holds depth adapters.
+fn tiny_vit(cmd: &str, rest: &[&str]) -> Vec<String> {
+    tiny_with(cmd, "tinyvit_tiny.safetensors", "tinyvit_tiny.json", rest)
+}
+
 /// `CMD --checkpoint tests/fixtures/CKPT --model-config tests/fixtures/CONFIG REST...`.
 fn tiny_with(cmd: &str, ckpt: &str, config: &str, rest: &[&str]) -> Vec<String> {
     let mut args = vec![
@@ -1023,12 +1028,7 @@ fn a_checkpoint_with_adapters_of_another_ratio_names_the_ratio() {
             "--out",
             &s(&out),
         ];
-        tiny_with(
-            "train",
-            "tinyvit_tiny.safetensors",
-            "tinyvit_tiny.json",
-            &rest,
-        )
+        tiny_vit("train", &rest)
     };
     let e = err(&train("0.125"));
     assert!(
@@ -1047,15 +1047,12 @@ fn a_checkpoint_with_depth_adapters_on_images_asks_for_3d_or_warns() {
     let dir = tempfile::tempdir().unwrap();
     let data = Path::new(env!("CARGO_MANIFEST_DIR")).join("assets/hippocampus2d");
     // The fixture holds depth adapters; every command here runs it on 2D images.
-    let on_images = |cmd: &str, rest: &[&str]| {
-        tiny_with(cmd, "tinyvit_tiny.safetensors", "tinyvit_tiny.json", rest)
-    };
     let data_dir = s(&data);
     let on_data = |cmd: &str, rest: &[&str]| {
         let out = s(&dir.path().join(cmd));
         let mut more = vec!["--data", &data_dir, "--out", &out];
         more.extend(rest);
-        on_images(cmd, &more)
+        tiny_vit(cmd, &more)
     };
     let e = err(&on_data(
         "train",
@@ -1072,7 +1069,7 @@ fn a_checkpoint_with_depth_adapters_on_images_asks_for_3d_or_warns() {
     let predict = ["--image", &image, "--box", "5,5,25,30", "--out", &mask];
     for args in [
         on_data("eval", &["--prompt", "box"]),
-        on_images("predict", &predict),
+        tiny_vit("predict", &predict),
     ] {
         let out = msa(&args);
         let stderr = String::from_utf8_lossy(&out.stderr);

@@ -20,10 +20,12 @@ import numpy as np
 
 
 def trim(path, min_voxels):
+    """Trims one label file in place; returns its labelled voxels before and after."""
     img = nib.load(path)
     if nib.aff2axcodes(img.affine)[2] not in "SI":
         raise SystemExit(f"{path}: the third array axis is not axial ({nib.aff2axcodes(img.affine)})")
     labels = np.asarray(img.dataobj).copy()
+    before = np.count_nonzero(labels)
     for k in range(labels.shape[2]):
         section = labels[:, :, k]
         for c in np.unique(section[section > 0]):
@@ -31,6 +33,7 @@ def trim(path, min_voxels):
             if mask.sum() < min_voxels:
                 section[mask] = 0
     nib.save(nib.Nifti1Image(labels, img.affine, img.header), path)
+    return before, np.count_nonzero(labels)
 
 
 def main():
@@ -48,9 +51,7 @@ def main():
         else:
             shutil.copy(src, dst)
     for path in sorted(glob.glob(os.path.join(args.dst, "labelsTr", "*.nii*")))[-args.holdout:]:
-        before = np.count_nonzero(np.asarray(nib.load(path).dataobj))
-        trim(path, args.min_voxels)
-        after = np.count_nonzero(np.asarray(nib.load(path).dataobj))
+        before, after = trim(path, args.min_voxels)
         print(f"{os.path.basename(path)}: {before} labelled voxels -> {after}")
 
 
